@@ -1,0 +1,33 @@
+# Two commands do everything on a fresh machine: `make train` and `make test`.
+# The venv is built once from pyproject.toml's dependencies, with torch/torchvision pinned to a
+# known-good pair (torchvision must match torch exactly or its ops fail to import).
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+STAMP := $(VENV)/.installed
+
+.PHONY: install train test lint clean-runs
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_PINS)
+	$(PY) -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['dev']))" > $(VENV)/requirements.txt
+	$(PY) -m pip install --quiet -r $(VENV)/requirements.txt $(TORCH_PINS)
+	touch $(STAMP)
+
+train: install
+	$(PY) train.py -c config.json
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+test: install lint
+	$(PY) -m pytest -q
+
+clean-runs:
+	rm -rf saved/*/

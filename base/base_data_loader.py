@@ -1,0 +1,282 @@
+"""BaseDataLoader: a ``torch.utils.data.DataLoader`` with a seeded validation split, exact
+resumable data order, DDP sharding, and an optional in-memory fast path.
+
+Data order contract: pass ``p`` over the data (epoch ``p + 1`` in epoch-based training) is
+shuffled by a generator seeded with ``seed + p`` (torch's own ``DistributedSampler`` recipe), so
+it depends only on the run seed and ``p``; :meth:`set_epoch` can start a pass at any batch, which
+is how a run resumes mid-epoch without repeating or skipping a sample.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset, TensorDataset
+from torch.utils.data.dataloader import default_collate
+
+from utils import distributed
+from utils.errors import UserError
+from utils.seed import seed_worker
+
+
+class ResumableDistributedSampler(DistributedSampler):
+    """torch's ``DistributedSampler`` (same shuffle, padding and sharding) that can start mid-pass.
+
+    Used in every run, with ``num_replicas=1`` outside DDP, so a single-process run and a DDP
+    run see the same global order.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, shuffle: bool, drop_last: bool):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=0, drop_last=drop_last)
+        self.start = 0
+
+    def set_position(self, pass_index: int, start: int = 0) -> None:
+        """Shuffle for pass ``pass_index`` and skip this rank's first ``start`` samples."""
+        self.set_epoch(pass_index)
+        self.start = start
+
+    def indices(self) -> list[int]:
+        return list(super().__iter__())[self.start :]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices())
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
+
+
+class EvaluationShardSampler(Sampler[int]):
+    """In-order shard ``rank::world_size`` with no padding, so reduced sums count every sample once."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int):
+        self.length = len(dataset)
+        self.num_replicas, self.rank = num_replicas, rank
+        self.start = 0
+
+    def set_position(self, pass_index: int, start: int = 0) -> None:
+        self.start = start
+
+    def indices(self) -> list[int]:
+        return list(range(self.rank, self.length, self.num_replicas))[self.start :]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices())
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.length, self.num_replicas)) - self.start
+
+
+class SampleSeededDataset(Dataset):
+    """Seeds Python, NumPy and torch from (run seed, pass, index) before each sample in a worker.
+
+    With worker processes, random augmentation would otherwise depend on which worker loaded a
+    sample and what it loaded before; this makes it a function of the sample alone, so a run
+    resumed mid-epoch draws the same augmentations. With ``num_workers=0`` samples draw from
+    the main process's RNG, whose state checkpoints save, and this wrapper is not used.
+    """
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+        self.pass_seed = 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        seed = (self.pass_seed * 1_000_003 + index) % 2**63
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        return self.dataset[index]
+
+
+class BaseDataLoader(DataLoader):
+    """Base class for the project's data loaders; subclasses build a Dataset and call ``super().__init__``.
+
+    Args:
+        dataset: the training (or test) dataset.
+        batch_size: samples per batch **per process** (the global batch is ``batch_size * world_size``).
+        shuffle: shuffle the training split each pass (seeded, see the module docstring).
+        validation_split: validation samples: an int is a count, a float a fraction of ``dataset``.
+        num_workers: DataLoader worker processes.
+        collate_fn: how samples become a batch.
+        training: False builds an evaluation loader (test split): no shuffle, no split, no padding.
+        validation_dataset: the same samples as ``dataset`` seen through validation transforms;
+            the validation split indexes into it (defaults to ``dataset``).
+        split_seed: seed of the split's own ``torch.Generator``; the global seeds never touch it,
+            so every run of a config validates on the same samples.
+        in_memory: keep the whole split as tensors (on the training device when it fits) and
+            batch by indexing; same order, sharding and ``drop_last`` as the regular path.
+            Transforms run once, so leave it off for random augmentation.
+        drop_last: drop the last incomplete training batch.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        shuffle: bool = True,
+        validation_split: int | float = 0.0,
+        num_workers: int = 0,
+        collate_fn: Callable = default_collate,
+        training: bool = True,
+        validation_dataset: Dataset | None = None,
+        split_seed: int = 0,
+        in_memory: bool = False,
+        drop_last: bool = False,
+    ):
+        if batch_size < 1:
+            raise UserError(f"data_loader.args.batch_size: must be at least 1, got {batch_size}")
+        if num_workers < 0:
+            raise UserError(f"data_loader.args.num_workers: must be 0 or more, got {num_workers}")
+        self.training = training
+        self.in_memory = in_memory
+        self.shuffle = shuffle and training
+        self.init_kwargs = {"batch_size": batch_size, "num_workers": num_workers, "collate_fn": collate_fn, "in_memory": in_memory}
+        self.valid_subset: Dataset | None = None
+        if training and validation_split:
+            dataset, self.valid_subset = self._split(dataset, validation_dataset or dataset, validation_split, split_seed)
+        world, rank = distributed.world_size(), distributed.rank()
+        if training:
+            sampler: Sampler = ResumableDistributedSampler(dataset, world, rank, self.shuffle, drop_last)
+        else:
+            sampler = EvaluationShardSampler(dataset, world, rank)
+        self.seed = 0
+        self.pass_seed = 0
+        if num_workers > 0 and not in_memory:
+            dataset = SampleSeededDataset(dataset)
+        super().__init__(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=0 if in_memory else num_workers,
+            collate_fn=collate_fn,
+            pin_memory=torch.cuda.is_available() and not in_memory,
+            drop_last=drop_last and training,
+            worker_init_fn=seed_worker,
+            generator=torch.Generator(),
+        )
+        self._memory: Any = None
+        self._memory_device = torch.device("cpu")
+
+    # -- split --------------------------------------------------------------------------------
+
+    @staticmethod
+    def _split(dataset: Dataset, valid_source: Dataset, split: int | float, seed: int) -> tuple[Subset, Subset]:
+        total = len(dataset)
+        if isinstance(split, bool) or not isinstance(split, (int, float)):
+            raise UserError(f"data_loader.args.validation_split: must be a count or a fraction, got {split!r}")
+        count = split if isinstance(split, int) else int(round(total * split))
+        if not (0 < count < total) or (isinstance(split, float) and not 0.0 < split < 1.0):
+            raise UserError(
+                f"data_loader.args.validation_split: {split!r} leaves no training or no validation data "
+                f"from {total} samples; use a fraction in (0, 1) or a count below {total}"
+            )
+        order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
+        valid_idx = sorted(order[:count].tolist())
+        train_idx = sorted(order[count:].tolist())
+        return Subset(dataset, train_idx), Subset(valid_source, valid_idx)
+
+    def split_validation(self) -> BaseDataLoader | None:
+        """The validation loader (evaluation sharding, no shuffle), or None without a split."""
+        if self.valid_subset is None:
+            return None
+        return BaseDataLoader(self.valid_subset, training=False, **self.init_kwargs)
+
+    @property
+    def base_dataset(self) -> Dataset:
+        """The dataset without the worker-seeding wrapper."""
+        return self.dataset.dataset if isinstance(self.dataset, SampleSeededDataset) else self.dataset
+
+    # -- data order -----------------------------------------------------------------------------
+
+    def set_seed(self, seed: int) -> None:
+        """The run seed: pass ``p`` is shuffled with ``seed + p``."""
+        self.seed = seed
+        self.sampler.seed = seed
+
+    def set_epoch(self, pass_index: int, start_batch: int = 0) -> None:
+        """Prepare pass ``pass_index`` (0-based), starting at batch ``start_batch`` of this rank."""
+        self.sampler.set_position(pass_index, start_batch * self.batch_size)
+        self.pass_seed = self.seed * 1_000_003 + pass_index
+        self.generator.manual_seed(self.pass_seed)
+        if isinstance(self.dataset, SampleSeededDataset):
+            self.dataset.pass_seed = self.pass_seed
+
+    @property
+    def samples_per_pass(self) -> int:
+        """Samples this rank sees in a whole pass (including DDP padding)."""
+        sampler = self.sampler
+        start, sampler.start = sampler.start, 0
+        try:
+            return len(sampler)
+        finally:
+            sampler.start = start
+
+    def batches_per_pass(self) -> int:
+        samples = self.samples_per_pass
+        return samples // self.batch_size if self.drop_last else math.ceil(samples / self.batch_size)
+
+    # -- in-memory fast path --------------------------------------------------------------------
+
+    def to_device(self, device: torch.device) -> None:
+        """In-memory mode: hold the data on ``device`` when it takes under half of its free memory."""
+        if not self.in_memory:
+            return
+        memory = self._materialize()
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            if _nbytes(memory) > free // 2:
+                return
+        if device.type != "cpu":
+            self._memory = _map_tensors(memory, lambda t: t.to(device))
+            self._memory_device = device
+
+    def _materialize(self) -> Any:
+        if self._memory is None:
+            self._memory = _as_tensors(self.base_dataset, self.collate_fn)
+        return self._memory
+
+    def __iter__(self) -> Iterator[Any]:
+        if not self.in_memory:
+            return super().__iter__()
+        return self._iter_in_memory()
+
+    def _iter_in_memory(self) -> Iterator[Any]:
+        memory = self._materialize()
+        order = torch.tensor(self.sampler.indices(), dtype=torch.int64, device=self._memory_device)
+        stop = len(order) - len(order) % self.batch_size if self.drop_last else len(order)
+        for start in range(0, stop, self.batch_size):
+            index = order[start : start + self.batch_size]
+            yield _map_tensors(memory, lambda t, index=index: t.index_select(0, index))
+
+
+def _as_tensors(dataset: Dataset, collate_fn: Callable) -> Any:
+    """The whole dataset as one collated batch; a (Subset of a) TensorDataset without copying item by item."""
+    if isinstance(dataset, TensorDataset):
+        return tuple(dataset.tensors)
+    if isinstance(dataset, Subset) and isinstance(dataset.dataset, TensorDataset):
+        index = torch.as_tensor(dataset.indices, dtype=torch.int64)
+        return tuple(t.index_select(0, index) for t in dataset.dataset.tensors)
+    return collate_fn([dataset[i] for i in range(len(dataset))])
+
+
+def _map_tensors(batch: Any, fn: Callable) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return fn(batch)
+    if isinstance(batch, dict):
+        return {key: _map_tensors(value, fn) for key, value in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_map_tensors(value, fn) for value in batch)
+    return batch
+
+
+def _nbytes(batch: Any) -> int:
+    tensors: list[torch.Tensor] = []
+    _map_tensors(batch, tensors.append)
+    return sum(t.numel() * t.element_size() for t in tensors)

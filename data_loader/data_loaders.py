@@ -1,0 +1,111 @@
+"""Concrete data loaders, built by name from ``data_loader.type``.
+
+Each builds a ``Dataset`` and hands it to :class:`BaseDataLoader`, which owns splitting,
+shuffling, sharding and the in-memory path. ``training=False`` gives the test split.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.utils.data import TensorDataset
+
+from base import BaseDataLoader
+from utils.errors import UserError
+
+DIGITS_TEST_FRACTION = 0.2
+DIGITS_SPLIT_SEED = 20_240_917
+
+
+def digits_dataset(training: bool) -> TensorDataset:
+    """scikit-learn's 1,797 handwritten 8x8 digits (shipped inside the package, no download).
+
+    A fixed permutation (its own seed, independent of the run seed) holds out 20% as the test
+    split, so ``test.py`` measures samples that training and validation never saw.
+    """
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (N, 1, 8, 8) in [0, 1]
+    images = (images - 0.3) / 0.4
+    labels = torch.tensor(digits.target, dtype=torch.int64)
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(DIGITS_SPLIT_SEED))
+    n_test = int(round(len(labels) * DIGITS_TEST_FRACTION))
+    chosen = order[n_test:] if training else order[:n_test]
+    chosen = chosen.sort().values
+    return TensorDataset(images[chosen], labels[chosen])
+
+
+class DigitsDataLoader(BaseDataLoader):
+    """Handwritten digits as 1x8x8 images: 1,438 training (incl. validation) and 359 test samples."""
+
+    def __init__(
+        self,
+        batch_size: int = 64,
+        shuffle: bool = True,
+        validation_split: int | float = 0.15,
+        num_workers: int = 0,
+        training: bool = True,
+        split_seed: int = 0,
+        in_memory: bool = False,
+        drop_last: bool = False,
+    ):
+        super().__init__(
+            digits_dataset(training),
+            batch_size,
+            shuffle,
+            validation_split,
+            num_workers,
+            training=training,
+            split_seed=split_seed,
+            in_memory=in_memory,
+            drop_last=drop_last,
+        )
+
+
+class MnistDataLoader(BaseDataLoader):
+    """torchvision's MNIST from ``data_dir`` (IDX files under ``data_dir/MNIST/raw``).
+
+    Downloads when missing and ``download`` is true and the machine is online; offline, put the
+    four IDX files there yourself. ``training=False`` gives the official 10,000-image test set.
+    """
+
+    def __init__(
+        self,
+        data_dir: str = "data/",
+        batch_size: int = 128,
+        shuffle: bool = True,
+        validation_split: int | float = 0.1,
+        num_workers: int = 2,
+        training: bool = True,
+        download: bool = True,
+        split_seed: int = 0,
+        in_memory: bool = False,
+        drop_last: bool = False,
+    ):
+        from torchvision import datasets, transforms
+
+        transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
+        self.data_dir = data_dir
+        try:
+            dataset = datasets.MNIST(data_dir, train=training, download=download, transform=transform)
+        except (RuntimeError, OSError) as exc:
+            raw = Path(data_dir) / "MNIST" / "raw"
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise UserError(
+                f"data_loader.args.data_dir: MNIST is not in {raw} and could not be downloaded ({reason}); "
+                f"put train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte and "
+                f"t10k-labels-idx1-ubyte there, or run once online"
+            ) from None
+        super().__init__(
+            dataset,
+            batch_size,
+            shuffle,
+            validation_split,
+            num_workers,
+            training=training,
+            split_seed=split_seed,
+            in_memory=in_memory,
+            drop_last=drop_last,
+        )

@@ -1,0 +1,47 @@
+"""TensorBoard through ``torch.utils.tensorboard``; a do-nothing stand-in when disabled or not rank 0.
+
+Every scalar is logged against the global optimizer step (epoch rows too, beside an ``epoch``
+scalar), so a resumed run can purge whatever the interrupted run wrote after its checkpoint with
+one ``purge_step`` and TensorBoard shows one clean curve.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+class TensorboardWriter:
+    def __init__(self, log_dir: Path | None, enabled: bool, purge_step: int | None = None):
+        self.writer = None
+        if log_dir is not None and enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
+
+    def add_scalars(self, values: dict[str, float], step: int) -> None:
+        if self.writer is not None:
+            for tag, value in values.items():
+                self.writer.add_scalar(tag, value, step)
+
+    def add_histograms(self, model: torch.nn.Module, step: int) -> None:
+        if self.writer is not None:
+            for name, param in model.named_parameters():
+                self.writer.add_histogram(f"params/{name}", param.detach().float().cpu(), step)
+
+    def add_images(self, tag: str, images: torch.Tensor, step: int) -> None:
+        """A batch of (N, C, H, W) images, min-max scaled to [0, 1] for display."""
+        if self.writer is not None and images.dim() == 4 and images.shape[1] in (1, 3):
+            images = images.detach().float().cpu()[:64]
+            low, high = images.amin(), images.amax()
+            self.writer.add_images(tag, (images - low) / (high - low + 1e-12), step)
+
+    def flush(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None

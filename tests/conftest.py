@@ -1,0 +1,38 @@
+"""Shared test helpers: run the entry scripts for real, in a subprocess or in-process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_script(*args: str, cwd: Path = ROOT, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run ``python <args>`` from the project root; returns the completed process (output captured)."""
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def tiny_config(tmp_path: Path, **trainer) -> dict:
+    """The default digits experiment, shrunk to run in seconds, writing under ``tmp_path``."""
+    config = json.loads((ROOT / "config.json").read_text())
+    config["trainer"].update({"epochs": 2, "save_dir": str(tmp_path / "saved"), "tensorboard": False, "early_stop": 0}, **trainer)
+    config["data_loader"]["args"]["batch_size"] = 64
+    return config
+
+
+def write_config(tmp_path: Path, config: dict, name: str = "config.json") -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps(config))
+    return path
+
+
+@pytest.fixture
+def root() -> Path:
+    return ROOT

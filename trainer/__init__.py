@@ -1,0 +1,4 @@
+from trainer.evaluator import Evaluator
+from trainer.trainer import Trainer
+
+__all__ = ["Evaluator", "Trainer"]

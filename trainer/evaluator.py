@@ -1,0 +1,144 @@
+"""Evaluation, and how a batch reaches the model: shared by the Trainer and ``test.py``.
+
+How batches are read (override :meth:`Evaluator.unpack_batch` to change it, one method; the
+Trainer inherits it, and ``test.py`` evaluates through the same code):
+
+- a tuple or list is ``(inputs, target)``; with more items, ``(*inputs, target)``;
+- a dict has its target under ``"label"`` (or ``"labels"``, ``"target"``, ``"targets"``, ``"y"``)
+  and every other key is passed to the model as a keyword argument;
+- the model may return a tensor or a dict: whatever it returns goes to the loss and metrics.
+
+Metrics are batch means (0-dim tensors) weighted by the batch size, summed on the device, and
+reduced over ranks as sums and counts, so an epoch value equals a single-process evaluation of
+the same samples, however they were batched or sharded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from utils import distributed
+from utils.errors import UserError
+
+TARGET_KEYS = ("label", "labels", "target", "targets", "y")
+
+
+def to_device(batch: Any, device: torch.device, non_blocking: bool = False) -> Any:
+    """Move every tensor of a (nested) batch; ``non_blocking`` overlaps copies from pinned memory."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=non_blocking)
+    if isinstance(batch, dict):
+        return {key: to_device(value, device, non_blocking) for key, value in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(value, device, non_blocking) for value in batch)
+    return batch
+
+
+class Evaluator:
+    """Loss and metrics of a model over batches. The Trainer is an Evaluator too."""
+
+    eval_model: nn.Module
+    criterion: Callable
+    metric_ftns: dict[str, Callable]
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+
+    def __init__(
+        self,
+        model: nn.Module,
+        criterion: Callable,
+        metric_ftns: dict[str, Callable],
+        device: torch.device,
+        amp: str | None = None,
+        channels_last: bool = False,
+    ):
+        self.eval_model = model
+        self.criterion = criterion
+        self.metric_ftns = metric_ftns
+        self.device = device
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+        self.channels_last = channels_last
+
+    @property
+    def non_blocking(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def sum_dtype(self) -> torch.dtype:
+        return torch.float32 if self.device.type == "mps" else torch.float64
+
+    def prepare(self, batch: Any) -> tuple[Any, torch.Tensor]:
+        """Batch to the device, split into (inputs, target), inputs in channels-last when asked."""
+        inputs, target = self.unpack_batch(to_device(batch, self.device, self.non_blocking))
+        if self.channels_last and isinstance(inputs, torch.Tensor) and inputs.dim() == 4:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        return inputs, target
+
+    def evaluate(self, batches: Iterable) -> dict[str, float]:
+        """Sample-weighted loss and metrics over all of ``batches`` (on every rank's share)."""
+        sums, count = self.evaluate_sums(batches)
+        return self.reduce_sums(sums, count)
+
+    # -- how a batch reaches the model (override these to change it) -------------------------
+
+    @staticmethod
+    def unpack_batch(batch: Any) -> tuple[Any, torch.Tensor]:
+        """Split a batch into ``(inputs, target)``; see the module docstring for the rules."""
+        if isinstance(batch, dict):
+            key = next((k for k in TARGET_KEYS if k in batch), None)
+            if key is None:
+                raise UserError(f"batch: a dict batch needs its target under one of {list(TARGET_KEYS)}; got keys {sorted(batch)}")
+            return {k: v for k, v in batch.items() if k != key}, batch[key]
+        if isinstance(batch, (list, tuple)) and len(batch) >= 2:
+            return (batch[0] if len(batch) == 2 else tuple(batch[:-1])), batch[-1]
+        raise UserError(f"batch: expected (inputs, target) or a dict with a label, got {type(batch).__name__}")
+
+    @staticmethod
+    def run_model(model: nn.Module, inputs: Any) -> Any:
+        """Call the model: dict inputs as keyword arguments, tuples as positional ones."""
+        if isinstance(inputs, dict):
+            return model(**inputs)
+        if isinstance(inputs, tuple):
+            return model(*inputs)
+        return model(inputs)
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _batch_values(self, loss: torch.Tensor, output: Any, target: torch.Tensor) -> torch.Tensor:
+        """``[loss, metric_1, ...]`` of one batch as one device tensor (batch means)."""
+        values = [loss.detach()] + [fn(output, target).detach() for fn in self.metric_ftns.values()]
+        return torch.stack(values).to(self.sum_dtype)
+
+    def reduce_sums(self, sums: torch.Tensor, count: int, prefix: str = "") -> dict:
+        """Sample-weighted means over every rank: reduce sums and counts, never means of means."""
+        totals = distributed.all_reduce_sum(torch.cat([sums, sums.new_tensor([count])])).tolist()
+        total_count = totals[-1]
+        names = ["loss", *self.metric_ftns]
+        return {f"{prefix}{name}": value / total_count if total_count else float("nan") for name, value in zip(names, totals)}
+
+    @torch.no_grad()
+    def evaluate_sums(self, batches: Iterable) -> tuple[torch.Tensor, int]:
+        """Loss and metric sums (batch means times batch size) of this rank's share of ``batches``."""
+        model = self.eval_model
+        was_training = model.training
+        model.eval()
+        sums = torch.zeros(1 + len(self.metric_ftns), dtype=self.sum_dtype, device=self.device)
+        count = 0
+        for batch in batches:
+            inputs, target = self.prepare(batch)
+            with self._autocast():
+                output = self.run_model(model, inputs)
+                loss = self.criterion(output, target)
+            sums.add_(self._batch_values(loss, output, target), alpha=len(target))
+            count += len(target)
+        model.train(was_training)
+        return sums, count

@@ -1,0 +1,89 @@
+"""torch.distributed as torchrun sets it up: environment variables in, process groups out.
+
+We never write our own engine. ``torchrun`` sets RANK, LOCAL_RANK and WORLD_SIZE; we join the
+default process group (NCCL on CUDA, gloo on CPU) and add one gloo group for small control
+messages (stop flags, RNG states) so that they never wait on the GPU stream.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+_control_group = None
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main_process() -> bool:
+    """Rank 0 alone writes the run directory, logs to files, TensorBoard and checkpoints."""
+    return rank() == 0
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
+def init_distributed(device: torch.device) -> None:
+    """Join the process group that torchrun describes; a no-op for a plain ``python train.py``."""
+    global _control_group
+    if not launched_by_torchrun() or is_distributed():
+        return
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    kwargs = {"device_id": device} if device.type == "cuda" else {}
+    dist.init_process_group(backend=backend, timeout=timedelta(minutes=30), **kwargs)
+    _control_group = dist.new_group(backend="gloo") if backend != "gloo" else None
+
+
+def cleanup() -> None:
+    global _control_group
+    if is_distributed():
+        dist.destroy_process_group()
+    _control_group = None
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier(group=_control_group)
+
+
+def any_process(flag: bool) -> bool:
+    """True on every rank if ``flag`` is true on any rank (a CPU all-reduce on the control group)."""
+    if not is_distributed():
+        return flag
+    tensor = torch.tensor([int(flag)], dtype=torch.int32)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=_control_group)
+    return bool(tensor.item())
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over ranks in place (sums and counts, never means of means)."""
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def gather_objects(obj) -> list:
+    """Every rank's ``obj``, in rank order, on every rank."""
+    if not is_distributed():
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj, group=_control_group)
+    return out
