@@ -35,7 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", help="where to write the metrics JSON (default: <run_dir>/test_metrics.json)")
     parser.add_argument("--export", help="also export the model with torch.export to this .pt2 file")
     parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "overrides", nargs="*", metavar="key.path=value", help="config overrides, e.g. trainer.epochs=3 (+key=value adds a key)"
     )
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)
 
 
 def load_config(args: argparse.Namespace) -> tuple[Config, dict | None, str]:
@@ -78,6 +78,40 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train(args: argparse.Namespace) -> int:
+    trainer, run_dir = build_trainer(args)
+    logger = get_logger()
+    trainer.train()
+
+    last = run_dir / "checkpoints" / "last.pth"
+    if trainer.stopped_by:
+        logger.warning("stopped by %s; resume with: %s", trainer.stopped_by, resume_command(last))
+        return 128 + getattr(signal, trainer.stopped_by).value
+    if trainer.best_epoch is not None:
+        logger.info(
+            "done: best %s %.6g at epoch %d; checkpoints in %s (best.pth, last.pth)",
+            trainer.monitor_metric,
+            trainer.monitor_best,
+            trainer.best_epoch,
+            last.parent,
+        )
+    else:
+        logger.info("done: checkpoints in %s", last.parent)
+    return 0
+
+
+def resume_command(checkpoint: Path) -> str:
+    """The command that continues this run, with the same launcher and process count."""
+    launcher = "python"
+    if distributed.launched_by_torchrun():
+        per_node = os.environ.get("LOCAL_WORLD_SIZE", distributed.world_size())
+        nodes = int(os.environ.get("GROUP_WORLD_SIZE", 1))
+        where = f"--nnodes={nodes} --node_rank=N --rdzv_endpoint=HOST:PORT" if nodes > 1 else "--standalone"
+        launcher = f"torchrun {where} --nproc_per_node={per_node}"
+    return f"{launcher} train.py -r {shlex.quote(str(checkpoint))}"
+
+
+def build_trainer(args: argparse.Namespace) -> tuple[Trainer, Path]:
+    """Everything a run needs, built from the config; the run directory is created last."""
     limit_visible_gpus(args.devices)
     config, checkpoint, mode = load_config(args)
     cfg = config.trainer
@@ -124,28 +158,11 @@ def train(args: argparse.Namespace) -> int:
     trainer = Trainer(
         model, criterion, metrics, optimizer, config, device, data_loader, valid_data_loader, lr_scheduler, run=run, checkpoint=resume_state
     )
-    log_header(config, run_dir, device, model, data_loader, valid_data_loader, trainer, mode, args)
-
-    trainer.train()
-
-    last = run_dir / "checkpoints" / "last.pth"
-    if trainer.stopped_by:
-        logger.warning("stopped by %s; resume with: python train.py -r %s", trainer.stopped_by, last)
-        return 128 + getattr(signal, trainer.stopped_by).value
-    if trainer.best_epoch is not None:
-        logger.info(
-            "done: best %s %.6g at epoch %d; checkpoints in %s (best.pth, last.pth)",
-            trainer.monitor_metric,
-            trainer.monitor_best,
-            trainer.best_epoch,
-            last.parent,
-        )
-    else:
-        logger.info("done: checkpoints in %s", last.parent)
-    return 0
+    log_header(config, run_dir, device, model, data_loader, valid_data_loader, trainer, mode)
+    return trainer, run_dir
 
 
-def log_header(config, run_dir, device, model, data_loader, valid_data_loader, trainer, mode, args) -> None:
+def log_header(config, run_dir, device, model, data_loader, valid_data_loader, trainer, mode) -> None:
     """One screen saying what this run is, where it writes, and how to resume it."""
     logger = get_logger()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -160,7 +177,7 @@ def log_header(config, run_dir, device, model, data_loader, valid_data_loader, t
         f"data         {_size(data_loader)} training samples, {_size(valid_data_loader)} validation samples, "
         f"{trainer.batches_per_epoch} batches per epoch",
         f"epochs       {trainer.start_epoch}..{trainer.epochs}, monitor {config.trainer['monitor']}",
-        f"resume with  python train.py -r {shlex.quote(str(run_dir / 'checkpoints' / 'last.pth'))}",
+        f"resume with  {resume_command(run_dir / 'checkpoints' / 'last.pth')}",
     ]
     if trainer.resume_batch:
         lines.insert(5, f"resuming     epoch {trainer.start_epoch} at batch {trainer.resume_batch:,} of {trainer.batches_per_epoch:,}")

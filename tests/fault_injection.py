@@ -1,0 +1,45 @@
+"""A real model that sends its own process a real signal at a chosen training batch.
+
+Tests use it to interrupt a run at an exact, randomly chosen point without timing races:
+``SIGNAL_AT_BATCH=N`` (1-based count of training forward passes in this process) and
+``SIGNAL_NAME=SIGTERM|SIGINT|SIGKILL``; with ``SIGNAL_RANK`` only that torchrun rank signals.
+Without the variables it is exactly ``DigitsCNN``; counting consumes no random numbers.
+"""
+
+import os
+import signal
+
+from model.loss import nll_loss
+from model.model import DigitsCNN
+
+
+class SignalingDigitsCNN(DigitsCNN):
+    def __init__(self, num_classes: int = 10, dropout: float = 0.25):
+        super().__init__(num_classes, dropout)
+        self.calls = 0
+        self.at = int(os.environ.get("SIGNAL_AT_BATCH", 0))
+        rank = os.environ.get("SIGNAL_RANK")
+        if rank is not None and rank != os.environ.get("RANK", "0"):
+            self.at = 0
+
+    def forward(self, x):
+        if self.training:
+            self.calls += 1
+            if self.calls == self.at:
+                os.kill(os.getpid(), getattr(signal, os.environ.get("SIGNAL_NAME", "SIGTERM")))
+        return super().forward(x)
+
+
+class NanLossAfter:
+    """``nll_loss`` that turns NaN from the ``at``-th training call on (a real non-finite loss)."""
+
+    def __init__(self, at: int):
+        self.at, self.calls = at, 0
+
+    def __call__(self, output, target):
+        loss = nll_loss(output, target)
+        if output.requires_grad:
+            self.calls += 1
+            if self.calls >= self.at:
+                return loss * float("nan")
+        return loss

@@ -1,0 +1,117 @@
+"""Exact resume: epoch boundaries (issue 5) and mid-epoch after SIGTERM / SIGKILL (issue 11).
+
+Each test trains the same tiny experiment twice, once without interruption and once
+interrupted by a real signal at a random batch and resumed with ``-r``, and requires the final
+weights to be bitwise equal on CPU (dropout on) and the logged metrics to be equal.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, run_script, tiny_config, write_config
+
+SIGNAL_ENV = {"PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"}
+TIMING_KEYS = {"samples_per_sec"}
+
+
+def experiment(tmp_path: Path, **trainer) -> Path:
+    config = tiny_config(tmp_path, epochs=3, **trainer)
+    config["arch"] = {"type": "fault_injection:SignalingDigitsCNN", "args": {"dropout": 0.3}}
+    return write_config(tmp_path, config)
+
+
+def train(config: Path, run_id: str, *overrides: str, env: dict | None = None):
+    return run_script("train.py", "-c", str(config), "--run-id", run_id, *overrides, env={**SIGNAL_ENV, **(env or {})})
+
+
+def resume(checkpoint: Path, *overrides: str):
+    return run_script("train.py", "-r", str(checkpoint), *overrides, env=SIGNAL_ENV)
+
+
+def final_state(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints" / "last.pth", weights_only=True, map_location="cpu")
+
+
+def metric_rows(run_dir: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in rows]
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    state_a, state_b = final_state(a), final_state(b)
+    assert state_a["model"].keys() == state_b["model"].keys()
+    for key in state_a["model"]:
+        assert torch.equal(state_a["model"][key], state_b["model"][key]), f"{key} differs after resume"
+    assert state_a["global_step"] == state_b["global_step"]
+    assert metric_rows(a) == metric_rows(b)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One uninterrupted run, shared by the tests that interrupt the same experiment."""
+    tmp_path = tmp_path_factory.mktemp("reference")
+    config = experiment(tmp_path)
+    result = train(config, "straight")
+    assert result.returncode == 0, result.stderr
+    return tmp_path / "saved" / "digits_cnn" / "straight"
+
+
+def test_resume_at_epoch_boundary_is_bitwise_exact(tmp_path, reference):
+    config = experiment(tmp_path)
+    first = train(config, "split", "trainer.epochs=1")
+    assert first.returncode == 0, first.stderr
+    run_dir = tmp_path / "saved" / "digits_cnn" / "split"
+    second = resume(run_dir / "checkpoints" / "last.pth", "trainer.epochs=3")
+    assert second.returncode == 0, second.stderr
+    assert_same_run(reference, run_dir)
+
+
+def test_sigterm_mid_epoch_then_resume_is_bitwise_exact(tmp_path, reference):
+    batches_per_epoch = 20  # 1,222 training samples in batches of 64
+    at = random.Random().randint(batches_per_epoch + 2, 2 * batches_per_epoch - 2)  # inside epoch 2
+    config = experiment(tmp_path)
+    stopped = train(config, "interrupted", env={"SIGNAL_AT_BATCH": str(at), "SIGNAL_NAME": "SIGTERM"})
+    assert stopped.returncode == 128 + signal.SIGTERM, (at, stopped.stdout, stopped.stderr)
+    run_dir = tmp_path / "saved" / "digits_cnn" / "interrupted"
+    assert "python train.py -r" in stopped.stdout
+    state = final_state(run_dir)
+    assert (state["epoch"], state["batch_in_epoch"]) == (2, at - batches_per_epoch), at
+    assert len(metric_rows(run_dir)) == 1
+
+    resumed = resume(run_dir / "checkpoints" / "last.pth")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming epoch 2 at batch {at - batches_per_epoch} of {batches_per_epoch}" in resumed.stdout
+    assert_same_run(reference, run_dir)
+
+
+def test_sigkill_with_step_checkpoints_then_resume_is_bitwise_exact(tmp_path, reference):
+    at = random.Random().randint(24, 57)
+    config = experiment(tmp_path, save_every_n_steps=7)
+    killed = train(config, "killed", env={"SIGNAL_AT_BATCH": str(at), "SIGNAL_NAME": "SIGKILL"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    run_dir = tmp_path / "saved" / "digits_cnn" / "killed"
+    state = final_state(run_dir)  # whatever the moment of the kill, last.pth loads
+    assert state["global_step"] <= at - 1
+    resumed = resume(run_dir / "checkpoints" / "last.pth")
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_run(reference, run_dir)
+
+
+def test_sigterm_with_dataloader_workers_is_bitwise_exact(tmp_path):
+    """The regular DataLoader path with worker processes resumes mid-epoch exactly too."""
+    overrides = ("data_loader.args.in_memory=false", "data_loader.args.num_workers=2", "trainer.epochs=2")
+    config = experiment(tmp_path)
+    straight = train(config, "straight", *overrides)
+    assert straight.returncode == 0, straight.stderr
+    stopped = train(config, "interrupted", *overrides, env={"SIGNAL_AT_BATCH": "27", "SIGNAL_NAME": "SIGINT"})
+    assert stopped.returncode == 128 + signal.SIGINT, stopped.stderr
+    run_dir = tmp_path / "saved" / "digits_cnn" / "interrupted"
+    resumed = resume(run_dir / "checkpoints" / "last.pth")
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_run(tmp_path / "saved" / "digits_cnn" / "straight", run_dir)
