@@ -90,7 +90,11 @@ def export_model(model: torch.nn.Module, evaluator: Evaluator, data_loader, path
     inputs, _ = evaluator.prepare(next(iter(data_loader)))
     args, kwargs = ((), inputs) if isinstance(inputs, dict) else ((inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs), {})
     batch = torch.export.Dim("batch", min=1)
-    shapes = {name: {0: batch} for name in kwargs} if kwargs else tuple({0: batch} for _ in args)
+
+    def dynamic(tensor: torch.Tensor) -> dict:  # the batch and every other dimension (e.g. text length) may vary
+        return {0: batch, **{dim: torch.export.Dim.AUTO for dim in range(1, tensor.dim())}}
+
+    shapes = {name: dynamic(value) for name, value in kwargs.items()} if kwargs else tuple(dynamic(value) for value in args)
     try:
         program = torch.export.export(model.eval(), args, kwargs or None, dynamic_shapes=shapes)
     except Exception as exc:  # torch.export's own errors name the unsupported construct

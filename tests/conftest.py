@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def run_script(*args: str, cwd: Path = ROOT, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run ``python <args>`` from the project root; returns the completed process (output captured)."""
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    # One thread per process: the models are tiny and parallel test processes share 2 cores.
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run([sys.executable, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 

@@ -1,0 +1,111 @@
+"""Your own images, one sub-folder per class: torchvision's ``ImageFolder`` with train and eval transforms.
+
+::
+
+    data_dir/
+        train/<class>/<image>      training images (augmented)
+        val/<class>/<image>        validation images, one pass per epoch
+        test/<class>/<image>       optional; test.py uses val/ when it is missing
+
+Class indices come from the sorted names of ``train/``'s sub-folders; ``val/`` and ``test/`` must
+have the same class folders. Any format PIL reads works; images are converted to RGB.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from torch.utils.data import Dataset
+
+from base import BaseDataLoader
+from utils.errors import UserError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def image_transforms(image_size: int, mean: Sequence[float], std: Sequence[float], augment: bool):
+    """Training: random resized crop and horizontal flip. Evaluation: resize, then centre crop (ImageNet's 0.875 ratio)."""
+    import torch
+    from torchvision.transforms import v2
+
+    if augment:
+        resize = [v2.RandomResizedCrop(image_size, scale=(0.5, 1.0), antialias=True), v2.RandomHorizontalFlip()]
+    else:
+        resize = [v2.Resize(round(image_size / 0.875), antialias=True), v2.CenterCrop(image_size)]
+    return v2.Compose([*resize, v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
+
+
+def image_folder(root: Path, transform, data_dir: Path, classes: list[str] | None = None) -> Dataset:
+    """``ImageFolder(root)``; a missing or empty folder, or classes other than ``classes``, is a UserError."""
+    from torchvision.datasets import ImageFolder
+
+    layout = "expected data_dir/train/<class>/<image> and data_dir/val/<class>/<image>"
+    if not root.is_dir():
+        raise UserError(f"data_loader.args.data_dir: {data_dir} has no {root.name}/ folder; {layout}")
+    try:
+        dataset = ImageFolder(str(root), transform=transform)
+    except FileNotFoundError as exc:
+        raise UserError(f"data_loader.args.data_dir: {root}: {str(exc).splitlines()[0]}; {layout}") from None
+    if classes is not None and dataset.classes != classes:
+        raise UserError(
+            f"data_loader.args.data_dir: {root} has classes {dataset.classes} but train/ has {classes}; use the same class folders"
+        )
+    return dataset
+
+
+class ImageFolderDataLoader(BaseDataLoader):
+    """Images from ``data_dir/train`` (augmented) with validation on ``data_dir/val``; ``training=False`` reads ``test/`` or ``val/``.
+
+    Args:
+        data_dir: folder holding ``train/`` and ``val/`` (and optionally ``test/``).
+        image_size: side of the square crop fed to the model.
+        mean, std: per-channel normalisation; the defaults are ImageNet's, which pretrained torchvision models expect.
+        augment: random crops and flips for training (off: the evaluation transform).
+        The rest: see :class:`BaseDataLoader` (``validation_split`` does not exist here: ``val/`` is the validation set).
+    """
+
+    def __init__(
+        self,
+        data_dir: str,
+        batch_size: int = 32,
+        image_size: int = 224,
+        shuffle: bool = True,
+        num_workers: int = 2,
+        training: bool = True,
+        augment: bool = True,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        in_memory: bool = False,
+        drop_last: bool = False,
+    ):
+        self.data_dir = Path(data_dir)
+        if not self.data_dir.is_dir():
+            raise UserError(f"data_loader.args.data_dir: {data_dir} is not a folder; point it at a folder holding train/ and val/")
+        eval_transform = image_transforms(image_size, mean, std, augment=False)
+        train_transform = image_transforms(image_size, mean, std, augment=augment)
+        train_set = image_folder(self.data_dir / "train", train_transform if training else eval_transform, self.data_dir)
+        self.classes = train_set.classes
+        self.valid_dataset: Dataset | None = None
+        if training:
+            dataset = train_set
+            self.valid_dataset = image_folder(self.data_dir / "val", eval_transform, self.data_dir, self.classes)
+        else:
+            split = "test" if (self.data_dir / "test").is_dir() else "val"
+            dataset = image_folder(self.data_dir / split, eval_transform, self.data_dir, self.classes)
+        super().__init__(
+            dataset,
+            batch_size,
+            shuffle,
+            num_workers=num_workers,
+            training=training,
+            in_memory=in_memory,
+            drop_last=drop_last,
+        )
+
+    def split_validation(self) -> BaseDataLoader | None:
+        """A loader over ``val/`` (evaluation transform, no shuffle), used like a validation split by train.py."""
+        if self.valid_dataset is None:
+            return None
+        return BaseDataLoader(self.valid_dataset, training=False, **self.init_kwargs)

@@ -1,0 +1,113 @@
+"""The text example: custom Dataset, vocabulary from the training split only, padding collate, and a real run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import ROOT, run_script
+
+from data_loader.text import PAD_INDEX, UNK_INDEX, TextClassificationDataset, TextDataLoader, Vocabulary, pad_collate, tokenize
+from model.text import TextClassifier
+from utils.builders import build_loss, build_lr_scheduler, build_metrics, build_optimizer
+from utils.config import Config
+from utils.errors import UserError
+
+THREADS = {"OMP_NUM_THREADS": "1"}  # the test machine's cores are shared; one thread avoids oversubscription
+
+
+def write_tsv(path, rows):
+    path.write_text("label\ttext\n" + "".join(f"{label}\t{text}\n" for label, text in rows))
+
+
+def test_dataset_items_and_padded_batches():
+    vocab = Vocabulary(["the cat sat", "the dog"], max_size=100)
+    dataset = TextClassificationDataset([("b", "The cat!"), ("a", "dog dog zebra the"), ("a", "...")], vocab, ["a", "b"])
+    assert len(dataset) == 3
+    item = dataset[0]
+    assert set(item) == {"text", "label"} and item["label"] == 1
+    assert item["text"].tolist() == [vocab.stoi["the"], vocab.stoi["cat"]]
+    assert dataset[1]["text"].tolist()[2] == UNK_INDEX  # "zebra" was never counted
+
+    batch = pad_collate([dataset[i] for i in range(3)])
+    assert batch["text"].dtype == torch.int64 and batch["text"].shape == (3, 4)
+    assert batch["text"][0, 2:].tolist() == [PAD_INDEX, PAD_INDEX]
+    assert batch["text"][2].tolist() == [PAD_INDEX] * 4  # a sentence with no words is all padding
+    assert batch["label"].tolist() == [1, 0, 0]
+    assert pad_collate([dataset[2]])["text"].shape == (1, 1)
+
+
+def test_vocabulary_comes_from_the_training_split_only_and_is_the_same_for_test(tmp_path):
+    rows = [("even" if i % 2 else "odd", f"common word{i}") for i in range(10)]
+    write_tsv(tmp_path / "train.tsv", rows)
+    write_tsv(tmp_path / "test.tsv", [("odd", "common word3 unseen")])
+    loader = TextDataLoader(str(tmp_path), batch_size=4, validation_split=3, split_seed=5)
+    valid_ids = loader.valid_subset.indices
+    train_ids = loader.dataset.indices
+    assert len(valid_ids) == 3 and sorted(train_ids + valid_ids) == list(range(10))
+    assert set(loader.vocab.itos) == {"<pad>", "<unk>", "common"} | {f"word{i}" for i in train_ids}
+    valid_batch = next(iter(loader.split_validation()))
+    assert (valid_batch["text"][:, 1] == UNK_INDEX).all()  # validation words are unknown to the model
+
+    test_loader = TextDataLoader(str(tmp_path), batch_size=4, validation_split=3, split_seed=5, training=False)
+    assert test_loader.vocab.itos == loader.vocab.itos and test_loader.classes == loader.classes
+    assert len(test_loader.dataset) == 1
+
+
+def test_bad_data_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="train.tsv"):
+        TextDataLoader(str(tmp_path))
+    write_tsv(tmp_path / "train.tsv", [("a", "x y"), ("b", "y z")])
+    write_tsv(tmp_path / "test.tsv", [("c", "x")])
+    with pytest.raises(UserError, match=r"labels \['c'\]"):
+        TextDataLoader(str(tmp_path), validation_split=0, training=False)
+    (tmp_path / "train.tsv").write_text("label\ttext\nno tab here\n")
+    with pytest.raises(UserError, match=r"train.tsv:2"):
+        TextDataLoader(str(tmp_path))
+
+
+def test_model_takes_a_batch_or_one_sentence():
+    model = TextClassifier(vocab_size=50, embed_dim=8, num_classes=3).eval()
+    text = torch.tensor([[5, 6, 7, 0], [9, 0, 0, 0]])
+    logits = model(text=text)
+    assert logits.shape == (2, 3)
+    torch.testing.assert_close(model(text[1, :1]), logits[1])  # (L,) in, (C,) out; padding does not count
+    with pytest.raises(UserError, match="vocab_size"):
+        model(torch.tensor([[60]]))
+
+
+def test_config_builds_and_runs_one_batch():
+    config = Config.from_file(ROOT / "configs/text.json")
+    loader = config.init_obj("data_loader")
+    model = config.init_obj("arch")
+    assert config["arch"]["args"]["vocab_size"] >= len(loader.vocab)
+    assert config["arch"]["args"]["num_classes"] == len(loader.classes)
+    optimizer = build_optimizer(config, model)
+    build_lr_scheduler(config, optimizer)
+    batch = next(iter(loader))
+    output = model(text=batch["text"])
+    loss = build_loss(config)(output, batch["label"])
+    loss.backward()
+    assert torch.isfinite(loss) and {name: fn(output, batch["label"]) for name, fn in build_metrics(config).items()}
+
+
+def test_text_example_learns_and_test_py_evaluates_the_checkpoint(tmp_path):
+    overrides = [f"trainer.save_dir={tmp_path}", "trainer.epochs=8", "trainer.early_stop=0", "trainer.tensorboard=false"]
+    result = run_script("train.py", "-c", "configs/text.json", "--run-id", "run", *overrides, env=THREADS)
+    assert result.returncode == 0, result.stderr + result.stdout
+    run_dir = tmp_path / "text_topics" / "run"
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    best = max(row["val_accuracy"] for row in rows)
+    assert best >= 0.55, rows  # four classes: chance is 0.25
+    assert rows[-1]["accuracy"] > rows[0]["accuracy"]
+
+    out = tmp_path / "test_metrics.json"
+    result = run_script("test.py", "-r", str(run_dir / "checkpoints" / "best.pth"), "--out", str(out), env=THREADS)
+    assert result.returncode == 0, result.stderr + result.stdout
+    metrics = json.loads(out.read_text())
+    assert metrics["samples"] == 64 and metrics["accuracy"] >= 0.55, metrics
+
+
+def test_tokenize():
+    assert tokenize("Don't STOP, 2 times!") == ["don't", "stop", "2", "times"]
