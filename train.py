@@ -155,9 +155,13 @@ def build_trainer(args: argparse.Namespace) -> tuple[Trainer, Path]:
         resume_epoch=(resume_state["epoch"] - (1 if resume_state["batch_in_epoch"] else 0)) if resume_state else None,
         resume_step=resume_state["global_step"] if resume_state else None,
     )
-    trainer = Trainer(
-        model, criterion, metrics, optimizer, config, device, data_loader, valid_data_loader, lr_scheduler, run=run, checkpoint=resume_state
-    )
+    try:
+        trainer = Trainer(
+            model, criterion, metrics, optimizer, config, device, data_loader, valid_data_loader, lr_scheduler, run=run, checkpoint=resume_state
+        )
+    except UserError:
+        run.discard()  # a new run that could not start leaves nothing behind
+        raise
     log_header(config, run_dir, device, model, data_loader, valid_data_loader, trainer, mode)
     return trainer, run_dir
 

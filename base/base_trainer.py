@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from logger.logger import get_logger
 from logger.run_log import RunLog
 from utils import distributed
-from utils.checkpoint import FORMAT, VERSION, clean_state_dict, link_atomic, prune_epoch_checkpoints, save_atomic
+from utils.checkpoint import FORMAT, VERSION, clean_state_dict, link_atomic, prune_epoch_checkpoints, remove_stale_temporaries, save_atomic
 from utils.config import Config
 from utils.errors import UserError
 from utils.seed import get_rng_state, set_rng_state
@@ -73,6 +73,8 @@ class BaseTrainer(ABC):
         self._resume_rng: dict | None = None
         if checkpoint is not None:
             self._restore(checkpoint)
+        if self.run.checkpoint_dir is not None:
+            remove_stale_temporaries(self.run.checkpoint_dir)
 
     # -- set-up -----------------------------------------------------------------------------
 

@@ -1,7 +1,9 @@
-"""Python logging for a run: console always, ``train.log`` in the run directory on rank 0.
+"""Python logging for a run: the console always, ``train.log`` in the run directory on rank 0.
 
-Verbosity 0/1/2 maps to WARNING/INFO/DEBUG. Non-zero ranks log warnings only, so a DDP run's
-console reads like a single-process one.
+``trainer.verbosity`` 0/1/2 sets the console to WARNING/INFO/DEBUG; ``train.log`` always gets
+INFO (and DEBUG at verbosity 2), so a quiet console still leaves a complete record. Non-zero
+ranks log warnings only, so a DDP run's console reads like a single-process one. Console lines
+go through ``tqdm.write`` so that they never tear a progress bar apart.
 """
 
 from __future__ import annotations
@@ -10,9 +12,21 @@ import logging
 import sys
 from pathlib import Path
 
+from tqdm import tqdm
+
 LOGGER_NAME = "template"
 LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG}
 _FORMAT = "%(asctime)s %(levelname)s %(message)s"
+
+
+class _ConsoleHandler(logging.StreamHandler):
+    """A stream handler that clears and redraws tqdm bars around each line it writes."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # logging's contract: a failing handler reports and carries on
+            self.handleError(record)
 
 
 def get_logger() -> logging.Logger:
@@ -22,10 +36,13 @@ def get_logger() -> logging.Logger:
 def setup_logging(verbosity: int = 1, rank: int = 0) -> logging.Logger:
     """Console logging to stdout; call once per process before anything logs."""
     logger = get_logger()
+    close_log_files()
     logger.handlers.clear()
     logger.propagate = False
-    logger.setLevel(LEVELS.get(verbosity, logging.INFO) if rank == 0 else logging.WARNING)
-    handler = logging.StreamHandler(sys.stdout)
+    console_level = LEVELS.get(verbosity, logging.INFO) if rank == 0 else logging.WARNING
+    logger.setLevel(min(console_level, logging.INFO) if rank == 0 else logging.WARNING)
+    handler = _ConsoleHandler(sys.stdout)
+    handler.setLevel(console_level)
     prefix = "" if rank == 0 else f"[rank {rank}] "
     handler.setFormatter(logging.Formatter(prefix + _FORMAT, "%H:%M:%S"))
     logger.addHandler(handler)
@@ -40,6 +57,7 @@ def add_log_file(path: Path) -> None:
 
 
 def close_log_files() -> None:
+    """Flush and detach every ``train.log`` handler (the console stays)."""
     logger = get_logger()
     for handler in list(logger.handlers):
         if isinstance(handler, logging.FileHandler):

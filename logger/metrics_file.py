@@ -19,10 +19,20 @@ class MetricsFile:
             tmp.replace(self.path)
 
     def append(self, row: dict) -> None:
+        """One line per call, written and flushed at once (NaN/inf become null: JSON has neither)."""
         clean = {key: (None if isinstance(v, float) and not math.isfinite(v) else v) for key, v in row.items()}
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(clean) + "\n")
 
     @staticmethod
     def read(path: Path) -> list[dict]:
-        return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+        """Every complete row; a last line cut short by a crash is skipped, not an error."""
+        rows = []
+        for line in Path(path).read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and "epoch" in row:
+                rows.append(row)
+        return rows

@@ -7,6 +7,8 @@ Other ranks get a ``RunLog(None, ...)`` whose methods do nothing, so callers nev
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 from pathlib import Path
 
 from logger.logger import add_log_file, close_log_files, get_logger
@@ -16,11 +18,17 @@ from logger.tensorboard import TensorboardWriter
 
 class RunLog:
     def __init__(self, run_dir: Path | None, config: dict, resume_epoch: int | None = None, resume_step: int | None = None):
+        """Create (or, resuming, reopen) the run directory; ``resume_epoch``/``resume_step`` say
+        where the checkpoint left off, so rows and events written after it are dropped."""
         self.run_dir = run_dir
         self.metrics: MetricsFile | None = None
         self.tensorboard = TensorboardWriter(None, False)
+        self.created = False
         if run_dir is None:
             return
+        self.created = not run_dir.exists()
+        # Folders this run creates, outermost first, so that discard() can take back exactly those.
+        self.new_folders = [folder for folder in reversed([run_dir, *run_dir.parents]) if not folder.exists()]
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         add_log_file(run_dir / "train.log")
@@ -46,8 +54,28 @@ class RunLog:
         self.tensorboard.flush()
 
     def close(self) -> None:
+        """Close the event file and flush ``train.log``; safe to call twice.
+
+        ``train.log`` stays attached so that what the entry script logs after training (the
+        summary, or how to resume a stopped run) is in it too; ``logging`` closes it at exit,
+        and the next ``setup_logging`` in the same process does too.
+        """
         self.tensorboard.close()
+        for handler in get_logger().handlers:
+            if isinstance(handler, logging.FileHandler):
+                handler.flush()
+
+    def discard(self) -> None:
+        """Close, and delete the run directory if this RunLog created it: for a new run that
+        failed before its first epoch, so a user error leaves nothing behind."""
+        self.close()
         close_log_files()
+        if self.created and self.run_dir is not None:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            for folder in reversed(self.new_folders[:-1]):  # e.g. saved/<name>/, if this run made it and it is empty
+                if folder.exists() and not any(folder.iterdir()):
+                    folder.rmdir()
+            self.created = False
 
 
 def _fmt(value) -> str:

@@ -1,12 +1,18 @@
 """TensorBoard through ``torch.utils.tensorboard``; a do-nothing stand-in when disabled or not rank 0.
 
-Every scalar is logged against the global optimizer step (epoch rows too, beside an ``epoch``
-scalar), so a resumed run can purge whatever the interrupted run wrote after its checkpoint with
-one ``purge_step`` and TensorBoard shows one clean curve.
+Every scalar is logged against the global optimizer step, epoch rows too (beside an ``epoch``
+scalar that maps steps to epochs), so a resumed run can purge whatever the interrupted run wrote
+after its checkpoint with one ``purge_step`` and TensorBoard shows one clean curve.
+
+Tags: ``train/<name>`` and ``valid/<name>`` per epoch (loss, each metric, ``samples_per_sec``,
+``lr`` and ``lr_group<i>``), ``epoch``, ``train/step_loss`` and ``train/step_samples_per_sec``
+every ``log_step`` steps, and, when asked for, ``train/inputs`` (images) and ``params/<name>``
+(histograms) once per epoch. ``tensorboard --logdir saved/`` shows every run.
 """
 
 from __future__ import annotations
 
+import atexit
 from pathlib import Path
 
 import torch
@@ -19,6 +25,8 @@ class TensorboardWriter:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
+            # Whatever ends the process early (an error before the loop's own clean-up), the events reach the disk.
+            atexit.register(self.close)
 
     def add_scalars(self, values: dict[str, float], step: int) -> None:
         if self.writer is not None:
@@ -42,6 +50,8 @@ class TensorboardWriter:
             self.writer.flush()
 
     def close(self) -> None:
+        """Flush and close; safe to call twice."""
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+            atexit.unregister(self.close)

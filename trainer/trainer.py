@@ -19,10 +19,10 @@ import torch
 from torch import nn
 
 from base import BaseDataLoader, BaseTrainer
-from logger.progress import progress_bar, progress_enabled
+from logger.progress import progress_bar, progress_enabled, progress_iter
 from trainer.evaluator import Evaluator
 from utils import distributed
-from utils.errors import NonFiniteLossError, UserError
+from utils.errors import NonFiniteLossError
 
 
 class Trainer(BaseTrainer, Evaluator):
@@ -77,7 +77,7 @@ class Trainer(BaseTrainer, Evaluator):
         if limit:
             count = min(count, limit)
         if count < 1:
-            raise UserError("data_loader: the training split yields no batch; lower data_loader.args.batch_size or turn off drop_last")
+            raise self.config.error("data_loader.args.batch_size", "the training split yields no batch; lower batch_size or turn off drop_last")
         return count
 
     # -- training ---------------------------------------------------------------------------
@@ -119,14 +119,15 @@ class Trainer(BaseTrainer, Evaluator):
         self.resume_batch, self.resume_sums, self.resume_samples = 0, None, 0
         if start:
             self.logger.info("resuming epoch %d at batch %s of %s", epoch, f"{start:,}", f"{total:,}")
-        window = LossWindow(self.log_step * self.accumulate, self.device)
+        window = LossWindow()
         bar = progress_bar(total, f"epoch {epoch}", self.show_progress, initial=start)
         started, samples_at_start = time.perf_counter(), samples
+        first_inputs = None
 
         for batch_idx, batch in enumerate(self._epoch_batches(epoch, start), start=start):
             inputs, target = self.prepare(batch)
             if batch_idx == start and self.log_images and isinstance(inputs, torch.Tensor):
-                self.run.tensorboard.add_images("train/inputs", inputs, self.global_step)
+                first_inputs = inputs  # logged at the epoch's last step, with the histograms
             # Accumulation groups are fixed by position, so a resumed epoch groups batches as before.
             group_start = batch_idx - batch_idx % self.accumulate
             group_size = min(self.accumulate, total - group_start)
@@ -179,6 +180,8 @@ class Trainer(BaseTrainer, Evaluator):
         log["samples_per_sec"] = round(float(seen.item()) / max(elapsed, 1e-9), 2)
         if self.log_histograms:
             self.run.tensorboard.add_histograms(self.raw_model, self.global_step)
+        if first_inputs is not None:
+            self.run.tensorboard.add_images("train/inputs", first_inputs, self.global_step)
         return log
 
     def _check_window(self, window: LossWindow, epoch: int) -> float | None:
@@ -218,29 +221,35 @@ class Trainer(BaseTrainer, Evaluator):
                 batches = islice(batches, self.valid_limit)
         if batches is None:
             return {}
-        sums, count = self.evaluate_sums(batches)
+        sums, count = self.evaluate_sums(progress_iter(batches, f"valid {epoch}", self.show_progress))
         return self.reduce_sums(sums, count, prefix="val_")
 
 
 class LossWindow:
-    """Per-batch losses since the last host read, kept on the device (one small copy per batch)."""
+    """Per-batch losses since the last host read, kept on the device as they are: no kernel per batch,
+    one ``stack`` per ``CHUNK`` batches so that a long window holds few tensors."""
 
-    def __init__(self, size: int, device: torch.device):
-        self.buffer = torch.empty(max(size, 1), dtype=torch.float32, device=device)
+    CHUNK = 256
+
+    def __init__(self) -> None:
+        self.chunks: list[torch.Tensor] = []
+        self.pending: list[torch.Tensor] = []
         self.steps: list[int] = []
 
     def add(self, loss: torch.Tensor, step: int) -> None:
-        if len(self.steps) == len(self.buffer):
-            self.buffer = torch.cat([self.buffer, torch.empty_like(self.buffer)])
-        self.buffer[len(self.steps)] = loss.detach()
+        self.pending.append(loss.detach())
         self.steps.append(step + 1)
+        if len(self.pending) == self.CHUNK:
+            self.chunks.append(torch.stack(self.pending).float())
+            self.pending = []
 
     def drain(self) -> tuple[float | None, tuple[int, float] | None]:
         """(mean loss, (first non-finite step, its value) or None); empties the window. Reads the device once."""
         if not self.steps:
             return None, None
-        values = self.buffer[: len(self.steps)].tolist()
-        steps, self.steps = self.steps, []
+        parts = self.chunks + ([torch.stack(self.pending).float()] if self.pending else [])
+        values = (torch.cat(parts) if len(parts) > 1 else parts[0]).tolist()
+        steps, self.steps, self.chunks, self.pending = self.steps, [], [], []
         for step, value in zip(steps, values):
             if value != value or value in (float("inf"), float("-inf")):
                 return None, (step, value)

@@ -134,6 +134,14 @@ def prune_epoch_checkpoints(folder: Path, keep_last: int) -> list[Path]:
     return doomed
 
 
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete temporary files that a killed process left behind mid-write (never a finished checkpoint)."""
+    stale = [path for path in Path(folder).glob(".*.pth.tmp-*") if path.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def run_dir_of(checkpoint: str | Path) -> Path:
     """The run directory a checkpoint belongs to (``<run_dir>/checkpoints/<file>``)."""
     checkpoint = Path(checkpoint).resolve()
