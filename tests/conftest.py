@@ -9,6 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+# Tiny models gain nothing from more threads, and OpenMP threads spinning against other test
+# processes on CI's 2 cores make in-process runs many times slower.
+torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,6 +37,18 @@ def write_config(tmp_path: Path, config: dict, name: str = "config.json") -> Pat
     path = tmp_path / name
     path.write_text(json.dumps(config))
     return path
+
+
+def build_trainer(tmp_path: Path, config: dict, *overrides: str, run_id: str = "run"):
+    """(trainer, run_dir) built in-process by train.py's own ``build_trainer``, ready to ``train()``."""
+    import train
+
+    path = write_config(tmp_path, config, f"{run_id}.json")
+    return train.build_trainer(train.parse_args(["-c", str(path), "--run-id", run_id, *overrides]))
+
+
+def metric_rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture

@@ -6,22 +6,13 @@ real runs on the digits data, then compare against what plain torch computes.
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 import torch
-from conftest import ROOT, run_script, tiny_config, write_config
-
-import train as train_script
+from conftest import ROOT, build_trainer, metric_rows, run_script, tiny_config, write_config
 
 MLP = {"type": "MLP", "args": {"in_features": 64, "hidden": 32, "num_classes": 10, "dropout": 0.0}}
-
-
-def build(tmp_path, config: dict, *overrides: str, run_id: str = "run"):
-    path = write_config(tmp_path, config, f"{run_id}.json")
-    args = train_script.parse_args(["-c", str(path), "--run-id", run_id, *overrides])
-    return train_script.build_trainer(args)
 
 
 def mlp_config(tmp_path, **trainer) -> dict:
@@ -38,19 +29,15 @@ def params(model: torch.nn.Module) -> dict:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def rows(run_dir) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
 def test_accumulating_k_micro_batches_equals_one_k_times_larger_batch(tmp_path):
-    big, _ = build(tmp_path, mlp_config(tmp_path, epochs=1), run_id="big")
-    small, _ = build(tmp_path, mlp_config(tmp_path, epochs=1, accumulate_steps=4), "data_loader.args.batch_size=16", run_id="small")
+    big, _ = build_trainer(tmp_path, mlp_config(tmp_path, epochs=1), run_id="big")
+    small, _ = build_trainer(tmp_path, mlp_config(tmp_path, epochs=1, accumulate_steps=4), "data_loader.args.batch_size=16", run_id="small")
     torch.testing.assert_close(params(big.raw_model), params(small.raw_model))  # same seed, same start
     big.train()
     small.train()
     assert big.global_step == small.global_step == 20
     torch.testing.assert_close(params(big.raw_model), params(small.raw_model), rtol=1e-5, atol=1e-6)
-    before = params(build(tmp_path, mlp_config(tmp_path, epochs=1), run_id="fresh")[0].raw_model)
+    before = params(build_trainer(tmp_path, mlp_config(tmp_path, epochs=1), run_id="fresh")[0].raw_model)
     assert not torch.allclose(before["net.1.weight"], params(big.raw_model)["net.1.weight"])
 
 
@@ -58,7 +45,7 @@ def test_clipping_bounds_the_gradient_norm(tmp_path):
     """With plain SGD at lr 1 one step moves the weights by exactly the (clipped) gradient."""
 
     def step_size(*overrides):
-        trainer, _ = build(tmp_path, mlp_config(tmp_path, epochs=1, limit_batches=1), "optimizer.args.lr=1.0", *overrides, run_id=f"c{len(overrides)}")
+        trainer, _ = build_trainer(tmp_path, mlp_config(tmp_path, epochs=1, limit_batches=1), "optimizer.args.lr=1.0", *overrides, run_id=f"c{len(overrides)}")
         before = torch.cat([p.detach().flatten().clone() for p in trainer.raw_model.parameters()])
         trainer.train()
         after = torch.cat([p.detach().flatten() for p in trainer.raw_model.parameters()])
@@ -77,27 +64,27 @@ class DtypeRecorder:
 
 
 def test_bf16_autocast_trains_on_cpu(tmp_path):
-    trainer, run_dir = build(tmp_path, mlp_config(tmp_path, epochs=2, amp="bf16"))
+    trainer, run_dir = build_trainer(tmp_path, mlp_config(tmp_path, epochs=2, amp="bf16"))
     recorder = DtypeRecorder(trainer.raw_model.net[1])
     trainer.train()
     assert recorder.dtypes == {torch.bfloat16}
-    losses = [row["loss"] for row in rows(run_dir)]
+    losses = [row["loss"] for row in metric_rows(run_dir)]
     assert all(math.isfinite(x) for x in losses) and losses[1] < losses[0]
 
 
 def test_fp16_uses_a_grad_scaler_whose_state_is_checkpointed(tmp_path):
-    trainer, run_dir = build(tmp_path, mlp_config(tmp_path, epochs=1, amp="fp16"))
+    trainer, run_dir = build_trainer(tmp_path, mlp_config(tmp_path, epochs=1, amp="fp16"))
     trainer.train()
     assert trainer.scaler is not None
     state = torch.load(run_dir / "checkpoints" / "last.pth", weights_only=True)
     assert state["scaler"]["scale"] > 0 and "growth_factor" in state["scaler"]
-    assert math.isfinite(rows(run_dir)[0]["loss"])
+    assert math.isfinite(metric_rows(run_dir)[0]["loss"])
 
 
 def test_per_step_scheduler_matches_torch_schedule(tmp_path):
     config = mlp_config(tmp_path, epochs=2)
     config["lr_scheduler"] = {"type": "OneCycleLR", "args": {"max_lr": 0.5, "total_steps": 40}, "interval": "step"}
-    trainer, run_dir = build(tmp_path, config)
+    trainer, run_dir = build_trainer(tmp_path, config)
     trainer.train()
     reference_opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     reference = torch.optim.lr_scheduler.OneCycleLR(reference_opt, max_lr=0.5, total_steps=40)
@@ -107,7 +94,7 @@ def test_per_step_scheduler_matches_torch_schedule(tmp_path):
             reference_opt.step()
             reference.step()
         expected.append(reference_opt.param_groups[0]["lr"])
-    assert [row["lr"] for row in rows(run_dir)] == pytest.approx(expected)
+    assert [row["lr"] for row in metric_rows(run_dir)] == pytest.approx(expected)
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(reference_opt.param_groups[0]["lr"])
 
 
@@ -115,21 +102,21 @@ def test_plateau_scheduler_is_fed_the_monitored_metric(tmp_path):
     config = mlp_config(tmp_path, epochs=4, monitor="min val_loss")
     # mode "max" on a falling val_loss: every epoch after the first is a plateau, so the LR halves.
     config["lr_scheduler"] = {"type": "ReduceLROnPlateau", "args": {"mode": "max", "patience": 0, "factor": 0.5}}
-    trainer, run_dir = build(tmp_path, config)
+    trainer, run_dir = build_trainer(tmp_path, config)
     trainer.train()
-    assert [row["lr"] for row in rows(run_dir)] == pytest.approx([0.1, 0.1, 0.05, 0.025])
+    assert [row["lr"] for row in metric_rows(run_dir)] == pytest.approx([0.1, 0.1, 0.05, 0.025])
 
 
 def test_early_stop_after_exactly_n_epochs_without_improvement(tmp_path):
     config = mlp_config(tmp_path, epochs=10, monitor="min val_loss", early_stop=3)
-    trainer, run_dir = build(tmp_path, config, "optimizer.args.lr=0.0")  # nothing changes after epoch 1
+    trainer, run_dir = build_trainer(tmp_path, config, "optimizer.args.lr=0.0")  # nothing changes after epoch 1
     trainer.train()
-    assert [row["epoch"] for row in rows(run_dir)] == [1, 2, 3, 4]
+    assert [row["epoch"] for row in metric_rows(run_dir)] == [1, 2, 3, 4]
     assert trainer.best_epoch == 1 and trainer.not_improved_count == 3
 
 
 def test_best_checkpoint_follows_every_improvement_regardless_of_save_period(tmp_path):
-    trainer, run_dir = build(tmp_path, mlp_config(tmp_path, epochs=3, save_period=0, monitor="max val_accuracy"))
+    trainer, run_dir = build_trainer(tmp_path, mlp_config(tmp_path, epochs=3, save_period=0, monitor="max val_accuracy"))
     trainer.train()
     best = torch.load(run_dir / "checkpoints" / "best.pth", weights_only=True)
     assert best["epoch"] == trainer.best_epoch
@@ -150,25 +137,25 @@ def test_non_finite_loss_stops_with_epoch_and_step_and_keeps_last_checkpoint(tmp
 
 
 def test_limit_and_overfit_batches(tmp_path):
-    limited, _ = build(tmp_path, mlp_config(tmp_path, epochs=2, limit_batches=3), run_id="limited")
+    limited, _ = build_trainer(tmp_path, mlp_config(tmp_path, epochs=2, limit_batches=3), run_id="limited")
     limited.train()
     assert limited.global_step == 6
     config = mlp_config(tmp_path, epochs=30, overfit_batches=1, monitor="max val_accuracy")
-    overfit, run_dir = build(tmp_path, config, "optimizer.args.lr=0.5", run_id="overfit")
+    overfit, run_dir = build_trainer(tmp_path, config, "optimizer.args.lr=0.5", run_id="overfit")
     overfit.train()
     assert overfit.global_step == 30
-    assert rows(run_dir)[-1]["val_accuracy"] == 1.0  # validation runs on the same single batch
+    assert metric_rows(run_dir)[-1]["val_accuracy"] == 1.0  # validation runs on the same single batch
 
 
 def test_len_epoch_trains_exactly_that_many_batches_across_passes(tmp_path):
-    trainer, run_dir = build(tmp_path, mlp_config(tmp_path, epochs=3, len_epoch=30))
+    trainer, run_dir = build_trainer(tmp_path, mlp_config(tmp_path, epochs=3, len_epoch=30))
     trainer.train()
     assert trainer.global_step == 90  # 4.5 passes over 20-batch data
-    assert len(rows(run_dir)) == 3
+    assert len(metric_rows(run_dir)) == 3
 
 
 def test_channels_last_trains_the_cnn(tmp_path):
-    trainer, run_dir = build(tmp_path, tiny_config(tmp_path, epochs=1, channels_last=True))
+    trainer, run_dir = build_trainer(tmp_path, tiny_config(tmp_path, epochs=1, channels_last=True))
     trainer.train()
     assert trainer.raw_model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
-    assert math.isfinite(rows(run_dir)[0]["val_loss"])
+    assert math.isfinite(metric_rows(run_dir)[0]["val_loss"])

@@ -1,0 +1,159 @@
+"""The checkpoint contract (issue 5): safe to load, never half-written, pruned, fine-tunable, exportable."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import ROOT, build_trainer, metric_rows, run_script, tiny_config, write_config
+
+from utils.checkpoint import clean_state_dict
+
+SCHEDULERS = [
+    {"type": "StepLR", "args": {"step_size": 1, "gamma": 0.5}},
+    {"type": "CosineAnnealingLR", "args": {"T_max": 4}},
+    {"type": "OneCycleLR", "args": {"max_lr": 0.01, "total_steps": 100}, "interval": "step"},
+    {"type": "ReduceLROnPlateau", "args": {"patience": 0}},
+]
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULERS, ids=lambda s: s["type"])
+def test_every_checkpoint_kind_loads_with_weights_only(tmp_path, scheduler):
+    fp16 = "fp16" if scheduler["type"] == "StepLR" else None  # fp16 autocast is slow on CPU: once is enough
+    config = tiny_config(tmp_path, epochs=2, save_period=1, save_every_n_steps=4, limit_batches=10, amp=fp16)
+    config["lr_scheduler"] = scheduler
+    trainer, run_dir = build_trainer(tmp_path, config)
+    trainer.train()
+    files = sorted((run_dir / "checkpoints").glob("*.pth"))
+    assert [f.name for f in files] == ["best.pth", "epoch-1.pth", "epoch-2.pth", "last.pth"]
+    for path in files:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+        assert state["config"]["lr_scheduler"]["type"] == scheduler["type"]
+        assert not any(k.startswith(("module.", "_orig_mod.")) for k in state["model"])
+        assert set(state["ranks"][0]["rng"]) >= {"python", "numpy", "torch"}
+    assert (state["scaler"] is not None) == (scheduler["type"] == "StepLR")
+    assert not list((run_dir / "checkpoints").glob(".*tmp*"))
+
+
+def test_compiled_and_ddp_prefixes_never_reach_a_checkpoint():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    wrapped = torch.compile(model)  # state_dict keys gain "_orig_mod." (nothing is compiled until called)
+    assert next(iter(wrapped.state_dict())).startswith("_orig_mod.")
+    prefixed = {f"module.{k}": v for k, v in wrapped.state_dict().items()}
+    assert list(clean_state_dict(prefixed)) == list(model.state_dict())
+
+
+def test_sigkill_at_any_moment_leaves_a_loadable_last_checkpoint(tmp_path):
+    """Checkpoint after every step and kill the process at random moments, mid-write included."""
+    config = write_config(tmp_path, tiny_config(tmp_path, epochs=50, save_every_n_steps=1))
+    last = tmp_path / "saved" / "digits_cnn" / "run" / "checkpoints" / "last.pth"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    rng = random.Random()
+    for attempt in range(3):
+        args = ["-c", str(config), "--run-id", "run"] if attempt == 0 else ["-r", str(last)]
+        process = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 120
+        while not last.exists() and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.05)
+        step_before = torch.load(last, weights_only=True)["global_step"] if attempt else 0
+        time.sleep(rng.uniform(0.2, 1.5))
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+        state = torch.load(last, weights_only=True, map_location="cpu")
+        assert state["global_step"] >= step_before
+    resumed = run_script("train.py", "-r", str(last), "trainer.epochs=1")
+    assert resumed.returncode == 0, resumed.stderr  # the stale temporary file is swept, training ends at once
+    assert not list(last.parent.glob(".*tmp*"))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("finished")
+    trainer, run_dir = build_trainer(tmp_path, tiny_config(tmp_path, epochs=4, save_period=1, keep_last=2))
+    trainer.train()
+    return run_dir
+
+
+def test_keep_last_keeps_the_newest_epoch_files_and_always_last_and_best(finished_run):
+    names = sorted(p.name for p in (finished_run / "checkpoints").iterdir())
+    assert names == ["best.pth", "epoch-3.pth", "epoch-4.pth", "last.pth"]
+    assert torch.load(finished_run / "checkpoints" / "epoch-3.pth", weights_only=True)["epoch"] == 3
+
+
+@pytest.mark.parametrize("script", ["train.py", "test.py"])
+def test_missing_truncated_or_foreign_files_are_one_line_errors(tmp_path, finished_run, script):
+    good = (finished_run / "checkpoints" / "last.pth").read_bytes()
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(good[: len(good) // 2])
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(os.urandom(4096))
+    foreign = tmp_path / "foreign.pth"
+    torch.save({"state_dict": torch.nn.Linear(2, 2).state_dict()}, foreign)
+    for path in (tmp_path / "missing.pth", truncated, garbage, foreign):
+        result = run_script(script, "-r", str(path))
+        assert result.returncode == 2, (path, result.stderr)
+        assert result.stderr.startswith(f"error: {path}: ") and result.stderr.count("\n") == 1, result.stderr
+        assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in finished_run.parent.iterdir()) == [finished_run.name]
+
+
+def test_fine_tuning_takes_weights_only_into_a_new_run(tmp_path, finished_run):
+    source = finished_run / "checkpoints" / "best.pth"
+    config = tiny_config(tmp_path, epochs=1)
+    config["optimizer"] = {"type": "SGD", "args": {"lr": 0.0}}  # lr 0: the weights must stay the checkpoint's
+    path = write_config(tmp_path, config, "finetune.json")
+    result = run_script("train.py", "-r", str(source), "-c", str(path), "--run-id", "tuned")
+    assert result.returncode == 0, result.stderr
+    tuned = torch.load(tmp_path / "saved" / "digits_cnn" / "tuned" / "checkpoints" / "last.pth", weights_only=True)
+    original = torch.load(source, weights_only=True)
+    assert tuned["epoch"] == 1 and tuned["global_step"] == 20 and tuned["optimizer"]["param_groups"][0]["lr"] == 0.0
+    for key, value in original["model"].items():
+        assert torch.equal(tuned["model"][key], value), key
+
+
+def test_fine_tuning_names_mismatched_weights_and_strict_is_configurable(tmp_path, finished_run):
+    source = finished_run / "checkpoints" / "best.pth"
+    config = tiny_config(tmp_path, epochs=1)
+    config["arch"]["args"]["num_classes"] = 12  # a head of another shape
+    config["metrics"] = ["accuracy"]
+    path = write_config(tmp_path, config, "five.json")
+    strict = run_script("train.py", "-r", str(source), "-c", str(path), "--run-id", "strict")
+    assert strict.returncode == 2
+    assert "different shapes ['fc2.weight', 'fc2.bias']" in strict.stderr and "trainer.load_strict=false" in strict.stderr
+    assert not (tmp_path / "saved").exists()
+    loose = run_script("train.py", "-r", str(source), "-c", str(path), "--run-id", "loose", "trainer.load_strict=false")
+    assert loose.returncode == 0, loose.stderr
+    assert "different shapes ['fc2.weight', 'fc2.bias']" in loose.stdout
+    tuned = torch.load(tmp_path / "saved" / "digits_cnn" / "loose" / "checkpoints" / "last.pth", weights_only=True)
+    assert tuned["model"]["fc2.weight"].shape == (12, 128)
+    assert len(metric_rows(tmp_path / "saved" / "digits_cnn" / "loose")) == 1
+
+
+def test_export_runs_without_this_code(tmp_path, finished_run):
+    exported = tmp_path / "model.pt2"
+    result = run_script("test.py", "-r", str(finished_run / "checkpoints" / "best.pth"), "--export", str(exported), "--out", str(tmp_path / "m.json"))
+    assert result.returncode == 0, result.stderr
+    images = torch.randn(7, 1, 8, 8)
+    script = (
+        "import sys, torch; m = torch.export.load(sys.argv[1]).module(); "
+        "torch.save(m(torch.load(sys.argv[2])), sys.argv[3])"
+    )
+    torch.save(images, tmp_path / "in.pt")
+    # A bare interpreter in an empty folder: nothing of this project is importable there.
+    loaded = subprocess.run([sys.executable, "-c", script, str(exported), str(tmp_path / "in.pt"), str(tmp_path / "out.pt")],
+                            cwd=tmp_path, capture_output=True, text=True, env={"PATH": os.environ["PATH"]})
+    assert loaded.returncode == 0, loaded.stderr
+    sys.path.insert(0, str(ROOT))
+    from model import DigitsCNN
+
+    model = DigitsCNN()
+    model.load_state_dict(torch.load(finished_run / "checkpoints" / "best.pth", weights_only=True)["model"])
+    torch.testing.assert_close(torch.load(tmp_path / "out.pt"), model.eval()(images))
+    assert json.loads((tmp_path / "m.json").read_text())["samples"] == 359
