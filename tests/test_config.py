@@ -62,7 +62,7 @@ def test_yaml_values_mean_what_they_look_like(tmp_path):
     text = (ROOT / "configs" / "digits.yaml").read_text()
     text = (
         text.replace("lr: 0.002", "lr: 1e-3")
-        .replace("monitor: max val_accuracy", "monitor: off")
+        .replace("monitor: min val_loss", "monitor: off")
         .replace("name: digits_cnn", "name: 2024-01-01")
     )
     (tmp_path / "c.yaml").write_text(text)
@@ -292,7 +292,7 @@ ERRORS = [
     ("missing argument", _set("lr_scheduler", {"type": "StepLR"}), [], ["lr_scheduler.args.step_size: StepLR needs this argument"]),
     ("bad monitor", None, ["trainer.monitor=maximize val_accuracy"], ["trainer.monitor: must be"]),
     ("monitor not produced", None, ["trainer.monitor=max val_f1"], ["trainer.monitor: the run does not produce 'val_f1'"]),
-    ("monitor without validation", None, ["data_loader.args.validation_split=0"], ["trainer.monitor: monitors 'val_accuracy'"]),
+    ("monitor without validation", None, ["data_loader.args.validation_split=0"], ["trainer.monitor: monitors 'val_loss'"]),
     ("object rejects a value", None, ["optimizer.args.lr=fast"], ["optimizer.args.lr: Adam rejected 'fast'"]),
     ("object rejects a number", None, ["optimizer.args.lr=-1"], ["optimizer.args: Adam(...) rejected its arguments"]),
     ("loader rejects a value", None, ["data_loader.args.batch_size=0"], ["data_loader.args.batch_size: must be at least 1"]),

@@ -154,7 +154,7 @@ def test_train_log_holds_the_header_and_epoch_lines(runs):
         r"device       cpu, world size 1, batch 64 per process = global batch 64",
         r"model        DigitsCNN: [\d,]+ trainable of [\d,]+ parameters",
         r"data         [\d,]+ training samples, [\d,]+ validation samples, \d+ batches per epoch",
-        r"epochs       1\.\.2, monitor max val_accuracy",
+        r"epochs       1\.\.2, monitor min val_loss",
         rf"resume with  python train.py -r {re.escape(str(run_dir / 'checkpoints' / 'last.pth'))}",
     ]
     for line in header:
@@ -168,8 +168,8 @@ def test_output_that_is_not_a_terminal_gets_plain_lines_and_a_summary(runs):
     plain = re.findall(rf"epoch (\d) \[(\d+)/{batches}\] step (\d+)  loss [\d.e-]+  \d+ samples/s", first.stdout)
     assert [int(step) for _, _, step in plain] == list(range(LOG_STEP, 2 * batches + 1, LOG_STEP))
     assert "\r" not in first.stderr and "batch/s" not in first.stderr  # no progress bars
-    best = max(rows, key=lambda row: row["val_accuracy"])
-    summary = f"done: best val_accuracy {best['val_accuracy']:.6g} at epoch {best['epoch']}; checkpoints in {run_dir / 'checkpoints'}"
+    best = min(rows, key=lambda row: row["val_loss"])
+    summary = f"done: best val_loss {best['val_loss']:.6g} at epoch {best['epoch']}; checkpoints in {run_dir / 'checkpoints'}"
     assert summary in first.stdout
 
 
@@ -219,7 +219,7 @@ def test_train_log_continues_across_the_resume(runs):
     assert re.findall(r"experiment   digits_cnn \(.*, (new|resume)\)$", log, flags=re.M) == ["new", "resume"]
     assert re.search(r"epochs       3\.\.4", log)
     assert [int(e) for e in re.findall(r"INFO epoch (\d+)  loss \S+  accuracy", log)] == [1, 2, 3, 4]
-    assert log.count("done: best val_accuracy") == 2
+    assert log.count("done: best val_loss") == 2
 
 
 # -- the pieces, in-process -----------------------------------------------------------------------
