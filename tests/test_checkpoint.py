@@ -50,6 +50,7 @@ def test_compiled_and_ddp_prefixes_never_reach_a_checkpoint():
     assert list(clean_state_dict(prefixed)) == list(model.state_dict())
 
 
+@pytest.mark.slow
 def test_sigkill_at_any_moment_leaves_a_loadable_last_checkpoint(tmp_path):
     """Checkpoint after every step and kill the process at random moments, mid-write included."""
     config = write_config(tmp_path, tiny_config(tmp_path, epochs=50, save_every_n_steps=1))
@@ -58,7 +59,9 @@ def test_sigkill_at_any_moment_leaves_a_loadable_last_checkpoint(tmp_path):
     rng = random.Random()
     for attempt in range(3):
         args = ["-c", str(config), "--run-id", "run"] if attempt == 0 else ["-r", str(last)]
-        process = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        process = subprocess.Popen(
+            [sys.executable, "train.py", *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         deadline = time.monotonic() + 120
         while not last.exists() and time.monotonic() < deadline and process.poll() is None:
             time.sleep(0.05)
@@ -87,6 +90,7 @@ def test_keep_last_keeps_the_newest_epoch_files_and_always_last_and_best(finishe
     assert torch.load(finished_run / "checkpoints" / "epoch-3.pth", weights_only=True)["epoch"] == 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["train.py", "test.py"])
 def test_missing_truncated_or_foreign_files_are_one_line_errors(tmp_path, finished_run, script):
     good = (finished_run / "checkpoints" / "last.pth").read_bytes()
@@ -104,6 +108,7 @@ def test_missing_truncated_or_foreign_files_are_one_line_errors(tmp_path, finish
     assert sorted(p.name for p in finished_run.parent.iterdir()) == [finished_run.name]
 
 
+@pytest.mark.slow
 def test_fine_tuning_takes_weights_only_into_a_new_run(tmp_path, finished_run):
     source = finished_run / "checkpoints" / "best.pth"
     config = tiny_config(tmp_path, epochs=1)
@@ -118,6 +123,7 @@ def test_fine_tuning_takes_weights_only_into_a_new_run(tmp_path, finished_run):
         assert torch.equal(tuned["model"][key], value), key
 
 
+@pytest.mark.slow
 def test_fine_tuning_names_mismatched_weights_and_strict_is_configurable(tmp_path, finished_run):
     source = finished_run / "checkpoints" / "best.pth"
     config = tiny_config(tmp_path, epochs=1)
@@ -136,19 +142,24 @@ def test_fine_tuning_names_mismatched_weights_and_strict_is_configurable(tmp_pat
     assert len(metric_rows(tmp_path / "saved" / "digits_cnn" / "loose")) == 1
 
 
+@pytest.mark.slow
 def test_export_runs_without_this_code(tmp_path, finished_run):
     exported = tmp_path / "model.pt2"
-    result = run_script("test.py", "-r", str(finished_run / "checkpoints" / "best.pth"), "--export", str(exported), "--out", str(tmp_path / "m.json"))
+    result = run_script(
+        "test.py", "-r", str(finished_run / "checkpoints" / "best.pth"), "--export", str(exported), "--out", str(tmp_path / "m.json")
+    )
     assert result.returncode == 0, result.stderr
     images = torch.randn(7, 1, 8, 8)
-    script = (
-        "import sys, torch; m = torch.export.load(sys.argv[1]).module(); "
-        "torch.save(m(torch.load(sys.argv[2])), sys.argv[3])"
-    )
+    script = "import sys, torch; m = torch.export.load(sys.argv[1]).module(); torch.save(m(torch.load(sys.argv[2])), sys.argv[3])"
     torch.save(images, tmp_path / "in.pt")
     # A bare interpreter in an empty folder: nothing of this project is importable there.
-    loaded = subprocess.run([sys.executable, "-c", script, str(exported), str(tmp_path / "in.pt"), str(tmp_path / "out.pt")],
-                            cwd=tmp_path, capture_output=True, text=True, env={"PATH": os.environ["PATH"]})
+    loaded = subprocess.run(
+        [sys.executable, "-c", script, str(exported), str(tmp_path / "in.pt"), str(tmp_path / "out.pt")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ["PATH"]},
+    )
     assert loaded.returncode == 0, loaded.stderr
     sys.path.insert(0, str(ROOT))
     from model import DigitsCNN

@@ -348,6 +348,7 @@ def test_errors_found_while_building_the_trainer_leave_no_run_dir(tmp_path, caps
     assert not (tmp_path / "saved").exists()
 
 
+@pytest.mark.slow
 def test_train_py_reports_user_errors_without_a_traceback(tmp_path):
     """The script itself: ``error: <file>: <key>: ...`` on one stderr line, exit code 2, nothing written.
 
@@ -365,6 +366,7 @@ def test_train_py_reports_user_errors_without_a_traceback(tmp_path):
 # -- a real run -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_overrides_land_in_the_saved_config_and_checkpoint(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(tiny_config(tmp_path)))

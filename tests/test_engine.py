@@ -45,7 +45,9 @@ def test_clipping_bounds_the_gradient_norm(tmp_path):
     """With plain SGD at lr 1 one step moves the weights by exactly the (clipped) gradient."""
 
     def step_size(*overrides):
-        trainer, _ = build_trainer(tmp_path, mlp_config(tmp_path, epochs=1, limit_batches=1), "optimizer.args.lr=1.0", *overrides, run_id=f"c{len(overrides)}")
+        trainer, _ = build_trainer(
+            tmp_path, mlp_config(tmp_path, epochs=1, limit_batches=1), "optimizer.args.lr=1.0", *overrides, run_id=f"c{len(overrides)}"
+        )
         before = torch.cat([p.detach().flatten().clone() for p in trainer.raw_model.parameters()])
         trainer.train()
         after = torch.cat([p.detach().flatten() for p in trainer.raw_model.parameters()])
@@ -123,6 +125,7 @@ def test_best_checkpoint_follows_every_improvement_regardless_of_save_period(tmp
     assert not list((run_dir / "checkpoints").glob("epoch-*.pth"))
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_epoch_and_step_and_keeps_last_checkpoint(tmp_path):
     config = mlp_config(tmp_path, epochs=3)
     config["loss"] = {"type": "fault_injection:NanLossAfter", "args": {"at": 27}}

@@ -119,6 +119,7 @@ def epoch_steps(runs: dict, epochs) -> list[int]:
 # -- the first run ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_tensorboard_has_one_value_per_epoch_matching_metrics_jsonl(runs):
     events, rows = runs["after_first"]["events"], runs["after_first"]["metrics"]
     assert [row["epoch"] for row in rows] == [1, 2]
@@ -137,6 +138,7 @@ def test_tensorboard_has_one_value_per_epoch_matching_metrics_jsonl(runs):
             assert math.isclose(value, row[key], rel_tol=1e-6), (tag, value, row[key])
 
 
+@pytest.mark.slow
 def test_step_loss_every_log_step_and_no_images_or_histograms_unless_asked(runs):
     events = runs["after_first"]["events"]
     expected = list(range(LOG_STEP, 2 * runs["batches"] + 1, LOG_STEP))
@@ -146,6 +148,7 @@ def test_step_loss_every_log_step_and_no_images_or_histograms_unless_asked(runs)
     assert events["histograms"] == {} and events["images"] == {}
 
 
+@pytest.mark.slow
 def test_train_log_holds_the_header_and_epoch_lines(runs):
     log, run_dir = runs["after_first"]["log"], runs["run_dir"]
     header = [
@@ -162,6 +165,7 @@ def test_train_log_holds_the_header_and_epoch_lines(runs):
     assert [int(e) for e in re.findall(r"INFO epoch (\d+)  loss \S+  accuracy", log)] == [1, 2]
 
 
+@pytest.mark.slow
 def test_output_that_is_not_a_terminal_gets_plain_lines_and_a_summary(runs):
     first, rows, run_dir = runs["first"], runs["after_first"]["metrics"], runs["run_dir"]
     batches = runs["batches"]
@@ -176,12 +180,14 @@ def test_output_that_is_not_a_terminal_gets_plain_lines_and_a_summary(runs):
 # -- the resumed run ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_resume_appends_each_epoch_exactly_once(runs):
     rows = runs["metrics"]
     assert [row["epoch"] for row in rows] == [1, 2, 3, 4]
     assert rows[:2] == runs["after_first"]["metrics"]  # the first run's rows are kept as they were
 
 
+@pytest.mark.slow
 def test_tensorboard_after_resume_still_has_one_value_per_epoch(runs):
     scalars = runs["events"]["scalars"]
     assert set(scalars) == EPOCH_TAGS | STEP_TAGS
@@ -194,6 +200,7 @@ def test_tensorboard_after_resume_still_has_one_value_per_epoch(runs):
         assert math.isclose(value, row["val_loss"], rel_tol=1e-6)
 
 
+@pytest.mark.slow
 def test_images_and_histograms_once_per_epoch_when_asked(runs):
     events, batches = runs["events"], runs["batches"]
     assert events["images"] == {"train/inputs": [3 * batches, 4 * batches]}  # first batch of epochs 3 and 4, logged at their last step
@@ -203,6 +210,7 @@ def test_images_and_histograms_once_per_epoch_when_asked(runs):
         assert steps == epoch_steps(runs, [3, 4]), tag
 
 
+@pytest.mark.slow
 def test_a_terminal_gets_train_and_validation_bars(runs):
     terminal, stdout = runs["second"]["terminal"], runs["second"]["stdout"]
     for epoch in (3, 4):
@@ -213,6 +221,7 @@ def test_a_terminal_gets_train_and_validation_bars(runs):
     assert re.search(r"INFO epoch 4  loss", stdout)
 
 
+@pytest.mark.slow
 def test_train_log_continues_across_the_resume(runs):
     log = runs["log"]
     assert log.startswith(runs["after_first"]["log"])

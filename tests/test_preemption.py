@@ -16,6 +16,7 @@ import pytest
 import torch
 from conftest import ROOT, run_script, tiny_config, write_config
 
+pytestmark = pytest.mark.slow  # every test here trains in subprocesses
 SIGNAL_ENV = {"PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"}
 TIMING_KEYS = {"samples_per_sec"}
 

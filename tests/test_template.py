@@ -26,6 +26,7 @@ def digits_run(tmp_path_factory):
     return tmp_path / "saved" / "digits_cnn" / "e2e", result
 
 
+@pytest.mark.slow
 def test_a_run_directory_holds_everything_the_readme_lists(digits_run):
     run_dir, _ = digits_run
     assert (run_dir / "train.log").read_text().count("epoch 3") >= 1
@@ -37,6 +38,7 @@ def test_a_run_directory_holds_everything_the_readme_lists(digits_run):
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.pth", "epoch-2.pth", "last.pth"]
 
 
+@pytest.mark.slow
 def test_test_py_evaluates_the_held_out_split_without_a_new_run(digits_run, tmp_path):
     run_dir, _ = digits_run
     before = sorted(p.name for p in run_dir.parent.iterdir())
@@ -89,6 +91,7 @@ def write_idx(folder: Path, prefix: str, images: np.ndarray, labels: np.ndarray)
     (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, len(labels)) + labels.tobytes())
 
 
+@pytest.mark.slow
 def test_mnist_config_trains_on_generated_idx_files(tmp_path):
     raw = tmp_path / "data" / "MNIST" / "raw"
     raw.mkdir(parents=True)
@@ -111,6 +114,7 @@ def test_mnist_config_trains_on_generated_idx_files(tmp_path):
     assert json.loads((tmp_path / "saved" / "mnist_lenet" / "idx" / "test_metrics.json").read_text())["samples"] == 40
 
 
+@pytest.mark.slow
 def test_missing_mnist_offline_is_a_one_line_error(tmp_path):
     config = json.loads((ROOT / "configs" / "mnist.json").read_text())
     config["trainer"]["save_dir"] = str(tmp_path / "saved")

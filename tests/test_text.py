@@ -92,6 +92,7 @@ def test_config_builds_and_runs_one_batch():
     assert torch.isfinite(loss) and {name: fn(output, batch["label"]) for name, fn in build_metrics(config).items()}
 
 
+@pytest.mark.slow
 def test_text_example_learns_and_test_py_evaluates_the_checkpoint(tmp_path):
     overrides = [f"trainer.save_dir={tmp_path}", "trainer.epochs=8", "trainer.early_stop=0", "trainer.tensorboard=false"]
     result = run_script("train.py", "-c", "configs/text.json", "--run-id", "run", *overrides, env=THREADS)

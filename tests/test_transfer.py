@@ -80,6 +80,7 @@ def trained(tmp_path_factory, images, pretrained):
     return save_dir / "transfer_resnet18" / "run" / "checkpoints"
 
 
+@pytest.mark.slow
 def test_fine_tuning_keeps_frozen_weights_and_statistics_bitwise(trained, pretrained):
     _, saved = pretrained
     first = torch.load(trained / "epoch-1.pth", weights_only=True)["model"]
@@ -103,6 +104,7 @@ def test_fine_tuning_keeps_frozen_weights_and_statistics_bitwise(trained, pretra
     assert [group["initial_lr"] for group in groups] == [0.001, 0.0001]
 
 
+@pytest.mark.slow
 def test_checkpoint_reloads_strictly_and_evaluates_on_test_split(trained):
     checkpoint = load_checkpoint(trained / "best.pth")
     config = Config.from_dict(checkpoint["config"], "checkpoint")  # what test.py does, in-process
@@ -114,6 +116,7 @@ def test_checkpoint_reloads_strictly_and_evaluates_on_test_split(trained):
     assert 0.0 <= results["accuracy"] <= 1.0 and results["loss"] > 0
 
 
+@pytest.mark.slow
 def test_weights_name_offline_is_a_one_line_error(tmp_path, images):
     overrides = [*transfer_overrides(images, tmp_path, "IMAGENET1K_V1"), "trainer.epochs=1"]
     env = {**OFFLINE, **THREADS, "TORCH_HOME": str(tmp_path / "torch_home")}
