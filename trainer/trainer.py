@@ -176,7 +176,8 @@ class Trainer(BaseTrainer, Evaluator):
         self._check_window(window, epoch)
         elapsed = time.perf_counter() - started
         log = self.reduce_sums(sums, samples)
-        seen = distributed.all_reduce_sum(torch.tensor([float(samples - samples_at_start)]))
+        # On the training device: NCCL reduces CUDA tensors only.
+        seen = distributed.all_reduce_sum(torch.tensor([float(samples - samples_at_start)], device=self.device))
         log["samples_per_sec"] = round(float(seen.item()) / max(elapsed, 1e-9), 2)
         if self.log_histograms:
             self.run.tensorboard.add_histograms(self.raw_model, self.global_step)
