@@ -114,6 +114,8 @@ class BaseDataLoader(DataLoader):
             batch by indexing; same order, sharding and ``drop_last`` as the regular path.
             Transforms run once, so leave it off for random augmentation.
         drop_last: drop the last incomplete training batch.
+        shard: ``(rank, world_size)`` to read as, instead of torch.distributed's; lets tests and
+            tools see any rank's share without starting a process group.
     """
 
     def __init__(
@@ -129,6 +131,7 @@ class BaseDataLoader(DataLoader):
         split_seed: int = 0,
         in_memory: bool = False,
         drop_last: bool = False,
+        shard: tuple[int, int] | None = None,
     ):
         if batch_size < 1:
             raise UserError(f"data_loader.args.batch_size: must be at least 1, got {batch_size}")
@@ -138,10 +141,11 @@ class BaseDataLoader(DataLoader):
         self.in_memory = in_memory
         self.shuffle = shuffle and training
         self.init_kwargs = {"batch_size": batch_size, "num_workers": num_workers, "collate_fn": collate_fn, "in_memory": in_memory}
+        self.init_kwargs["shard"] = shard
         self.valid_subset: Dataset | None = None
         if training and validation_split:
             dataset, self.valid_subset = self._split(dataset, validation_dataset or dataset, validation_split, split_seed)
-        world, rank = distributed.world_size(), distributed.rank()
+        rank, world = shard if shard is not None else (distributed.rank(), distributed.world_size())
         if training:
             sampler: Sampler = ResumableDistributedSampler(dataset, world, rank, self.shuffle, drop_last)
         else:
@@ -249,21 +253,59 @@ class BaseDataLoader(DataLoader):
 
     def _iter_in_memory(self) -> Iterator[Any]:
         memory = self._materialize()
-        order = torch.tensor(self.sampler.indices(), dtype=torch.int64, device=self._memory_device)
+        order = _sample_order(self.sampler).to(self._memory_device)
         stop = len(order) - len(order) % self.batch_size if self.drop_last else len(order)
-        for start in range(0, stop, self.batch_size):
-            index = order[start : start + self.batch_size]
-            yield _map_tensors(memory, lambda t, index=index: t.index_select(0, index))
+        flat = isinstance(memory, list) and all(isinstance(t, torch.Tensor) for t in memory)
+        for index in order[:stop].split(self.batch_size):
+            if flat:  # the common (inputs, target) case without the generic walk
+                yield [t.index_select(0, index) for t in memory]
+            else:
+                yield _map_tensors(memory, lambda t, index=index: t.index_select(0, index))
+
+
+def _sample_order(sampler: Sampler) -> torch.Tensor:
+    """``sampler.indices()`` as a tensor, built without a Python list (which costs more than a small model's step).
+
+    Mirrors torch's ``DistributedSampler.__iter__`` (seeded permutation, padding or truncation,
+    ``rank::num_replicas``); tests/test_in_memory.py checks it against the regular path.
+    """
+    if isinstance(sampler, ResumableDistributedSampler):
+        n = len(sampler.dataset)
+        if sampler.shuffle:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(sampler.seed + sampler.epoch))
+        else:
+            order = torch.arange(n)
+        padding = sampler.total_size - n
+        if padding > 0:
+            order = torch.cat([order, order.repeat(math.ceil(padding / n))[:padding]])
+        order = order[: sampler.total_size][sampler.rank :: sampler.num_replicas]
+    elif isinstance(sampler, EvaluationShardSampler):
+        order = torch.arange(sampler.rank, sampler.length, sampler.num_replicas)
+    else:
+        return torch.tensor(list(sampler), dtype=torch.int64)
+    return order[sampler.start :]
 
 
 def _as_tensors(dataset: Dataset, collate_fn: Callable) -> Any:
-    """The whole dataset as one collated batch; a (Subset of a) TensorDataset without copying item by item."""
-    if isinstance(dataset, TensorDataset):
-        return tuple(dataset.tensors)
-    if isinstance(dataset, Subset) and isinstance(dataset.dataset, TensorDataset):
+    """The whole dataset as one collated batch; a (Subset of a) TensorDataset without copying item by item.
+
+    The shortcut yields a list, as ``default_collate`` does, so both paths give the same batches.
+    """
+    if collate_fn is default_collate and isinstance(dataset, TensorDataset):
+        memory: Any = list(dataset.tensors)
+    elif collate_fn is default_collate and isinstance(dataset, Subset) and isinstance(dataset.dataset, TensorDataset):
         index = torch.as_tensor(dataset.indices, dtype=torch.int64)
-        return tuple(t.index_select(0, index) for t in dataset.dataset.tensors)
-    return collate_fn([dataset[i] for i in range(len(dataset))])
+        memory = [t.index_select(0, index) for t in dataset.dataset.tensors]
+    else:
+        memory = collate_fn([dataset[i] for i in range(len(dataset))])
+    for leaf in _leaves(memory):
+        if not isinstance(leaf, torch.Tensor) or leaf.dim() == 0 or len(leaf) != len(dataset):
+            found = f"a tensor of shape {tuple(leaf.shape)}" if isinstance(leaf, torch.Tensor) else type(leaf).__name__
+            raise UserError(
+                f"data_loader.args.in_memory: every field of a batch must be a tensor with one row per sample to be "
+                f"held in memory, found {found}; set in_memory to false for this dataset"
+            )
+    return memory
 
 
 def _map_tensors(batch: Any, fn: Callable) -> Any:
@@ -274,6 +316,17 @@ def _map_tensors(batch: Any, fn: Callable) -> Any:
     if isinstance(batch, (list, tuple)):
         return type(batch)(_map_tensors(value, fn) for value in batch)
     return batch
+
+
+def _leaves(batch: Any) -> Iterator[Any]:
+    """Every value of a nested batch that is not a dict, list or tuple."""
+    if isinstance(batch, dict):
+        batch = list(batch.values())
+    if isinstance(batch, (list, tuple)):
+        for value in batch:
+            yield from _leaves(value)
+    else:
+        yield batch
 
 
 def _nbytes(batch: Any) -> int:

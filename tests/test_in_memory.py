@@ -235,3 +235,21 @@ def test_training_is_identical(tmp_path) -> None:
     assert rows[False] == rows[True]
     assert weights[False].keys() == weights[True].keys()
     assert all(torch.equal(weights[False][key], weights[True][key]) for key in weights[True])
+
+
+def test_overhead_benchmark_runs(tmp_path, capsys) -> None:
+    """benchmarks/overhead.py, tiny: both data paths, and a user config; each Trainer side matches its bare loop."""
+    from benchmarks import overhead
+
+    assert overhead.main(["--workloads", "mlp", "--steps", "3", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("identical") == 4 and "DIFFERENT" not in out
+    assert "in-memory vs DataLoader" in out
+    config = write_config(tmp_path, tiny_config(tmp_path))
+    assert (
+        overhead.main(["--config", str(config), "--steps", "2", "--repeats", "1", "--paths", "loader", "data_loader.args.batch_size=16"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert out.count("identical") == 1 and "loader trainer" in out
+    assert overhead.main(["--config", str(tmp_path / "missing.json")]) == 2

@@ -114,9 +114,12 @@ class Evaluator:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def _batch_values(self, loss: torch.Tensor, output: Any, target: torch.Tensor) -> torch.Tensor:
-        """``[loss, metric_1, ...]`` of one batch as one device tensor (batch means)."""
+        """``[loss, metric_1, ...]`` of one batch as one device tensor (batch means).
+
+        Left in the metrics' dtype: ``sums.add_`` promotes it to the sums' dtype, one op fewer per batch.
+        """
         values = [loss.detach()] + [fn(output, target).detach() for fn in self.metric_ftns.values()]
-        return torch.stack(values).to(self.sum_dtype)
+        return torch.stack(values)
 
     def reduce_sums(self, sums: torch.Tensor, count: int, prefix: str = "") -> dict:
         """Sample-weighted means over every rank: reduce sums and counts, never means of means."""

@@ -77,7 +77,9 @@ class Trainer(BaseTrainer, Evaluator):
         if limit:
             count = min(count, limit)
         if count < 1:
-            raise self.config.error("data_loader.args.batch_size", "the training split yields no batch; lower batch_size or turn off drop_last")
+            raise self.config.error(
+                "data_loader.args.batch_size", "the training split yields no batch; lower batch_size or turn off drop_last"
+            )
         return count
 
     # -- training ---------------------------------------------------------------------------
