@@ -62,6 +62,9 @@ make test    # ruff, then the test suite
 `trainer/` and `base/` need no change for a new model or data set (a test in
 `tests/test_new_project.py` of the template checks exactly that).
 
+The template's full manual, with every config key, resuming, multi-GPU and the engine's
+options, is in `TEMPLATE.md`.
+
 ## What a run leaves behind
 
 Each run writes one folder, `saved/<name>/<run_id>/`: the resolved `config.json`, `train.log`,
@@ -129,6 +132,8 @@ def create_project(template: Path, target: Path, name: str, force: bool = False)
     generated = {
         PurePosixPath("pyproject.toml"): set_project_name((template / "pyproject.toml").read_text(), name),
         PurePosixPath("README.md"): README.format(name=name),
+        # The template's own manual (config reference, resume, DDP, ...) travels with the project.
+        PurePosixPath("TEMPLATE.md"): (template / "README.md").read_text(),
         PurePosixPath("saved/.gitkeep"): "",
     }
     written = [*copies, *generated]

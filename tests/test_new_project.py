@@ -107,6 +107,7 @@ def test_copy_rules_are_anchored_at_the_template_root_and_caches_match_anywhere(
         "train.py",
         "pyproject.toml",
         "README.md",
+        "TEMPLATE.md",
         ".gitignore",
         ".ci/run",
         "data_loader/data/corpus.txt",
@@ -123,6 +124,7 @@ def test_copy_rules_are_anchored_at_the_template_root_and_caches_match_anywhere(
     assert (target / "vendored" / "lib.py").read_text() == "Y = 2\n"
     assert (target / "saved" / ".gitkeep").read_bytes() == b""
     assert (target / "README.md").read_text().startswith("# Demo\n")
+    assert (target / "TEMPLATE.md").read_text() == "the template's own README\n"  # the manual travels along
     old, new = (template / "pyproject.toml").read_text().splitlines(), (target / "pyproject.toml").read_text().splitlines()
     changed = [(a, b) for a, b in zip(old, new, strict=True) if a != b]
     assert changed == [('name = "pytorch-template"', 'name = "Demo"')]
