@@ -50,8 +50,8 @@ def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
     taken: set[str] = set()
     for index, spec in enumerate(config["optimizer"].get("param_groups") or []):
         prefixes = [spec["params"]] if isinstance(spec["params"], str) else list(spec["params"])
-        params = [p for name, p in named if name not in taken and name.startswith(tuple(prefixes))]
-        chosen = {name for name, _ in named if name.startswith(tuple(prefixes))} - taken
+        chosen = {name for name, _ in named if name not in taken and name.startswith(tuple(prefixes))}
+        params = [p for name, p in named if name in chosen]
         if not params:
             raise config.error(f"optimizer.param_groups.{index}.params", f"no trainable parameter name starts with {prefixes}")
         taken |= chosen
