@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import random
@@ -90,9 +91,17 @@ def test_keep_last_keeps_the_newest_epoch_files_and_always_last_and_best(finishe
     assert torch.load(finished_run / "checkpoints" / "epoch-3.pth", weights_only=True)["epoch"] == 3
 
 
+def entry_point(script: str):
+    """The ``main`` of ``train.py`` or ``test.py``, loaded by path (``test`` is also a stdlib package)."""
+    spec = importlib.util.spec_from_file_location(f"{script[:-3]}_entry", ROOT / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("script", ["train.py", "test.py"])
-def test_missing_truncated_or_foreign_files_are_one_line_errors(tmp_path, finished_run, script):
+def test_missing_truncated_or_foreign_files_are_one_line_errors(tmp_path, finished_run, script, capsys):
     good = (finished_run / "checkpoints" / "last.pth").read_bytes()
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes(good[: len(good) // 2])
@@ -100,11 +109,15 @@ def test_missing_truncated_or_foreign_files_are_one_line_errors(tmp_path, finish
     garbage.write_bytes(os.urandom(4096))
     foreign = tmp_path / "foreign.pth"
     torch.save({"state_dict": torch.nn.Linear(2, 2).state_dict()}, foreign)
-    for path in (tmp_path / "missing.pth", truncated, garbage, foreign):
-        result = run_script(script, "-r", str(path))
-        assert result.returncode == 2, (path, result.stderr)
-        assert result.stderr.startswith(f"error: {path}: ") and result.stderr.count("\n") == 1, result.stderr
-        assert "Traceback" not in result.stderr
+    main = entry_point(script)
+    for path in (tmp_path / "missing.pth", truncated, foreign):  # in-process, through the scripts' own main()
+        assert main(["-r", str(path)]) == 2, path
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {path}: ") and err.count("\n") == 1, err
+    result = run_script(script, "-r", str(garbage))  # and once as the real script: exit code 2, no traceback
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"error: {garbage}: ") and result.stderr.count("\n") == 1, result.stderr
+    assert "Traceback" not in result.stderr
     assert sorted(p.name for p in finished_run.parent.iterdir()) == [finished_run.name]
 
 
