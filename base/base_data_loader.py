@@ -43,6 +43,22 @@ class ResumableDistributedSampler(DistributedSampler):
     def indices(self) -> list[int]:
         return list(super().__iter__())[self.start :]
 
+    def order_tensor(self) -> torch.Tensor:
+        """``indices()`` as a tensor, built without a Python list (which costs more than a small model's step).
+
+        Mirrors torch's ``DistributedSampler.__iter__`` (seeded permutation, padding or truncation,
+        ``rank::num_replicas``); tests/test_in_memory.py checks it against ``indices()``'s batches.
+        """
+        n = len(self.dataset)
+        if self.shuffle:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        else:
+            order = torch.arange(n)
+        padding = self.total_size - n
+        if padding > 0:
+            order = torch.cat([order, order.repeat(math.ceil(padding / n))[:padding]])
+        return order[: self.total_size][self.rank :: self.num_replicas][self.start :]
+
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices())
 
@@ -63,6 +79,9 @@ class EvaluationShardSampler(Sampler[int]):
 
     def indices(self) -> list[int]:
         return list(range(self.rank, self.length, self.num_replicas))[self.start :]
+
+    def order_tensor(self) -> torch.Tensor:
+        return torch.arange(self.rank, self.length, self.num_replicas)[self.start :]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices())
@@ -140,8 +159,13 @@ class BaseDataLoader(DataLoader):
         self.training = training
         self.in_memory = in_memory
         self.shuffle = shuffle and training
-        self.init_kwargs = {"batch_size": batch_size, "num_workers": num_workers, "collate_fn": collate_fn, "in_memory": in_memory}
-        self.init_kwargs["shard"] = shard
+        self.init_kwargs = {
+            "batch_size": batch_size,
+            "num_workers": num_workers,
+            "collate_fn": collate_fn,
+            "in_memory": in_memory,
+            "shard": shard,
+        }
         self.valid_subset: Dataset | None = None
         if training and validation_split:
             dataset, self.valid_subset = self._split(dataset, validation_dataset or dataset, validation_split, split_seed)
@@ -253,7 +277,7 @@ class BaseDataLoader(DataLoader):
 
     def _iter_in_memory(self) -> Iterator[Any]:
         memory = self._materialize()
-        order = _sample_order(self.sampler).to(self._memory_device)
+        order = self.sampler.order_tensor().to(self._memory_device)
         stop = len(order) - len(order) % self.batch_size if self.drop_last else len(order)
         flat = isinstance(memory, list) and all(isinstance(t, torch.Tensor) for t in memory)
         for index in order[:stop].split(self.batch_size):
@@ -261,29 +285,6 @@ class BaseDataLoader(DataLoader):
                 yield [t.index_select(0, index) for t in memory]
             else:
                 yield _map_tensors(memory, lambda t, index=index: t.index_select(0, index))
-
-
-def _sample_order(sampler: Sampler) -> torch.Tensor:
-    """``sampler.indices()`` as a tensor, built without a Python list (which costs more than a small model's step).
-
-    Mirrors torch's ``DistributedSampler.__iter__`` (seeded permutation, padding or truncation,
-    ``rank::num_replicas``); tests/test_in_memory.py checks it against the regular path.
-    """
-    if isinstance(sampler, ResumableDistributedSampler):
-        n = len(sampler.dataset)
-        if sampler.shuffle:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(sampler.seed + sampler.epoch))
-        else:
-            order = torch.arange(n)
-        padding = sampler.total_size - n
-        if padding > 0:
-            order = torch.cat([order, order.repeat(math.ceil(padding / n))[:padding]])
-        order = order[: sampler.total_size][sampler.rank :: sampler.num_replicas]
-    elif isinstance(sampler, EvaluationShardSampler):
-        order = torch.arange(sampler.rank, sampler.length, sampler.num_replicas)
-    else:
-        return torch.tensor(list(sampler), dtype=torch.int64)
-    return order[sampler.start :]
 
 
 def _as_tensors(dataset: Dataset, collate_fn: Callable) -> Any:

@@ -56,6 +56,8 @@ class Trainer(BaseTrainer, Evaluator):
         self.show_progress = progress_enabled(cfg["progress_bar"], distributed.rank())
         self.trainable = [p for p in self.raw_model.parameters() if p.requires_grad]
         self.eval_model = self.raw_model if distributed.is_distributed() else self.model
+        wrapped = getattr(self.model, "_orig_mod", self.model)  # under torch.compile, the DDP module inside
+        self.ddp_model = wrapped if isinstance(wrapped, nn.parallel.DistributedDataParallel) else None
         if self.channels_last:
             self.raw_model.to(memory_format=torch.channels_last)
         if isinstance(data_loader, BaseDataLoader):
@@ -207,11 +209,6 @@ class Trainer(BaseTrainer, Evaluator):
             bar.set_postfix(loss=f"{mean:.4f}", samples_s=f"{rate:,.0f}")
         else:
             self.logger.info("epoch %d [%d/%d] step %d  loss %.6g  %.0f samples/s", epoch, batch, total, self.global_step, mean, rate)
-
-    @property
-    def ddp_model(self):
-        model = getattr(self.model, "_orig_mod", self.model)
-        return model if isinstance(model, nn.parallel.DistributedDataParallel) else None
 
     # -- validation -------------------------------------------------------------------------
 
