@@ -68,8 +68,7 @@ class BaseTrainer(ABC):
         self.epoch = 1
         self.global_step = 0
         self.resume_batch = 0
-        self.resume_sums: torch.Tensor | None = None
-        self.resume_samples = 0
+        self.resume_state: dict | None = None  # the unfinished epoch's sums (see trainer/epoch_sums.py)
         self._resume_rng: dict | None = None
         if checkpoint is not None:
             self._restore(checkpoint)
@@ -111,8 +110,7 @@ class BaseTrainer(ABC):
                 )
             self.start_epoch = state["epoch"]
             self.resume_batch = state["batch_in_epoch"]
-            self.resume_sums = rank_state["epoch_sums"].to(self.device)
-            self.resume_samples = rank_state["epoch_samples"]
+            self.resume_state = {key: rank_state.get(key) for key in ("epoch_sums", "epoch_samples", "metric_batches")}
         else:
             self.start_epoch = state["epoch"] + 1
         if not same_world:
@@ -202,13 +200,12 @@ class BaseTrainer(ABC):
 
     # -- checkpoints ------------------------------------------------------------------------
 
-    def checkpoint_state(self, batch_in_epoch: int = 0, epoch_sums: torch.Tensor | None = None, epoch_samples: int = 0) -> dict:
-        """The checkpoint dict (see ``utils/checkpoint.py``); a collective call under DDP."""
-        rank_state = {
-            "rng": get_rng_state(),
-            "epoch_sums": epoch_sums.detach().cpu() if epoch_sums is not None else None,
-            "epoch_samples": epoch_samples,
-        }
+    def checkpoint_state(self, batch_in_epoch: int = 0, epoch_state: dict | None = None) -> dict:
+        """The checkpoint dict (see ``utils/checkpoint.py``); a collective call under DDP.
+
+        ``epoch_state``: this process's sums of the unfinished epoch (``EpochSums.state()``), mid-epoch only.
+        """
+        rank_state = {"rng": get_rng_state(), **(epoch_state or {"epoch_sums": None, "epoch_samples": 0})}
         return {
             "format": FORMAT,
             "version": VERSION,
@@ -228,9 +225,9 @@ class BaseTrainer(ABC):
             "config": self.config.to_dict(),
         }
 
-    def save_last(self, batch_in_epoch: int = 0, epoch_sums: torch.Tensor | None = None, epoch_samples: int = 0) -> None:
+    def save_last(self, batch_in_epoch: int = 0, epoch_state: dict | None = None) -> None:
         """Write ``last.pth`` atomically on rank 0; every rank takes part and waits for the write."""
-        state = self.checkpoint_state(batch_in_epoch, epoch_sums, epoch_samples)
+        state = self.checkpoint_state(batch_in_epoch, epoch_state)
         folder = self.run.checkpoint_dir
         if folder is not None:
             save_atomic(state, folder / "last.pth")

@@ -84,6 +84,8 @@ def test_sigterm_mid_epoch_then_resume_is_bitwise_exact(tmp_path, reference):
     state = final_state(run_dir)
     assert (state["epoch"], state["batch_in_epoch"]) == (2, at - batches_per_epoch), at
     assert len(metric_rows(run_dir)) == 1
+    # log_step (50) is past the epoch's end, so the epoch's batches wait for their metrics in the checkpoint
+    assert len(state["ranks"][0]["metric_batches"]["targets"]) == at - batches_per_epoch
 
     resumed = resume(run_dir / "checkpoints" / "last.pth")
     assert resumed.returncode == 0, resumed.stderr

@@ -8,9 +8,10 @@ Trainer inherits it, and ``test.py`` evaluates through the same code):
   and every other key is passed to the model as a keyword argument;
 - the model may return a tensor or a dict: whatever it returns goes to the loss and metrics.
 
-Metrics are batch means (0-dim tensors) weighted by the batch size, summed on the device, and
-reduced over ranks as sums and counts, so an epoch value equals a single-process evaluation of
-the same samples, however they were batched or sharded.
+Metrics are means over samples (0-dim tensors), computed on many batches at once
+(``trainer/epoch_sums.py``), summed on the device weighted by sample counts, and reduced over
+ranks as sums and counts, so an epoch value equals a single-process evaluation of the same
+samples, however they were batched or sharded.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from trainer.epoch_sums import EpochSums
 from utils import distributed
 from utils.errors import UserError
 
@@ -113,14 +115,6 @@ class Evaluator:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def _batch_values(self, loss: torch.Tensor, output: Any, target: torch.Tensor) -> torch.Tensor:
-        """``[loss, metric_1, ...]`` of one batch as one device tensor (batch means).
-
-        Left in the metrics' dtype: ``sums.add_`` promotes it to the sums' dtype, one op fewer per batch.
-        """
-        values = [loss.detach()] + [fn(output, target).detach() for fn in self.metric_ftns.values()]
-        return torch.stack(values)
-
     def reduce_sums(self, sums: torch.Tensor, count: int, prefix: str = "") -> dict:
         """Sample-weighted means over every rank: reduce sums and counts, never means of means."""
         totals = distributed.all_reduce_sum(torch.cat([sums, sums.new_tensor([count])])).tolist()
@@ -130,18 +124,20 @@ class Evaluator:
 
     @torch.no_grad()
     def evaluate_sums(self, batches: Iterable) -> tuple[torch.Tensor, int]:
-        """Loss and metric sums (batch means times batch size) of this rank's share of ``batches``."""
+        """Loss and metric sums (batch means times batch size) of this rank's share of ``batches``.
+
+        A non-finite loss is not an error here: it shows as a NaN/inf ``val_loss``.
+        """
         model = self.eval_model
         was_training = model.training
         model.eval()
-        sums = torch.zeros(1 + len(self.metric_ftns), dtype=self.sum_dtype, device=self.device)
-        count = 0
-        for batch in batches:
+        sums = EpochSums(self.metric_ftns, self.device, self.sum_dtype)
+        for index, batch in enumerate(batches):
             inputs, target = self.prepare(batch)
             with self._autocast():
                 output = self.run_model(model, inputs)
                 loss = self.criterion(output, target)
-            sums.add_(self._batch_values(loss, output, target), alpha=len(target))
-            count += len(target)
+            sums.add(loss, output, target, index)
+        sums.read_losses()
         model.train(was_training)
-        return sums, count
+        return sums.totals(), sums.samples

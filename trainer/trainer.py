@@ -20,6 +20,7 @@ from torch import nn
 
 from base import BaseDataLoader, BaseTrainer
 from logger.progress import progress_bar, progress_enabled, progress_iter
+from trainer.epoch_sums import EpochSums
 from trainer.evaluator import Evaluator
 from utils import distributed
 from utils.errors import NonFiniteLossError
@@ -114,18 +115,12 @@ class Trainer(BaseTrainer, Evaluator):
     def _train_epoch(self, epoch: int) -> dict | None:
         self.model.train()
         start, total = self.resume_batch, self.batches_per_epoch
-        sums = (
-            self.resume_sums
-            if self.resume_sums is not None
-            else torch.zeros(1 + len(self.metric_ftns), dtype=self.sum_dtype, device=self.device)
-        )
-        samples = self.resume_samples
-        self.resume_batch, self.resume_sums, self.resume_samples = 0, None, 0
+        sums = EpochSums(self.metric_ftns, self.device, self.sum_dtype, self.resume_state)
+        self.resume_batch, self.resume_state = 0, None
         if start:
             self.logger.info("resuming epoch %d at batch %s of %s", epoch, f"{start:,}", f"{total:,}")
-        window = LossWindow()
         bar = progress_bar(total, f"epoch {epoch}", self.show_progress, initial=start)
-        started, samples_at_start = time.perf_counter(), samples
+        started, samples_at_start = time.perf_counter(), sums.samples
         first_inputs = None
 
         for batch_idx, batch in enumerate(self._epoch_batches(epoch, start), start=start):
@@ -144,11 +139,7 @@ class Trainer(BaseTrainer, Evaluator):
                     loss = self.criterion(output, target)
                 scaled = loss / group_size if group_size > 1 else loss
                 (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
-
-            with torch.no_grad():
-                sums.add_(self._batch_values(loss, output, target), alpha=len(target))
-                window.add(loss, self.global_step)
-            samples += len(target)
+            sums.add(loss, output, target, self.global_step + 1)
 
             if last_in_group:
                 if self.clip_grad_norm is not None:
@@ -166,22 +157,23 @@ class Trainer(BaseTrainer, Evaluator):
                 self.global_step += 1
 
                 if self.global_step % self.log_step == 0:
-                    self._log_window(window, epoch, batch_idx + 1, total, samples - samples_at_start, started, bar)
+                    self._log_window(sums, epoch, batch_idx + 1, total, sums.samples - samples_at_start, started, bar)
+                    sums.measure()
                 if self.save_every and self.global_step % self.save_every == 0:
-                    self._check_window(window, epoch)
-                    self.save_last(batch_idx + 1, sums, samples)
+                    self._check_losses(sums, epoch)
+                    self.save_last(batch_idx + 1, sums.state())
                 if self.stop_agreed():
-                    self._check_window(window, epoch)
-                    self.save_last(batch_idx + 1, sums, samples)
+                    self._check_losses(sums, epoch)
+                    self.save_last(batch_idx + 1, sums.state())
                     bar.close()
                     return None
             bar.update()
         bar.close()
-        self._check_window(window, epoch)
+        self._check_losses(sums, epoch)
         elapsed = time.perf_counter() - started
-        log = self.reduce_sums(sums, samples)
+        log = self.reduce_sums(sums.totals(), sums.samples)
         # On the training device: NCCL reduces CUDA tensors only.
-        seen = distributed.all_reduce_sum(torch.tensor([float(samples - samples_at_start)], device=self.device))
+        seen = distributed.all_reduce_sum(torch.tensor([float(sums.samples - samples_at_start)], device=self.device))
         log["samples_per_sec"] = round(float(seen.item()) / max(elapsed, 1e-9), 2)
         if self.log_histograms:
             self.run.tensorboard.add_histograms(self.raw_model, self.global_step)
@@ -189,9 +181,9 @@ class Trainer(BaseTrainer, Evaluator):
             self.run.tensorboard.add_images("train/inputs", first_inputs, self.global_step)
         return log
 
-    def _check_window(self, window: LossWindow, epoch: int) -> float | None:
-        """Mean loss of the steps since the last check; stops the run if any of them was not finite."""
-        mean, bad = window.drain()
+    def _check_losses(self, sums: EpochSums, epoch: int) -> float | None:
+        """Mean loss of the batches since the last check; stops the run if any of them was not finite."""
+        mean, bad = sums.read_losses()
         if bad is not None:
             step, value = bad
             where = self.run.checkpoint_dir or "the run directory"
@@ -201,8 +193,8 @@ class Trainer(BaseTrainer, Evaluator):
             )
         return mean
 
-    def _log_window(self, window: LossWindow, epoch: int, batch: int, total: int, samples: int, started: float, bar) -> None:
-        mean = self._check_window(window, epoch)
+    def _log_window(self, sums: EpochSums, epoch: int, batch: int, total: int, samples: int, started: float, bar) -> None:
+        mean = self._check_losses(sums, epoch)
         rate = samples * distributed.world_size() / max(time.perf_counter() - started, 1e-9)
         self.run.tensorboard.add_scalars({"train/step_loss": mean, "train/step_samples_per_sec": rate}, self.global_step)
         if self.show_progress:
@@ -223,34 +215,3 @@ class Trainer(BaseTrainer, Evaluator):
             return {}
         sums, count = self.evaluate_sums(progress_iter(batches, f"valid {epoch}", self.show_progress))
         return self.reduce_sums(sums, count, prefix="val_")
-
-
-class LossWindow:
-    """Per-batch losses since the last host read, kept on the device as they are: no kernel per batch,
-    one ``stack`` per ``CHUNK`` batches so that a long window holds few tensors."""
-
-    CHUNK = 256
-
-    def __init__(self) -> None:
-        self.chunks: list[torch.Tensor] = []
-        self.pending: list[torch.Tensor] = []
-        self.steps: list[int] = []
-
-    def add(self, loss: torch.Tensor, step: int) -> None:
-        self.pending.append(loss.detach())
-        self.steps.append(step + 1)
-        if len(self.pending) == self.CHUNK:
-            self.chunks.append(torch.stack(self.pending).float())
-            self.pending = []
-
-    def drain(self) -> tuple[float | None, tuple[int, float] | None]:
-        """(mean loss, (first non-finite step, its value) or None); empties the window. Reads the device once."""
-        if not self.steps:
-            return None, None
-        parts = self.chunks + ([torch.stack(self.pending).float()] if self.pending else [])
-        values = (torch.cat(parts) if len(parts) > 1 else parts[0]).tolist()
-        steps, self.steps, self.chunks, self.pending = self.steps, [], [], []
-        for step, value in zip(steps, values):
-            if value != value or value in (float("inf"), float("-inf")):
-                return None, (step, value)
-        return sum(values) / len(values), None

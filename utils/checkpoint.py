@@ -13,9 +13,10 @@ Keys (``FORMAT`` version 1):
 ``epoch``                the epoch in progress (1-based); complete when ``batch_in_epoch`` is 0
 ``batch_in_epoch``       batches of ``epoch`` already trained (0: the epoch is complete)
 ``global_step``          optimizer steps taken
-``epoch_sums``           running loss/metric sums of the unfinished epoch (mid-epoch only)
 ``monitor_best``, ``not_improved_count``   monitoring and early-stop state
-``rng``                  one RNG state per rank (Python, NumPy, torch, CUDA)
+``ranks``                one dict per rank: ``rng`` (Python, NumPy, torch, CUDA states) and, mid-epoch,
+                         ``epoch_sums`` / ``epoch_samples`` (running loss and metric sums) and
+                         ``metric_batches`` (outputs and targets kept for the metrics; see trainer/epoch_sums.py)
 ``world_size``           processes that wrote it
 ``config``               the resolved config as plain data
 """
