@@ -307,9 +307,14 @@ def make_sides(data: dict, source: str, steps: int, paths: tuple, overrides: lis
 
 
 def measure(sides: list[Side], steps: int, repeats: int, tmp: Path) -> None:
-    """Run every side in turn, ``repeats + 1`` times; the first round is the warm-up."""
+    """Run every side in turn, ``repeats + 1`` times; the first round is the warm-up.
+
+    Odd rounds run the sides in reverse order (a b, b a, a b, ...), so that a machine slowing down
+    or speeding up during the benchmark favours neither side of a pair.
+    """
     for repeat in range(repeats + 1):
-        for index, side in enumerate(sides):
+        order = list(enumerate(sides))
+        for index, side in order[::-1] if repeat % 2 else order:
             if side.kind == "trainer":
                 elapsed, side.model = run_trainer(side.config, side.loader, side.device, tmp / f"run_{index}_{repeat}")
             else:
@@ -355,7 +360,7 @@ def report(title: str, steps: int, sides: list[Side]) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workloads", default="digits,lenet,mlp", help="comma-separated, from: digits, lenet, mlp (default: all)")
-    parser.add_argument("--repeats", type=int, default=7, help="timed rounds (one run of each side) after a warm-up round (default: 7)")
+    parser.add_argument("--repeats", type=int, default=15, help="timed rounds (one run of each side) after a warm-up round (default: 15)")
     parser.add_argument("--steps", type=int, help="optimizer steps per run (default: per workload; 200 with --config)")
     parser.add_argument("--paths", help="data paths: memory, loader or memory,loader (default: per workload; the config's own)")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads for both sides (default: torch's choice)")
