@@ -63,6 +63,7 @@ class BaseTrainer(ABC):
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg["amp"])
         self.scaler = torch.amp.GradScaler(device.type) if cfg["amp"] == "fp16" else None
         self.stop = StopRequest()
+        self.distributed = distributed.is_distributed()
         self.stopped_by: str | None = None
         self.start_epoch = 1
         self.epoch = 1
@@ -156,6 +157,8 @@ class BaseTrainer(ABC):
 
     def stop_agreed(self) -> bool:
         """True on every rank once any rank received SIGINT/SIGTERM."""
+        if not self.distributed and not self.stop.requested:
+            return False  # the common case, asked every step: no call further down
         if distributed.any_process(self.stop.requested):
             self.stopped_by = self.stop.name or "SIGTERM"
             return True

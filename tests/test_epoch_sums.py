@@ -42,8 +42,10 @@ def feed(sums: EpochSums, data, first_step: int = 1) -> EpochSums:
 
 def test_metrics_on_kept_batches_equal_batch_by_batch_means():
     data = batches([64, 64, 64, 17])
-    sums = feed(EpochSums(METRICS, CPU, torch.float64), data)
-    assert len(sums.outputs) == 4  # nothing measured yet: no kernel per batch for the metrics
+    sums = feed(EpochSums(METRICS, CPU, torch.float64), data[:3])
+    assert len(sums.outputs) == 3 and not sums.metric_sums.any()  # no metric kernel per batch
+    feed(sums, data[3:], first_step=4)
+    assert len(sums.outputs) == 1 and sums.metric_sums.all()  # a shorter batch: the first three were measured
     mean, bad = sums.read_losses()
     assert bad is None and mean == pytest.approx(sum(float(loss) for loss, _, _ in data) / 4)
     torch.testing.assert_close(sums.totals(), batch_by_batch(data), rtol=1e-6, atol=0)

@@ -11,9 +11,10 @@ batches concatenated equals the batch-size-weighted mean of its value on each ba
 accuracy and top-k batch by batch costs about ten small kernels per batch, a third of a tiny
 model's step on 2 CPU cores (300 of 1,100 us measured on the MLP benchmark); here the batches'
 outputs (detached) and targets are kept until the next ``log_step`` step, or until they hold
-``MAX_BYTES``, and every metric runs once over all of them. Outputs that cannot be concatenated
-(not a tensor, dict, list or tuple of tensors with one row per sample) are measured batch by
-batch. The kept outputs are part of a mid-epoch checkpoint, so a resumed epoch groups batches as
+``MAX_BYTES``, and every metric runs once over all of them. A batch of another shape (the short
+last batch, another sequence length) first has the kept ones measured; outputs that cannot be
+concatenated (not a tensor, dict, list or tuple of tensors with one row per sample) are measured
+batch by batch. The kept outputs are part of a mid-epoch checkpoint, so a resumed epoch groups batches as
 the uninterrupted one did and its metrics are bit for bit the same.
 """
 
@@ -53,11 +54,11 @@ class EpochSums:
             self.metric_sums = sums[1:].to(device=device, dtype=sum_dtype)
             kept = state.get("metric_batches") or {"outputs": [], "targets": []}
             for output, target in zip(kept["outputs"], kept["targets"]):
-                self._keep(_map(output, lambda t: t.to(device)), target.to(device))
+                self._keep(_map(output, lambda t: t.to(device)), target.to(device), len(target))
 
-    def add(self, loss: torch.Tensor, output: Any, target: torch.Tensor, step: int) -> None:
+    def add(self, loss: torch.Tensor, output: Any, target: Any, step: int) -> None:
         """One batch: its loss (a 0-dim tensor), the model's output and the target; ``step`` names it in errors."""
-        batch_size = len(target)
+        batch_size = target.shape[0] if isinstance(target, torch.Tensor) else len(target)
         self.losses.append(loss.detach())
         self.sizes.append(batch_size)
         self.steps.append(step)
@@ -67,22 +68,29 @@ class EpochSums:
         self.samples += batch_size
         if not self.metric_ftns:
             return
-        output = _map(output, torch.Tensor.detach)
-        if not self._keep(output, target):
+        output = output.detach() if isinstance(output, torch.Tensor) else _map(output, torch.Tensor.detach)
+        if not self._keep(output, target, batch_size):
             self.measure()
             self._measure(output, target, batch_size)
 
-    def _keep(self, output: Any, target: Any) -> bool:
+    def _keep(self, output: Any, target: Any, batch_size: int) -> bool:
         """Keep a batch for later; False if it cannot be concatenated with others."""
-        layout = _layout(output, len(target)), _layout(target, len(target))
-        if layout[0] is None or layout[1] is None:
-            return False
-        if self.outputs and layout != self.kept_layout:  # e.g. another sequence length: measure what is kept
+        if isinstance(output, torch.Tensor) and isinstance(target, torch.Tensor):  # the common case, spelled out
+            layout = output.shape, target.shape
+            if not output.dim() or output.shape[0] != batch_size:
+                return False
+            size = output.nbytes + target.nbytes
+        else:
+            layout = _layout(output, batch_size), _layout(target, batch_size)
+            if layout[0] is None or layout[1] is None:
+                return False
+            size = sum(t.nbytes for t in _tensors(output)) + target.nbytes
+        if self.outputs and layout != self.kept_layout:  # another batch or sequence length: measure what is kept
             self.measure()
         self.kept_layout = layout
         self.outputs.append(output)
         self.targets.append(target)
-        self.kept_bytes += target.nbytes + sum(t.nbytes for t in _tensors(output))
+        self.kept_bytes += size
         if self.kept_bytes >= MAX_BYTES:
             self.measure()
         return True
@@ -148,10 +156,10 @@ def _tensors(value: Any) -> list[torch.Tensor]:
 
 
 def _layout(value: Any, batch_size: int) -> Any:
-    """What must match for batches to concatenate (keys, shapes after the first), or None if they cannot:
+    """What must match for batches to concatenate (keys and shapes), or None if they cannot:
     ``value`` must be tensors with one row per sample, possibly in dicts, lists and tuples."""
     if isinstance(value, torch.Tensor):
-        return value.shape[1:] if value.dim() > 0 and value.shape[0] == batch_size else None
+        return value.shape if value.dim() > 0 and value.shape[0] == batch_size else None
     if isinstance(value, dict):
         items = [(key, _layout(item, batch_size)) for key, item in value.items()]
     elif type(value) in (list, tuple):

@@ -31,14 +31,23 @@ TARGET_KEYS = ("label", "labels", "target", "targets", "y")
 
 
 def to_device(batch: Any, device: torch.device, non_blocking: bool = False) -> Any:
-    """Move every tensor of a (nested) batch; ``non_blocking`` overlaps copies from pinned memory."""
+    """Move every tensor of a (nested) batch; ``non_blocking`` overlaps copies from pinned memory.
+
+    Tensors already there are returned as they are (the in-memory path's batches, for one).
+    """
     if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=non_blocking)
+        return batch if batch.device == device else batch.to(device, non_blocking=non_blocking)
     if isinstance(batch, dict):
         return {key: to_device(value, device, non_blocking) for key, value in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(to_device(value, device, non_blocking) for value in batch)
+    if isinstance(batch, list):
+        return [to_device(value, device, non_blocking) for value in batch]
+    if isinstance(batch, tuple):
+        moved = [to_device(value, device, non_blocking) for value in batch]
+        return type(batch)._make(moved) if hasattr(batch, "_fields") else tuple(moved)  # namedtuples too
     return batch
+
+
+NO_CONTEXT = contextlib.nullcontext()  # stateless, so one serves every ``with``
 
 
 class Evaluator:
@@ -68,16 +77,12 @@ class Evaluator:
         self.channels_last = channels_last
 
     @property
-    def non_blocking(self) -> bool:
-        return self.device.type == "cuda"
-
-    @property
     def sum_dtype(self) -> torch.dtype:
         return torch.float32 if self.device.type == "mps" else torch.float64
 
     def prepare(self, batch: Any) -> tuple[Any, torch.Tensor]:
         """Batch to the device, split into (inputs, target), inputs in channels-last when asked."""
-        inputs, target = self.unpack_batch(to_device(batch, self.device, self.non_blocking))
+        inputs, target = self.unpack_batch(to_device(batch, self.device, non_blocking=self.device.type == "cuda"))
         if self.channels_last and isinstance(inputs, torch.Tensor) and inputs.dim() == 4:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         return inputs, target
@@ -112,7 +117,7 @@ class Evaluator:
 
     def _autocast(self):
         if self.amp_dtype is None:
-            return contextlib.nullcontext()
+            return NO_CONTEXT
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def reduce_sums(self, sums: torch.Tensor, count: int, prefix: str = "") -> dict:

@@ -9,7 +9,6 @@ How a batch becomes ``(inputs, target)`` is :meth:`Evaluator.unpack_batch` (``tr
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
@@ -21,7 +20,7 @@ from torch import nn
 from base import BaseDataLoader, BaseTrainer
 from logger.progress import progress_bar, progress_enabled, progress_iter
 from trainer.epoch_sums import EpochSums
-from trainer.evaluator import Evaluator
+from trainer.evaluator import NO_CONTEXT, Evaluator
 from utils import distributed
 from utils.errors import NonFiniteLossError
 
@@ -132,7 +131,7 @@ class Trainer(BaseTrainer, Evaluator):
             group_size = min(self.accumulate, total - group_start)
             last_in_group = batch_idx + 1 == group_start + group_size
 
-            sync = contextlib.nullcontext() if last_in_group or self.ddp_model is None else self.ddp_model.no_sync()
+            sync = NO_CONTEXT if last_in_group or self.ddp_model is None else self.ddp_model.no_sync()
             with sync:
                 with self._autocast():
                     output = self.run_model(self.model, inputs)
