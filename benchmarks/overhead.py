@@ -1,13 +1,13 @@
 """The framework tax: this project's Trainer against the loop you would write by hand.
 
-    python benchmarks/overhead.py                                  all workloads (2-3 minutes on 2 cores)
-    python benchmarks/overhead.py --workloads mlp --repeats 9      one workload, more repeats
+    python benchmarks/overhead.py                                  all workloads (about 4 minutes on 2 cores)
+    python benchmarks/overhead.py --workloads mlp --repeats 25     one workload, more repeats
     python benchmarks/overhead.py --config my.json --steps 300     your own config
     python benchmarks/overhead.py --config my.json data_loader.args.in_memory=true   ... with overrides
 
 Both sides get the same model (same initial weights), data, batch size, optimizer, scheduler,
-number of optimizer steps, data path and threads, in one process, alternating a/b/a/b after an
-untimed warm-up round. The Trainer is built the way ``train.py`` builds it, with logging
+number of optimizer steps, data path and threads, in one process, alternating a/b, b/a, a/b...
+after an untimed warm-up round. The Trainer is built the way ``train.py`` builds it, with logging
 (``train.log``, TensorBoard, a line every ``log_step``), training metrics and checkpointing at
 their defaults, writing into a temporary folder; its time is the whole ``trainer.train()`` call:
 one epoch of ``--steps`` batches (``trainer.len_epoch``), its metrics row and its checkpoint, and
@@ -335,19 +335,21 @@ def paired(a: Side, b: Side) -> float:
 
 
 def report(title: str, steps: int, sides: list[Side]) -> None:
-    """One table per workload: ``vs bare`` is the ratio of the medians, ``paired`` the median of each round's ratio."""
+    """One table per workload: ``vs bare`` is the ratio of the medians, ``paired`` the median of each
+    round's ratio, ``best`` the ratio of each side's fastest run (the least disturbed by the machine)."""
     print(f"\n{title}: {steps} steps per run")
-    print(f"  {'side':<28}{'samples/s':>11}{'us/step':>9}{'+/-':>7}{'vs bare':>9}{'paired':>8}  weights")
+    print(f"  {'side':<28}{'samples/s':>11}{'us/step':>9}{'+/-':>7}{'vs bare':>9}{'paired':>8}{'best':>8}  weights")
     bare = {side.path: side for side in sides if side.kind == "bare"}
     for side in sides:
-        ratio = pair = weights = ""
+        ratio = pair = best = weights = ""
         if side.kind == "trainer":
             ratio = f"{side.median / bare[side.path].median:.3f}x"
             pair = f"{paired(side, bare[side.path]):.3f}x"
+            best = f"{max(side.rates) / max(bare[side.path].rates):.3f}x"
             if side.path != "own":  # a loader of your own may not replay the same order on both sides
                 weights = "identical" if same_weights(side.model, bare[side.path].model) else "DIFFERENT"
         us = statistics.median(side.step_us)
-        print(f"  {side.label:<28}{side.median:>11,.0f}{us:>9,.0f}{side.spread:>6.1f}%{ratio:>9}{pair:>8}  {weights}")
+        print(f"  {side.label:<28}{side.median:>11,.0f}{us:>9,.0f}{side.spread:>6.1f}%{ratio:>9}{pair:>8}{best:>8}  {weights}")
     trainers = {side.path: side for side in sides if side.kind == "trainer" and "metrics=[]" not in side.label}
     if "memory" in bare and "loader" in bare:
         memory, loader = trainers["memory"], trainers["loader"]

@@ -1,7 +1,8 @@
-"""Metrics: ``fn(output, target) -> 0-dim tensor``, the mean over the batch.
+"""Metrics: ``fn(output, target) -> 0-dim tensor``, the mean over samples of a per-sample quantity.
 
 They return tensors, never Python numbers, so the Trainer can sum them on the device without a
-host sync per batch; it weights each batch by its size, so an epoch value is exact.
+host sync. Being means over samples, they may be called on many batches concatenated (the
+Trainer does, see ``trainer/epoch_sums.py``) and give the same epoch value as batch by batch.
 """
 
 import torch
