@@ -106,7 +106,7 @@ def workloads() -> dict[str, Workload]:
     mlp = synthetic("bench_mlp", {"type": "MLP", "args": {"in_features": 64}}, [64], 64, 8192)
     return {
         "digits": Workload("DigitsCNN on the digits (config.json, batch 32)", read_config_file(ROOT / "config.json"), 100, ("memory",)),
-        "lenet": Workload("LeNet on synthetic 1x28x28 (MNIST-sized), batch 128", lenet, 30, ("memory",)),
+        "lenet": Workload("LeNet on synthetic 1x28x28 (MNIST-sized), batch 128", lenet, 60, ("memory",)),
         "mlp": Workload("MLP on 64 features, batch 64 (per-step overhead dominates)", mlp, 1000, ("memory", "loader")),
     }
 
