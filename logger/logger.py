@@ -50,7 +50,12 @@ def setup_logging(verbosity: int = 1, rank: int = 0) -> logging.Logger:
 
 
 def add_log_file(path: Path) -> None:
-    """Also write everything to ``path`` (appending, so a resumed run continues its log)."""
+    """Also write everything to ``path`` (appending, so a resumed run continues its log).
+
+    It replaces the ``train.log`` of any earlier run in this process (a sweep, a notebook, the
+    benchmark), so that one run's lines never land in another's log.
+    """
+    close_log_files()
     handler = logging.FileHandler(path, mode="a", encoding="utf-8")
     handler.setFormatter(logging.Formatter(_FORMAT, "%Y-%m-%d %H:%M:%S"))
     get_logger().addHandler(handler)

@@ -234,6 +234,22 @@ def test_train_log_continues_across_the_resume(runs):
 # -- the pieces, in-process -----------------------------------------------------------------------
 
 
+def test_a_second_run_in_the_same_process_logs_only_to_its_own_train_log(tmp_path):
+    setup_logging(1)
+    try:
+        first = RunLog(tmp_path / "first", {"trainer": {"tensorboard": False}})
+        get_logger().info("line of the first run")
+        first.close()
+        second = RunLog(tmp_path / "second", {"trainer": {"tensorboard": False}})
+        get_logger().info("line of the second run")
+        second.close()
+    finally:
+        close_log_files()
+    assert "second run" not in (tmp_path / "first" / "train.log").read_text()
+    assert "line of the second run" in (tmp_path / "second" / "train.log").read_text()
+    assert "first run" not in (tmp_path / "second" / "train.log").read_text()
+
+
 def test_verbosity_sets_the_console_and_train_log_keeps_info(tmp_path, capsys):
     logger = get_logger()
     try:
