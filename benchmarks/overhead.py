@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import random
 import shutil
 import statistics
 import sys
@@ -334,22 +335,31 @@ def paired(a: Side, b: Side) -> float:
     return statistics.median(x / y for x, y in zip(a.rates, b.rates))
 
 
+def paired_interval(a: Side, b: Side, resamples: int = 2000) -> tuple[float, float]:
+    """A 95% bootstrap interval of :func:`paired`: how far the noise of this machine leaves it uncertain."""
+    ratios = [x / y for x, y in zip(a.rates, b.rates)]
+    draw = random.Random(0)
+    medians = sorted(statistics.median(draw.choices(ratios, k=len(ratios))) for _ in range(resamples))
+    return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
+
+
 def report(title: str, steps: int, sides: list[Side]) -> None:
     """One table per workload: ``vs bare`` is the ratio of the medians, ``paired`` the median of each
-    round's ratio, ``best`` the ratio of each side's fastest run (the least disturbed by the machine)."""
+    round's ratio with its 95% bootstrap interval, ``best`` the ratio of each side's fastest run."""
     print(f"\n{title}: {steps} steps per run")
-    print(f"  {'side':<28}{'samples/s':>11}{'us/step':>9}{'+/-':>7}{'vs bare':>9}{'paired':>8}{'best':>8}  weights")
+    print(f"  {'side':<28}{'samples/s':>11}{'us/step':>9}{'+/-':>7}{'vs bare':>9}{'paired':>8}{'95% interval':>14}{'best':>8}  weights")
     bare = {side.path: side for side in sides if side.kind == "bare"}
     for side in sides:
-        ratio = pair = best = weights = ""
+        ratio = pair = interval = best = weights = ""
         if side.kind == "trainer":
             ratio = f"{side.median / bare[side.path].median:.3f}x"
             pair = f"{paired(side, bare[side.path]):.3f}x"
+            interval = "{:.3f}-{:.3f}".format(*paired_interval(side, bare[side.path]))
             best = f"{max(side.rates) / max(bare[side.path].rates):.3f}x"
             if side.path != "own":  # a loader of your own may not replay the same order on both sides
                 weights = "identical" if same_weights(side.model, bare[side.path].model) else "DIFFERENT"
         us = statistics.median(side.step_us)
-        print(f"  {side.label:<28}{side.median:>11,.0f}{us:>9,.0f}{side.spread:>6.1f}%{ratio:>9}{pair:>8}{best:>8}  {weights}")
+        print(f"  {side.label:<28}{side.median:>11,.0f}{us:>9,.0f}{side.spread:>6.1f}%{ratio:>9}{pair:>8}{interval:>14}{best:>8}  {weights}")
     trainers = {side.path: side for side in sides if side.kind == "trainer" and "metrics=[]" not in side.label}
     if "memory" in bare and "loader" in bare:
         memory, loader = trainers["memory"], trainers["loader"]

@@ -2,8 +2,10 @@
 
 The train step (``_train_epoch``) reads top to bottom: move the batch -> autocast forward ->
 loss / accumulation -> backward (through the GradScaler for fp16) -> clip -> optimizer step ->
-per-step scheduler. Loss and metric sums stay on the device; the host reads them only every
-``log_step`` optimizer steps and at the end of the epoch, so the GPU is never stalled per batch.
+per-step scheduler. Losses, outputs kept for the metrics and metric sums stay on the device
+(``EpochSums``, ``trainer/epoch_sums.py``); the host reads losses only every ``log_step``
+optimizer steps, before a checkpoint and at the end of the epoch, so the GPU is never stalled
+per batch, and the metrics run once per ``log_step`` steps on all the batches since.
 How a batch becomes ``(inputs, target)`` is :meth:`Evaluator.unpack_batch` (``trainer/evaluator.py``).
 """
 
