@@ -21,6 +21,7 @@ from torch.utils.data.dataloader import default_collate
 
 from utils import distributed
 from utils.errors import UserError
+from utils.nested import leaves, map_tensors
 from utils.seed import seed_worker
 
 
@@ -262,7 +263,7 @@ class BaseDataLoader(DataLoader):
             if _nbytes(memory) > free // 2:
                 return
         if device.type != "cpu":
-            self._memory = _map_tensors(memory, lambda t: t.to(device))
+            self._memory = map_tensors(memory, lambda t: t.to(device))
             self._memory_device = device
 
     def _materialize(self) -> Any:
@@ -284,7 +285,7 @@ class BaseDataLoader(DataLoader):
             if flat:  # the common (inputs, target) case without the generic walk
                 yield [t.index_select(0, index) for t in memory]
             else:
-                yield _map_tensors(memory, lambda t, index=index: t.index_select(0, index))
+                yield map_tensors(memory, lambda t, index=index: t.index_select(0, index))
 
 
 def _as_tensors(dataset: Dataset, collate_fn: Callable) -> Any:
@@ -299,7 +300,7 @@ def _as_tensors(dataset: Dataset, collate_fn: Callable) -> Any:
         memory = [t.index_select(0, index) for t in dataset.dataset.tensors]
     else:
         memory = collate_fn([dataset[i] for i in range(len(dataset))])
-    for leaf in _leaves(memory):
+    for leaf in leaves(memory):
         if not isinstance(leaf, torch.Tensor) or leaf.dim() == 0 or len(leaf) != len(dataset):
             found = f"a tensor of shape {tuple(leaf.shape)}" if isinstance(leaf, torch.Tensor) else type(leaf).__name__
             raise UserError(
@@ -309,28 +310,5 @@ def _as_tensors(dataset: Dataset, collate_fn: Callable) -> Any:
     return memory
 
 
-def _map_tensors(batch: Any, fn: Callable) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return fn(batch)
-    if isinstance(batch, dict):
-        return {key: _map_tensors(value, fn) for key, value in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_map_tensors(value, fn) for value in batch)
-    return batch
-
-
-def _leaves(batch: Any) -> Iterator[Any]:
-    """Every value of a nested batch that is not a dict, list or tuple."""
-    if isinstance(batch, dict):
-        batch = list(batch.values())
-    if isinstance(batch, (list, tuple)):
-        for value in batch:
-            yield from _leaves(value)
-    else:
-        yield batch
-
-
 def _nbytes(batch: Any) -> int:
-    tensors: list[torch.Tensor] = []
-    _map_tensors(batch, tensors.append)
-    return sum(t.numel() * t.element_size() for t in tensors)
+    return sum(t.nbytes for t in leaves(batch) if isinstance(t, torch.Tensor))

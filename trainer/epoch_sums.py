@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from utils.nested import leaves, map_tensors
+
 MAX_BYTES = 16 * 2**20
 """Outputs and targets kept for the metrics before they are computed early (per process)."""
 
@@ -54,7 +56,7 @@ class EpochSums:
             self.metric_sums = sums[1:].to(device=device, dtype=sum_dtype)
             kept = state.get("metric_batches") or {"outputs": [], "targets": []}
             for output, target in zip(kept["outputs"], kept["targets"]):
-                self._keep(_map(output, lambda t: t.to(device)), target.to(device), len(target))
+                self._keep(map_tensors(output, lambda t: t.to(device)), target.to(device), len(target))
 
     def add(self, loss: torch.Tensor, output: Any, target: Any, step: int) -> None:
         """One batch: its loss (a 0-dim tensor), the model's output and the target; ``step`` names it in errors."""
@@ -68,7 +70,7 @@ class EpochSums:
         self.samples += batch_size
         if not self.metric_ftns:
             return
-        output = output.detach() if isinstance(output, torch.Tensor) else _map(output, torch.Tensor.detach)
+        output = output.detach() if isinstance(output, torch.Tensor) else map_tensors(output, torch.Tensor.detach)
         if not self._keep(output, target, batch_size):
             self.measure()
             self._measure(output, target, batch_size)
@@ -84,7 +86,7 @@ class EpochSums:
             layout = _layout(output, batch_size), _layout(target, batch_size)
             if layout[0] is None or layout[1] is None:
                 return False
-            size = sum(t.nbytes for t in _tensors(output)) + target.nbytes
+            size = sum(t.nbytes for t in leaves(output)) + target.nbytes
         if self.outputs and layout != self.kept_layout:  # another batch or sequence length: measure what is kept
             self.measure()
         self.kept_layout = layout
@@ -134,25 +136,8 @@ class EpochSums:
         """This process's part of a mid-epoch checkpoint (CPU tensors); read the losses first."""
         assert not self.sizes, "read_losses() before state(): unread losses would be missing from the checkpoint"
         sums = torch.cat([torch.tensor([self.loss_total], dtype=torch.float64), self.metric_sums.detach().double().cpu()])
-        kept = {"outputs": [_map(o, torch.Tensor.cpu) for o in self.outputs], "targets": [t.cpu() for t in self.targets]}
+        kept = {"outputs": [map_tensors(o, torch.Tensor.cpu) for o in self.outputs], "targets": [t.cpu() for t in self.targets]}
         return {"epoch_sums": sums, "epoch_samples": self.samples, "metric_batches": kept}
-
-
-def _map(value: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
-    if isinstance(value, torch.Tensor):
-        return fn(value)
-    if isinstance(value, dict):
-        return {key: _map(item, fn) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_map(item, fn) for item in value)
-    return value
-
-
-def _tensors(value: Any) -> list[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        return [value]
-    items = value.values() if isinstance(value, dict) else value
-    return [t for item in items for t in _tensors(item)]
 
 
 def _layout(value: Any, batch_size: int) -> Any:

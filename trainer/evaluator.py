@@ -26,6 +26,7 @@ from torch import nn
 from trainer.epoch_sums import EpochSums
 from utils import distributed
 from utils.errors import UserError
+from utils.nested import map_tensors
 
 TARGET_KEYS = ("label", "labels", "target", "targets", "y")
 
@@ -35,16 +36,7 @@ def to_device(batch: Any, device: torch.device, non_blocking: bool = False) -> A
 
     Tensors already there are returned as they are (the in-memory path's batches, for one).
     """
-    if isinstance(batch, torch.Tensor):
-        return batch if batch.device == device else batch.to(device, non_blocking=non_blocking)
-    if isinstance(batch, dict):
-        return {key: to_device(value, device, non_blocking) for key, value in batch.items()}
-    if isinstance(batch, list):
-        return [to_device(value, device, non_blocking) for value in batch]
-    if isinstance(batch, tuple):
-        moved = [to_device(value, device, non_blocking) for value in batch]
-        return type(batch)._make(moved) if hasattr(batch, "_fields") else tuple(moved)  # namedtuples too
-    return batch
+    return map_tensors(batch, lambda t: t if t.device == device else t.to(device, non_blocking=non_blocking))
 
 
 NO_CONTEXT = contextlib.nullcontext()  # stateless, so one serves every ``with``
