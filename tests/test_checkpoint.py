@@ -15,7 +15,8 @@ import pytest
 import torch
 from conftest import ROOT, build_trainer, metric_rows, run_script, tiny_config, write_config
 
-from utils.checkpoint import clean_state_dict
+from utils.checkpoint import clean_state_dict, load_checkpoint
+from utils.errors import UserError
 
 SCHEDULERS = [
     {"type": "StepLR", "args": {"step_size": 1, "gamma": 0.5}},
@@ -97,6 +98,19 @@ def entry_point(script: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.main
+
+
+def test_any_garbage_is_a_one_line_error(tmp_path, recwarn):
+    """Random bytes make torch.load raise UnpicklingError mostly, but also IndexError, KeyError and
+    UnicodeDecodeError, and warn about odd pickle protocols: every one is the same clean error."""
+    generator = random.Random(0)
+    path = tmp_path / "garbage.pth"
+    for _ in range(300):
+        path.write_bytes(generator.randbytes(512))
+        with pytest.raises(UserError, match=r"not a readable checkpoint") as caught:
+            load_checkpoint(path)
+        assert "\n" not in str(caught.value)
+    assert not [w for w in recwarn if "pickle protocol" in str(w.message)]
 
 
 @pytest.mark.slow
