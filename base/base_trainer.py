@@ -45,6 +45,7 @@ class BaseTrainer(ABC):
         self.logger = get_logger()
         self.device = device
         self.raw_model = model
+        self.distributed = distributed.is_distributed()
         self.model = self._wrap_model(model, cfg)
         self.criterion = criterion
         self.metric_ftns = metric_ftns
@@ -63,7 +64,6 @@ class BaseTrainer(ABC):
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg["amp"])
         self.scaler = torch.amp.GradScaler(device.type) if cfg["amp"] == "fp16" else None
         self.stop = StopRequest()
-        self.distributed = distributed.is_distributed()
         self.stopped_by: str | None = None
         self.start_epoch = 1
         self.epoch = 1
@@ -80,7 +80,7 @@ class BaseTrainer(ABC):
 
     def _wrap_model(self, model: nn.Module, cfg: dict) -> nn.Module:
         """DDP when launched by torchrun (after optional SyncBatchNorm), then optional torch.compile."""
-        if distributed.is_distributed():
+        if self.distributed:
             if cfg["sync_batchnorm"]:
                 model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
                 self.raw_model = model

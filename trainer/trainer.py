@@ -57,7 +57,7 @@ class Trainer(BaseTrainer, Evaluator):
         self.log_histograms = cfg["log_histograms"]
         self.show_progress = progress_enabled(cfg["progress_bar"], distributed.rank())
         self.trainable = [p for p in self.raw_model.parameters() if p.requires_grad]
-        self.eval_model = self.raw_model if distributed.is_distributed() else self.model
+        self.eval_model = self.raw_model if self.distributed else self.model
         wrapped = getattr(self.model, "_orig_mod", self.model)  # under torch.compile, the DDP module inside
         self.ddp_model = wrapped if isinstance(wrapped, nn.parallel.DistributedDataParallel) else None
         if self.channels_last:
