@@ -2,14 +2,21 @@
 
     python test.py -r saved/<name>/<run_id>/checkpoints/best.pth [-c CONFIG] [--out FILE] [key=value ...]
     python test.py -r CHECKPOINT --export model.pt2
+    torchrun --standalone --nproc_per_node=2 test.py -r CHECKPOINT      the same numbers, in shards
 
-The config comes from inside the checkpoint unless ``-c`` gives another; the data loader is
-built with ``training=False`` (the test split). The checkpoint is read with
-``weights_only=True``: it is data and never runs code. No run directory is created; metrics go
-to ``<run_dir>/test_metrics.json`` unless ``--out`` says otherwise.
+The config comes from inside the checkpoint unless ``-c`` gives another; the data loader is built
+with ``training=False`` (the test split). The checkpoint is read with ``weights_only=True`` and its
+config may name only this project's code and the libraries it builds from: it is data and never
+runs other code. No run directory is created; every metric goes to ``<run_dir>/test_metrics.json``
+(or ``--out``), the same for any batch size and any number of processes.
 """
 
 from __future__ import annotations
+
+from utils.signals import exit_on_signals
+
+if __name__ == "__main__":
+    exit_on_signals()  # before the heavy imports: a signal ends the script with 130/143, no traceback, nothing written
 
 import argparse
 import json
@@ -18,23 +25,20 @@ from pathlib import Path
 
 import torch
 
-from logger import setup_logging
 from trainer import Evaluator
-from utils.builders import build_loss, build_metrics, load_weights
-from utils.checkpoint import load_checkpoint, run_dir_of
-from utils.config import Config
-from utils.device import limit_visible_gpus, select_device
-from utils.errors import EXIT_USER_ERROR, UserError
+from trainer.batches import BatchReader
+from utils import distributed
+from utils.checkpoint import run_dir_of
+from utils.config import build_loss, build_metrics
+from utils.errors import UserError, report
+from utils.loading import add_loading_arguments, load_trained_model, output_path, write_text_atomic
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Evaluate a checkpoint on the test split.")
-    parser.add_argument("-r", "--resume", required=True, help="checkpoint to evaluate")
-    parser.add_argument("-c", "--config", help="config to use instead of the one inside the checkpoint")
-    parser.add_argument("-d", "--device", dest="devices", help="GPU indices to make visible, e.g. 0")
+    add_loading_arguments(parser)
     parser.add_argument("--out", help="where to write the metrics JSON (default: <run_dir>/test_metrics.json)")
     parser.add_argument("--export", help="also export the model with torch.export to this .pt2 file")
-    parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
     return parser.parse_intermixed_args(argv)
 
 
@@ -42,52 +46,42 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         evaluate(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
+    except Exception as exc:
+        return report(exc, distributed.rank())
+    finally:
+        distributed.cleanup()
     return 0
 
 
 def evaluate(args: argparse.Namespace) -> dict:
-    limit_visible_gpus(args.devices)
-    checkpoint = load_checkpoint(args.resume)
-    if args.config:
-        config = Config.from_file(args.config, args.overrides)
-    else:
-        config = Config.from_dict(checkpoint["config"], f"{args.resume} (its config)", args.overrides)
-    setup_logging(config.trainer["verbosity"])
-    device = select_device(config["device"], distributed=False, local_rank=0)
-
+    loaded = load_trained_model(args)
+    config, device, model = loaded.config, loaded.device, loaded.model
+    out = output_path(args.out, run_dir_of(args.resume) / "test_metrics.json")
+    export = output_path(args.export, Path("model.pt2"), "--export") if args.export else None
     data_loader = config.init_obj("data_loader", training=False)
-    model = config.init_obj("arch")
-    load_weights(model, checkpoint["model"], strict=True, source=args.resume)
-    model.to(device).eval()
-    evaluator = Evaluator(model, build_loss(config), build_metrics(config), device, config.trainer["amp"])
+    read_batch = BatchReader(device, data_loader, config.settings.target_key, config.settings.channels_last)
+    evaluator = Evaluator(model, build_loss(config), build_metrics(config), device, config.settings.amp, read_batch)
     results = evaluator.evaluate(data_loader)
-    results = {"checkpoint": str(args.resume), "epoch": checkpoint["epoch"], "samples": len(data_loader.dataset), **results}
-
-    width = max(len(key) for key in results)
-    print(
-        "\n".join(
-            f"{key:<{width}}  {value:.6g}" if isinstance(value, float) else f"{key:<{width}}  {value}" for key, value in results.items()
-        )
-    )
-    out = Path(args.out) if args.out else run_dir_of(args.resume) / "test_metrics.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {out}")
-    if args.export:
-        export_model(model, evaluator, data_loader, Path(args.export))
+    samples = len(getattr(data_loader, "base_dataset", data_loader.dataset))
+    results = {"checkpoint": str(args.resume), "epoch": loaded.checkpoint.epoch, "weights": loaded.weights, "samples": samples, **results}
+    if distributed.is_main_process():
+        shown = {key: value for key, value in results.items() if not isinstance(value, list)}
+        width = max(len(key) for key in shown)
+        print("\n".join(f"{key:<{width}}  {value:.6g}" if isinstance(value, float) else f"{key:<{width}}  {value}" for key, value in shown.items()))
+        write_text_atomic(out, json.dumps(results, indent=2) + "\n")
+        print(f"wrote {out}")
+        if export is not None:
+            export_model(model, read_batch, data_loader, export)
     return results
 
 
-def export_model(model: torch.nn.Module, evaluator: Evaluator, data_loader, path: Path) -> None:
+def export_model(model: torch.nn.Module, read_batch: BatchReader, data_loader, path: Path) -> None:
     """Save the whole model as a ``torch.export`` program: load it with
     ``torch.export.load(path).module()`` and call it, no code of this project needed.
 
     The batch dimension is exported as dynamic, so any batch size works.
     """
-    inputs, _ = evaluator.prepare(next(iter(data_loader)))
+    inputs, _ = read_batch(next(iter(data_loader)))
     args, kwargs = ((), inputs) if isinstance(inputs, dict) else ((inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs), {})
     batch = torch.export.Dim("batch", min=1)
 
@@ -99,8 +93,14 @@ def export_model(model: torch.nn.Module, evaluator: Evaluator, data_loader, path
         program = torch.export.export(model.eval(), args, kwargs or None, dynamic_shapes=shapes)
     except Exception as exc:  # torch.export's own errors name the unsupported construct
         raise UserError(f"--export: torch.export could not trace {type(model).__name__}: {str(exc).splitlines()[0]}") from None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.export.save(program, str(path))
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.export.save(program, str(tmp))
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"--export: cannot write {path} ({exc.strerror}); pass --export with a writable place") from None
     print(f"exported {path} (load with torch.export.load({str(path)!r}).module())")
 
 

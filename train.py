@@ -5,30 +5,43 @@
     python train.py -r CHECKPOINT -c NEW_CONFIG                    fine-tune: weights only, new run
     torchrun --standalone --nproc_per_node=2 train.py -c config.json   DDP, same code
 
-Everything is built by name from the config; this file only wires the pieces together.
+A run starts as a transaction: the config, the data, the model, the checkpoint's fit and one
+pre-flight batch are checked first, and only then is the run directory created (or, resuming,
+locked and appended to). Any mistake found on the way is one ``error:`` line with exit code 2
+and leaves nothing behind. Everything is built by name from the config; this file wires it.
 """
 
 from __future__ import annotations
 
+from utils.signals import StopRequest
+
+STOP = StopRequest()
+if __name__ == "__main__":
+    STOP.install()  # before the heavy imports: a signal during start-up is a clean stop, not a traceback
+
 import argparse
+import logging
 import os
 import shlex
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from logger import get_logger, setup_logging
+from logger.logger import log_to_files
 from logger.run_log import RunLog
 from trainer import Trainer
+from trainer.preflight import run_preflight
 from utils import distributed
-from utils.builders import build_loss, build_lr_scheduler, build_metrics, build_optimizer, load_weights
-from utils.checkpoint import load_checkpoint, run_dir_of
-from utils.config import Config
+from utils.checkpoint import Checkpoint, load_checkpoint, load_weights, run_dir_of
+from utils.config import Config, build_loss, build_lr_scheduler, build_metrics, build_optimizer, scheduler_interval
 from utils.device import limit_visible_gpus, select_device
-from utils.errors import EXIT_USER_ERROR, UserError
+from utils.errors import UserError, report
+from utils.run_dir import RunDirectory
 from utils.seed import seed_everything
 
 
@@ -38,65 +51,201 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("-r", "--resume", help="checkpoint to resume (alone) or to fine-tune from (with -c)")
     parser.add_argument("-d", "--device", dest="devices", help="GPU indices to make visible, e.g. 0,1 (sets CUDA_VISIBLE_DEVICES)")
     parser.add_argument("--run-id", help="name of the run directory (default: a timestamp)")
+    parser.add_argument("--trust-checkpoint", action="store_true", help="let a checkpoint's config name code outside this project")
     parser.add_argument(
         "overrides", nargs="*", metavar="key.path=value", help="config overrides, e.g. trainer.epochs=3 (+key=value adds a key)"
     )
     return parser.parse_intermixed_args(argv)
 
 
-def load_config(args: argparse.Namespace) -> tuple[Config, dict | None, str]:
+def main(argv: list[str] | None = None) -> int:
+    if not STOP.installed:
+        STOP.install()
+    args = parse_args(argv)
+    session = Session(args)
+    try:
+        return session.run()
+    except KeyboardInterrupt:
+        session.abandon(stopped=True)
+        print("error: interrupted twice; stopped at once", file=sys.stderr)
+        return 128 + signal.SIGINT
+    except Exception as exc:
+        session.abandon(stopped=False)
+        if isinstance(exc, UserError):
+            log_to_files(logging.ERROR, f"error: {exc}")
+        return report(exc, distributed.rank())
+    finally:
+        STOP.restore()
+        distributed.cleanup()
+
+
+@dataclass
+class Session:
+    """One ``train.py`` invocation: what it has claimed, so a failure can take back exactly that."""
+
+    args: argparse.Namespace
+    claim: RunDirectory | None = None
+    trainer: Trainer | None = None
+    training: bool = False
+
+    def run(self) -> int:
+        run_dir = self.prepare()
+        if run_dir is None:
+            return stopped_during_start_up()
+        self.training = True
+        self.trainer.train()
+        return self.outcome(run_dir)
+
+    def prepare(self) -> Path | None:
+        """Check and build everything, then claim the run directory; None if a signal came first."""
+        args = self.args
+        limit_visible_gpus(args.devices)
+        config, checkpoint, mode = load_config(args)
+        logger = setup_logging(config.settings.verbosity, int(os.environ.get("RANK", 0)))
+        for note in config.notes:
+            logger.warning(note)
+        device = select_device(config["device"], distributed.launched_by_torchrun(), distributed.local_rank())
+        distributed.init_distributed(device)
+        seed_everything(config["seed"] + distributed.rank())
+        if config.settings.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+        self.trainer = trainer = build_trainer(config, device, checkpoint, mode, args.resume)
+        if mode == "resume":
+            trainer.resume(checkpoint)
+        if config.settings.preflight:
+            run_preflight(trainer)
+        if distributed.any_process(STOP.requested):
+            return None
+        run_dir = self.claim_run_dir(config, args, mode)
+        trainer.attach_run(open_run_log(run_dir, config, trainer, mode))
+        log_header(config, run_dir, device, trainer, mode)
+        return run_dir
+
+    def claim_run_dir(self, config: Config, args: argparse.Namespace, mode: str) -> Path:
+        """Create (new run) or lock (resume) the run directory on rank 0; every rank learns whether it worked."""
+        run_dir = run_dir_of(args.resume) if mode == "resume" else new_run_dir(config, args)
+        failure: UserError | None = None
+        if distributed.is_main_process():
+            try:
+                self.claim = RunDirectory.open(run_dir) if mode == "resume" else RunDirectory.create(run_dir)
+            except UserError as exc:
+                failure = exc
+        if distributed.any_process(failure is not None):
+            raise failure or UserError(f"rank 0 could not claim {run_dir}; see its error")
+        return run_dir
+
+    def outcome(self, run_dir: Path) -> int:
+        trainer, logger = self.trainer, get_logger()
+        last = run_dir / "checkpoints" / "last.pth"
+        if trainer.stopped_by:
+            if not trainer.run.checkpoint_written:
+                self.abandon(stopped=True)
+                logger.warning("stopped by %s before the first step; nothing was trained and the run directory is removed", trainer.stopped_by)
+            else:
+                logger.warning("stopped by %s; resume with: %s", trainer.stopped_by, resume_command(last))
+            return 128 + getattr(signal, trainer.stopped_by).value
+        if trainer.monitor.best_epoch is not None:
+            logger.info(
+                "done: best %s %.6g at epoch %d; checkpoints in %s (best.pth, last.pth)",
+                trainer.monitor.metric,
+                trainer.monitor.best,
+                trainer.monitor.best_epoch,
+                last.parent,
+            )
+        else:
+            logger.info("done: checkpoints in %s", last.parent)
+        if self.claim is not None:
+            self.claim.release()
+        return 0
+
+    def abandon(self, stopped: bool) -> None:
+        """After a failure or stop: a new run directory with no checkpoint in it goes (unless a
+        failure came after training started: then its train.log tells what happened)."""
+        if self.claim is None:
+            return
+        written = self.trainer is not None and self.trainer.run.checkpoint_written
+        if not written and (stopped or not self.training):
+            if self.trainer is not None:
+                self.trainer.run.close()
+            self.claim.discard()
+        self.claim.release()
+
+
+def stopped_during_start_up() -> int:
+    name = STOP.name or "SIGTERM"
+    print(f"stopped by {name} during start-up; nothing was created", file=sys.stderr)
+    return 128 + getattr(signal, name).value
+
+
+def load_config(args: argparse.Namespace) -> tuple[Config, Checkpoint | None, str]:
     """(config, checkpoint, mode) where mode is "new", "resume" or "finetune"."""
     if args.resume is None and args.config is None:
         raise UserError("give a config with -c CONFIG (a new run) or a checkpoint with -r CHECKPOINT (resume)")
     checkpoint = load_checkpoint(args.resume) if args.resume else None
     if args.config:
         return Config.from_file(args.config, args.overrides), checkpoint, "finetune" if checkpoint else "new"
-    return Config.from_dict(checkpoint["config"], f"{args.resume} (its config)", args.overrides), checkpoint, "resume"
+    checkpoint.require_resumable()
+    if Path(args.resume).resolve().parent.name != "checkpoints":
+        raise UserError(f"-r {args.resume}: to resume, pass the file inside its run's checkpoints/ folder; to start a new run from it, add -c CONFIG")
+    source = f"{args.resume} (its config)"
+    return Config.from_dict(checkpoint.config, source, args.overrides, trusted=args.trust_checkpoint), checkpoint, "resume"
 
 
-def choose_run_dir(config: Config, args: argparse.Namespace, mode: str) -> Path:
-    if mode == "resume":
-        return run_dir_of(args.resume)
-    run_id = args.run_id or time.strftime("%m%d_%H%M%S")
-    if not run_id or "/" in run_id or run_id.startswith("."):
+def new_run_dir(config: Config, args: argparse.Namespace) -> Path:
+    run_id = args.run_id or distributed.broadcast_object(time.strftime("%m%d_%H%M%S"))
+    if not run_id or "/" in run_id or "\\" in run_id or run_id.startswith(".") or not run_id.isprintable():
         raise UserError(f"--run-id: {run_id!r} is not a folder name; use letters, digits, '-' or '_'")
-    run_dir = Path(config.trainer["save_dir"]) / config["name"] / run_id
-    if run_dir.exists() and distributed.is_main_process():
-        raise UserError(f"--run-id: {run_dir} already exists; choose another --run-id, or resume it with -r {run_dir}/checkpoints/last.pth")
-    return run_dir
+    return Path(config.settings.save_dir) / config["name"] / run_id
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        return train(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    finally:
-        distributed.cleanup()
-
-
-def train(args: argparse.Namespace) -> int:
-    trainer, run_dir = build_trainer(args)
-    logger = get_logger()
-    trainer.train()
-
-    last = run_dir / "checkpoints" / "last.pth"
-    if trainer.stopped_by:
-        logger.warning("stopped by %s; resume with: %s", trainer.stopped_by, resume_command(last))
-        return 128 + getattr(signal, trainer.stopped_by).value
-    if trainer.best_epoch is not None:
-        logger.info(
-            "done: best %s %.6g at epoch %d; checkpoints in %s (best.pth, last.pth)",
-            trainer.monitor_metric,
-            trainer.monitor_best,
-            trainer.best_epoch,
-            last.parent,
+def build_trainer(config: Config, device: torch.device, checkpoint: Checkpoint | None, mode: str, source: str | None = None) -> Trainer:
+    """Everything a run needs, built from the config; nothing is written."""
+    settings = config.settings
+    data_loader = config.init_obj("data_loader")
+    if callable(getattr(data_loader, "set_seed", None)):
+        data_loader.set_seed(config["seed"])
+    valid_data_loader = data_loader.split_validation() if hasattr(data_loader, "split_validation") else None
+    monitored = settings.monitor_metric
+    if monitored and monitored.startswith("val_") and valid_data_loader is None and not settings.overfit_batches:
+        raise config.error(
+            "trainer.monitor",
+            f"monitors {monitored!r} but the data loader has no validation split; "
+            f"set data_loader.args.validation_split or monitor a training metric",
         )
-    else:
-        logger.info("done: checkpoints in %s", last.parent)
-    return 0
+    model = config.init_obj("arch")
+    if mode == "finetune":
+        for problem in load_weights(model, checkpoint.weights(ema=settings.ema_evaluate), settings.load_strict, source):
+            get_logger().warning("fine-tuning from %s: %s", source, problem)
+    from trainer.parallel import prepare_model
+
+    prepared = prepare_model(model, settings, device)  # before the optimizer: FSDP replaces the parameters
+    optimizer = build_optimizer(config, prepared.module)
+    return Trainer(
+        prepared,
+        build_loss(config),
+        optimizer,
+        settings,
+        device,
+        data_loader,
+        valid_data_loader,
+        metrics=build_metrics(config),
+        lr_scheduler=build_lr_scheduler(config, optimizer),
+        scheduler_interval=scheduler_interval(config),
+        stop=STOP,
+        checkpoint_meta={"arch": config["arch"]["type"], "config": config.to_dict()},
+    )
+
+
+def open_run_log(run_dir: Path, config: Config, trainer: Trainer, mode: str) -> RunLog:
+    if not distributed.is_main_process():
+        return RunLog.off()
+    tensorboard = config.settings.tensorboard
+    if mode == "resume":
+        progress = trainer.progress
+        return RunLog.resume(run_dir, config.to_dict(), progress.completed_epochs, progress.global_step, tensorboard)
+    return RunLog.start(run_dir, config.to_dict(), tensorboard)
 
 
 def resume_command(checkpoint: Path) -> str:
@@ -110,90 +259,39 @@ def resume_command(checkpoint: Path) -> str:
     return f"{launcher} train.py -r {shlex.quote(str(checkpoint))}"
 
 
-def build_trainer(args: argparse.Namespace) -> tuple[Trainer, Path]:
-    """Everything a run needs, built from the config; the run directory is created last."""
-    limit_visible_gpus(args.devices)
-    config, checkpoint, mode = load_config(args)
-    cfg = config.trainer
-    rank = int(os.environ.get("RANK", 0))
-    logger = setup_logging(cfg["verbosity"], rank)
-
-    device = select_device(config["device"], distributed.launched_by_torchrun(), distributed.local_rank())
-    distributed.init_distributed(device)
-    seed_everything(config["seed"] + distributed.rank())
-    if cfg["deterministic"]:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-
-    data_loader = config.init_obj("data_loader")
-    valid_data_loader = data_loader.split_validation() if hasattr(data_loader, "split_validation") else None
-    _, monitored = config.monitor()
-    if monitored and monitored.startswith("val_") and valid_data_loader is None and not cfg["overfit_batches"]:
-        raise config.error(
-            "trainer.monitor",
-            f"monitors {monitored!r} but the data loader has no validation split; "
-            f"set data_loader.args.validation_split or monitor a training metric",
-        )
-
-    model = config.init_obj("arch")
-    if checkpoint is not None:
-        strict = mode == "resume" or cfg["load_strict"]
-        for problem in load_weights(model, checkpoint["model"], strict, args.resume):
-            logger.warning("fine-tuning from %s: %s", args.resume, problem)
-    model.to(device)
-    criterion = build_loss(config)
-    metrics = build_metrics(config)
-    optimizer = build_optimizer(config, model)
-    lr_scheduler = build_lr_scheduler(config, optimizer)
-
-    run_dir = choose_run_dir(config, args, mode)
-    resume_state = checkpoint if mode == "resume" else None
-    run = RunLog(
-        run_dir if distributed.is_main_process() else None,
-        config.to_dict(),
-        resume_epoch=(resume_state["epoch"] - (1 if resume_state["batch_in_epoch"] else 0)) if resume_state else None,
-        resume_step=resume_state["global_step"] if resume_state else None,
-    )
-    try:
-        trainer = Trainer(
-            model, criterion, metrics, optimizer, config, device, data_loader, valid_data_loader, lr_scheduler, run=run, checkpoint=resume_state
-        )
-    except UserError:
-        run.discard()  # a new run that could not start leaves nothing behind
-        raise
-    log_header(config, run_dir, device, model, data_loader, valid_data_loader, trainer, mode)
-    return trainer, run_dir
-
-
-def log_header(config, run_dir, device, model, data_loader, valid_data_loader, trainer, mode) -> None:
+def log_header(config: Config, run_dir: Path, device: torch.device, trainer: Trainer, mode: str) -> None:
     """One screen saying what this run is, where it writes, and how to resume it."""
-    logger = get_logger()
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    module = trainer.model.module
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in module.parameters())
     world = distributed.world_size()
-    batch = getattr(data_loader, "batch_size", None)
+    batch = getattr(trainer.data, "batch_size", None)
+    progress = trainer.progress
     lines = [
         f"experiment   {config['name']} ({config.source}, {mode})",
         f"run dir      {run_dir}",
-        f"device       {device}, world size {world}" + (f", batch {batch} per process = global batch {batch * world}" if batch else ""),
+        f"device       {device}, world size {world}, strategy {trainer.model.strategy}"
+        + (f", batch {batch} per process = global batch {batch * world}" if batch else ""),
         f"model        {config['arch']['type']}: {trainable:,} trainable of {total:,} parameters",
-        f"data         {_size(data_loader)} training samples, {_size(valid_data_loader)} validation samples, "
+        f"data         {_size(trainer.data)} training samples, {_size(trainer.valid_data)} validation samples, "
         f"{trainer.batches_per_epoch} batches per epoch",
-        f"epochs       {trainer.start_epoch}..{trainer.epochs}, monitor {config.trainer['monitor']}",
-        f"resume with  {resume_command(run_dir / 'checkpoints' / 'last.pth')}",
+        f"epochs       {progress.start_epoch}..{config.settings.epochs}, monitor {config.settings.monitor}",
+        f"resume with  {resume_command(run_dir / 'checkpoints' / 'last.pth')}" + ("" if mode == "resume" else "  (once it is written)"),
     ]
-    if trainer.resume_batch:
-        lines.insert(5, f"resuming     epoch {trainer.start_epoch} at batch {trainer.resume_batch:,} of {trainer.batches_per_epoch:,}")
-    logger.info("\n  " + "\n  ".join(lines))
-    logger.debug("%s", model)
+    if progress.batch_in_epoch:
+        lines.append(f"resuming     epoch {progress.epoch} at batch {progress.batch_in_epoch:,} of {trainer.batches_per_epoch:,}")
+    get_logger().info("\n  " + "\n  ".join(lines))
+    get_logger().debug("%s", module)
 
 
 def _size(loader) -> str:
     if loader is None:
         return "no"
-    dataset = getattr(loader, "base_dataset", None) or getattr(loader, "dataset", None)
-    return f"{len(dataset):,}" if dataset is not None else "?"
+    dataset = getattr(loader, "base_dataset", None) or getattr(loader, "dataset", None) or getattr(getattr(loader, "loader", None), "dataset", None)
+    try:
+        return f"{len(dataset):,}"
+    except TypeError:
+        return "?"
 
 
 if __name__ == "__main__":

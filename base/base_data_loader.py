@@ -1,118 +1,30 @@
 """BaseDataLoader: a ``torch.utils.data.DataLoader`` with a seeded validation split, exact
 resumable data order, DDP sharding, and an optional in-memory fast path.
 
-Data order contract: pass ``p`` over the data (epoch ``p + 1`` in epoch-based training) is
-shuffled by a generator seeded with ``seed + p`` (torch's own ``DistributedSampler`` recipe), so
-it depends only on the run seed and ``p``; :meth:`set_epoch` can start a pass at any batch, which
-is how a run resumes mid-epoch without repeating or skipping a sample.
+The loader owns the data order. Pass ``p`` over the data is shuffled by a generator seeded with
+``seed + p`` (torch's own ``DistributedSampler`` recipe), so it depends only on the run seed and
+``p``. The Trainer asks for an epoch with one call, :meth:`BaseDataLoader.epoch_batches`, after
+:meth:`BaseDataLoader.plan_epochs` has said what an epoch is (one pass, ``len_epoch`` batches of
+an endless stream of passes, or the first N batches in overfit mode) and where the data lives;
+a mid-epoch resume starts the epoch at its batch, without repeating or skipping a sample.
 """
 
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Callable, Iterator
+from itertools import islice
 from typing import Any
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset, TensorDataset
 from torch.utils.data.dataloader import default_collate
 
+from base.samplers import EvaluationShardSampler, ResumableDistributedSampler, SampleSeededDataset
 from utils import distributed
 from utils.errors import UserError
 from utils.nested import leaves, map_tensors
 from utils.seed import seed_worker
-
-
-class ResumableDistributedSampler(DistributedSampler):
-    """torch's ``DistributedSampler`` (same shuffle, padding and sharding) that can start mid-pass.
-
-    Used in every run, with ``num_replicas=1`` outside DDP, so a single-process run and a DDP
-    run see the same global order.
-    """
-
-    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, shuffle: bool, drop_last: bool):
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=0, drop_last=drop_last)
-        self.start = 0
-
-    def set_position(self, pass_index: int, start: int = 0) -> None:
-        """Shuffle for pass ``pass_index`` and skip this rank's first ``start`` samples."""
-        self.set_epoch(pass_index)
-        self.start = start
-
-    def indices(self) -> list[int]:
-        return list(super().__iter__())[self.start :]
-
-    def order_tensor(self) -> torch.Tensor:
-        """``indices()`` as a tensor, built without a Python list (which costs more than a small model's step).
-
-        Mirrors torch's ``DistributedSampler.__iter__`` (seeded permutation, padding or truncation,
-        ``rank::num_replicas``); tests/test_in_memory.py checks it against ``indices()``'s batches.
-        """
-        n = len(self.dataset)
-        if self.shuffle:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
-        else:
-            order = torch.arange(n)
-        padding = self.total_size - n
-        if padding > 0:
-            order = torch.cat([order, order.repeat(math.ceil(padding / n))[:padding]])
-        return order[: self.total_size][self.rank :: self.num_replicas][self.start :]
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices())
-
-    def __len__(self) -> int:
-        return self.num_samples - self.start
-
-
-class EvaluationShardSampler(Sampler[int]):
-    """In-order shard ``rank::world_size`` with no padding, so reduced sums count every sample once."""
-
-    def __init__(self, dataset: Dataset, num_replicas: int, rank: int):
-        self.length = len(dataset)
-        self.num_replicas, self.rank = num_replicas, rank
-        self.start = 0
-
-    def set_position(self, pass_index: int, start: int = 0) -> None:
-        self.start = start
-
-    def indices(self) -> list[int]:
-        return list(range(self.rank, self.length, self.num_replicas))[self.start :]
-
-    def order_tensor(self) -> torch.Tensor:
-        return torch.arange(self.rank, self.length, self.num_replicas)[self.start :]
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices())
-
-    def __len__(self) -> int:
-        return len(range(self.rank, self.length, self.num_replicas)) - self.start
-
-
-class SampleSeededDataset(Dataset):
-    """Seeds Python, NumPy and torch from (run seed, pass, index) before each sample in a worker.
-
-    With worker processes, random augmentation would otherwise depend on which worker loaded a
-    sample and what it loaded before; this makes it a function of the sample alone, so a run
-    resumed mid-epoch draws the same augmentations. With ``num_workers=0`` samples draw from
-    the main process's RNG, whose state checkpoints save, and this wrapper is not used.
-    """
-
-    def __init__(self, dataset: Dataset):
-        self.dataset = dataset
-        self.pass_seed = 0
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> Any:
-        seed = (self.pass_seed * 1_000_003 + index) % 2**63
-        torch.manual_seed(seed)
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        return self.dataset[index]
 
 
 class BaseDataLoader(DataLoader):
@@ -177,6 +89,9 @@ class BaseDataLoader(DataLoader):
             sampler = EvaluationShardSampler(dataset, world, rank)
         self.seed = 0
         self.pass_seed = 0
+        self._len_epoch: int | None = None
+        self._overfit = 0
+        self.batches_per_epoch = 0
         if num_workers > 0 and not in_memory:
             dataset = SampleSeededDataset(dataset)
         super().__init__(
@@ -250,6 +165,49 @@ class BaseDataLoader(DataLoader):
     def batches_per_pass(self) -> int:
         samples = self.samples_per_pass
         return samples // self.batch_size if self.drop_last else math.ceil(samples / self.batch_size)
+
+    def plan_epochs(self, device: torch.device, len_epoch: int | None = None, overfit_batches: int = 0, limit_batches: int = 0) -> None:
+        """Say what an epoch is (see the module docstring) and where batches are wanted.
+
+        ``overfit_batches`` turns shuffling off: every epoch is the same first N batches.
+        """
+        self._len_epoch, self._overfit = len_epoch, overfit_batches
+        if overfit_batches:
+            self.sampler.shuffle = False
+        per_pass = self.batches_per_pass()
+        count = min(overfit_batches, per_pass) if overfit_batches else (len_epoch or per_pass)
+        self.batches_per_epoch = min(count, limit_batches) if limit_batches else count
+        if self.batches_per_epoch < 1 and self.training:
+            raise UserError("data_loader.args.batch_size: the training split yields no batch; lower batch_size or turn off drop_last")
+        self.to_device(device)
+
+    def epoch_batches(self, epoch: int, start: int = 0) -> Iterator[Any]:
+        """Batches ``start..batches_per_epoch`` of ``epoch`` (1-based) on this rank."""
+        remaining = self.batches_per_epoch - start
+        if self._overfit or not self._len_epoch:
+            self.set_epoch(0 if self._overfit else epoch - 1, start)
+            yield from islice(self, remaining)
+            return
+        per_pass = self.batches_per_pass()
+        position = (epoch - 1) * self._len_epoch + start
+        while remaining > 0:
+            pass_index, offset = divmod(position, per_pass)
+            self.set_epoch(pass_index, offset)
+            for batch in islice(self, min(remaining, per_pass - offset)):
+                yield batch
+                remaining -= 1
+                position += 1
+
+    def state_dict(self) -> dict:
+        """What a mid-epoch resume must match: the position in an epoch counts batches of this size."""
+        return {"batch_size": self.batch_size}
+
+    def load_state_dict(self, state: dict, mid_epoch: bool) -> None:
+        if mid_epoch and state["batch_size"] != self.batch_size:
+            raise UserError(
+                f"data_loader.args.batch_size: the checkpoint was written mid-epoch with batch_size {state['batch_size']}, "
+                f"this run has {self.batch_size}; resume with batch_size={state['batch_size']}, or from an epoch-end checkpoint (epoch-N.pth)"
+            )
 
     # -- in-memory fast path --------------------------------------------------------------------
 

@@ -7,9 +7,9 @@
 
 Both sides get the same model (same initial weights), data, batch size, optimizer, scheduler,
 number of optimizer steps, data path and threads, in one process, alternating a/b, b/a, a/b...
-after an untimed warm-up round. The Trainer is built the way ``train.py`` builds it, with logging
-(``train.log``, TensorBoard, a line every ``log_step``), training metrics and checkpointing at
-their defaults, writing into a temporary folder; its time is the whole ``trainer.train()`` call:
+after an untimed warm-up round. The Trainer is built from typed settings (no config object reaches the engine)
+with the config's parts, with logging (``train.log``, TensorBoard, a line every ``log_step``),
+training metrics and checkpointing at their defaults, writing into a temporary folder; its time is the whole ``trainer.train()`` call:
 one epoch of ``--steps`` batches (``trainer.len_epoch``), its metrics row and its checkpoint, and
 no validation, which the bare loop does not do either. The bare loop is forward, loss, backward,
 step, zero_grad and a running loss sum for an epoch log, over a plain ``DataLoader`` or over
@@ -46,11 +46,11 @@ from base import BaseDataLoader  # noqa: E402
 from logger import get_logger, setup_logging  # noqa: E402
 from logger.run_log import RunLog  # noqa: E402
 from trainer import Trainer  # noqa: E402
-from trainer.evaluator import Evaluator  # noqa: E402
-from utils.builders import build_loss, build_lr_scheduler, build_metrics, build_optimizer  # noqa: E402
-from utils.config import Config, read_config_file  # noqa: E402
+from trainer.batches import unpack_batch  # noqa: E402
+from utils.config import Config, build_loss, build_lr_scheduler, build_metrics, build_optimizer, read_config_file, scheduler_interval  # noqa: E402
 from utils.device import select_device  # noqa: E402
 from utils.errors import UserError  # noqa: E402
+from utils.run_dir import RunDirectory  # noqa: E402
 from utils.seed import seed_everything  # noqa: E402
 
 
@@ -91,9 +91,10 @@ class Workload:
 
 
 def synthetic(name: str, arch: dict, shape: list[int], batch_size: int, num_samples: int) -> dict:
-    """config.json with its model and data swapped: same loss, metrics, optimizer, scheduler and trainer settings."""
+    """config.json with its model and data swapped and accuracy as the training metric: same loss,
+    optimizer, scheduler and trainer settings."""
     config = read_config_file(ROOT / "config.json")
-    config.update(name=name, arch=arch)
+    config.update(name=name, arch=arch, metrics=["accuracy"])
     config["data_loader"] = {
         "type": "benchmarks.overhead:SyntheticDataLoader",
         "args": {"shape": shape, "num_samples": num_samples, "batch_size": batch_size},
@@ -153,8 +154,20 @@ def build_parts(config: Config, device: torch.device) -> Parts:
 def run_trainer(config: Config, loader: Any, device: torch.device, run_dir: Path) -> tuple[float, torch.nn.Module]:
     """Seconds for ``trainer.train()``, and the trained model."""
     parts = build_parts(config, device)
-    run = RunLog(run_dir, config.to_dict())
-    trainer = Trainer(parts.model, parts.criterion, parts.metrics, parts.optimizer, config, device, loader, None, parts.scheduler, run=run)
+    settings = config.settings
+    run = RunLog.start(RunDirectory.create(run_dir).path, config.to_dict(), settings.tensorboard)
+    trainer = Trainer(
+        parts.model,
+        parts.criterion,
+        parts.optimizer,
+        settings,
+        device,
+        loader,
+        metrics=parts.metrics,
+        lr_scheduler=parts.scheduler,
+        scheduler_interval=scheduler_interval(config),
+        run=run,
+    )
     seed_everything(config["seed"])
     started = time.perf_counter()
     trainer.train()
@@ -230,7 +243,7 @@ def run_bare(config: Config, loader: Any, path: str, device: torch.device, steps
     while done < steps:
         for batch in batches(p):
             if isinstance(batch, dict):
-                inputs, target = Evaluator.unpack_batch(batch)
+                inputs, target = unpack_batch(batch)
                 output = model(**{k: v.to(device) for k, v in inputs.items()})
             else:
                 *inputs, target = batch

@@ -61,6 +61,14 @@ def add_log_file(path: Path) -> None:
     get_logger().addHandler(handler)
 
 
+def log_to_files(level: int, message: str) -> None:
+    """Write ``message`` to ``train.log`` only (the console already showed it)."""
+    record = get_logger().makeRecord(LOGGER_NAME, level, __file__, 0, message, None, None)
+    for handler in get_logger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 def close_log_files() -> None:
     """Flush and detach every ``train.log`` handler (the console stays)."""
     logger = get_logger()

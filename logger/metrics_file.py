@@ -8,18 +8,13 @@ from pathlib import Path
 
 
 class MetricsFile:
-    """Appends epoch rows; on resume drops rows after the resumed epoch, so no epoch appears twice."""
+    """Appends epoch rows, one line each, written and flushed at once."""
 
-    def __init__(self, path: Path, resume_after_epoch: int | None = None):
+    def __init__(self, path: Path):
         self.path = Path(path)
-        if resume_after_epoch is not None and self.path.exists():
-            rows = [row for row in self.read(self.path) if row["epoch"] <= resume_after_epoch]
-            tmp = self.path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
-            tmp.replace(self.path)
 
     def append(self, row: dict) -> None:
-        """One line per call, written and flushed at once (NaN/inf become null: JSON has neither)."""
+        """NaN/inf become null (JSON has neither); lists (a confusion matrix) are written as they are."""
         clean = {key: (None if isinstance(v, float) and not math.isfinite(v) else v) for key, v in row.items()}
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(clean) + "\n")
@@ -36,3 +31,19 @@ class MetricsFile:
             if isinstance(row, dict) and "epoch" in row:
                 rows.append(row)
         return rows
+
+    @classmethod
+    def keep_epochs(cls, path: Path, last_epoch: int, superseded: Path) -> None:
+        """Keep the rows of epochs up to ``last_epoch`` (a resume continues after it); later rows are
+        moved to ``superseded``, never deleted. The file is replaced atomically."""
+        if not path.exists():
+            return
+        rows = cls.read(path)
+        kept = [row for row in rows if row["epoch"] <= last_epoch]
+        if len(kept) == len(rows):
+            return
+        with open(superseded, "a", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(row) + "\n" for row in rows if row["epoch"] > last_epoch)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in kept))
+        tmp.replace(path)

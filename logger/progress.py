@@ -22,9 +22,10 @@ def progress_bar(total: int, desc: str, enabled: bool, initial: int = 0) -> tqdm
     return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True, leave=False, unit="batch")
 
 
-def progress_iter(batches: Iterable, desc: str, enabled: bool) -> Iterable:
+def progress_iter(batches: Iterable, desc: str, enabled: bool, total: int | None = None) -> Iterable:
     """``batches`` under a bar (the validation epoch: batches and batch/s); ``batches`` itself when disabled."""
     if not enabled:
         return batches
-    total = len(batches) if hasattr(batches, "__len__") else None
+    if total is None:
+        total = len(batches) if hasattr(batches, "__len__") else None
     return tqdm(batches, total=total, desc=desc, dynamic_ncols=True, leave=False, unit="batch")

@@ -1,40 +1,59 @@
 """Everything a run writes besides checkpoints: ``config.json``, ``train.log``, ``metrics.jsonl``
-and TensorBoard events, all in the run directory and all on rank 0 only.
+and TensorBoard events, in a run directory that ``utils/run_dir.py`` has claimed, on rank 0 only.
 
-Other ranks get a ``RunLog(None, ...)`` whose methods do nothing, so callers never test ranks.
+Other ranks (and a Trainer without a run directory) get :meth:`RunLog.off`, whose methods do
+nothing, so callers never test ranks. A resumed run appends: ``config.json`` is never replaced
+(a resume whose config differs writes ``config-resume-<N>.json`` beside it), rows of
+``metrics.jsonl`` after the checkpoint move to ``metrics.superseded.jsonl``, and TensorBoard
+events after the checkpoint's step are purged.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 
-from logger.logger import add_log_file, close_log_files, get_logger
+from logger.logger import add_log_file, get_logger
 from logger.metrics_file import MetricsFile
 from logger.tensorboard import TensorboardWriter
 
 
 class RunLog:
-    def __init__(self, run_dir: Path | None, config: dict, resume_epoch: int | None = None, resume_step: int | None = None):
-        """Create (or, resuming, reopen) the run directory; ``resume_epoch``/``resume_step`` say
-        where the checkpoint left off, so rows and events written after it are dropped."""
+    def __init__(self, run_dir: Path | None, tensorboard: bool = False, purge_step: int | None = None, checkpoint_written: bool = False):
         self.run_dir = run_dir
         self.metrics: MetricsFile | None = None
         self.tensorboard = TensorboardWriter(None, False)
-        self.created = False
+        self.checkpoint_written = checkpoint_written
         if run_dir is None:
             return
-        self.created = not run_dir.exists()
-        # Folders this run creates, outermost first, so that discard() can take back exactly those.
-        self.new_folders = [folder for folder in reversed([run_dir, *run_dir.parents]) if not folder.exists()]
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        (run_dir / "checkpoints").mkdir(exist_ok=True)
         add_log_file(run_dir / "train.log")
-        self.metrics = MetricsFile(run_dir / "metrics.jsonl", resume_after_epoch=resume_epoch)
-        purge = resume_step + 1 if resume_step is not None else None
-        self.tensorboard = TensorboardWriter(run_dir, config["trainer"]["tensorboard"], purge_step=purge)
+        self.metrics = MetricsFile(run_dir / "metrics.jsonl")
+        self.tensorboard = TensorboardWriter(run_dir, tensorboard, purge_step=purge_step)
+
+    @classmethod
+    def off(cls) -> RunLog:
+        return cls(None)
+
+    @classmethod
+    def start(cls, run_dir: Path, config: dict, tensorboard: bool) -> RunLog:
+        """A new run in its new directory: the resolved config, then the log files."""
+        (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        return cls(run_dir, tensorboard)
+
+    @classmethod
+    def resume(cls, run_dir: Path, config: dict, completed_epochs: int, global_step: int, tensorboard: bool) -> RunLog:
+        """Continue the run in ``run_dir`` after a checkpoint of ``completed_epochs`` epochs and ``global_step`` steps."""
+        saved = run_dir / "config.json"
+        if not saved.exists() or json.loads(saved.read_text()) != config:
+            if saved.exists():
+                number = 1 + len(list(run_dir.glob("config-resume-*.json")))
+                saved = run_dir / f"config-resume-{number}.json"
+            saved.write_text(json.dumps(config, indent=2) + "\n")
+            get_logger().info("the resumed config differs from the run's config.json: saved as %s", saved.name)
+        MetricsFile.keep_epochs(run_dir / "metrics.jsonl", completed_epochs, run_dir / "metrics.superseded.jsonl")
+        return cls(run_dir, tensorboard, purge_step=global_step + 1, checkpoint_written=True)
 
     @property
     def checkpoint_dir(self) -> Path | None:
@@ -42,14 +61,17 @@ class RunLog:
 
     def log_epoch(self, row: dict, step: int) -> None:
         """One finished epoch: a ``metrics.jsonl`` row, TensorBoard scalars, one console line."""
-        get_logger().info("epoch %d  %s", row["epoch"], "  ".join(f"{k} {_fmt(v)}" for k, v in row.items() if k != "epoch"))
+        shown = "  ".join(f"{k} {_fmt(v)}" for k, v in row.items() if k != "epoch" and not isinstance(v, list))
+        get_logger().info("epoch %d  %s", row["epoch"], shown)
         if self.metrics is not None:
             self.metrics.append(row)
         scalars = {"epoch": row["epoch"]}
         for key, value in row.items():
-            if key == "epoch" or not isinstance(value, (int, float)):
-                continue
-            scalars[f"valid/{key[4:]}" if key.startswith("val_") else f"train/{key}"] = value
+            tag = f"valid/{key[4:]}" if key.startswith("val_") else f"train/{key}"
+            if isinstance(value, list):
+                self.tensorboard.add_matrix(tag, value, step)
+            elif key != "epoch" and isinstance(value, (int, float)):
+                scalars[tag] = value
         self.tensorboard.add_scalars(scalars, step)
         self.tensorboard.flush()
 
@@ -64,18 +86,6 @@ class RunLog:
         for handler in get_logger().handlers:
             if isinstance(handler, logging.FileHandler):
                 handler.flush()
-
-    def discard(self) -> None:
-        """Close, and delete the run directory if this RunLog created it: for a new run that
-        failed before its first epoch, so a user error leaves nothing behind."""
-        self.close()
-        close_log_files()
-        if self.created and self.run_dir is not None:
-            shutil.rmtree(self.run_dir, ignore_errors=True)
-            for folder in reversed(self.new_folders[:-1]):  # e.g. saved/<name>/, if this run made it and it is empty
-                if folder.exists() and not any(folder.iterdir()):
-                    folder.rmdir()
-            self.created = False
 
 
 def _fmt(value) -> str:

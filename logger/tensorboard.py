@@ -5,9 +5,10 @@ scalar that maps steps to epochs), so a resumed run can purge whatever the inter
 after its checkpoint with one ``purge_step`` and TensorBoard shows one clean curve.
 
 Tags: ``train/<name>`` and ``valid/<name>`` per epoch (loss, each metric, ``samples_per_sec``,
-``lr`` and ``lr_group<i>``), ``epoch``, ``train/step_loss`` and ``train/step_samples_per_sec``
-every ``log_step`` steps, and, when asked for, ``train/inputs`` (images) and ``params/<name>``
-(histograms) once per epoch. ``tensorboard --logdir saved/`` shows every run.
+``data_wait``, ``lr`` and ``lr_group<i>``), ``epoch``, ``train/step_loss`` and
+``train/step_samples_per_sec`` every ``log_step`` steps; a metric that is a matrix (a confusion
+matrix) as an image and a text table under its tag; and, when asked for, ``train/inputs`` (images)
+and ``params/<name>`` (histograms) once per epoch. ``tensorboard --logdir saved/`` shows every run.
 """
 
 from __future__ import annotations
@@ -44,6 +45,22 @@ class TensorboardWriter:
             images = images.detach().float().cpu()[:64]
             low, high = images.amin(), images.amax()
             self.writer.add_images(tag, (images - low) / (high - low + 1e-12), step)
+
+    def add_matrix(self, tag: str, rows: list, step: int) -> None:
+        """A 2-D metric (a confusion matrix: true classes down, predictions across) as a heat map,
+        each row scaled to its own total, and as a markdown table of the counts."""
+        if self.writer is None:
+            return
+        matrix = torch.tensor(rows, dtype=torch.float64)
+        if matrix.dim() != 2:
+            return
+        shares = matrix / matrix.sum(dim=1, keepdim=True).clamp(min=1e-12)
+        cell = max(1, 256 // max(matrix.shape))
+        image = shares.float().repeat_interleave(cell, 0).repeat_interleave(cell, 1)
+        self.writer.add_image(tag, image.unsqueeze(0), step, dataformats="CHW")
+        header = "| |" + "|".join(str(j) for j in range(matrix.shape[1])) + "|\n|" + "---|" * (matrix.shape[1] + 1)
+        body = "\n".join(f"|**{i}**|" + "|".join(f"{v:g}" for v in row) + "|" for i, row in enumerate(matrix.tolist()))
+        self.writer.add_text(tag, f"{header}\n{body}", step)
 
     def flush(self) -> None:
         if self.writer is not None:

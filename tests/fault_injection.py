@@ -1,7 +1,8 @@
 """A real model that sends its own process a real signal at a chosen training batch.
 
 Tests use it to interrupt a run at an exact, randomly chosen point without timing races:
-``SIGNAL_AT_BATCH=N`` (1-based count of training forward passes in this process) and
+``SIGNAL_AT_BATCH=N`` (1-based count of training forward passes in this process; the pre-flight
+check's forward pass is the first, so training batch ``k`` is pass ``k + 1``) and
 ``SIGNAL_NAME=SIGTERM|SIGINT|SIGKILL``; with ``SIGNAL_RANK`` only that torchrun rank signals.
 Without the variables it is exactly ``DigitsCNN``; counting consumes no random numbers.
 """
@@ -31,7 +32,8 @@ class SignalingDigitsCNN(DigitsCNN):
 
 
 class NanLossAfter:
-    """``nll_loss`` that turns NaN from the ``at``-th training call on (a real non-finite loss)."""
+    """``nll_loss`` that turns NaN from the ``at``-th training call on (a real non-finite loss; the
+    pre-flight check's call is the first)."""
 
     def __init__(self, at: int):
         self.at, self.calls = at, 0

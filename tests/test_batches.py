@@ -7,7 +7,7 @@ from collections import namedtuple
 import pytest
 import torch
 
-from trainer.evaluator import Evaluator, to_device
+from trainer.batches import to_device, unpack_batch
 from utils.errors import UserError
 
 CPU = torch.device("cpu")
@@ -25,10 +25,14 @@ def test_to_device_keeps_the_batch_structure_and_leaves_tensors_already_there():
 
 def test_unpack_batch_rules():
     x, y = torch.ones(2, 3), torch.tensor([0, 1])
-    assert Evaluator.unpack_batch([x, y]) == (x, y)
-    inputs, target = Evaluator.unpack_batch((x, x, y))
+    assert unpack_batch([x, y]) == (x, y)
+    inputs, target = unpack_batch((x, x, y))
     assert inputs == (x, x) and target is y
-    inputs, target = Evaluator.unpack_batch({"text": x, "label": y})
+    inputs, target = unpack_batch({"text": x, "label": y})
     assert inputs == {"text": x} and target is y
-    with pytest.raises(UserError, match="target under one of"):
-        Evaluator.unpack_batch({"text": x})
+    inputs, target = unpack_batch({"Text": x, "Class": y}, target_key="Class")  # the tutorial Dataset's keys
+    assert inputs == {"Text": x} and target is y
+    with pytest.raises(UserError, match=r"trainer.target_key is 'Class'.*set trainer.target_key"):
+        unpack_batch({"Text": x, "label": y}, target_key="Class")
+    with pytest.raises(UserError, match=r"none of \['label'.*set trainer.target_key to the key holding the target"):
+        unpack_batch({"text": x})

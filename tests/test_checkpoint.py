@@ -13,7 +13,7 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT, build_trainer, metric_rows, run_script, tiny_config, write_config
+from helpers import ROOT, build_trainer, metric_rows, run_script, tiny_config, write_config
 
 from utils.checkpoint import clean_state_dict, load_checkpoint
 from utils.errors import UserError
@@ -40,7 +40,7 @@ def test_every_checkpoint_kind_loads_with_weights_only(tmp_path, scheduler):
         assert state["config"]["lr_scheduler"]["type"] == scheduler["type"]
         assert not any(k.startswith(("module.", "_orig_mod.")) for k in state["model"])
         assert set(state["ranks"][0]["rng"]) >= {"python", "numpy", "torch"}
-    assert (state["scaler"] is not None) == (scheduler["type"] == "StepLR")
+    assert (state["precision"] is not None) == (scheduler["type"] == "StepLR")
     assert not list((run_dir / "checkpoints").glob(".*tmp*"))
 
 
@@ -67,12 +67,12 @@ def test_sigkill_at_any_moment_leaves_a_loadable_last_checkpoint(tmp_path):
         deadline = time.monotonic() + 120
         while not last.exists() and time.monotonic() < deadline and process.poll() is None:
             time.sleep(0.05)
-        step_before = torch.load(last, weights_only=True)["global_step"] if attempt else 0
+        step_before = torch.load(last, weights_only=True)["progress"]["global_step"] if attempt else 0
         time.sleep(rng.uniform(0.2, 1.5))
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=60)
         state = torch.load(last, weights_only=True, map_location="cpu")
-        assert state["global_step"] >= step_before
+        assert state["progress"]["global_step"] >= step_before
     resumed = run_script("train.py", "-r", str(last), "trainer.epochs=1")
     assert resumed.returncode == 0, resumed.stderr  # the stale temporary file is swept, training ends at once
     assert not list(last.parent.glob(".*tmp*"))
@@ -89,13 +89,14 @@ def finished_run(tmp_path_factory):
 def test_keep_last_keeps_the_newest_epoch_files_and_always_last_and_best(finished_run):
     names = sorted(p.name for p in (finished_run / "checkpoints").iterdir())
     assert names == ["best.pth", "epoch-3.pth", "epoch-4.pth", "last.pth"]
-    assert torch.load(finished_run / "checkpoints" / "epoch-3.pth", weights_only=True)["epoch"] == 3
+    assert torch.load(finished_run / "checkpoints" / "epoch-3.pth", weights_only=True)["progress"]["epoch"] == 3
 
 
 def entry_point(script: str):
     """The ``main`` of ``train.py`` or ``test.py``, loaded by path (``test`` is also a stdlib package)."""
     spec = importlib.util.spec_from_file_location(f"{script[:-3]}_entry", ROOT / script)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as an import would: dataclasses look their module up there
     spec.loader.exec_module(module)
     return module.main
 
@@ -145,7 +146,7 @@ def test_fine_tuning_takes_weights_only_into_a_new_run(tmp_path, finished_run):
     assert result.returncode == 0, result.stderr
     tuned = torch.load(tmp_path / "saved" / "digits_cnn" / "tuned" / "checkpoints" / "last.pth", weights_only=True)
     original = torch.load(source, weights_only=True)
-    assert tuned["epoch"] == 1 and tuned["global_step"] == 20 and tuned["optimizer"]["param_groups"][0]["lr"] == 0.0
+    assert tuned["progress"]["epoch"] == 1 and tuned["progress"]["global_step"] == 20 and tuned["optimizer"]["state"]["param_groups"][0]["lr"] == 0.0
     for key, value in original["model"].items():
         assert torch.equal(tuned["model"][key], value), key
 

@@ -13,12 +13,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from conftest import ROOT, run_script, tiny_config, write_config
+from helpers import ROOT, TIMING_KEYS, run_script, tiny_config, write_config
 
 import train
 from trainer import Evaluator
-from utils.builders import build_loss, build_lr_scheduler, build_metrics, build_optimizer
-from utils.config import SCHEMA, TRAINER_SCHEMA, Config, apply_override, read_config_file, reference_markdown
+from utils.config import (
+    SCHEMA,
+    TRAINER_SCHEMA,
+    Config,
+    apply_override,
+    build_loss,
+    build_lr_scheduler,
+    build_metrics,
+    build_optimizer,
+    read_config_file,
+    reference_markdown,
+)
 from utils.errors import EXIT_USER_ERROR, UserError
 
 THREADS = {"OMP_NUM_THREADS": "1"}  # the test machine's cores are shared; one thread avoids oversubscription
@@ -402,7 +412,7 @@ def test_the_seed_decides_the_run(tmp_path, capsys):
         config["seed"] = seed
         assert train.main(["--run-id", run_id, "-c", str(write_config(tmp_path, config))]) == 0, capsys.readouterr().err
         row = json.loads((tmp_path / "saved" / "digits_cnn" / run_id / "metrics.jsonl").read_text())
-        rows[run_id] = {key: value for key, value in row.items() if key != "samples_per_sec"}
+        rows[run_id] = {key: value for key, value in row.items() if key not in TIMING_KEYS}
     assert rows["a"] == rows["b"]
     assert rows["a"]["loss"] != rows["c"]["loss"]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, run_script, tiny_config, write_config
+from helpers import ROOT, run_script, tiny_config, write_config
 
 pytestmark = pytest.mark.slow
 ENV = {"PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", "OMP_NUM_THREADS": "1"}
@@ -75,8 +75,7 @@ def test_validation_on_an_uneven_split_equals_single_process_evaluation(tmp_path
     ddp_dir, _ = ddp_run
     sys.path.insert(0, str(ROOT))
     from trainer import Evaluator
-    from utils.builders import build_loss, build_metrics
-    from utils.config import Config
+    from utils.config import Config, build_loss, build_metrics
 
     state = last(ddp_dir)
     config = Config.from_dict(state["config"], "checkpoint")
@@ -97,7 +96,7 @@ def test_only_rank_zero_writes(ddp_run):
     assert len(list(ddp_dir.glob("events.out.tfevents.*"))) <= 1
     assert len(rows(ddp_dir)) == 2
     log = (ddp_dir / "train.log").read_text()
-    assert "world size 2, batch 32 per process = global batch 64" in log
+    assert "world size 2, strategy ddp, batch 32 per process = global batch 64" in log
     assert not re.search(r"\[rank 1\].*INFO", result.stdout)
     assert "torchrun --standalone --nproc_per_node=2 train.py -r" in log
 
@@ -115,11 +114,11 @@ def test_sigterm_on_one_rank_mid_epoch_resumes_exactly_under_ddp(tmp_path):
     config = experiment(tmp_path, 32, dropout=0.3)
     straight = torchrun("-c", str(config), "--run-id", "straight")
     assert straight.returncode == 0, straight.stderr
-    stopped = torchrun("-c", str(config), "--run-id", "stopped", env={"SIGNAL_AT_BATCH": "27", "SIGNAL_RANK": "0"})
+    stopped = torchrun("-c", str(config), "--run-id", "stopped", env={"SIGNAL_AT_BATCH": "28", "SIGNAL_RANK": "0"})
     assert stopped.returncode != 0
     run_dir = tmp_path / "saved" / "digits_cnn" / "stopped"
     state = last(run_dir)
-    assert (state["epoch"], state["batch_in_epoch"], state["world_size"]) == (2, 7, 2)
+    assert (state["progress"]["epoch"], state["progress"]["batch_in_epoch"], state["world_size"]) == (2, 7, 2)
     assert f"stopped by {signal.SIGTERM.name}" in stopped.stdout
     resumed = torchrun("-r", str(run_dir / "checkpoints" / "last.pth"))
     assert resumed.returncode == 0, resumed.stderr

@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from conftest import ROOT, build_trainer, metric_rows, run_script, tiny_config, write_config
+from helpers import ROOT, build_trainer, metric_rows, run_script, tiny_config, write_config
 
 MLP = {"type": "MLP", "args": {"in_features": 64, "hidden": 32, "num_classes": 10, "dropout": 0.0}}
 
@@ -32,13 +32,13 @@ def params(model: torch.nn.Module) -> dict:
 def test_accumulating_k_micro_batches_equals_one_k_times_larger_batch(tmp_path):
     big, _ = build_trainer(tmp_path, mlp_config(tmp_path, epochs=1), run_id="big")
     small, _ = build_trainer(tmp_path, mlp_config(tmp_path, epochs=1, accumulate_steps=4), "data_loader.args.batch_size=16", run_id="small")
-    torch.testing.assert_close(params(big.raw_model), params(small.raw_model))  # same seed, same start
+    torch.testing.assert_close(params(big.model.module), params(small.model.module))  # same seed, same start
     big.train()
     small.train()
-    assert big.global_step == small.global_step == 20
-    torch.testing.assert_close(params(big.raw_model), params(small.raw_model), rtol=1e-5, atol=1e-6)
-    before = params(build_trainer(tmp_path, mlp_config(tmp_path, epochs=1), run_id="fresh")[0].raw_model)
-    assert not torch.allclose(before["net.1.weight"], params(big.raw_model)["net.1.weight"])
+    assert big.progress.global_step == small.progress.global_step == 20
+    torch.testing.assert_close(params(big.model.module), params(small.model.module), rtol=1e-5, atol=1e-6)
+    before = params(build_trainer(tmp_path, mlp_config(tmp_path, epochs=1), run_id="fresh")[0].model.module)
+    assert not torch.allclose(before["net.1.weight"], params(big.model.module)["net.1.weight"])
 
 
 def test_clipping_bounds_the_gradient_norm(tmp_path):
@@ -48,9 +48,9 @@ def test_clipping_bounds_the_gradient_norm(tmp_path):
         trainer, _ = build_trainer(
             tmp_path, mlp_config(tmp_path, epochs=1, limit_batches=1), "optimizer.args.lr=1.0", *overrides, run_id=f"c{len(overrides)}"
         )
-        before = torch.cat([p.detach().flatten().clone() for p in trainer.raw_model.parameters()])
+        before = torch.cat([p.detach().flatten().clone() for p in trainer.model.module.parameters()])
         trainer.train()
-        after = torch.cat([p.detach().flatten() for p in trainer.raw_model.parameters()])
+        after = torch.cat([p.detach().flatten() for p in trainer.model.module.parameters()])
         return (after - before).norm().item()
 
     assert step_size() > 0.05  # unclipped, the gradient is larger than the bound
@@ -67,7 +67,7 @@ class DtypeRecorder:
 
 def test_bf16_autocast_trains_on_cpu(tmp_path):
     trainer, run_dir = build_trainer(tmp_path, mlp_config(tmp_path, epochs=2, amp="bf16"))
-    recorder = DtypeRecorder(trainer.raw_model.net[1])
+    recorder = DtypeRecorder(trainer.model.module.net[1])
     trainer.train()
     assert recorder.dtypes == {torch.bfloat16}
     losses = [row["loss"] for row in metric_rows(run_dir)]
@@ -77,9 +77,9 @@ def test_bf16_autocast_trains_on_cpu(tmp_path):
 def test_fp16_uses_a_grad_scaler_whose_state_is_checkpointed(tmp_path):
     trainer, run_dir = build_trainer(tmp_path, mlp_config(tmp_path, epochs=1, amp="fp16"))
     trainer.train()
-    assert trainer.scaler is not None
+    assert trainer.precision.scaler is not None
     state = torch.load(run_dir / "checkpoints" / "last.pth", weights_only=True)
-    assert state["scaler"]["scale"] > 0 and "growth_factor" in state["scaler"]
+    assert state["precision"]["scale"] > 0 and "growth_factor" in state["precision"]
     assert math.isfinite(metric_rows(run_dir)[0]["loss"])
 
 
@@ -114,51 +114,51 @@ def test_early_stop_after_exactly_n_epochs_without_improvement(tmp_path):
     trainer, run_dir = build_trainer(tmp_path, config, "optimizer.args.lr=0.0")  # nothing changes after epoch 1
     trainer.train()
     assert [row["epoch"] for row in metric_rows(run_dir)] == [1, 2, 3, 4]
-    assert trainer.best_epoch == 1 and trainer.not_improved_count == 3
+    assert trainer.monitor.best_epoch == 1 and trainer.monitor.bad_epochs == 3
 
 
 def test_best_checkpoint_follows_every_improvement_regardless_of_save_period(tmp_path):
     trainer, run_dir = build_trainer(tmp_path, mlp_config(tmp_path, epochs=3, save_period=0, monitor="max val_accuracy"))
     trainer.train()
     best = torch.load(run_dir / "checkpoints" / "best.pth", weights_only=True)
-    assert best["epoch"] == trainer.best_epoch
+    assert best["progress"]["epoch"] == trainer.monitor.best_epoch
     assert not list((run_dir / "checkpoints").glob("epoch-*.pth"))
 
 
 @pytest.mark.slow
 def test_non_finite_loss_stops_with_epoch_and_step_and_keeps_last_checkpoint(tmp_path):
     config = mlp_config(tmp_path, epochs=3)
-    config["loss"] = {"type": "fault_injection:NanLossAfter", "args": {"at": 27}}
+    config["loss"] = {"type": "fault_injection:NanLossAfter", "args": {"at": 28}}  # the pre-flight's loss is call 1
     path = write_config(tmp_path, config)
     result = run_script("train.py", "-c", str(path), "--run-id", "nan", env={"PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"})
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("error: non-finite loss (nan) in epoch 2 at optimizer step 27")
     assert "Traceback" not in result.stderr
     state = torch.load(tmp_path / "saved" / "digits_cnn" / "nan" / "checkpoints" / "last.pth", weights_only=True)
-    assert (state["epoch"], state["batch_in_epoch"]) == (1, 0)
+    assert (state["progress"]["epoch"], state["progress"]["batch_in_epoch"]) == (1, 0)
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 
 def test_limit_and_overfit_batches(tmp_path):
     limited, _ = build_trainer(tmp_path, mlp_config(tmp_path, epochs=2, limit_batches=3), run_id="limited")
     limited.train()
-    assert limited.global_step == 6
+    assert limited.progress.global_step == 6
     config = mlp_config(tmp_path, epochs=30, overfit_batches=1, monitor="max val_accuracy")
     overfit, run_dir = build_trainer(tmp_path, config, "optimizer.args.lr=0.5", run_id="overfit")
     overfit.train()
-    assert overfit.global_step == 30
+    assert overfit.progress.global_step == 30
     assert metric_rows(run_dir)[-1]["val_accuracy"] == 1.0  # validation runs on the same single batch
 
 
 def test_len_epoch_trains_exactly_that_many_batches_across_passes(tmp_path):
     trainer, run_dir = build_trainer(tmp_path, mlp_config(tmp_path, epochs=3, len_epoch=30))
     trainer.train()
-    assert trainer.global_step == 90  # 4.5 passes over 20-batch data
+    assert trainer.progress.global_step == 90  # 4.5 passes over 20-batch data
     assert len(metric_rows(run_dir)) == 3
 
 
 def test_channels_last_trains_the_cnn(tmp_path):
     trainer, run_dir = build_trainer(tmp_path, tiny_config(tmp_path, epochs=1, channels_last=True))
     trainer.train()
-    assert trainer.raw_model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert trainer.model.module.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     assert math.isfinite(metric_rows(run_dir)[0]["val_loss"])

@@ -11,10 +11,10 @@ import json
 
 import pytest
 import torch
+from helpers import TIMING_KEYS, tiny_config, write_config
 from torch.utils.data import Dataset, TensorDataset
 
 from base import BaseDataLoader
-from tests.conftest import tiny_config, write_config
 from utils.errors import UserError
 
 N = 103  # not a multiple of any batch size used here, so there is always a short last batch
@@ -229,7 +229,7 @@ def test_training_is_identical(tmp_path) -> None:
         assert train.main(["-c", str(write_config(tmp_path, config, f"{name}.json")), "--run-id", name]) == 0
         run_dir = tmp_path / "saved" / config["name"] / name
         lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-        rows[in_memory] = [{k: v for k, v in json.loads(line).items() if k != "samples_per_sec"} for line in lines]
+        rows[in_memory] = [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS} for line in lines]
         weights[in_memory] = torch.load(run_dir / "checkpoints" / "last.pth", weights_only=True)["model"]
     assert len(rows[True]) == 2 and rows[True][0]["loss"] != rows[True][1]["loss"]
     assert rows[False] == rows[True]

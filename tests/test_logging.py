@@ -19,11 +19,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, run_script, tiny_config, write_config
+from helpers import ROOT, run_script, tiny_config, write_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from logger import MetricsFile, TensorboardWriter, add_log_file, close_log_files, get_logger, setup_logging
 from logger.run_log import RunLog
+from utils.errors import UserError
+from utils.run_dir import RunDirectory
 
 THREADS = {"OMP_NUM_THREADS": "1"}  # the test machine's cores are shared; one thread avoids oversubscription
 EPOCH_TAGS = {
@@ -32,6 +34,7 @@ EPOCH_TAGS = {
     "train/accuracy",
     "train/top_k_acc",
     "train/samples_per_sec",
+    "train/data_wait",
     "train/lr",
     "valid/loss",
     "valid/accuracy",
@@ -154,7 +157,7 @@ def test_train_log_holds_the_header_and_epoch_lines(runs):
     header = [
         r"experiment   digits_cnn \(.*config\.json, new\)",
         rf"run dir      {re.escape(str(run_dir))}\n",
-        r"device       cpu, world size 1, batch 64 per process = global batch 64",
+        r"device       cpu, world size 1, strategy single, batch 64 per process = global batch 64",
         r"model        DigitsCNN: [\d,]+ trainable of [\d,]+ parameters",
         r"data         [\d,]+ training samples, [\d,]+ validation samples, \d+ batches per epoch",
         r"epochs       1\.\.2, monitor min val_loss",
@@ -237,10 +240,10 @@ def test_train_log_continues_across_the_resume(runs):
 def test_a_second_run_in_the_same_process_logs_only_to_its_own_train_log(tmp_path):
     setup_logging(1)
     try:
-        first = RunLog(tmp_path / "first", {"trainer": {"tensorboard": False}})
+        first = RunLog.start(RunDirectory.create(tmp_path / "first").path, {}, tensorboard=False)
         get_logger().info("line of the first run")
         first.close()
-        second = RunLog(tmp_path / "second", {"trainer": {"tensorboard": False}})
+        second = RunLog.start(RunDirectory.create(tmp_path / "second").path, {}, tensorboard=False)
         get_logger().info("line of the second run")
         second.close()
     finally:
@@ -273,7 +276,7 @@ def test_verbosity_sets_the_console_and_train_log_keeps_info(tmp_path, capsys):
         setup_logging(1)
 
 
-def test_metrics_file_drops_rows_after_the_resumed_epoch_and_survives_a_torn_line(tmp_path):
+def test_metrics_file_moves_rows_after_the_resumed_epoch_aside_and_survives_a_torn_line(tmp_path):
     path = tmp_path / "metrics.jsonl"
     metrics = MetricsFile(path)
     for epoch in (1, 2, 3):
@@ -282,10 +285,11 @@ def test_metrics_file_drops_rows_after_the_resumed_epoch_and_survives_a_torn_lin
         handle.write('{"epoch": 4, "lo')  # a crash in the middle of a write
     assert [row["epoch"] for row in MetricsFile.read(path)] == [1, 2, 3]
     assert MetricsFile.read(path)[0]["val_loss"] is None  # NaN is not JSON
-    resumed = MetricsFile(path, resume_after_epoch=2)
-    resumed.append({"epoch": 3, "loss": 0.25})
+    MetricsFile.keep_epochs(path, 2, tmp_path / "superseded.jsonl")
+    MetricsFile(path).append({"epoch": 3, "loss": 0.25})
     assert [(row["epoch"], row["loss"]) for row in MetricsFile.read(path)] == [(1, 1.0), (2, 0.5), (3, 0.25)]
     assert all(json.loads(line) for line in path.read_text().splitlines())
+    assert [(row["epoch"], row["loss"]) for row in MetricsFile.read(tmp_path / "superseded.jsonl")] == [(3, 1 / 3)]  # kept, not lost
 
 
 def test_a_resumed_writer_replaces_what_came_after_the_checkpoint(tmp_path):
@@ -310,14 +314,21 @@ def test_disabled_tensorboard_writes_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_run_log_discards_only_a_directory_it_created(tmp_path):
-    config = tiny_config(tmp_path, tensorboard=True)
-    new = RunLog(tmp_path / "new", config)
-    assert (tmp_path / "new" / "config.json").is_file() and (tmp_path / "new" / "checkpoints").is_dir()
-    new.discard()
-    assert not (tmp_path / "new").exists()
+def test_a_run_directory_is_claimed_once_and_discarded_only_by_its_creator(tmp_path):
+    claim = RunDirectory.create(tmp_path / "saved" / "name" / "new")
+    RunLog.start(claim.path, {"name": "x"}, tensorboard=True).close()
+    assert (claim.path / "config.json").is_file() and (claim.path / "checkpoints").is_dir()
+    with pytest.raises(UserError, match=r"already exists; choose another --run-id"):
+        RunDirectory.create(claim.path)
+    with pytest.raises(UserError, match=rf"in use by process {os.getpid()}"):
+        RunDirectory.open(claim.path)
+    claim.discard()
+    assert not (tmp_path / "saved").exists()  # the parents it made go too, when empty
     (tmp_path / "old").mkdir()
-    old = RunLog(tmp_path / "old", config, resume_epoch=0, resume_step=0)
+    (tmp_path / "old" / "config.json").write_text("{}")
+    old = RunDirectory.open(tmp_path / "old")
     old.discard()
     assert (tmp_path / "old" / "config.json").is_file()
+    RunDirectory.open(tmp_path / "old").release()  # the lock went with the claim
+    close_log_files()
     assert not any(isinstance(h, logging.FileHandler) for h in get_logger().handlers)

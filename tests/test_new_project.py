@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import ROOT, run_script
 
-from tests.conftest import ROOT, run_script
 from utils.errors import EXIT_USER_ERROR, UserError
 
 if not (ROOT / "new_project.py").exists():

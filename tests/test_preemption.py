@@ -7,18 +7,14 @@ weights to be bitwise equal on CPU (dropout on) and the logged metrics to be equ
 
 from __future__ import annotations
 
-import json
-import random
 import signal
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, run_script, tiny_config, write_config
+from helpers import TESTS_ENV, last_checkpoint, metric_rows, run_script, tiny_config, write_config
 
 pytestmark = pytest.mark.slow  # every test here trains in subprocesses
-SIGNAL_ENV = {"PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"}
-TIMING_KEYS = {"samples_per_sec"}
 
 
 def experiment(tmp_path: Path, **trainer) -> Path:
@@ -28,29 +24,20 @@ def experiment(tmp_path: Path, **trainer) -> Path:
 
 
 def train(config: Path, run_id: str, *overrides: str, env: dict | None = None):
-    return run_script("train.py", "-c", str(config), "--run-id", run_id, *overrides, env={**SIGNAL_ENV, **(env or {})})
+    return run_script("train.py", "-c", str(config), "--run-id", run_id, *overrides, env={**TESTS_ENV, **(env or {})})
 
 
 def resume(checkpoint: Path, *overrides: str):
-    return run_script("train.py", "-r", str(checkpoint), *overrides, env=SIGNAL_ENV)
-
-
-def final_state(run_dir: Path) -> dict:
-    return torch.load(run_dir / "checkpoints" / "last.pth", weights_only=True, map_location="cpu")
-
-
-def metric_rows(run_dir: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in rows]
+    return run_script("train.py", "-r", str(checkpoint), *overrides, env=TESTS_ENV)
 
 
 def assert_same_run(a: Path, b: Path) -> None:
-    state_a, state_b = final_state(a), final_state(b)
+    state_a, state_b = last_checkpoint(a), last_checkpoint(b)
     assert state_a["model"].keys() == state_b["model"].keys()
     for key in state_a["model"]:
         assert torch.equal(state_a["model"][key], state_b["model"][key]), f"{key} differs after resume"
-    assert state_a["global_step"] == state_b["global_step"]
-    assert metric_rows(a) == metric_rows(b)
+    assert state_a["progress"]["global_step"] == state_b["progress"]["global_step"]
+    assert metric_rows(a, timing=False) == metric_rows(b, timing=False)
 
 
 @pytest.fixture(scope="module")
@@ -73,19 +60,20 @@ def test_resume_at_epoch_boundary_is_bitwise_exact(tmp_path, reference):
     assert_same_run(reference, run_dir)
 
 
-def test_sigterm_mid_epoch_then_resume_is_bitwise_exact(tmp_path, reference):
+def test_sigterm_mid_epoch_then_resume_is_bitwise_exact(tmp_path, reference, rng):
     batches_per_epoch = 20  # 1,222 training samples in batches of 64
-    at = random.Random().randint(batches_per_epoch + 2, 2 * batches_per_epoch - 2)  # inside epoch 2
+    at = rng.randint(batches_per_epoch + 2, 2 * batches_per_epoch - 2)  # inside epoch 2
     config = experiment(tmp_path)
-    stopped = train(config, "interrupted", env={"SIGNAL_AT_BATCH": str(at), "SIGNAL_NAME": "SIGTERM"})
+    stopped = train(config, "interrupted", env={"SIGNAL_AT_BATCH": str(at + 1), "SIGNAL_NAME": "SIGTERM"})
     assert stopped.returncode == 128 + signal.SIGTERM, (at, stopped.stdout, stopped.stderr)
     run_dir = tmp_path / "saved" / "digits_cnn" / "interrupted"
     assert "python train.py -r" in stopped.stdout
-    state = final_state(run_dir)
-    assert (state["epoch"], state["batch_in_epoch"]) == (2, at - batches_per_epoch), at
+    state = last_checkpoint(run_dir)
+    assert (state["progress"]["epoch"], state["progress"]["batch_in_epoch"]) == (2, at - batches_per_epoch), at
     assert len(metric_rows(run_dir)) == 1
-    # log_step (50) is past the epoch's end, so the epoch's batches wait for their metrics in the checkpoint
-    assert len(state["ranks"][0]["metric_batches"]["targets"]) == at - batches_per_epoch
+    # the running epoch state travels in the checkpoint: every sample of the epoch's trained batches is counted
+    assert state["ranks"][0]["train_metrics"]["count"] == (at - batches_per_epoch) * 64
+    assert state["ranks"][0]["losses"]["samples"] == (at - batches_per_epoch) * 64
 
     resumed = resume(run_dir / "checkpoints" / "last.pth")
     assert resumed.returncode == 0, resumed.stderr
@@ -93,14 +81,14 @@ def test_sigterm_mid_epoch_then_resume_is_bitwise_exact(tmp_path, reference):
     assert_same_run(reference, run_dir)
 
 
-def test_sigkill_with_step_checkpoints_then_resume_is_bitwise_exact(tmp_path, reference):
-    at = random.Random().randint(24, 57)
+def test_sigkill_with_step_checkpoints_then_resume_is_bitwise_exact(tmp_path, reference, rng):
+    at = rng.randint(24, 57)
     config = experiment(tmp_path, save_every_n_steps=7)
-    killed = train(config, "killed", env={"SIGNAL_AT_BATCH": str(at), "SIGNAL_NAME": "SIGKILL"})
+    killed = train(config, "killed", env={"SIGNAL_AT_BATCH": str(at + 1), "SIGNAL_NAME": "SIGKILL"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     run_dir = tmp_path / "saved" / "digits_cnn" / "killed"
-    state = final_state(run_dir)  # whatever the moment of the kill, last.pth loads
-    assert state["global_step"] <= at - 1
+    state = last_checkpoint(run_dir)  # whatever the moment of the kill, last.pth loads
+    assert state["progress"]["global_step"] <= at - 1
     resumed = resume(run_dir / "checkpoints" / "last.pth")
     assert resumed.returncode == 0, resumed.stderr
     assert_same_run(reference, run_dir)
@@ -112,7 +100,7 @@ def test_sigterm_with_dataloader_workers_is_bitwise_exact(tmp_path):
     config = experiment(tmp_path)
     straight = train(config, "straight", *overrides)
     assert straight.returncode == 0, straight.stderr
-    stopped = train(config, "interrupted", *overrides, env={"SIGNAL_AT_BATCH": "27", "SIGNAL_NAME": "SIGINT"})
+    stopped = train(config, "interrupted", *overrides, env={"SIGNAL_AT_BATCH": "28", "SIGNAL_NAME": "SIGINT"})
     assert stopped.returncode == 128 + signal.SIGINT, stopped.stderr
     run_dir = tmp_path / "saved" / "digits_cnn" / "interrupted"
     resumed = resume(run_dir / "checkpoints" / "last.pth")

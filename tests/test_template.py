@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, run_script, tiny_config, write_config
+from helpers import ROOT, run_script, tiny_config, write_config
 
 from data_loader.data_loaders import DigitsDataLoader, digits_dataset
 from model.metric import accuracy

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ROOT, run_script
+from helpers import ROOT, run_script
 from PIL import Image
 
 from data_loader.image_folder import ImageFolderDataLoader
 from model.transfer import TransferClassifier
 from trainer.evaluator import Evaluator
-from utils.builders import build_loss, build_lr_scheduler, build_metrics, build_optimizer, load_weights
-from utils.checkpoint import load_checkpoint
-from utils.config import Config
+from utils.checkpoint import load_checkpoint, load_weights
+from utils.config import Config, build_loss, build_lr_scheduler, build_metrics, build_optimizer
 from utils.errors import UserError
 
 FROZEN = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.")  # configs/transfer.json's freeze list, torchvision names
@@ -97,7 +96,7 @@ def test_fine_tuning_keeps_frozen_weights_and_statistics_bitwise(trained, pretra
     assert not torch.equal(model["head.weight"], first["head.weight"])  # the head trained in epoch 2
     assert model["head.weight"].shape == (2, 512)
 
-    groups = last["optimizer"]["param_groups"]
+    groups = last["optimizer"]["state"]["param_groups"]
     buffers = ("running_mean", "running_var", "num_batches_tracked")
     layer4_params = sum(1 for key in saved if key.startswith("layer4.") and not key.endswith(buffers))
     assert [len(group["params"]) for group in groups] == [2, layer4_params]  # head, layer4: frozen parameters never reach the optimizer
@@ -107,9 +106,9 @@ def test_fine_tuning_keeps_frozen_weights_and_statistics_bitwise(trained, pretra
 @pytest.mark.slow
 def test_checkpoint_reloads_strictly_and_evaluates_on_test_split(trained):
     checkpoint = load_checkpoint(trained / "best.pth")
-    config = Config.from_dict(checkpoint["config"], "checkpoint")  # what test.py does, in-process
+    config = Config.from_dict(checkpoint.config, "checkpoint", trusted=False)  # what test.py does, in-process
     model = config.init_obj("arch")
-    assert load_weights(model, checkpoint["model"], strict=True, source="best.pth") == []
+    assert load_weights(model, checkpoint.weights(), strict=True, source="best.pth") == []
     loader = config.init_obj("data_loader", training=False)
     assert len(loader.dataset) == 8  # test/ (4 per class), not val/ (6 per class)
     results = Evaluator(model.eval(), build_loss(config), build_metrics(config), torch.device("cpu")).evaluate(loader)

@@ -1,218 +1,244 @@
-"""The concrete Trainer: train and validation epochs, and the train step in one place.
+"""The concrete Trainer: the train step in one place, and validation through its Evaluator.
 
-The train step (``_train_epoch``) reads top to bottom: move the batch -> autocast forward ->
-loss / accumulation -> backward (through the GradScaler for fp16) -> clip -> optimizer step ->
-per-step scheduler. Losses, outputs kept for the metrics and metric sums stay on the device
-(``EpochSums``, ``trainer/epoch_sums.py``); the host reads losses only every ``log_step``
-optimizer steps, before a checkpoint and at the end of the epoch, so the GPU is never stalled
-per batch, and the metrics run once per ``log_step`` steps on all the batches since.
-How a batch becomes ``(inputs, target)`` is :meth:`Evaluator.unpack_batch` (``trainer/evaluator.py``).
+``_train_epoch`` reads top to bottom: take the next batch (timing the wait) -> move and split it
+-> autocast forward -> loss / accumulation -> backward -> unscale, clip, optimizer step -> per-step
+scheduler -> EMA. Losses and metric state stay on the device (``trainer/metrics.py``); the host
+reads losses only every ``log_step`` optimizer steps, before a checkpoint and at the end of the
+epoch, so the GPU is never stalled per batch.
+
+The parts it holds: the prepared model (``trainer/parallel.py``), the precision helper
+(``trainer/precision.py``), the learning-rate schedule, the training metrics, the evaluator for
+validation (``trainer/evaluator.py``), the data source (its ``epoch_batches`` owns the data
+order, ``base/epochs.py``), and, when on, the EMA weights (``trainer/ema.py``).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
-from itertools import islice
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
-from base import BaseDataLoader, BaseTrainer
-from logger.progress import progress_bar, progress_enabled, progress_iter
-from trainer.epoch_sums import EpochSums
-from trainer.evaluator import NO_CONTEXT, Evaluator
+from base import BaseTrainer
+from base.epochs import epochs_of
+from base.settings import TrainerSettings
+from base.training_state import ModelWeights, Stateful, TypedState
+from logger.logger import get_logger
+from logger.progress import progress_bar, progress_enabled
+from trainer.batches import BatchReader, run_model
+from trainer.ema import EMA
+from trainer.evaluator import Evaluator
+from trainer.metrics import LossTracker, MetricSet, batch_size
+from trainer.parallel import PreparedModel, prepare_model
+from trainer.precision import NO_CONTEXT, Precision
+from trainer.schedule import Schedule
 from utils import distributed
 from utils.errors import NonFiniteLossError
+from utils.nested import map_tensors
+
+DATA_WAIT_HINT = 0.5
 
 
-class Trainer(BaseTrainer, Evaluator):
+class Trainer(BaseTrainer):
     def __init__(
         self,
-        model: nn.Module,
+        model: nn.Module | PreparedModel,
         criterion: Callable,
-        metric_ftns: dict[str, Callable],
         optimizer: torch.optim.Optimizer,
-        config,
+        settings: TrainerSettings,
         device: torch.device,
-        data_loader: Iterable,
-        valid_data_loader: Iterable | None = None,
+        data_loader: Any,
+        valid_data_loader: Any = None,
+        metrics: dict[str, Any] | None = None,
         lr_scheduler: Any = None,
-        run=None,
-        checkpoint: dict | None = None,
+        scheduler_interval: str = "epoch",
+        **base: Any,
     ):
-        super().__init__(model, criterion, metric_ftns, optimizer, config, device, lr_scheduler, run, checkpoint)
-        cfg = config.trainer
-        self.data_loader = data_loader
-        self.valid_data_loader = valid_data_loader
-        self.accumulate = cfg["accumulate_steps"]
-        self.clip_grad_norm = cfg["clip_grad_norm"]
-        self.log_step = cfg["log_step"]
-        self.save_every = cfg["save_every_n_steps"]
-        self.channels_last = cfg["channels_last"]
-        self.len_epoch = cfg["len_epoch"]
-        self.overfit = cfg["overfit_batches"]
-        self.log_images = cfg["log_images"]
-        self.log_histograms = cfg["log_histograms"]
-        self.show_progress = progress_enabled(cfg["progress_bar"], distributed.rank())
-        self.trainable = [p for p in self.raw_model.parameters() if p.requires_grad]
-        self.eval_model = self.raw_model if self.distributed else self.model
-        wrapped = getattr(self.model, "_orig_mod", self.model)  # under torch.compile, the DDP module inside
-        self.ddp_model = wrapped if isinstance(wrapped, nn.parallel.DistributedDataParallel) else None
-        if self.channels_last:
-            self.raw_model.to(memory_format=torch.channels_last)
-        if isinstance(data_loader, BaseDataLoader):
-            data_loader.set_seed(config["seed"])
-            data_loader.to_device(device)
-            if self.overfit:
-                data_loader.sampler.shuffle = False
-        if isinstance(valid_data_loader, BaseDataLoader):
-            valid_data_loader.to_device(device)
-        self.batches_per_epoch = self._count_batches(cfg["limit_batches"])
-        self.valid_limit = cfg["limit_batches"] or None
+        super().__init__(settings, device, **base)
+        self.model = prepare_model(model, settings, device)
+        self.criterion = criterion.to(device) if isinstance(criterion, nn.Module) else criterion
+        self.optimizer = optimizer
+        self.trainable = [p for p in self.model.module.parameters() if p.requires_grad]
+        self.schedule = Schedule(lr_scheduler, scheduler_interval)
+        self.precision = Precision(settings.amp, device)
+        self.read_batch = BatchReader(device, data_loader, settings.target_key, settings.channels_last)
+        self.data = epochs_of(data_loader)
+        self.data.plan_epochs(device, settings.len_epoch, settings.overfit_batches, settings.limit_batches)
+        self.train_metrics = MetricSet(metrics, device)
+        self.losses = LossTracker()
+        self.ema = EMA(self.model.module, settings.ema_decay, settings.ema_warmup) if settings.ema_decay else None
+        self.valid_data = None
+        if valid_data_loader is not None and not settings.overfit_batches:
+            self.valid_data = epochs_of(valid_data_loader)
+            self.valid_data.plan_epochs(device, limit_batches=settings.limit_batches)
+        self.show_progress = progress_enabled(settings.progress_bar, distributed.rank())
+        valid_metrics = self.train_metrics.fresh()
+        self.evaluator = Evaluator(self.model.eval_forward, self.criterion, valid_metrics, device, settings.amp, self.read_batch, self.show_progress)
+        self.data_wait_hinted = False
 
-    def _count_batches(self, limit: int) -> int:
-        per_pass = self.data_loader.batches_per_pass() if isinstance(self.data_loader, BaseDataLoader) else len(self.data_loader)
-        if self.overfit:
-            count = min(self.overfit, per_pass)
-        else:
-            count = self.len_epoch or per_pass
-        if limit:
-            count = min(count, limit)
-        if count < 1:
-            raise self.config.error(
-                "data_loader.args.batch_size", "the training split yields no batch; lower batch_size or turn off drop_last"
-            )
-        return count
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.data.batches_per_epoch
 
-    # -- training ---------------------------------------------------------------------------
+    def state_parts(self) -> dict[str, Stateful]:
+        return {
+            **super().state_parts(),
+            "model": ModelWeights(self.model.module),
+            "optimizer": TypedState(self.optimizer, "optimizer"),
+            "lr_scheduler": self.schedule,
+            "precision": self.precision,
+            "ema": self.ema or _NoEMA(),
+        }
 
-    def _epoch_batches(self, epoch: int, start: int) -> Iterator[Any]:
-        """Batches ``start..batches_per_epoch`` of ``epoch``; each pass's order depends on seed and pass only."""
-        loader = self.data_loader
-        remaining = self.batches_per_epoch - start
-        if not isinstance(loader, BaseDataLoader):
-            yield from islice(loader, start, self.batches_per_epoch)
-            return
-        if self.overfit:
-            loader.set_epoch(0, start)
-            yield from islice(loader, remaining)
-            return
-        if not self.len_epoch:
-            loader.set_epoch(epoch - 1, start)
-            yield from islice(loader, remaining)
-            return
-        per_pass = loader.batches_per_pass()
-        position = (epoch - 1) * self.len_epoch + start
-        while remaining > 0:
-            pass_index, offset = divmod(position, per_pass)
-            loader.set_epoch(pass_index, offset)
-            for batch in islice(loader, min(remaining, per_pass - offset)):
-                yield batch
-                remaining -= 1
-                position += 1
+    def rank_parts(self) -> dict[str, Stateful]:
+        return {**super().rank_parts(), "data": self.data, "losses": self.losses, "train_metrics": self.train_metrics}
+
+    # -- training -------------------------------------------------------------------------------
 
     def _train_epoch(self, epoch: int) -> dict | None:
-        self.model.train()
-        start, total = self.resume_batch, self.batches_per_epoch
-        sums = EpochSums(self.metric_ftns, self.device, self.sum_dtype, self.resume_state)
-        self.resume_batch, self.resume_state = 0, None
+        s = self.settings
+        resumed = self.progress.epoch == epoch and self.progress.batch_in_epoch
+        start, total = (self.progress.batch_in_epoch if resumed else 0), self.batches_per_epoch
+        if not resumed:
+            self.losses.reset()
+            self.train_metrics.reset()
+        self.progress.epoch, self.progress.batch_in_epoch = epoch, start
         if start:
             self.logger.info("resuming epoch %d at batch %s of %s", epoch, f"{start:,}", f"{total:,}")
+        self.model.train()
         bar = progress_bar(total, f"epoch {epoch}", self.show_progress, initial=start)
-        started, samples_at_start = time.perf_counter(), sums.samples
+        started, samples, data_wait = time.perf_counter(), 0, 0.0
         first_inputs = None
+        batches = iter(self.data.epoch_batches(epoch, start))
 
-        for batch_idx, batch in enumerate(self._epoch_batches(epoch, start), start=start):
-            inputs, target = self.prepare(batch)
-            if batch_idx == start and self.log_images and isinstance(inputs, torch.Tensor):
-                first_inputs = inputs  # logged at the epoch's last step, with the histograms
+        for batch_idx in range(start, total):
+            waiting = time.perf_counter()
+            batch = next(batches)
+            data_wait += time.perf_counter() - waiting
+            inputs, target = self.read_batch(batch)
+            if batch_idx == start and s.log_images and isinstance(inputs, torch.Tensor):
+                first_inputs = inputs  # logged at the epoch's end, with the histograms
             # Accumulation groups are fixed by position, so a resumed epoch groups batches as before.
-            group_start = batch_idx - batch_idx % self.accumulate
-            group_size = min(self.accumulate, total - group_start)
+            group_start = batch_idx - batch_idx % s.accumulate_steps
+            group_size = min(s.accumulate_steps, total - group_start)
             last_in_group = batch_idx + 1 == group_start + group_size
 
-            sync = NO_CONTEXT if last_in_group or self.ddp_model is None else self.ddp_model.no_sync()
-            with sync:
-                with self._autocast():
-                    output = self.run_model(self.model, inputs)
+            with self.model.no_sync(sync=last_in_group):
+                with self.precision.autocast():
+                    output = run_model(self.model.train_forward, inputs)
                     loss = self.criterion(output, target)
-                scaled = loss / group_size if group_size > 1 else loss
-                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
-            sums.add(loss, output, target, self.global_step + 1)
+                self.precision.backward(loss / group_size if group_size > 1 else loss)
+            size = batch_size(target)
+            samples += size
+            self.losses.add(loss, size, self.progress.global_step + 1)
+            self.train_metrics.update(output.detach() if isinstance(output, torch.Tensor) else map_tensors(output, torch.Tensor.detach), target, size)
 
             if last_in_group:
-                if self.clip_grad_norm is not None:
-                    if self.scaler is not None:
-                        self.scaler.unscale_(self.optimizer)
-                    nn.utils.clip_grad_norm_(self.trainable, self.clip_grad_norm)
-                if self.scaler is not None:
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
-                else:
-                    self.optimizer.step()
+                self.precision.step(self.optimizer, self.trainable, s.clip_grad_norm)
                 self.optimizer.zero_grad(set_to_none=True)
-                if self.lr_scheduler is not None and self.scheduler_interval == "step":
-                    self.lr_scheduler.step()
-                self.global_step += 1
-
-                if self.global_step % self.log_step == 0:
-                    self._log_window(sums, epoch, batch_idx + 1, total, sums.samples - samples_at_start, started, bar)
-                    sums.measure()
-                if self.save_every and self.global_step % self.save_every == 0:
-                    self._check_losses(sums, epoch)
-                    self.save_last(batch_idx + 1, sums.state())
-                if self.stop_agreed():
-                    self._check_losses(sums, epoch)
-                    self.save_last(batch_idx + 1, sums.state())
-                    bar.close()
+                self.schedule.after_optimizer_step()
+                if self.ema is not None:
+                    self.ema.update(self.progress.global_step)
+                self.progress.global_step += 1
+                self.progress.batch_in_epoch = batch_idx + 1
+                if self._after_step(epoch, total, samples, started, bar):
                     return None
             bar.update()
         bar.close()
-        self._check_losses(sums, epoch)
-        elapsed = time.perf_counter() - started
-        log = self.reduce_sums(sums.totals(), sums.samples)
-        # On the training device: NCCL reduces CUDA tensors only.
-        seen = distributed.all_reduce_sum(torch.tensor([float(sums.samples - samples_at_start)], device=self.device))
-        log["samples_per_sec"] = round(float(seen.item()) / max(elapsed, 1e-9), 2)
-        if self.log_histograms:
-            self.run.tensorboard.add_histograms(self.raw_model, self.global_step)
+        self._check_losses(epoch)
+        elapsed = max(time.perf_counter() - started, 1e-9)
+        row = {"loss": self.losses.epoch_loss(self.device), **self.train_metrics.compute()}
+        seen = distributed.all_reduce_sum(torch.tensor([float(samples)], device=self.device)).item()
+        row.update(samples_per_sec=round(seen / elapsed, 2), data_wait=round(data_wait / elapsed, 4))
+        self._hint_data_wait(row["data_wait"])
+        if s.log_histograms:
+            self.run.tensorboard.add_histograms(self.model.module, self.progress.global_step)
         if first_inputs is not None:
-            self.run.tensorboard.add_images("train/inputs", first_inputs, self.global_step)
-        return log
+            self.run.tensorboard.add_images("train/inputs", first_inputs, self.progress.global_step)
+        return row
 
-    def _check_losses(self, sums: EpochSums, epoch: int) -> float | None:
+    def _after_step(self, epoch: int, total: int, samples: int, started: float, bar: Any) -> bool:
+        """Logging, step checkpoints and the stop check after an optimizer step; True to stop."""
+        step = self.progress.global_step
+        if step % self.settings.log_step == 0:
+            mean = self._check_losses(epoch)
+            rate = samples * distributed.world_size() / max(time.perf_counter() - started, 1e-9)
+            self.run.tensorboard.add_scalars({"train/step_loss": mean, "train/step_samples_per_sec": rate}, step)
+            if self.show_progress:
+                bar.set_postfix(loss=f"{mean:.4f}", samples_s=f"{rate:,.0f}")
+            else:
+                batch = self.progress.batch_in_epoch
+                self.logger.info("epoch %d [%d/%d] step %d  loss %.6g  %.0f samples/s", epoch, batch, total, step, mean, rate)
+        save = bool(self.settings.save_every_n_steps) and step % self.settings.save_every_n_steps == 0
+        stopping = self.stop_agreed()
+        if save or stopping:
+            self._check_losses(epoch)
+            self.save_last()
+        if stopping:
+            bar.close()
+        return stopping
+
+    def _check_losses(self, epoch: int) -> float | None:
         """Mean loss of the batches since the last check; stops the run if any of them was not finite."""
-        mean, bad = sums.read_losses()
+        mean, bad = self.losses.read()
         if bad is not None:
             step, value = bad
-            where = self.run.checkpoint_dir or "the run directory"
+            where = self.run.checkpoint_dir
+            intact = (
+                f"the last good checkpoint in {where} is intact"
+                if self.run.checkpoint_written
+                else "no checkpoint was written, so nothing can be resumed"
+            )
             raise NonFiniteLossError(
-                f"non-finite loss ({value}) in epoch {epoch} at optimizer step {step}; training stopped and the "
-                f"last good checkpoint in {where} is intact; lower optimizer.args.lr, set trainer.clip_grad_norm, or check the data"
+                f"non-finite loss ({value}) in epoch {epoch} at optimizer step {step}; training stopped and "
+                f"{intact}; lower optimizer.args.lr, set trainer.clip_grad_norm, or check the data"
             )
         return mean
 
-    def _log_window(self, sums: EpochSums, epoch: int, batch: int, total: int, samples: int, started: float, bar) -> None:
-        mean = self._check_losses(sums, epoch)
-        rate = samples * distributed.world_size() / max(time.perf_counter() - started, 1e-9)
-        self.run.tensorboard.add_scalars({"train/step_loss": mean, "train/step_samples_per_sec": rate}, self.global_step)
-        if self.show_progress:
-            bar.set_postfix(loss=f"{mean:.4f}", samples_s=f"{rate:,.0f}")
-        else:
-            self.logger.info("epoch %d [%d/%d] step %d  loss %.6g  %.0f samples/s", epoch, batch, total, self.global_step, mean, rate)
+    def _hint_data_wait(self, share: float) -> None:
+        if share > DATA_WAIT_HINT and not self.data_wait_hinted:
+            self.data_wait_hinted = True
+            self.logger.warning(
+                "the training loop waited for data %.0f%% of the epoch: raise data_loader.args.num_workers, "
+                "set data_loader.args.in_memory=true if the data fits, or make the Dataset's __getitem__ cheaper "
+                "(pinned memory is on whenever CUDA is)",
+                100 * share,
+            )
 
-    # -- validation -------------------------------------------------------------------------
+    # -- validation and the epoch's end -----------------------------------------------------------
 
     def _valid_epoch(self, epoch: int) -> dict:
-        if self.overfit:
-            batches: Iterable | None = self._epoch_batches(1, 0)
-        else:
-            batches = self.valid_data_loader
-            if batches is not None and self.valid_limit:
-                batches = islice(batches, self.valid_limit)
-        if batches is None:
+        source = self.data if self.settings.overfit_batches else self.valid_data
+        if source is None:
             return {}
-        sums, count = self.evaluate_sums(progress_iter(batches, f"valid {epoch}", self.show_progress))
-        return self.reduce_sums(sums, count, prefix="val_")
+        with self._evaluation_weights():
+            return self.evaluator.evaluate(source.epoch_batches(1, 0), "val_", f"valid {epoch}", source.batches_per_epoch)
+
+    def _evaluation_weights(self):
+        """The EMA weights in the model while validating (when on and ``trainer.ema_evaluate``)."""
+        if self.ema is not None and self.settings.ema_evaluate:
+            return self.ema.applied(self.model.module)
+        return NO_CONTEXT
+
+    def _after_epoch(self, row: dict) -> None:
+        self.schedule.after_epoch(row, self.monitor.metric)
+
+    def _learning_rates(self) -> dict:
+        groups = self.optimizer.param_groups
+        rates = {"lr": float(groups[0]["lr"])}  # float(): a tensor when the optimizer keeps lr as one
+        rates.update({f"lr_group{i}": float(group["lr"]) for i, group in enumerate(groups) if i})
+        return rates
+
+
+class _NoEMA:
+    """The EMA part of a run without EMA: its state is None. A checkpoint's averages are dropped
+    (with a note), so a run can be resumed with EMA turned off."""
+
+    def state_dict(self) -> None:
+        return None
+
+    def load_state_dict(self, state: Any) -> None:
+        if state is not None:
+            get_logger().warning("ema: the checkpoint holds EMA weights, but trainer.ema_decay is null: they are dropped")

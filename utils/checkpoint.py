@@ -1,54 +1,60 @@
-"""Checkpoint files: atomic writes, safe reads, retention.
+"""Checkpoint files: atomic writes, safe reads, retention, weights for fine-tuning and evaluation.
 
-A checkpoint is a plain dict of tensors and primitives, read with
-``torch.load(path, weights_only=True, map_location="cpu")`` so that loading one never runs code.
-Keys (``FORMAT`` version 1):
+A checkpoint is data. It is read with ``torch.load(path, weights_only=True, map_location="cpu")``,
+which runs no code; the config inside it is resolved under the checkpoint trust rules
+(``utils/config/names.py``). What a run's checkpoint holds is assembled in one place,
+``base/training_state.py`` (``FORMAT`` version 2): one entry per stateful part, ``ranks`` with
+each process's own parts, and ``format``, ``version``, ``world_size``, ``arch`` and ``config``.
 
-``format, version``      identify the file as ours
-``arch``                 the model's type name (for messages)
-``model``                ``state_dict`` without ``module.`` / ``_orig_mod.`` prefixes
-``optimizer``            optimizer ``state_dict``
-``lr_scheduler``         scheduler ``state_dict`` or None
-``scaler``               fp16 GradScaler ``state_dict`` or None
-``epoch``                the epoch in progress (1-based); complete when ``batch_in_epoch`` is 0
-``batch_in_epoch``       batches of ``epoch`` already trained (0: the epoch is complete)
-``global_step``          optimizer steps taken
-``monitor_best``, ``not_improved_count``   monitoring and early-stop state
-``ranks``                one dict per rank: ``rng`` (Python, NumPy, torch, CUDA states) and, mid-epoch,
-                         ``epoch_sums`` / ``epoch_samples`` (running loss and metric sums) and
-                         ``metric_batches`` (outputs and targets kept for the metrics; see trainer/epoch_sums.py)
-``world_size``           processes that wrote it
-``config``               the resolved config as plain data
+Besides a run's checkpoints, ``-r`` accepts a plain weights file for evaluation and fine-tuning:
+a ``state_dict``, or a dict with a ``"model"`` state_dict (what torch's ``dcp_to_torch`` makes of
+a sharded checkpoint). Those carry no config, so ``-c`` must give one.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import secrets
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 
 from utils.errors import UserError
 
 FORMAT = "pytorch-template-checkpoint"
-VERSION = 1
+VERSION = 2
 _PREFIXES = ("module.", "_orig_mod.")
+_WRAPPED = "_checkpoint_wrapped_module."
+_TEMP = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]+$")
 
 
 def clean_state_dict(state_dict: dict) -> dict:
-    """Strip DDP's ``module.`` and torch.compile's ``_orig_mod.`` prefixes (at any nesting)."""
+    """Strip wrapper prefixes from every key: DDP's ``module.`` and torch.compile's ``_orig_mod.``
+    in front (repeatedly), activation checkpointing's ``_checkpoint_wrapped_module.`` anywhere."""
     cleaned = {}
     for key, value in state_dict.items():
-        changed = True
-        while changed:
-            changed = False
-            for prefix in _PREFIXES:
-                if key.startswith(prefix):
-                    key, changed = key[len(prefix) :], True
+        key = key.replace(_WRAPPED, "")
+        while key.startswith(_PREFIXES):
+            key = key.split(".", 1)[1]
         cleaned[key] = value
     return cleaned
+
+
+def temporary_name(path: Path) -> Path:
+    """A hidden, unique sibling of ``path`` that names its writer's process id."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def write_error(path: Path, exc: OSError) -> UserError:
+    """A failed checkpoint write as one line that says what is intact."""
+    reason = "the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else (exc.strerror or str(exc))
+    intact = f"the previous {path.name} is intact" if path.exists() else "no checkpoint of this run was written before"
+    return UserError(f"{path}: could not write the checkpoint ({reason}); {intact}; free space or fix the folder, then resume")
 
 
 def save_atomic(state: dict, path: Path) -> None:
@@ -57,22 +63,23 @@ def save_atomic(state: dict, path: Path) -> None:
     A crash or ``kill -9`` at any moment leaves either the old file or the new one, never half.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temporary_name(path)
     try:
         with open(tmp, "wb") as handle:
             torch.save(state, handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        raise write_error(path, exc) from None
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def link_atomic(source: Path, target: Path) -> None:
     """Make ``target`` hold the same bytes as ``source`` (a hard link, else a copy), atomically."""
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    tmp.unlink(missing_ok=True)
+    tmp = temporary_name(target)
     try:
         try:
             os.link(source, tmp)
@@ -83,12 +90,14 @@ def link_atomic(source: Path, target: Path) -> None:
                 dst.flush()
                 os.fsync(dst.fileno())
         os.replace(tmp, target)
+    except OSError as exc:
+        raise write_error(target, exc) from None
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
@@ -101,24 +110,94 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """Read a checkpoint safely; missing, truncated or foreign files are a one-line :class:`UserError`."""
+class Checkpoint:
+    """A file given to ``-r``: a run's checkpoint, or a weights file."""
+
+    def __init__(self, path: Path, data: dict):
+        self.path = path
+        self.data = data
+        self.is_run = data.get("format") == FORMAT
+        self.version = data.get("version", 0) if self.is_run else None
+
+    @property
+    def config(self) -> dict | None:
+        return self.data.get("config") if self.is_run else None
+
+    @property
+    def epoch(self) -> int | None:
+        if not self.is_run:
+            return None
+        return self.data["epoch"] if self.version == 1 else self.data["progress"]["epoch"]
+
+    @property
+    def has_ema(self) -> bool:
+        return self.data.get("ema") is not None
+
+    def weights(self, ema: bool = True) -> dict:
+        """The model's state_dict, with the EMA weights in place of the raw ones when asked and present."""
+        if not self.is_run:
+            return self.data["model"] if _is_state_dict(self.data.get("model")) else self.data
+        weights = dict(self.data["model"])
+        if ema and self.has_ema:
+            weights.update(self.data["ema"]["weights"])
+        return weights
+
+    def require_resumable(self) -> None:
+        if not self.is_run:
+            raise UserError(f"{self.path}: a weights file, not a run's checkpoint; it can be fine-tuned (-r FILE -c CONFIG) or tested, not resumed")
+        if self.version != VERSION:
+            raise UserError(
+                f"{self.path}: checkpoint format version {self.version}, and this code resumes version {VERSION}; "
+                f"fine-tune from it with -r FILE -c CONFIG, or evaluate it with test.py"
+            )
+
+
+def _is_state_dict(value: Any) -> bool:
+    return isinstance(value, dict) and bool(value) and all(isinstance(v, torch.Tensor) for v in value.values())
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read a checkpoint or weights file safely; missing, truncated or foreign files are a one-line :class:`UserError`."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: a folder, not a checkpoint file; pass a .pth file from a run's checkpoints/ folder")
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found; pass an existing .pth file with -r")
     try:
         with warnings.catch_warnings():  # e.g. "Detected pickle protocol 119": noise about a file we reject anyway
             warnings.simplefilter("ignore")
-            state = torch.load(path, weights_only=True, map_location="cpu")
+            data = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as exc:  # noqa: BLE001 - weights_only runs no code: any failure means the bytes are not a checkpoint
-        # (garbage raises UnpicklingError mostly, but also IndexError, KeyError, UnicodeDecodeError, ...)
+        # (garbage raises UnpicklingError mostly, but also IndexError, KeyError, UnicodeDecodeError, OSError ...)
         reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
         raise UserError(f"{path}: not a readable checkpoint (truncated, corrupted or not saved by torch: {reason})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    if not isinstance(data, dict) or not (data.get("format") == FORMAT or _is_state_dict(data) or _is_state_dict(data.get("model"))):
         raise UserError(f"{path}: not a checkpoint of this template (no '{FORMAT}' marker); pass a file from a run's checkpoints/ folder")
-    if state.get("version", 0) > VERSION:
-        raise UserError(f"{path}: checkpoint version {state['version']} is newer than this code understands ({VERSION})")
-    return state
+    checkpoint = Checkpoint(path, data)
+    if checkpoint.is_run and (not isinstance(checkpoint.version, int) or checkpoint.version > VERSION):
+        raise UserError(f"{path}: checkpoint version {checkpoint.version} is newer than this code understands ({VERSION})")
+    return checkpoint
+
+
+def load_weights(model: nn.Module, state_dict: dict, strict: bool, source: str) -> list[str]:
+    """Load weights by name; returns what was skipped. Mismatches are named; ``strict`` makes them errors."""
+    state_dict = clean_state_dict(state_dict)
+    own = model.state_dict()
+    wrong_shape = [k for k, v in state_dict.items() if k in own and own[k].shape != v.shape]
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    problems = [
+        f"missing {missing}" if missing else "",
+        f"unexpected {unexpected}" if unexpected else "",
+        f"different shapes {wrong_shape}" if wrong_shape else "",
+    ]
+    problems = [p for p in problems if p]
+    if problems and strict:
+        raise UserError(
+            f"{source}: weights do not match the model: {'; '.join(problems)}; fix arch, or set trainer.load_strict=false to load what matches"
+        )
+    model.load_state_dict({k: v for k, v in state_dict.items() if k not in wrong_shape and k not in unexpected}, strict=False)
+    return problems
 
 
 def prune_epoch_checkpoints(folder: Path, keep_last: int) -> list[Path]:
@@ -137,11 +216,24 @@ def prune_epoch_checkpoints(folder: Path, keep_last: int) -> list[Path]:
     return doomed
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def remove_stale_temporaries(folder: Path) -> list[Path]:
-    """Delete temporary files that a killed process left behind mid-write (never a finished checkpoint)."""
-    stale = [path for path in Path(folder).glob(".*.pth.tmp-*") if path.is_file()]
-    for path in stale:
-        path.unlink(missing_ok=True)
+    """Delete temporary files that a killed writer left behind (never one of a live process)."""
+    stale = []
+    for path in Path(folder).glob(".*.tmp-*"):
+        match = _TEMP.match(path.name)
+        if match and path.is_file() and not _alive(int(match.group(1))):
+            path.unlink(missing_ok=True)
+            stale.append(path)
     return stale
 
 

@@ -80,6 +80,15 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def broadcast_object(obj):
+    """Rank 0's ``obj`` on every rank (e.g. the time stamp that names a new run directory)."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, group=_control_group)
+    return box[0]
+
+
 def gather_objects(obj) -> list:
     """Every rank's ``obj``, in rank order, on every rank."""
     if not is_distributed():

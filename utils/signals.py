@@ -14,10 +14,16 @@ class StopRequest:
         self._previous: dict[int, object] = {}
 
     @property
+    def installed(self) -> bool:
+        return bool(self._previous)
+
+    @property
     def requested(self) -> bool:
         return self.signum is not None
 
     def install(self) -> StopRequest:
+        """Catch SIGINT/SIGTERM from now on (a request received before is forgotten)."""
+        self.signum = None
         for signum in (signal.SIGINT, signal.SIGTERM):
             self._previous[signum] = signal.signal(signum, self._handle)
         return self
@@ -35,3 +41,15 @@ class StopRequest:
     @property
     def name(self) -> str:
         return signal.Signals(self.signum).name if self.signum else ""
+
+
+def exit_on_signals() -> None:
+    """For scripts with nothing to save (``test.py``, ``predict.py``): SIGINT/SIGTERM end the
+    process at once with exit code 128 + signal, through ``SystemExit`` (``finally`` blocks run,
+    temporary files go; results are only ever written by a rename, so nothing is half-written)."""
+
+    def leave(signum: int, frame) -> None:
+        raise SystemExit(128 + signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, leave)

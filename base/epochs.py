@@ -1,0 +1,78 @@
+"""The epoch protocol the Trainer iterates, and an adapter for loaders that do not speak it.
+
+A data source the Trainer can train on has (``BaseDataLoader`` and ``BaseStreamLoader`` do):
+
+- ``plan_epochs(device, len_epoch=None, overfit_batches=0, limit_batches=0)``: what an epoch is;
+- ``batches_per_epoch``: how many batches this process takes per epoch;
+- ``epoch_batches(epoch, start)``: the batches ``start..`` of epoch ``epoch`` (1-based);
+- ``state_dict()`` / ``load_state_dict(state, mid_epoch)``: its position beyond (epoch, batch),
+  and what a mid-epoch resume must match.
+
+Anything else iterable with a length (a plain ``torch.utils.data.DataLoader``, a list of
+batches) is wrapped in :class:`PlainEpochs`. Its order is whatever the loader gives: exact resume
+then holds only if the loader's order does not depend on global random state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from itertools import islice
+from typing import Any
+
+import torch
+
+from utils.errors import UserError
+
+
+class PlainEpochs:
+    """Epochs over any sized iterable: passes one after another, ``len_epoch`` batches when set."""
+
+    def __init__(self, loader: Iterable):
+        self.loader = loader
+        self.batch_size = getattr(loader, "batch_size", None)
+        self.batches_per_epoch = 0
+        self._overfit = 0
+
+    def plan_epochs(self, device: torch.device, len_epoch: int | None = None, overfit_batches: int = 0, limit_batches: int = 0) -> None:
+        try:
+            per_pass = len(self.loader)  # type: ignore[arg-type]
+        except TypeError:
+            if not len_epoch:
+                raise UserError("data_loader: a loader without a length needs trainer.len_epoch (batches per epoch)") from None
+            per_pass = len_epoch
+        self._overfit = overfit_batches
+        count = min(overfit_batches, per_pass) if overfit_batches else (len_epoch or per_pass)
+        self.batches_per_epoch = min(count, limit_batches) if limit_batches else count
+
+    def epoch_batches(self, epoch: int, start: int = 0) -> Iterator[Any]:
+        sampler = getattr(self.loader, "sampler", None)
+        if callable(getattr(sampler, "set_epoch", None)):
+            sampler.set_epoch(0 if self._overfit else epoch - 1)  # a DistributedSampler's order per epoch
+        return islice(self._passes(), start, self.batches_per_epoch)
+
+    def _passes(self) -> Iterator[Any]:
+        """The loader's passes one after another (``len_epoch`` may span several)."""
+        while True:
+            empty = True
+            for batch in self.loader:
+                empty = False
+                yield batch
+            if empty:
+                return
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.loader)
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    def state_dict(self) -> dict:
+        return {"batch_size": self.batch_size}
+
+    def load_state_dict(self, state: dict, mid_epoch: bool) -> None:
+        return None
+
+
+def epochs_of(loader: Any) -> Any:
+    """``loader`` itself when it speaks the epoch protocol, else a :class:`PlainEpochs` over it."""
+    return loader if callable(getattr(loader, "epoch_batches", None)) else PlainEpochs(loader)

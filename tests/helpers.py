@@ -1,0 +1,67 @@
+"""Shared test helpers: run the entry scripts for real, in a subprocess or in-process, and read
+what a run wrote. Import them with ``from helpers import ...`` (pytest puts ``tests/`` on the path)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS_ENV = {"PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"}
+"""Environment for runs whose config names test-only classes (``fault_injection:...``)."""
+TIMING_KEYS = {"samples_per_sec", "data_wait"}
+"""Row values that measure time: equal runs differ in them."""
+
+
+def run_script(*args: str, cwd: Path = ROOT, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run ``python <args>`` from the project root; returns the completed process (output captured)."""
+    # One thread per process: the models are tiny and parallel test processes share 2 cores.
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def tiny_config(tmp_path: Path, **trainer) -> dict:
+    """The default digits experiment, shrunk to run in seconds, writing under ``tmp_path``."""
+    config = json.loads((ROOT / "config.json").read_text())
+    config["trainer"].update({"epochs": 2, "save_dir": str(tmp_path / "saved"), "tensorboard": False, "early_stop": 0}, **trainer)
+    config["data_loader"]["args"]["batch_size"] = 64
+    return config
+
+
+def write_config(tmp_path: Path, config: dict, name: str = "config.json") -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps(config))
+    return path
+
+
+def build_trainer(tmp_path: Path, config: dict, *overrides: str, run_id: str = "run"):
+    """(trainer, run_dir) prepared in-process exactly as ``train.py`` prepares them, ready to ``train()``."""
+    import train
+
+    path = write_config(tmp_path, config, f"{run_id}.json")
+    session = train.Session(train.parse_args(["-c", str(path), "--run-id", run_id, *overrides]))
+    run_dir = session.prepare()
+    return session.trainer, run_dir
+
+
+def metric_rows(run_dir: Path, timing: bool = True) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return rows if timing else [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in rows]
+
+
+def last_checkpoint(run_dir: Path, name: str = "last.pth") -> dict:
+    return torch.load(run_dir / "checkpoints" / name, weights_only=True, map_location="cpu")
+
+
+def seeded_random(request) -> random.Random:
+    """A ``random.Random`` for a test that picks random moments; its seed is printed, so a failure
+    can be replayed with ``TEST_SEED=<seed>``."""
+    seed = int(os.environ.get("TEST_SEED", random.randrange(2**32)))
+    print(f"{request.node.name}: TEST_SEED={seed}")
+    return random.Random(seed)

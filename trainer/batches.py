@@ -1,0 +1,80 @@
+"""How a batch reaches the model: moved to the device, split into ``(inputs, target)``, called.
+
+The default rules (:func:`unpack_batch`):
+
+- a tuple or list is ``(inputs, target)``; with more items, ``(*inputs, target)``;
+- a dict has its target under ``trainer.target_key`` (default: the first of ``"label"``,
+  ``"labels"``, ``"target"``, ``"targets"``, ``"y"``) and every other key is passed to the
+  model as a keyword argument;
+- the model may return a tensor or a dict: whatever it returns goes to the loss and metrics.
+
+To read your batches another way, give your data loader a method ``unpack_batch(self, batch)``
+returning ``(inputs, target)``; the Trainer, ``test.py`` and ``predict.py`` use it instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from utils.errors import UserError
+from utils.nested import map_tensors
+
+TARGET_KEYS = ("label", "labels", "target", "targets", "y")
+
+
+def to_device(batch: Any, device: torch.device, non_blocking: bool = False) -> Any:
+    """Move every tensor of a (nested) batch; ``non_blocking`` overlaps copies from pinned memory.
+
+    Tensors already there are returned as they are (the in-memory path's batches, for one).
+    """
+    return map_tensors(batch, lambda t: t if t.device == device else t.to(device, non_blocking=non_blocking))
+
+
+def unpack_batch(batch: Any, target_key: str | None = None) -> tuple[Any, Any]:
+    """Split a batch into ``(inputs, target)``; see the module docstring for the rules."""
+    if isinstance(batch, dict):
+        keys = (target_key,) if target_key else TARGET_KEYS
+        key = next((k for k in keys if k in batch), None)
+        if key is None:
+            setting = f"trainer.target_key is {target_key!r}" if target_key else f"none of {list(TARGET_KEYS)} is there"
+            raise UserError(
+                f"batch: a dict batch with keys {sorted(map(str, batch))} has no target ({setting}); "
+                f"set trainer.target_key to the key holding the target"
+            )
+        return {k: v for k, v in batch.items() if k != key}, batch[key]
+    if isinstance(batch, (list, tuple)) and len(batch) >= 2:
+        return (batch[0] if len(batch) == 2 else tuple(batch[:-1])), batch[-1]
+    raise UserError(
+        f"batch: expected (inputs, target) or a dict with a target key, got {type(batch).__name__}; "
+        f"give your data loader an unpack_batch(self, batch) method returning (inputs, target)"
+    )
+
+
+def run_model(model: nn.Module | Callable, inputs: Any) -> Any:
+    """Call the model: dict inputs as keyword arguments, tuples as positional ones."""
+    if isinstance(inputs, dict):
+        return model(**inputs)
+    if isinstance(inputs, tuple):
+        return model(*inputs)
+    return model(inputs)
+
+
+class BatchReader:
+    """A data loader's batches as the model takes them: on the device, split, channels-last if asked."""
+
+    def __init__(self, device: torch.device, data_loader: Any = None, target_key: str | None = None, channels_last: bool = False):
+        self.device = device
+        self.non_blocking = device.type == "cuda"
+        self.channels_last = channels_last
+        custom = getattr(data_loader, "unpack_batch", None)
+        self.unpack: Callable[[Any], tuple[Any, Any]] = custom if callable(custom) else (lambda batch: unpack_batch(batch, target_key))
+
+    def __call__(self, batch: Any) -> tuple[Any, Any]:
+        inputs, target = self.unpack(to_device(batch, self.device, self.non_blocking))
+        if self.channels_last and isinstance(inputs, torch.Tensor) and inputs.dim() == 4:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        return inputs, target

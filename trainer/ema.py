@@ -1,0 +1,67 @@
+"""An exponential moving average (EMA) of the trainable weights: ``trainer.ema_decay``.
+
+After every optimizer step, ``ema = ema + (1 - decay) * (weights - ema)`` in one
+``torch._foreach_lerp_`` over all tensors on their device (no Python loop per parameter, no
+host sync). Every DDP process applies the same update to the same weights, so the averages are
+identical on all ranks; under FSDP the averages are sharded like the weights they follow.
+
+With ``trainer.ema_warmup`` the decay of step ``t`` is ``min(ema_decay, (1 + t) / (10 + t))``,
+so the first averages follow the weights instead of their random start. Validation (and so
+``best.pth``), ``test.py``, ``predict.py`` and export use the averages when
+``trainer.ema_evaluate`` is true; BatchNorm statistics are the model's own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from utils.checkpoint import clean_state_dict
+from utils.errors import UserError
+
+
+class EMA:
+    def __init__(self, module: nn.Module, decay: float, warmup: bool = False):
+        named = [(name, p) for name, p in module.named_parameters() if p.requires_grad]
+        self.names = list(clean_state_dict(dict(named)))
+        self.params = [p for _, p in named]
+        self.decay, self.warmup = decay, warmup
+        with torch.no_grad():
+            self.averages = [p.detach().clone() for p in self.params]
+
+    def decay_at(self, step: int) -> float:
+        """The decay of the update after optimizer step ``step`` (0-based)."""
+        return min(self.decay, (1 + step) / (10 + step)) if self.warmup else self.decay
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        torch._foreach_lerp_(self.averages, self.params, 1.0 - self.decay_at(step))
+
+    @contextlib.contextmanager
+    def applied(self, module: nn.Module) -> Iterator[None]:
+        """The averages in place of the weights inside the block; the weights exactly as before after it."""
+        with torch.no_grad():
+            kept = [p.detach().clone() for p in self.params]
+            torch._foreach_copy_(self.params, self.averages)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(self.params, kept)
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "weights": {name: t.detach().cpu() for name, t in zip(self.names, self.averages)}}
+
+    def load_state_dict(self, state: dict | None) -> None:
+        if state is None:
+            raise UserError("ema: the checkpoint has no EMA weights but trainer.ema_decay is set; resume with trainer.ema_decay=null")
+        weights = state["weights"]
+        missing = [name for name in self.names if name not in weights]
+        if missing:
+            raise UserError(f"ema: the checkpoint's EMA weights lack {missing[:5]}; resume with the run's model")
+        with torch.no_grad():
+            for name, average in zip(self.names, self.averages):
+                average.copy_(weights[name])

@@ -1,0 +1,208 @@
+"""Epoch values that are exact for any metric, with no host read per batch.
+
+Two kinds of metric, both updated on every batch on the device:
+
+- **functions** ``fn(output, target) -> 0-dim tensor``, a mean over the batch's samples
+  (``model/metric.py``): the epoch value is the sample-weighted mean, ``sum(fn(batch) * n) /
+  sum(n)``, summed in float64 on the device and reduced over processes as sums and counts;
+- **metric objects** with ``update(output, target)``, ``compute()`` and ``reset()``: torchmetrics
+  classes (macro F1, AUROC, R², a confusion matrix...) or your own. They see every sample, so
+  their epoch value does not depend on the batch size; torchmetrics objects sync their state over
+  DDP processes inside ``compute()``. Their state travels in mid-epoch checkpoints (torchmetrics'
+  ``metric_state``, or the object's own ``state_dict``/``load_state_dict``).
+
+The loss is kept per batch on the device (:class:`LossTracker`) and read every ``log_step``
+steps, at checkpoints and at the end of the epoch, when every value is checked for NaN/inf.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+from typing import Any
+
+import torch
+
+from utils import distributed
+from utils.errors import UserError
+
+
+def is_metric_object(metric: Any) -> bool:
+    return all(callable(getattr(metric, name, None)) for name in ("update", "compute", "reset"))
+
+
+def _torchmetrics_metric(metric: Any) -> bool:
+    module = sys.modules.get("torchmetrics")  # never imported just to ask
+    return module is not None and isinstance(metric, module.Metric)
+
+
+def batch_size(target: Any) -> int:
+    return target.shape[0] if isinstance(target, torch.Tensor) else len(target)
+
+
+def sum_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+class MetricSet:
+    """One training or validation pass's metrics; build a separate set for each (``fresh()``)."""
+
+    def __init__(self, metrics: dict[str, Any] | None, device: torch.device):
+        metrics = metrics or {}
+        self.device = device
+        self.functions = {name: fn for name, fn in metrics.items() if not is_metric_object(fn)}
+        self.objects = {name: obj for name, obj in metrics.items() if is_metric_object(obj)}
+        for obj in self.objects.values():
+            if callable(getattr(obj, "to", None)):
+                obj.to(device)
+        self._fns = list(self.functions.values())
+        self.sums = [torch.zeros((), dtype=sum_dtype(device), device=device) for _ in self._fns]
+        self.count = 0
+
+    @property
+    def names(self) -> list[str]:
+        return [*self.functions, *self.objects]
+
+    def fresh(self) -> MetricSet:
+        """Another set with the same metrics, its own objects and zero state."""
+        objects = {}
+        for name, obj in self.objects.items():
+            obj = copy.deepcopy(obj)
+            obj.reset()
+            objects[name] = obj
+        return MetricSet({**self.functions, **objects}, self.device)
+
+    def update(self, output: Any, target: Any, size: int) -> None:
+        """One batch of ``size`` samples; everything stays on the device."""
+        for fn, total in zip(self._fns, self.sums):
+            total.add_(fn(output, target), alpha=size)
+        for obj in self.objects.values():
+            obj.update(output, target)
+        self.count += size
+
+    def reset(self) -> None:
+        for total in self.sums:
+            total.zero_()
+        for obj in self.objects.values():
+            obj.reset()
+        self.count = 0
+
+    def compute(self) -> dict[str, Any]:
+        """Epoch values over every process (a collective under DDP): floats for scalars, nested
+        lists for other tensors (a confusion matrix), ``<name>_<key>`` for mappings."""
+        values: dict[str, Any] = {}
+        if self._fns:
+            reduced = distributed.all_reduce_sum(torch.stack([*self.sums, self.sums[0].new_tensor(self.count)])).tolist()
+            count = reduced[-1]
+            values.update({name: total / count if count else math.nan for name, total in zip(self.functions, reduced)})
+        for name, obj in self.objects.items():
+            values.update(flatten(name, obj.compute()))
+        return values
+
+    def state_dict(self) -> dict:
+        """Mid-epoch state as plain tensors on the CPU (what ``torch.load(weights_only=True)`` reads)."""
+        objects = {}
+        for name, obj in self.objects.items():
+            if _torchmetrics_metric(obj):
+                states = {k: [t.cpu() for t in v] if isinstance(v, list) else v.cpu() for k, v in obj.metric_state.items()}
+                objects[name] = {"metric_state": states, "updates": obj._update_count}
+            elif callable(getattr(obj, "state_dict", None)):
+                objects[name] = {"state_dict": obj.state_dict()}
+        return {"sums": torch.stack(self.sums).cpu() if self.sums else None, "count": self.count, "objects": objects}
+
+    def load_state_dict(self, state: dict) -> list[str]:
+        """Restore a mid-epoch state; returns the names of objects that could not be restored."""
+        if self.sums:
+            for total, saved in zip(self.sums, state["sums"].to(self.device)):
+                total.copy_(saved)
+        self.count = state["count"]
+        lost = []
+        for name, obj in self.objects.items():
+            saved = state["objects"].get(name)
+            if saved is None:
+                lost.append(name)
+            elif "metric_state" in saved:
+                for key, value in saved["metric_state"].items():
+                    setattr(obj, key, [t.to(self.device) for t in value] if isinstance(value, list) else value.to(self.device))
+                obj._update_count = saved["updates"]
+                obj._computed = None
+            else:
+                obj.load_state_dict(saved["state_dict"])
+        return lost
+
+
+def flatten(name: str, value: Any) -> dict[str, Any]:
+    if isinstance(value, dict):
+        flat: dict[str, Any] = {}
+        for key, item in value.items():
+            flat.update(flatten(f"{name}_{key}", item))
+        return flat
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        return {name: value.item() if value.numel() == 1 else value.tolist()}
+    if isinstance(value, (int, float)):
+        return {name: float(value)}
+    raise UserError(f"metrics: {name} computed a {type(value).__name__}; compute() must return a tensor, a number or a mapping of them")
+
+
+class LossTracker:
+    """The loss of each batch, kept on the device until read, then summed on the host in float64.
+
+    The host adds ``loss * batch_size`` one batch after the other, so the epoch total does not
+    depend on when the reads fell: a run resumed mid-epoch sums exactly as the uninterrupted one.
+    """
+
+    CHUNK = 256  # losses kept as separate 0-dim tensors before one ``stack`` joins them
+
+    def __init__(self) -> None:
+        self.total, self.samples = 0.0, 0
+        self._chunks: list[torch.Tensor] = []
+        self._losses: list[torch.Tensor] = []
+        self._sizes: list[int] = []
+        self._steps: list[int] = []
+
+    def add(self, loss: torch.Tensor, size: int, step: int) -> None:
+        """One batch's loss (0-dim); ``step`` names it in errors."""
+        self._losses.append(loss.detach())
+        self._sizes.append(size)
+        self._steps.append(step)
+        if len(self._losses) == self.CHUNK:
+            self._chunks.append(torch.stack(self._losses).float())
+            self._losses = []
+
+    @property
+    def unread(self) -> bool:
+        return bool(self._sizes)
+
+    def read(self) -> tuple[float | None, tuple[int, float] | None]:
+        """(mean loss since the last read, (first non-finite step, its value) or None). Reads the device once."""
+        if not self._sizes:
+            return None, None
+        parts = self._chunks + ([torch.stack(self._losses).float()] if self._losses else [])
+        values = (torch.cat(parts) if len(parts) > 1 else parts[0]).tolist()
+        sizes, steps = self._sizes, self._steps
+        self._chunks, self._losses, self._sizes, self._steps = [], [], [], []
+        for value, size in zip(values, sizes):
+            self.total += value * size
+            self.samples += size
+        bad = next(((step, value) for step, value in zip(steps, values) if not math.isfinite(value)), None)
+        return (None, bad) if bad is not None else (sum(values) / len(values), None)
+
+    def epoch_loss(self, device: torch.device) -> float:
+        """The sample-weighted mean over every process (a collective under DDP); read first."""
+        assert not self.unread, "read() before epoch_loss(): unread losses would be missing"
+        totals = distributed.all_reduce_sum(torch.tensor([self.total, float(self.samples)], dtype=sum_dtype(device), device=device))
+        total, samples = totals.tolist()
+        return total / samples if samples else math.nan
+
+    def reset(self) -> None:
+        self.__init__()
+
+    def state_dict(self) -> dict:
+        assert not self.unread, "read() before state_dict(): unread losses would be missing from the checkpoint"
+        return {"total": self.total, "samples": self.samples}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.reset()
+        self.total, self.samples = state["total"], state["samples"]

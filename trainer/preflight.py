@@ -1,0 +1,158 @@
+"""The pre-flight: one real batch through forward, loss, every metric and backward, on the real
+device, before the run directory exists (``trainer.preflight``).
+
+It changes nothing: the optimizer does not step, gradients are dropped, BatchNorm statistics
+and every random generator are put back, metric objects are updated on copies; a run is bitwise
+the same with and without it. What it finds becomes one line naming the key and the fix, instead
+of a traceback after an epoch: a model that cannot take the data's inputs (torch's own words are
+kept), labels beyond the model's classes, a loss that is not a scalar, a metric that returns a
+non-tensor or non-scalar, a dict output reaching a metric that wants a tensor, a monitored metric
+that the run does not produce. An exception raised inside the user's own code that is none of
+these is left alone: it is a bug there, and its traceback shows the user's line.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from trainer.batches import run_model
+from trainer.metrics import flatten
+from utils.errors import UserError
+from utils.nested import map_tensors
+from utils.seed import get_rng_state, set_rng_state
+from utils.user_code import user_frame
+
+if TYPE_CHECKING:
+    from trainer.trainer import Trainer
+
+SHAPE_WORDS = re.compile(r"shape|size|dimension|channels|mat1|mat2|[Ee]xpected|must match|out of bounds|out of range")
+
+
+def describe(value: Any) -> str:
+    """A batch's structure, for messages: ``tensor (64, 1, 8, 8) float32`` or ``dict {text: tensor (16, 12) int64}``."""
+    if isinstance(value, torch.Tensor):
+        return f"tensor {tuple(value.shape)} {str(value.dtype).removeprefix('torch.')}"
+    if isinstance(value, dict):
+        return "dict {" + ", ".join(f"{k}: {describe(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return f"{type(value).__name__} (" + ", ".join(describe(v) for v in value) + ")"
+    return type(value).__name__
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def run_preflight(trainer: Trainer) -> None:
+    """Check one training batch, and the monitored metric against what the metrics return."""
+    module = trainer.model.module
+    buffers = [b.detach().clone() for b in module.buffers()]
+    rng = get_rng_state()
+    was_training = module.training
+    try:
+        batch = next(iter(trainer.data.epoch_batches(trainer.progress.start_epoch, 0)), None)
+        if batch is not None:
+            produced = _check_batch(trainer, batch)
+            _check_monitor(trainer.monitor.metric, produced)
+    finally:
+        trainer.optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for saved, buffer in zip(buffers, module.buffers()):
+                buffer.copy_(saved)
+        module.train(was_training)
+        set_rng_state(rng)
+
+
+def _check_monitor(metric: str | None, produced: dict[str, Any]) -> None:
+    if metric is None:
+        return
+    name = metric.removeprefix("val_")
+    if name not in produced:
+        raise UserError(f"trainer.monitor: the run does not produce {metric!r}; its metrics are {sorted(produced)} (with val_ for validation)")
+    if isinstance(produced[name], list):
+        raise UserError(f"trainer.monitor: {metric!r} is a matrix, not a number; monitor a scalar metric such as {sorted(k for k, v in produced.items() if not isinstance(v, list))}")
+
+
+def _check_batch(trainer: Trainer, batch: Any) -> dict[str, Any]:
+    """Forward, loss, metrics and backward on ``batch``; returns one value of each logged metric."""
+    inputs, target = trainer.read_batch(batch)
+    module = trainer.model.module
+    module.train()
+    with trainer.precision.autocast():
+        try:
+            output = run_model(module, inputs)
+        except (RuntimeError, ValueError, IndexError) as exc:
+            if not SHAPE_WORDS.search(str(exc)):
+                raise
+            raise UserError(
+                f"arch: the model cannot take the data's inputs ({describe(inputs)}): {_first_line(exc)}; "
+                f"make arch.args (input size, channels, classes) fit the data"
+            ) from None
+        _check_classes(output, target)
+        try:
+            loss = trainer.criterion(output, target)
+        except (RuntimeError, ValueError, IndexError) as exc:
+            if user_frame(exc) is not None and not SHAPE_WORDS.search(str(exc)):
+                raise
+            raise UserError(
+                f"loss: it cannot take the model's output ({describe(output)}) and the target ({describe(target)}): {_first_line(exc)}"
+            ) from None
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.is_floating_point():
+        raise UserError(f"loss: it returned {describe(loss)}; a loss must be one floating-point number per batch (e.g. reduce it with .mean())")
+    produced = {"loss": loss.item(), **_check_metrics(trainer, output, target)}
+    try:
+        loss.backward()
+    except RuntimeError as exc:
+        raise UserError(f"loss: backward failed ({_first_line(exc)}); the loss must depend on the model's trainable parameters") from None
+    return produced
+
+
+def _check_classes(output: Any, target: Any) -> None:
+    """Class indices must be below the number of scores the model gives per sample."""
+    if not (isinstance(output, torch.Tensor) and isinstance(target, torch.Tensor)):
+        return
+    if output.dim() < 2 or not output.is_floating_point() or target.is_floating_point() or target.dim() != output.dim() - 1:
+        return
+    classes, largest = output.shape[1], int(target.max()) if target.numel() else -1
+    if largest >= classes:
+        raise UserError(
+            f"arch.args.num_classes: the data has class index {largest} but the model outputs {classes} scores per sample; "
+            f"set it to at least {largest + 1} (the labels run from 0 to num_classes - 1)"
+        )
+
+
+def _check_metrics(trainer: Trainer, output: Any, target: Any) -> dict[str, Any]:
+    detached = output.detach() if isinstance(output, torch.Tensor) else map_tensors(output, torch.Tensor.detach)
+    metrics = trainer.train_metrics
+    produced: dict[str, Any] = {}
+    for name, fn in metrics.functions.items():
+        try:
+            value = fn(detached, target)
+        except (AttributeError, TypeError, IndexError, KeyError, RuntimeError) as exc:
+            if isinstance(detached, torch.Tensor) or user_frame(exc) is None and not isinstance(exc, (AttributeError, TypeError)):
+                raise
+            raise UserError(
+                f"metrics: {name} cannot take the model's output ({describe(detached)}): {type(exc).__name__}: {_first_line(exc)}; "
+                f"make the model return a tensor, or the metric read the right key"
+            ) from None
+        if not isinstance(value, torch.Tensor):
+            raise UserError(f"metrics: {name} returned a {type(value).__name__} ({value!r}); a metric function must return a tensor (its mean over the batch)")
+        if value.numel() != 1:
+            raise UserError(f"metrics: {name} returned a tensor of shape {tuple(value.shape)}; a metric function must return one number per batch")
+        produced[name] = value.item()
+    for name, obj in metrics.objects.items():
+        probe = copy.deepcopy(obj)
+        try:
+            probe.update(detached, target)
+            produced.update(flatten(name, probe.compute()))
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a library metric rejecting its inputs is a config or data mismatch
+            if user_frame(exc) is not None:
+                raise
+            raise UserError(f"metrics: {name} rejected the model's output ({describe(detached)}) and target ({describe(target)}): {_first_line(exc)}") from None
+    return produced

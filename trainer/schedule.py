@@ -1,0 +1,40 @@
+"""When the learning-rate scheduler steps: after every optimizer step, or after every epoch.
+
+``ReduceLROnPlateau`` is fed the monitored metric (``val_loss``, else ``loss``, when nothing is
+monitored). The ``lr`` logged for an epoch is the learning rate the optimizer holds at the end of
+the epoch, before the epoch scheduler steps.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from base.training_state import TypedState
+
+
+class Schedule:
+    def __init__(self, scheduler: Any, interval: str = "epoch"):
+        if interval not in ("epoch", "step"):
+            raise ValueError(f'interval must be "epoch" or "step", got {interval!r}')
+        self.scheduler, self.interval = scheduler, interval
+        self._state = TypedState(scheduler, "lr_scheduler")
+
+    def after_optimizer_step(self) -> None:
+        if self.scheduler is not None and self.interval == "step":
+            self.scheduler.step()
+
+    def after_epoch(self, row: dict, monitored: str | None) -> None:
+        if self.scheduler is None or self.interval != "epoch":
+            return
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step(row[monitored or ("val_loss" if "val_loss" in row else "loss")])
+        else:
+            self.scheduler.step()
+
+    def state_dict(self) -> dict | None:
+        return self._state.state_dict()
+
+    def load_state_dict(self, state: dict | None) -> None:
+        self._state.load_state_dict(state)

@@ -1,0 +1,217 @@
+"""Building objects from object nodes, and the builders for loss, metrics, optimizer and scheduler.
+
+``{"type": "Adam", "args": {"lr": 0.01}}`` becomes ``Adam(params, lr=0.01)``. Arguments are
+checked against the signature first (unknown or missing names are config errors naming the key).
+What happens inside the call is told apart: a library (torch, torchvision, torchmetrics)
+rejecting a value is a config error naming the argument; an exception raised inside the user's
+own code is a bug there and keeps its traceback (see ``utils/user_code.py``).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from utils.config.names import closest, resolve_type
+from utils.config.overrides import parameters
+from utils.config.schema import metric_name
+from utils.errors import UserError
+from utils.user_code import user_frame
+
+if TYPE_CHECKING:
+    from utils.config.config import Config
+
+NUMBER = (int, float)
+
+
+def _kind(value: Any) -> str:
+    """A value's kind as a config author sees it (1 and 1.0 are both numbers)."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, NUMBER):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
+def node_name(target: Callable) -> str:
+    return getattr(target, "__name__", repr(target))
+
+
+def _tensor_arguments(target: Callable, config_args: dict) -> dict:
+    """Numbers and lists of numbers for parameters annotated as tensors become float tensors
+    (``CrossEntropyLoss.weight``, ``BCEWithLogitsLoss.pos_weight``: JSON has no tensors)."""
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return config_args
+    converted = dict(config_args)
+    for name, value in config_args.items():
+        annotation = str(getattr(params.get(name), "annotation", ""))
+        numeric = isinstance(value, NUMBER) and not isinstance(value, bool)
+        numeric_list = isinstance(value, list) and value and all(isinstance(v, NUMBER) and not isinstance(v, bool) for v in value)
+        tensor_only = "Tensor" in annotation and "float" not in annotation and "int" not in annotation  # not Adam's lr: float | Tensor
+        if tensor_only and (numeric or numeric_list):
+            converted[name] = torch.tensor(value, dtype=torch.float32)
+    return converted
+
+
+def check_arguments(config: Config, key: str, target: Callable, config_args: dict, code_args: tuple = (), code_kwargs: dict | None = None) -> None:
+    """Config args must be parameters of ``target`` and must not replace what the code supplies."""
+    supplied = set(code_kwargs or {})
+    if code_args:
+        try:
+            supplied |= set(inspect.signature(target).bind_partial(*code_args).arguments)
+        except (TypeError, ValueError):
+            pass
+    clash = set(config_args) & supplied
+    if clash:
+        raise config.error(f"{key}.args", f"{sorted(clash)} are supplied by the code; remove them from args")
+    params = parameters(target)
+    if params is None:
+        return
+    for name in config_args:
+        if name not in params:
+            raise config.error(f"{key}.args.{name}", f"{node_name(target)} has no parameter {name!r}{closest(name, params, f'{key}.args.')}")
+
+
+def _check_required(config: Config, key: str, target: Callable, config_args: dict, code_args: tuple, code_kwargs: dict) -> None:
+    """Every parameter without a default must come from the config or the code."""
+    try:
+        signature = inspect.signature(target)
+        bound = signature.bind_partial(*code_args, **code_kwargs, **config_args).arguments
+    except (TypeError, ValueError):
+        return
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    for name, param in signature.parameters.items():
+        if param.kind in kinds and param.default is inspect.Parameter.empty and name not in bound:
+            raise config.error(f"{key}.args.{name}", f"{node_name(target)} needs this argument; add it to {key}.args")
+
+
+def build(config: Config, key: str, node: dict, *args: Any, **kwargs: Any) -> Any:
+    """Call ``node.type(*args, **node.args, **kwargs)``; see the module docstring for errors."""
+    target = resolve_type(key, node["type"], config.source, config.trusted)
+    config_args = dict(node.get("args") or {})
+    check_arguments(config, key, target, config_args, args, kwargs)
+    _check_required(config, key, target, config_args, args, kwargs)
+    try:
+        return target(*args, **_tensor_arguments(target, config_args), **kwargs)
+    except UserError as exc:
+        if str(exc).startswith(key.split(".")[0]):
+            raise UserError(f"{config.source}: {exc}") from None
+        raise
+    except (TypeError, ValueError) as exc:
+        blame = _blame(key, node["type"], target, config_args, exc)
+        if blame is None:
+            raise  # raised inside the user's own code: a bug there, shown with its traceback
+        raise config.error(*blame) from None
+
+
+def build_partial(config: Config, key: str, node: dict, *args: Any, **kwargs: Any) -> Callable:
+    """``functools.partial`` of the function of ``node`` with its args bound (checked, not called)."""
+    target = resolve_type(key, node["type"], config.source, config.trusted)
+    config_args = dict(node.get("args") or {})
+    check_arguments(config, key, target, config_args, args, kwargs)
+    return functools.partial(target, *args, **_tensor_arguments(target, config_args), **kwargs)
+
+
+def _blame(key: str, type_name: str, target: Callable, config_args: dict, exc: Exception) -> tuple[str, str] | None:
+    """(key path, problem) for a constructor that raised, or None when user code raised it.
+
+    The arg whose value is of another kind than its default is blamed first; then, for library
+    code only, the one arg the message names, else the whole ``args``.
+    """
+    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        params = {}
+    for name, value in config_args.items():
+        default = getattr(params.get(name), "default", inspect.Parameter.empty)
+        if default is not inspect.Parameter.empty and default is not None and value is not None and _kind(value) != _kind(default):
+            return (
+                f"{key}.args.{name}",
+                f"{type_name} rejected {value!r} ({message}); it expects {_kind(default)} like its default {default!r}",
+            )
+    if user_frame(exc) is not None:
+        return None
+    named = [name for name in config_args if re.search(rf"\b{re.escape(name)}\b", message)]
+    where = f"{key}.args.{named[0]}" if len(named) == 1 else f"{key}.args"
+    return where, f"{type_name}(...) rejected its arguments: {message}; fix the value in the config"
+
+
+# -- the builders train.py, test.py and predict.py share ------------------------------------------
+
+
+def build_loss(config: Config) -> Callable:
+    """``"loss": "nll_loss"`` (a function) or ``{"type": "CrossEntropyLoss", "args": {...}}`` (a class or function)."""
+    node = config["loss"]
+    if isinstance(node, str):
+        node = {"type": node}
+    target = resolve_type("loss", node["type"], config.source, config.trusted)
+    if inspect.isclass(target):
+        return build(config, "loss", node)
+    return build_partial(config, "loss", node)
+
+
+def build_metrics(config: Config) -> dict[str, Any]:
+    """Metrics by the name they are logged under: functions (bound to their args) or metric objects
+    (classes such as torchmetrics', instantiated)."""
+    metrics = {}
+    for index, entry in enumerate(config["metrics"]):
+        node = {"type": entry} if isinstance(entry, str) else entry
+        target = resolve_type(f"metrics.{index}", node["type"], config.source, config.trusted)
+        if inspect.isclass(target):
+            metrics[metric_name(entry)] = build(config, f"metrics.{index}", node)
+        else:
+            metrics[metric_name(entry)] = build_partial(config, f"metrics.{index}", node)
+    return metrics
+
+
+def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
+    """The optimizer over trainable parameters only, with optional per-prefix groups.
+
+    ``optimizer.param_groups: [{"params": "backbone.", "lr": 1e-4}]`` puts every trainable
+    parameter whose name starts with a given prefix in its own group with its own settings;
+    the rest form the first group, with ``optimizer.args``.
+    """
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if not named:
+        raise config.error("arch", "the model has no trainable parameter (is everything frozen?)")
+    groups = []
+    taken: set[str] = set()
+    for index, spec in enumerate(config["optimizer"].get("param_groups") or []):
+        prefixes = [spec["params"]] if isinstance(spec["params"], str) else list(spec["params"])
+        chosen = {name for name, _ in named if name not in taken and name.startswith(tuple(prefixes))}
+        params = [p for name, p in named if name in chosen]
+        if not params:
+            raise config.error(f"optimizer.param_groups.{index}.params", f"no trainable parameter name starts with {prefixes}")
+        taken |= chosen
+        groups.append({**{k: v for k, v in spec.items() if k != "params"}, "params": params})
+    rest = [p for name, p in named if name not in taken]
+    if rest:
+        groups.insert(0, {"params": rest})
+    return build(config, "optimizer", config["optimizer"], groups)
+
+
+def build_lr_scheduler(config: Config, optimizer: torch.optim.Optimizer) -> Any:
+    """The LR scheduler, or None when ``lr_scheduler`` is null."""
+    if config["lr_scheduler"] is None:
+        return None
+    return build(config, "lr_scheduler", config["lr_scheduler"], optimizer)
+
+
+def scheduler_interval(config: Config) -> str:
+    """``"epoch"`` or ``"step"``: when the scheduler steps."""
+    return (config["lr_scheduler"] or {}).get("interval", "epoch")

@@ -1,0 +1,183 @@
+"""The validated experiment config: plain data, the file it came from, and whether it is trusted."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from base.settings import TrainerSettings, parse_monitor
+from utils.config import building
+from utils.config.names import closest, resolve_type
+from utils.config.overrides import apply_override
+from utils.config.reading import plain_data_problem, read_config_file
+from utils.config.schema import LEGACY_KEYS, OBJECT_KEYS, SCHEMA, TRAINER_SCHEMA, metric_name, with_defaults
+from utils.errors import UserError
+
+
+class Config:
+    """A validated experiment config.
+
+    ``trusted`` is False for a config read back from a checkpoint (and not passed again with
+    ``-c``): its names then resolve only to the project's own code and the libraries the template
+    builds from (``utils/config/names.py``). ``notes`` are one-line remarks for the log (a key
+    from pytorch-template that was accepted and ignored, say).
+    """
+
+    def __init__(self, data: dict, source: str = "config", trusted: bool = True):
+        self.source = source
+        self.trusted = trusted
+        self.notes: list[str] = []
+        self.data = with_defaults(data)
+        self._validate()
+        self.settings = TrainerSettings(**self.data["trainer"])
+
+    @classmethod
+    def from_file(cls, path: str | Path, overrides: Iterable[str] = ()) -> Config:
+        return cls.from_dict(read_config_file(path), str(path), overrides)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str, overrides: Iterable[str] = (), trusted: bool = True) -> Config:
+        """Defaults, then the overrides in order (left to right), then validation."""
+        found = plain_data_problem(data)
+        if found:
+            raise UserError(f"{source}: {found[0]}: {found[1]}")
+        data = with_defaults(data)
+        for text in overrides:
+            apply_override(data, text, source, trusted)
+        return cls(data, source, trusted)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.data
+
+    @property
+    def trainer(self) -> dict:
+        return self.data["trainer"]
+
+    def to_dict(self) -> dict:
+        """The resolved config as plain data (saved in the run directory and every checkpoint)."""
+        return copy.deepcopy(self.data)
+
+    def digest(self) -> str:
+        """A short hash of the resolved config: equal configs, equal digests."""
+        return hashlib.sha256(json.dumps(self.data, sort_keys=True).encode()).hexdigest()[:16]
+
+    def error(self, key: str, problem: str) -> UserError:
+        return UserError(f"{self.source}: {key}: {problem}")
+
+    @property
+    def metric_names(self) -> list[str]:
+        return [metric_name(entry) for entry in self.data["metrics"]]
+
+    def monitor(self) -> tuple[str, str | None]:
+        return parse_monitor(self.trainer["monitor"])
+
+    # -- building objects (see utils/config/building.py) --------------------------------------
+
+    def init_obj(self, key: str, *args: Any, **kwargs: Any) -> Any:
+        """Build the object of node ``key``: ``type(*args, **node.args, **kwargs)``.
+
+        ``args``/``kwargs`` are what the code must supply (e.g. parameters for an optimizer);
+        config args may not replace them.
+        """
+        return building.build(self, key, self._node(key), *args, **kwargs)
+
+    def init_ftn(self, key: str, *args: Any, **kwargs: Any) -> Callable:
+        """``functools.partial`` of the function of node ``key`` with its args bound."""
+        return building.build_partial(self, key, self._node(key), *args, **kwargs)
+
+    def _node(self, key: str) -> dict:
+        node = self.data.get(key)
+        if node is None:
+            raise self.error(key, "missing; add it to the config")
+        return node
+
+    # -- validation -------------------------------------------------------------------------
+
+    def _validate(self) -> None:
+        data = self.data
+        found = plain_data_problem(data)
+        if found:
+            raise self.error(*found)
+        for key, note in LEGACY_KEYS.items():
+            if key in data:
+                del data[key]
+                self.notes.append(f"{self.source}: {note}")
+        for key in data:
+            if key not in SCHEMA:
+                hint = f"; did you mean 'trainer.{key}'?" if key in TRAINER_SCHEMA else closest(key, SCHEMA)
+                raise self.error(key, f"unknown top-level key{hint or '; see the README configuration reference'}")
+        for key, spec in SCHEMA.items():
+            if key not in data:
+                raise self.error(key, "missing; every experiment needs it (see the README configuration reference)")
+            problem = spec.problem(data[key])
+            if problem:
+                raise self.error(key, problem)
+        for key, value in data["trainer"].items():
+            if key not in TRAINER_SCHEMA:
+                raise self.error(
+                    f"trainer.{key}", f"unknown key{closest(key, TRAINER_SCHEMA, 'trainer.') or '; see the README configuration reference'}"
+                )
+            problem = TRAINER_SCHEMA[key].problem(value)
+            if problem:
+                raise self.error(f"trainer.{key}", problem)
+        for key in ("arch", "data_loader", "optimizer", "lr_scheduler", "loss"):
+            if isinstance(data[key], dict):
+                self._check_object(key, data[key])
+        for index, entry in enumerate(data["metrics"]):
+            if isinstance(entry, dict):
+                self._check_object(f"metrics.{index}", entry, "metrics")
+                if not isinstance(entry.get("name", ""), str):
+                    raise self.error(f"metrics.{index}.name", f"must be a string, got {entry['name']!r}")
+            elif isinstance(entry, str):
+                resolve_type(f"metrics.{index}", entry, self.source, self.trusted)
+            else:
+                raise self.error(f"metrics.{index}", 'must be a function name or {"type": ..., "args": {...}, "name": ...}')
+        if isinstance(data["loss"], str):
+            resolve_type("loss", data["loss"], self.source, self.trusted)
+        names = self.metric_names
+        if len(set(names)) != len(names):
+            raise self.error("metrics", f"two metrics share a name in {names}; give one a distinct 'name'")
+        self._check_monitor()
+
+    def _check_object(self, key: str, node: dict, kind: str | None = None) -> None:
+        kind = kind or key
+        if "type" not in node:
+            raise self.error(key, 'missing "type"; write {"type": "ClassName", "args": {...}}')
+        if not isinstance(node["type"], str):
+            raise self.error(f"{key}.type", f"must be a name string, got {node['type']!r}")
+        for extra in node:
+            if extra not in OBJECT_KEYS[kind]:
+                hint = closest(extra, OBJECT_KEYS[kind], f"{key}.") or f"; {key} takes only {sorted(OBJECT_KEYS[kind])}"
+                raise self.error(f"{key}.{extra}", f"unknown key{hint}")
+        args = node.get("args") or {}
+        if not isinstance(args, dict):
+            raise self.error(f"{key}.args", f"must be a mapping of argument names to values, got {args!r}")
+        if kind == "lr_scheduler" and node.get("interval", "epoch") not in ("epoch", "step"):
+            raise self.error(f"{key}.interval", f'must be "epoch" or "step", got {node["interval"]!r}')
+        if kind == "optimizer":
+            self._check_param_groups(node.get("param_groups") or [])
+        building.check_arguments(self, key, resolve_type(key, node["type"], self.source, self.trusted), args)
+
+    def _check_param_groups(self, groups: Any) -> None:
+        if not isinstance(groups, list):
+            raise self.error("optimizer.param_groups", "must be a list of {params: prefix or [prefixes], ...}")
+        for index, group in enumerate(groups):
+            if not isinstance(group, dict) or "params" not in group:
+                raise self.error(f"optimizer.param_groups.{index}", 'needs "params": a parameter-name prefix or a list of them')
+
+    def _check_monitor(self) -> None:
+        _, metric = self.monitor()
+        if metric is None:
+            return
+        produced = ["loss", *self.metric_names]
+        produced += [f"val_{name}" for name in produced]
+        # A metric returning a mapping logs <name>_<key>: such names are checked on the pre-flight batch.
+        if metric not in produced and not any(metric.startswith(f"{name}_") for name in produced):
+            raise self.error("trainer.monitor", f"the run does not produce {metric!r}{closest(metric, produced)}; it logs {produced}")

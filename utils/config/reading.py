@@ -1,0 +1,105 @@
+"""Reading a config file: JSON, or YAML with YAML 1.2 scalars, as plain data only.
+
+A config is trusted like code (it names classes to import), yet it is read with ``json.loads`` /
+a ``yaml.SafeLoader`` and nothing else, and whatever is not plain data (a YAML timestamp, set or
+binary tag, a NaN, a non-string key) is refused with the key path, before anything is built.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from utils.errors import UserError
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` with YAML 1.2 scalars, so that values mean what they look like.
+
+    Plain YAML 1.1 reads ``off``/``no``/``yes`` as booleans (``monitor: off`` would be False),
+    ``1e-3`` as a string, ``1:30`` as 90 and ``2024-01-01`` as a date; here only ``true``/``false``
+    are booleans, ``1e-3`` is a float, and the rest stay strings.
+    """
+
+
+_REPLACED = {f"tag:yaml.org,2002:{name}" for name in ("bool", "int", "float", "timestamp")}
+ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in _REPLACED]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"), list("-+0123456789")
+)
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9][0-9_]*(?:\.[0-9_]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text with :class:`ConfigLoader` (safe: plain data only)."""
+    return yaml.load(text, Loader=ConfigLoader)  # ConfigLoader is a SafeLoader: plain data only
+
+
+def plain_data_problem(value: Any, path: str = "") -> tuple[str, str] | None:
+    """``(key path, problem)`` for the first value that is not plain config data, or None.
+
+    Plain data is mappings with string keys, lists, strings, booleans, integers, finite-or-infinite
+    floats (never NaN) and null.
+    """
+    where = path or "(top level)"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return where, f"keys must be strings, got {type(key).__name__} {key!r}; quote it"
+            found = plain_data_problem(item, f"{path}.{key}" if path else key)
+            if found:
+                return found
+        return None
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            found = plain_data_problem(item, f"{path}.{index}" if path else str(index))
+            if found:
+                return found
+        return None
+    if isinstance(value, float) and math.isnan(value):
+        return where, "NaN is not a usable value; write a number"
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return None
+    return where, f"{type(value).__name__} values are not plain data (YAML tags such as !!timestamp, !!set or !!binary); write a string, number, list or mapping"
+
+
+def read_config_file(path: str | Path) -> dict:
+    """Read a ``.json``, ``.yaml`` or ``.yml`` config as plain data."""
+    path = Path(path)
+    if path.suffix not in (".json", ".yaml", ".yml"):
+        raise UserError(f"{path}: a config must be a .json, .yaml or .yml file")
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UserError(f"{path}: config file not found; pass an existing file with -c") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a text file (it is not UTF-8); pass a .json or .yaml config with -c") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read config file ({exc.strerror}); pass a readable file with -c") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else load_yaml(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}; fix the syntax there") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        problem = str(getattr(exc, "problem", None) or exc).splitlines()[0]
+        raise UserError(f"{path}: invalid YAML{where}: {problem}; fix the syntax there") from None
+    except RecursionError:
+        raise UserError(f"{path}: nested too deeply to be a config") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: the top level of a config must be a mapping of keys (name, arch, data_loader, ...)")
+    return data

@@ -1,0 +1,101 @@
+"""What a config may contain: the top-level keys, object nodes, and where names are looked up.
+
+The ``trainer.*`` keys are declared with the engine's typed settings (``base/settings.py``); the
+top-level keys below use the same :class:`Setting` record, so every key's type, default, doc and
+check live together in one declaration.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from base.settings import SETTINGS as TRAINER_SCHEMA
+from base.settings import Setting
+
+NoneType = type(None)
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Any = _Required()
+
+
+def _folder_name(value: str) -> str | None:
+    if not value or value in (".", "..") or "/" in value or "\\" in value or not value.isprintable():
+        return f"{value!r} is not a folder name; use letters, digits, '-', '_' or '.'"
+    return None
+
+
+SCHEMA: dict[str, Setting] = {
+    "name": Setting((str,), "experiment", "Experiment name; runs go to `<save_dir>/<name>/<run_id>/`.", _folder_name),
+    "seed": Setting((int,), 0, "Seeds Python, NumPy and torch once; epoch e's data order depends only on seed and e."),
+    "device": Setting((str,), "auto", '`"auto"` (CUDA, then MPS, then CPU), `"cpu"`, `"cuda"`, `"cuda:1"`, `"mps"`.'),
+    "arch": Setting((dict,), REQUIRED, "The model: `{type, args}`, looked up in `model/`, then `torch.nn`."),
+    "data_loader": Setting((dict,), REQUIRED, "The training data loader: `{type, args}`, looked up in `data_loader/`."),
+    "loss": Setting((str, dict), REQUIRED, "A function name from `model/loss.py`, or `{type, args}` (`model/loss.py`, then `torch.nn`)."),
+    "metrics": Setting(
+        (list,), [], "Metric functions from `model/metric.py` or torchmetrics classes: names, or `{type, args, name}`."
+    ),
+    "optimizer": Setting((dict,), REQUIRED, "`{type, args, param_groups}` from `torch.optim`; gets trainable parameters only."),
+    "lr_scheduler": Setting((dict, NoneType), None, "`{type, args, interval}` from `torch.optim.lr_scheduler`, or null."),
+    "trainer": Setting((dict,), {}, "Training-loop settings, see the `trainer.*` keys."),
+}
+
+LEGACY_KEYS = {
+    "n_gpu": "n_gpu is not used here: set device (auto picks the GPU) and launch with torchrun --nproc_per_node=N for N GPUs "
+    "(-d 0,1 picks which); the value was ignored",
+}
+"""Keys of victoresque/pytorch-template configs that are accepted with a one-line note."""
+
+OBJECT_KEYS = {
+    "arch": {"type", "args"},
+    "data_loader": {"type", "args"},
+    "loss": {"type", "args"},
+    "optimizer": {"type", "args", "param_groups"},
+    "lr_scheduler": {"type", "args", "interval"},
+    "metrics": {"type", "args", "name"},
+}
+
+OBJECT_KEY_DOCS = {
+    "type": "every object node; required. A class or function name looked up in the modules listed below, "
+    'or a full path `"package.module:Name"`.',
+    "args": "every object node; default `{}`. Keyword arguments for `type`; unknown names are errors.",
+    "param_groups": 'optimizer only; default `[]`. `[{"params": "prefix" or ["prefixes"], "lr": ..., ...}]`: '
+    "parameters whose names start with a prefix get their own group and settings; the rest use `args`.",
+    "interval": 'lr_scheduler only; default `"epoch"`. `"step"` steps the scheduler after every optimizer step.',
+    "name": "metrics entries only; default the function or class name. The name the metric is logged under.",
+}
+
+NAMESPACES = {
+    "arch": ("model", "torch.nn"),
+    "data_loader": ("data_loader",),
+    "loss": ("model.loss", "torch.nn"),
+    "metrics": ("model.metric", "torchmetrics", "torchmetrics.classification", "torchmetrics.regression"),
+    "optimizer": ("torch.optim",),
+    "lr_scheduler": ("torch.optim.lr_scheduler",),
+}
+
+
+def with_defaults(data: dict) -> dict:
+    """A deep copy of ``data`` with every documented key filled in."""
+    data = copy.deepcopy(data)
+    for key, spec in SCHEMA.items():
+        if key not in data and spec.default is not REQUIRED:
+            data[key] = copy.deepcopy(spec.default)
+    if isinstance(data.get("trainer"), dict):
+        for key, spec in TRAINER_SCHEMA.items():
+            data["trainer"].setdefault(key, copy.deepcopy(spec.default))
+    return data
+
+
+def metric_name(entry: str | dict) -> str:
+    """The name a metric is logged under: its ``name``, else its function or class name."""
+    name = entry if isinstance(entry, str) else entry.get("name") or entry["type"]
+    return name.rpartition(":")[2]
+
+
+__all__ = ["LEGACY_KEYS", "NAMESPACES", "OBJECT_KEYS", "OBJECT_KEY_DOCS", "REQUIRED", "SCHEMA", "TRAINER_SCHEMA", "metric_name", "with_defaults"]

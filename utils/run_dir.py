@@ -1,0 +1,109 @@
+"""One process per run directory: created exclusively, locked while a run uses it.
+
+A new run's directory is made with one ``mkdir`` that fails if it exists (no check-then-create
+race). Whoever trains in a run directory holds an exclusive ``fcntl.flock`` on its ``.lock``
+file, which names the process; the lock goes away with the process, however it ends. A second
+``train.py`` on the same directory (the same ``--run-id``, or resuming a run that is still
+running) stops with "... is in use by process N". Filesystem trouble (a read-only or
+non-folder ``save_dir``, a name too long) is a one-line :class:`UserError`.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import shutil
+from pathlib import Path
+
+from utils.errors import UserError
+
+LOCK_FILE = ".lock"
+
+
+def filesystem_error(key: str, path: Path, exc: OSError, fix: str) -> UserError:
+    """An OSError on ``path`` as one line naming the config key or flag to change."""
+    if exc.errno == errno.ENAMETOOLONG:
+        problem = "the name is too long for the filesystem"
+    elif exc.errno in (errno.ENOTDIR, errno.EEXIST) and not path.is_dir():
+        blocker = next((p for p in [path, *path.parents] if p.exists() and not p.is_dir()), path)
+        problem = f"{blocker} is a file, not a folder"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        problem = "no permission to write there" if exc.errno != errno.EROFS else "the filesystem is read-only"
+    elif exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        problem = "the disk is full"
+    else:
+        problem = exc.strerror or str(exc)
+    return UserError(f"{key}: cannot write {path} ({problem}); {fix}")
+
+
+class RunDirectory:
+    """A claimed run directory; :meth:`release` (or the process's end) gives it up."""
+
+    def __init__(self, path: Path, created: bool, made: list[Path]):
+        self.path = path
+        self.created = created
+        self._made = made  # folders this claim created, outermost first
+        self._lock: int | None = None
+
+    @classmethod
+    def create(cls, path: Path) -> RunDirectory:
+        """Make a new run directory (and missing parents) and lock it; it must not exist."""
+        path = Path(path)
+        made = [folder for folder in reversed([path, *path.parents]) if not folder.exists()]
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.mkdir(path)
+        except FileExistsError:
+            if path.is_dir():
+                raise UserError(
+                    f"--run-id: {path} already exists; choose another --run-id, or resume it with -r {path}/checkpoints/last.pth"
+                ) from None
+            raise filesystem_error("trainer.save_dir", path, FileExistsError(errno.EEXIST, "exists"), "choose another trainer.save_dir") from None
+        except OSError as exc:
+            raise filesystem_error("trainer.save_dir", path, exc, "choose a writable trainer.save_dir (or a shorter name)") from None
+        claim = cls(path, True, made)
+        claim._take_lock()
+        return claim
+
+    @classmethod
+    def open(cls, path: Path) -> RunDirectory:
+        """Lock an existing run directory (to resume the run in it)."""
+        claim = cls(Path(path), False, [])
+        claim._take_lock()
+        return claim
+
+    def _take_lock(self) -> None:
+        lock = self.path / LOCK_FILE
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            if self.created:
+                self.discard()
+            raise filesystem_error("run directory", self.path, exc, "make the run directory writable to train in it") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise UserError(f"{self.path}: this run directory is in use by process {holder}; wait for it to end, or stop it first") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock = fd
+
+    def release(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)  # closing the descriptor drops the flock
+            self._lock = None
+
+    def discard(self) -> None:
+        """Delete the directory if this claim created it (a new run that trained nothing), and the
+        parents it created when they are left empty."""
+        self.release()
+        if not self.created:
+            return
+        shutil.rmtree(self.path, ignore_errors=True)
+        for folder in reversed(self._made[:-1]):
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        self.created = False
