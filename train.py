@@ -112,10 +112,10 @@ class Session:
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.benchmark = False
         self.trainer = trainer = build_trainer(config, device, checkpoint, mode, args.resume)
+        if config.settings.preflight:
+            run_preflight(trainer)  # before the resume: it must see no restored position, and changes nothing
         if mode == "resume":
             trainer.resume(checkpoint)
-        if config.settings.preflight:
-            run_preflight(trainer)
         if distributed.any_process(STOP.requested):
             return None
         run_dir = self.claim_run_dir(config, args, mode)
@@ -287,6 +287,8 @@ def log_header(config: Config, run_dir: Path, device: torch.device, trainer: Tra
 def _size(loader) -> str:
     if loader is None:
         return "no"
+    if isinstance(getattr(loader, "num_samples", None), int):  # streams know their size from their shard index
+        return f"{loader.num_samples:,}"
     dataset = getattr(loader, "base_dataset", None) or getattr(loader, "dataset", None) or getattr(getattr(loader, "loader", None), "dataset", None)
     try:
         return f"{len(dataset):,}"
