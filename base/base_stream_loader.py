@@ -1,0 +1,541 @@
+"""BaseStreamLoader: data that does not fit in memory, read shard by shard, with exact mid-epoch resume
+on any number of processes and DataLoader workers.
+
+You say how one shard file becomes samples (``read_shard(self, path)``, or ``reader=``); the
+template owns the rest:
+
+- **order**: pass ``p`` reads the shards in an order shuffled by ``(seed, p)``; an optional
+  shuffle buffer per stream is seeded by ``(seed, p, rank, stream)``;
+- **assignment**: each rank reads a contiguous share of the pass, each worker (a *stream*) a
+  block of whole batches of it, collated in the worker (``base/stream_plan.py``);
+- **equal epochs under DDP**: every rank takes the same number of batches; what that leaves
+  out (the tail: fewer samples than processes, or the partial batches with ``drop_last``) is
+  logged, and no sample is read twice in a pass;
+- **position**: a worker tags each batch with its stream; the main process hands batches to the
+  Trainer in a fixed round-robin order and counts, per stream, the samples of the batches it
+  handed over (not those prefetched). ``state_dict()`` saves those counts; after
+  ``load_state_dict(state, mid_epoch=True)`` each stream starts where it stopped, so the resumed
+  run sees exactly the batches the uninterrupted one would have;
+- **randomness in read_shard or collate_fn** (augmentation) is seeded per batch by
+  ``(seed, pass, rank, stream, batch)``, so it repeats on resume too (in the main process the
+  global generators are put back after each batch);
+- **sample counts** come from an ``index.json`` beside the shards (``base/shard_index.py``).
+
+Evaluation loaders (``training=False``, and ``split_validation()``) read the shards in sorted
+order, each rank its contiguous share, nothing padded or dropped. See docs/streaming.md.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import inspect
+import json
+import math
+import random
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data.dataloader import default_collate
+
+from base.shard_index import INDEX_NAME, shard_counts
+from base.stream_plan import (
+    RankPlan,
+    StreamPlan,
+    batches_per_rank,
+    evaluation_plan,
+    mix,
+    next_stream,
+    prediction_plan,
+    shard_order,
+    taken_after,
+    training_plan,
+)
+from logger.logger import get_logger
+from utils import distributed
+from utils.errors import UserError
+from utils.seed import get_rng_state, set_rng_state
+
+ShardSpec = str | Path | Sequence[str | Path]
+_END = object()
+
+
+@dataclass
+class Shards:
+    """The shard files (sorted) and their sample counts: what ``len(loader.dataset)`` counts."""
+
+    paths: list[Path]
+    counts: list[int]
+
+    def __len__(self) -> int:
+        return sum(self.counts)
+
+
+@dataclass
+class _Position:
+    """Samples each stream of pass ``pass_index`` has handed to the Trainer."""
+
+    pass_index: int
+    samples: list[int]
+
+
+class BaseStreamLoader:
+    """Base class for sharded streams; subclasses define ``read_shard`` and call ``super().__init__``.
+
+    Args:
+        shards: a folder (every file in it but hidden ones and ``index.json``), a glob pattern, or a
+            list of files. Shards are numbered in sorted path order.
+        batch_size: samples per batch **per process**.
+        shuffle: shuffle the shard order each pass (and use the shuffle buffer).
+        num_workers: DataLoader worker processes; each reads and collates its own stream.
+        training: False builds an evaluation loader: sorted order, no shuffle, nothing dropped.
+        shuffle_buffer: samples held in each stream's seeded shuffle buffer (0: none). A resume
+            re-reads the stream's part of the pass up to its position to rebuild the buffer.
+        drop_last: each rank drops its partial last batch (then every batch is full).
+        validation_shards: shards of the validation loader (``split_validation()``).
+        validation_split: or hold out this many of ``shards`` for validation, chosen by ``split_seed``.
+        split_seed: seed of that choice; the run seed never touches it.
+        collate_fn: how a list of samples becomes a batch (runs in the worker).
+        reader: ``reader(path)`` yielding a shard's samples, instead of a ``read_shard`` method.
+        counter: ``counter(path)`` giving a shard's sample count faster than reading it.
+        shard: ``(rank, world_size)`` to read as, instead of torch.distributed's (tests, tools).
+    """
+
+    def __init__(
+        self,
+        shards: ShardSpec,
+        batch_size: int,
+        shuffle: bool = True,
+        num_workers: int = 0,
+        training: bool = True,
+        shuffle_buffer: int = 0,
+        drop_last: bool = False,
+        validation_shards: ShardSpec | None = None,
+        validation_split: int = 0,
+        split_seed: int = 0,
+        collate_fn: Callable = default_collate,
+        reader: Callable[..., Any] | None = None,
+        counter: Callable[[Path], int] | None = None,
+        shard: tuple[int, int] | None = None,
+    ):
+        _check_count("batch_size", batch_size, 1)
+        _check_count("num_workers", num_workers, 0)
+        _check_count("shuffle_buffer", shuffle_buffer, 0)
+        _check_count("validation_split", validation_split, 0)
+        if reader is None and type(self).read_shard is BaseStreamLoader.read_shard:
+            raise UserError(f"data_loader.type: {type(self).__name__} must define read_shard(self, path), or be given reader=")
+        self.batch_size, self.num_workers, self.training = batch_size, num_workers, training
+        self.shuffle, self.drop_last = shuffle and training, drop_last and training
+        self.shuffle_buffer = shuffle_buffer if self.shuffle else 0
+        self.collate_fn = collate_fn
+        self._read = reader or self.read_shard
+        self._count = counter or self.count_samples
+        self._shard_arg = shard
+        self.rank, self.world = shard if shard is not None else (distributed.rank(), distributed.world_size())
+        if not 0 <= self.rank < self.world:
+            raise UserError(f"data_loader: shard {shard!r} is not (rank, world_size) with 0 <= rank < world_size")
+        paths = list_shards(shards)
+        valid = list_shards(validation_shards) if validation_shards is not None else []
+        if validation_split:
+            paths, valid = _hold_out(paths, validation_split, split_seed, bool(valid))
+        self.valid_shards = valid if training else []
+        self.dataset = Shards(paths, shard_counts(paths, self._count, _reader_name(self._read)))
+        self.seed = 0
+        self.batches_per_epoch = 0
+        self._len_epoch: int | None = None
+        self._overfit = 0
+        self._position: _Position | None = None
+        self._restored: _Position | None = None
+
+    # -- what a subclass supplies -----------------------------------------------------------------
+
+    def read_shard(self, path: Path) -> Iterator[Any]:
+        """The samples of one shard file, in order. Accept a ``start`` argument to skip to a sample cheaply."""
+        raise NotImplementedError
+
+    def count_samples(self, path: Path) -> int:
+        """A shard's sample count (for ``index.json``): by reading it, unless a subclass knows a faster way."""
+        return sum(1 for _ in self._read(path))
+
+    # -- sizes ------------------------------------------------------------------------------------
+
+    @property
+    def base_dataset(self) -> Shards:
+        return self.dataset
+
+    @property
+    def num_samples(self) -> int:
+        """Samples in the shards (training: per pass, before the tail is left out)."""
+        return len(self.dataset)
+
+    @property
+    def streams(self) -> int:
+        """Streams per process: one per worker, or one read in the main process."""
+        return max(1, self.num_workers)
+
+    def batches_per_pass(self) -> int:
+        if not self.training:
+            return self._evaluation_plan().batches
+        return batches_per_rank(self.num_samples, self.world, self.batch_size, self.drop_last)
+
+    def __len__(self) -> int:
+        return self.batches_per_pass()
+
+    # -- the epoch protocol (base/epochs.py) ---------------------------------------------------------
+
+    def set_seed(self, seed: int) -> None:
+        """The run seed: pass ``p``'s shard order depends on ``(seed, p)`` alone."""
+        self.seed = seed
+
+    def plan_epochs(self, device: torch.device, len_epoch: int | None = None, overfit_batches: int = 0, limit_batches: int = 0) -> None:
+        """Say what an epoch is: one pass, ``len_epoch`` batches of endless passes, or the first
+        ``overfit_batches`` batches of an unshuffled pass; at most ``limit_batches``."""
+        self._len_epoch, self._overfit = len_epoch, overfit_batches
+        per_pass = self.batches_per_pass()
+        if not self.training:
+            self.batches_per_epoch = min(per_pass, limit_batches) if limit_batches else per_pass
+            return
+        if per_pass < 1:
+            raise UserError(
+                f"data_loader.args.batch_size: {self.num_samples} training samples over {self.world} process(es) give no batch of "
+                f"{self.batch_size} per process; lower batch_size, turn off drop_last, or use fewer processes"
+            )
+        count = min(overfit_batches, per_pass) if overfit_batches else (len_epoch or per_pass)
+        self.batches_per_epoch = min(count, limit_batches) if limit_batches else count
+        plan = self._training_plan(0)
+        get_logger().info(
+            "stream: %s training samples in %d shards; per process %d batches of %d per pass from %d stream(s); "
+            "%d sample(s) per pass left out at the tail so that every process takes the same number of batches",
+            f"{self.num_samples:,}",
+            len(self.dataset.paths),
+            per_pass,
+            self.batch_size,
+            self.streams,
+            plan.tail,
+        )
+
+    def epoch_batches(self, epoch: int, start: int = 0) -> Iterator[Any]:
+        """Batches ``start..batches_per_epoch`` of ``epoch`` (1-based) on this rank. ``start`` 0 is
+        a fresh epoch; a later start continues the position restored by ``load_state_dict``."""
+        restored, self._restored = self._restored, None
+        if not self.training:
+            return islice(self, start, self.batches_per_epoch)
+        return self._training_batches(epoch, start, restored if start else None)
+
+    def state_dict(self) -> dict:
+        """The streams' positions in the current pass, and what a mid-epoch resume must match."""
+        position = self._position or _Position(0, [0] * self.streams)
+        return {
+            "batch_size": self.batch_size,
+            "world_size": self.world,
+            "num_workers": self.num_workers,
+            "shuffle_buffer": self.shuffle_buffer,
+            "drop_last": self.drop_last,
+            "data": self._digest(),
+            "pass": position.pass_index,
+            "positions": list(position.samples),
+        }
+
+    def load_state_dict(self, state: dict, mid_epoch: bool) -> None:
+        """Restore the streams' positions (mid-epoch); an epoch-end checkpoint resumes with any set-up."""
+        self._restored = None
+        if not mid_epoch:
+            return
+        if not isinstance(state, dict) or "positions" not in state:
+            raise UserError(
+                "data_loader: the checkpoint was written mid-epoch by another kind of data loader; "
+                "resume with the run's data loader, or from an epoch-end checkpoint (epoch-N.pth)"
+            )
+        self._check_same(state)
+        self._restored = _Position(int(state["pass"]), [int(n) for n in state["positions"]])
+
+    def split_validation(self) -> BaseStreamLoader | None:
+        """The validation loader over the validation shards (evaluation order), or None without them."""
+        if not self.valid_shards:
+            return None
+        return BaseStreamLoader(
+            self.valid_shards,
+            self.batch_size,
+            num_workers=self.num_workers,
+            training=False,
+            collate_fn=self.collate_fn,
+            reader=self._read,
+            counter=self._count,
+            shard=self._shard_arg,
+        )
+
+    def __iter__(self) -> Iterator[Any]:
+        """One pass of plain batches: an evaluation loader's share, or a training loader's first pass."""
+        if self.training:
+            plan, seed = self._training_plan(0), self._pass_seed(0)
+            return (batch for _, _, batch in self._ordered(plan, [0] * self.streams, seed, self.shuffle_buffer))
+        return (batch for _, _, batch in self._ordered(self._evaluation_plan(), [0] * self.streams, self._pass_seed(0), 0))
+
+    def prediction_batches(self, rank: int, world: int) -> Iterator[tuple[torch.Tensor, Any]]:
+        """``(global sample indices, batch)`` for rank ``rank`` of ``world``: batches ``[rank*m, (rank+1)*m)``
+        of the one-process batching of the shards in sorted order. With workers the batches come
+        interleaved across streams; the indices (int64) say where each belongs."""
+        plan = prediction_plan(self.dataset.counts, rank, world, self.batch_size, self.streams)
+        for stream, index, batch in self._ordered(plan, [0] * self.streams, mix(self.seed, 0, rank), 0):
+            block = plan.streams[stream]
+            first = block.first + index * self.batch_size
+            yield torch.arange(first, min(first + self.batch_size, block.first + block.samples), dtype=torch.int64), batch
+
+    # -- training passes --------------------------------------------------------------------------
+
+    def _training_plan(self, pass_index: int) -> RankPlan:
+        order = shard_order(len(self.dataset.counts), self.seed, pass_index, self.shuffle and not self._overfit)
+        return training_plan(self.dataset.counts, order, self.rank, self.world, self.batch_size, self.streams, self.drop_last)
+
+    def _evaluation_plan(self) -> RankPlan:
+        return evaluation_plan(self.dataset.counts, self.rank, self.world, self.batch_size, self.streams)
+
+    def _pass_seed(self, pass_index: int) -> int:
+        return mix(self.seed, pass_index, self.rank)
+
+    def _training_batches(self, epoch: int, start: int, restored: _Position | None) -> Iterator[Any]:
+        per_pass = self.batches_per_pass()
+        if self._len_epoch and not self._overfit:
+            position = (epoch - 1) * self._len_epoch + start
+        else:
+            position = (0 if self._overfit else epoch - 1) * per_pass + start
+        remaining = self.batches_per_epoch - start
+        while remaining > 0:
+            pass_index, offset = divmod(position, per_pass)
+            for batch in islice(self._pass(pass_index, offset, restored), min(remaining, per_pass - offset)):
+                yield batch
+                remaining -= 1
+                position += 1
+            restored = None
+
+    def _pass(self, pass_index: int, offset: int, restored: _Position | None) -> Iterator[Any]:
+        """Pass ``pass_index`` from its batch ``offset``, each stream from its position."""
+        plan = self._training_plan(pass_index)
+        totals = [stream.batches for stream in plan.streams]
+        samples = [min(n * self.batch_size, s.samples) for n, s in zip(taken_after(offset, totals), plan.streams)]
+        if restored is not None:
+            self._check_restored(restored, pass_index, samples, plan)
+        self._position = position = _Position(pass_index, samples)
+        for _, _, batch in self._ordered(plan, position.samples, self._pass_seed(pass_index), self.shuffle_buffer):
+            yield batch
+
+    def _ordered(self, plan: RankPlan, samples: list[int], seed: int, buffer: int) -> Iterator[tuple[int, int, Any]]:
+        """``(stream, batch index in stream, batch)`` in :func:`next_stream` order, from the positions
+        ``samples``, which advance (in place) as each batch is handed over, never when prefetched."""
+        totals = [stream.batches for stream in plan.streams]
+        taken = [math.ceil(n / self.batch_size) for n in samples]
+        if next_stream(taken, totals) is None:
+            return
+        tagged = self._tagged(plan.streams, list(samples), seed, buffer)
+        pending: list[deque] = [deque() for _ in totals]
+        while (stream := next_stream(taken, totals)) is not None:
+            while not pending[stream]:
+                source, size, batch = next(tagged, (None, 0, None))
+                if source is None:
+                    raise RuntimeError(f"stream {stream} ended before its {totals[stream]} planned batches")
+                if size < 0:
+                    raise UserError(batch)
+                pending[source].append((size, batch))
+            size, batch = pending[stream].popleft()
+            samples[stream] += size
+            taken[stream] += 1
+            yield stream, taken[stream] - 1, batch
+
+    def _tagged(self, streams: tuple[StreamPlan, ...], starts: list[int], seed: int, buffer: int) -> Iterator[tuple[int, int, Any]]:
+        """``(stream, samples, batch)`` as the workers (or the main process) produce them."""
+        accepts_start = "start" in inspect.signature(self._read).parameters
+        source = _StreamPass(self._read, accepts_start, self.dataset, streams, starts, self.batch_size, self.collate_fn, buffer, seed)
+        if self.num_workers == 0:
+            return iter(source)
+        loader = DataLoader(
+            source,
+            batch_size=None,
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            generator=torch.Generator().manual_seed(seed),  # worker seeds never draw from the global generator
+        )
+        return iter(loader)
+
+    # -- resume checks ------------------------------------------------------------------------------
+
+    def _digest(self) -> str:
+        """Names and sample counts of the shards: a resume mid-pass needs the same data."""
+        listing = [[path.name, count] for path, count in zip(self.dataset.paths, self.dataset.counts)]
+        return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
+
+    def _check_same(self, state: dict) -> None:
+        fix = "or from an epoch-end checkpoint (epoch-N.pth)"
+        for key, mine in (("batch_size", self.batch_size), ("shuffle_buffer", self.shuffle_buffer), ("drop_last", self.drop_last)):
+            if state.get(key) != mine:
+                raise UserError(
+                    f"data_loader.args.{key}: the checkpoint was written mid-epoch with {key} {state.get(key)}, this run has {mine}; "
+                    f"resume with data_loader.args.{key}={json.dumps(state.get(key))}, {fix}"
+                )
+        saved_workers = state.get("num_workers")
+        if not isinstance(saved_workers, int) or max(1, saved_workers) != self.streams:
+            raise UserError(
+                f"data_loader.args.num_workers: the checkpoint was written mid-epoch with num_workers {saved_workers}, this run has "
+                f"{self.num_workers} (each worker reads its own stream); resume with data_loader.args.num_workers={saved_workers}, {fix}"
+            )
+        if state.get("world_size") != self.world:
+            raise UserError(
+                f"data_loader: the checkpoint was written mid-epoch by {state.get('world_size')} process(es), this run has {self.world}; "
+                f"resume with torchrun --nproc_per_node={state.get('world_size')}, {fix}"
+            )
+        if state.get("data") != self._digest():
+            raise UserError(f"data_loader: the shards are not those the checkpoint was written with; resume with the same shards, {fix}")
+
+    def _check_restored(self, restored: _Position, pass_index: int, samples: list[int], plan: RankPlan) -> None:
+        """The saved positions must be where the Trainer's batch count says the streams are."""
+        if (restored.pass_index, restored.samples) == (pass_index, samples):
+            return
+        whole = [stream.samples for stream in plan.streams]
+        if (restored.pass_index, restored.samples) == (pass_index - 1, whole) and not any(samples):
+            return  # the checkpoint fell on the boundary between two passes
+        raise UserError(
+            f"data_loader: the checkpoint's stream positions (pass {restored.pass_index}, samples {restored.samples}) are not where "
+            f"this run's epoch plan continues (pass {pass_index}, samples {samples}); resume with the run's trainer.len_epoch and "
+            f"trainer.limit_batches, or from an epoch-end checkpoint (epoch-N.pth)"
+        )
+
+
+class _StreamPass(IterableDataset):
+    """One pass's streams as the DataLoader workers read them: worker ``w`` reads stream ``w`` from
+    its start, collates its batches and yields ``(stream, samples, batch)``; without workers the
+    main process reads stream 0. A user error inside a worker comes back as ``(stream, -1, message)``,
+    so the main process can report it in one line."""
+
+    def __init__(self, read, accepts_start, shards, streams, starts, batch_size, collate_fn, buffer, seed):
+        self.read, self.accepts_start, self.shards = read, accepts_start, shards
+        self.streams, self.starts = streams, starts
+        self.batch_size, self.collate_fn, self.buffer, self.seed = batch_size, collate_fn, buffer, seed
+
+    def __iter__(self) -> Iterator[tuple[int, int, Any]]:
+        info = get_worker_info()
+        stream = info.id if info is not None else 0
+        try:
+            yield from self._batches(stream, in_worker=info is not None)
+        except UserError as exc:
+            yield stream, -1, str(exc)
+
+    def _batches(self, stream: int, in_worker: bool) -> Iterator[tuple[int, int, Any]]:
+        plan, start, size = self.streams[stream], self.starts[stream], self.batch_size
+        if start >= plan.samples:
+            return
+        first = start // size
+        if self.buffer:
+            samples = _shuffled(self._samples(plan, 0), self.buffer, random.Random(mix(self.seed, stream)))
+            for index in range(first):  # rebuild the buffer as the uninterrupted run left it
+                with _batch_seed(mix(self.seed, stream, index), keep_global=not in_worker):
+                    for _ in islice(samples, size):
+                        pass
+        else:
+            samples = self._samples(plan, start)
+        for index in range(first, plan.batches):
+            with _batch_seed(mix(self.seed, stream, index), keep_global=not in_worker):
+                items = list(islice(samples, min(size, plan.samples - index * size)))
+                batch = self.collate_fn(items)
+            yield stream, len(items), batch
+
+    def _samples(self, plan: StreamPlan, skip: int) -> Iterator[Any]:
+        """The stream's samples after its first ``skip``, checked against the index's counts."""
+        for piece in plan.pieces:
+            if skip >= piece.stop - piece.start:
+                skip -= piece.stop - piece.start
+                continue
+            start, skip = piece.start + skip, 0
+            path = self.shards.paths[piece.shard]
+            source = iter(self.read(path, start=start) if self.accepts_start else islice(self.read(path), start, None))
+            wanted, got = piece.stop - start, 0
+            for sample in islice(source, wanted):
+                got += 1
+                yield sample
+            to_end = piece.stop == self.shards.counts[piece.shard]
+            if got < wanted or (to_end and next(source, _END) is not _END):
+                raise UserError(
+                    f"data_loader: {path} gave {'fewer' if got < wanted else 'more'} samples than its {INDEX_NAME} records "
+                    f"({self.shards.counts[piece.shard]}); if read_shard changed what it yields, delete {path.parent / INDEX_NAME}"
+                )
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
+
+
+def _shuffled(samples: Iterator[Any], size: int, rng: random.Random) -> Iterator[Any]:
+    """A shuffle buffer: each sample leaves at a random time within ``size`` samples."""
+    buffer: list = []
+    for sample in samples:
+        if len(buffer) < size:
+            buffer.append(sample)
+            continue
+        slot = rng.randrange(size)
+        yield buffer[slot]
+        buffer[slot] = sample
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+@contextmanager
+def _batch_seed(seed: int, keep_global: bool):
+    """Seed Python, NumPy and torch for one batch's reading and collating; in the main process
+    (``keep_global``) the training's own generators are put back afterwards."""
+    saved = get_rng_state() if keep_global else None
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            set_rng_state(saved)
+
+
+def list_shards(spec: ShardSpec) -> list[Path]:
+    """The shard files ``spec`` names (a folder, a glob pattern, or a list), sorted by path."""
+    if isinstance(spec, (str, Path)):
+        path = Path(spec)
+        if path.is_dir():
+            found = [p for p in path.iterdir() if p.is_file() and not p.name.startswith(".") and p.name != INDEX_NAME]
+        elif any(char in str(spec) for char in "*?["):
+            found = [Path(p) for p in glob.glob(str(spec)) if Path(p).is_file() and Path(p).name != INDEX_NAME]
+        else:
+            found = [path] if path.is_file() else []
+        if not found:
+            raise UserError(f"data_loader: no shard files in {spec}; give a folder of shards, a glob pattern or a list of files")
+        return sorted(found, key=str)
+    found = [Path(p) for p in spec]
+    missing = [str(p) for p in found if not p.is_file()]
+    if missing or not found:
+        raise UserError(f"data_loader: shard file {missing[0] if missing else '(none)'} not found; give existing shard files")
+    return sorted(found, key=str)
+
+
+def _hold_out(paths: list[Path], count: int, seed: int, explicit: bool) -> tuple[list[Path], list[Path]]:
+    """``count`` of ``paths`` for validation, chosen by ``seed``; the rest for training."""
+    if explicit:
+        raise UserError("data_loader.args.validation_split: give validation_shards or validation_split, not both")
+    if not 0 < count < len(paths):
+        raise UserError(f"data_loader.args.validation_split: {count} shards of {len(paths)} leaves no training or no validation shard")
+    held = set(torch.randperm(len(paths), generator=torch.Generator().manual_seed(seed))[:count].tolist())
+    return [p for i, p in enumerate(paths) if i not in held], [p for i, p in enumerate(paths) if i in held]
+
+
+def _reader_name(read: Callable) -> str:
+    """What the index remembers about the reader: another reader may yield other samples."""
+    owner = getattr(read, "__self__", None)
+    if owner is not None:
+        return f"{type(owner).__module__}.{type(owner).__qualname__}.{read.__name__}"
+    return f"{getattr(read, '__module__', '?')}.{getattr(read, '__qualname__', type(read).__name__)}"
+
+
+def _check_count(key: str, value: Any, least: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise UserError(f"data_loader.args.{key}: must be an integer of at least {least}, got {value!r}")

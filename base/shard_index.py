@@ -1,0 +1,84 @@
+"""How many samples each shard holds, counted once and remembered in an ``index.json`` beside the shards.
+
+Every process must know every shard's sample count before the first batch: the plan of a pass
+(``base/stream_plan.py``) is arithmetic on those counts, done alike on every rank. Counting means
+reading a shard to its end, so the counts are cached per folder in ``index.json``, keyed by the
+file's name, size and modification time (a changed file is counted again) and by the reader's
+name (another reader may yield other samples). The file is replaced atomically (processes that
+start together each write the same content); where the folder is not writable, counting happens
+in memory at every start instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from logger.logger import get_logger
+
+INDEX_NAME = "index.json"
+INDEX_FORMAT = 1
+
+
+def shard_counts(paths: Sequence[Path], count: Callable[[Path], int], reader: str) -> list[int]:
+    """The sample count of each of ``paths`` (in their order), from or into each folder's index."""
+    counts: dict[Path, int] = {}
+    folders: dict[Path, list[Path]] = {}
+    for path in paths:
+        folders.setdefault(path.parent, []).append(path)
+    for folder, members in folders.items():
+        counts.update(_folder_counts(folder, members, count, reader))
+    return [counts[path] for path in paths]
+
+
+def _folder_counts(folder: Path, paths: list[Path], count: Callable[[Path], int], reader: str) -> dict[Path, int]:
+    index_path = folder / INDEX_NAME
+    entries = _read_index(index_path, reader)
+    counts, changed = {}, False
+    for path in paths:
+        stat = path.stat()
+        entry = entries.get(path.name)
+        if entry and entry.get("size") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns:
+            counts[path] = int(entry["samples"])
+            continue
+        counts[path] = int(count(path))
+        entries[path.name] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "samples": counts[path]}
+        changed = True
+    if changed:
+        _write_index(index_path, {"format": INDEX_FORMAT, "reader": reader, "shards": entries})
+    return counts
+
+
+def _read_index(path: Path, reader: str) -> dict:
+    """The index's entries, or none if it is missing, unreadable or written for another reader."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("format") != INDEX_FORMAT or data.get("reader") != reader:
+        return {}
+    shards = data.get("shards")
+    return dict(shards) if isinstance(shards, dict) else {}
+
+
+def _write_index(path: Path, data: dict) -> None:
+    """Replace ``path`` atomically; a folder that is not writable keeps no index (a note at debug level)."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        get_logger().debug("shard index not written to %s (%s): counts are kept in memory", path, exc.strerror)
+        return
+    try:
+        with os.fdopen(fd, "w") as file:
+            json.dump(data, file, indent=1, sort_keys=True)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        get_logger().debug("shard index not written to %s (%s): counts are kept in memory", path, exc.strerror)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
