@@ -1,0 +1,406 @@
+"""Sharded streams (issue 21): ``base/base_stream_loader.py``, its plan and index, the digits example.
+
+Fast tests check the plan's promises on many shapes (every sample at most once per pass, equal
+batch counts on every rank, a bounded tail, an order that depends on seed and pass alone), the
+loader's real batches with DataLoader workers, exact resume from ``state_dict``, evaluation and
+prediction shares, the index file, and the digits shards. Slow tests train for real with
+``configs/digits_stream.json`` and 2 workers: interrupted by SIGTERM and SIGKILL (one process) or
+SIGTERM (torchrun, 2 processes) and resumed, the run ends bitwise where an uninterrupted run
+ends, having trained on the same samples in every epoch, none twice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from base import BaseStreamLoader
+from base.shard_index import INDEX_NAME
+from base.stream_plan import next_stream, shard_order, taken_after, training_plan
+from data_loader import DigitsDataLoader, DigitsStreamLoader
+from data_loader.digit_shards import SHARD_WEIGHTS, write_digits_shards
+from utils.errors import UserError
+
+CPU = torch.device("cpu")
+
+
+# -- tiny shards of integer ids ---------------------------------------------------------------------
+
+
+def read_ids(path: Path):
+    """A shard of one id per line."""
+    with open(path) as file:
+        for line in file:
+            yield int(line)
+
+
+def write_id_shards(folder: Path, sizes: list[int]) -> list[int]:
+    """Shards of consecutive ids (shard order = id order), sizes as given; returns all ids."""
+    folder.mkdir(parents=True, exist_ok=True)
+    first = 0
+    for number, size in enumerate(sizes):
+        (folder / f"part-{number:03d}.txt").write_text("".join(f"{first + i}\n" for i in range(size)))
+        first += size
+    return list(range(first))
+
+
+def id_loader(folder: Path, rank: int = 0, world: int = 1, seed: int = 0, **kwargs) -> BaseStreamLoader:
+    kwargs.setdefault("batch_size", 4)
+    loader = BaseStreamLoader(folder, reader=read_ids, shard=(rank, world), **kwargs)
+    loader.set_seed(seed)
+    loader.plan_epochs(CPU)
+    return loader
+
+
+def ids_of(batches) -> list[list[int]]:
+    return [batch.tolist() for batch in batches]
+
+
+# -- the plan ---------------------------------------------------------------------------------------
+
+
+def plan_shapes(count: int = 300):
+    rng = random.Random(21)
+    for _ in range(count):
+        counts = [rng.randint(1, 40) for _ in range(rng.randint(1, 9))]
+        yield counts, rng.randint(1, 5), rng.randint(1, 16), rng.randint(1, 4), rng.random() < 0.3, rng.randint(0, 3)
+
+
+def test_plan_reads_every_sample_at_most_once_with_equal_batches_and_a_bounded_tail():
+    tested = 0
+    for counts, world, batch_size, streams, drop_last, pass_index in plan_shapes():
+        total = sum(counts)
+        if (total // world) // batch_size < 1 and drop_last or total < world:
+            continue  # no batch for some rank: plan_epochs refuses it (tested below)
+        order = shard_order(len(counts), 5, pass_index, True)
+        plans = [training_plan(counts, order, rank, world, batch_size, streams, drop_last) for rank in range(world)]
+        assert len({plan.batches for plan in plans}) == 1, "every rank takes the same number of batches"
+        seen, used = [], []
+        for plan in plans:
+            assert sum(stream.batches for stream in plan.streams) == plan.batches
+            assert max(s.batches for s in plan.streams) - min(s.batches for s in plan.streams) <= 1, "streams balanced"
+            for stream in plan.streams:
+                assert stream.samples == sum(p.stop - p.start for p in stream.pieces)
+                assert math.ceil(stream.samples / batch_size) == stream.batches
+                seen += [(p.shard, i) for p in stream.pieces for i in range(p.start, p.stop)]
+            used.append(sum(stream.samples for stream in plan.streams))
+            partial = [s for s in plan.streams if s.samples % batch_size]
+            assert len(partial) <= 1 and (not partial or partial[0] is [s for s in plan.streams if s.batches][-1]), "only the last batch"
+        assert len(seen) == len(set(seen)), "a sample twice in a pass"
+        assert all(0 <= i < counts[shard] for shard, i in seen)
+        assert plans[0].tail == total - len(seen)
+        assert plans[0].tail < (world * batch_size if drop_last else world), "tail bound"
+        assert max(used) - min(used) <= (batch_size if drop_last else 1), "shares balanced"
+        tested += 1
+    assert tested > 200
+
+
+def test_shard_order_depends_only_on_seed_and_pass():
+    torch.manual_seed(1)
+    first = [shard_order(20, 7, p, True) for p in range(4)]
+    torch.manual_seed(2)
+    random.seed(3)
+    assert [shard_order(20, 7, p, True) for p in range(4)] == first
+    assert len({tuple(order) for order in first}) == 4, "each pass has its own order"
+    assert shard_order(20, 8, 0, True) != first[0]
+    assert shard_order(20, 7, 0, False) == list(range(20))
+
+
+def test_round_robin_order_is_a_function_of_the_batch_count():
+    batches = [4, 4, 3]
+    order, taken = [], [0, 0, 0]
+    while (stream := next_stream(taken, batches)) is not None:
+        order.append(stream)
+        taken[stream] += 1
+    assert order == [0, 1, 2] * 3 + [0, 1]
+    assert [taken_after(k, batches) for k in (0, 4, 11, 50)] == [[0, 0, 0], [2, 1, 1], [4, 4, 3], [4, 4, 3]]
+
+
+# -- the loader's real batches ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_ranks_and_workers_read_disjoint_shares_with_equal_batch_counts(tmp_path, num_workers):
+    every = write_id_shards(tmp_path, [3, 11, 7, 1, 9, 6])  # 37 ids
+    world, seen = 3, []
+    for rank in range(world):
+        loader = id_loader(tmp_path, rank, world, num_workers=num_workers)
+        assert loader.batches_per_epoch == 3  # 12, 12 and 13 ids: 3, 3 and 4 batches of 4; every rank takes 3
+        batches = ids_of(loader.epoch_batches(2, 0))
+        assert len(batches) == 3 and all(len(b) == 4 for b in batches)
+        seen += [i for batch in batches for i in batch]
+    assert len(seen) == len(set(seen)) == len(every) - 1  # one rank's 13th id is the tail
+    again = [
+        i for rank in range(world) for b in ids_of(id_loader(tmp_path, rank, world, num_workers=num_workers).epoch_batches(2, 0)) for i in b
+    ]
+    assert again == seen, "same seed and pass, same batches"
+    other = [
+        i for rank in range(world) for b in ids_of(id_loader(tmp_path, rank, world, num_workers=num_workers).epoch_batches(3, 0)) for i in b
+    ]
+    assert other != seen and len(set(other)) == len(other)
+
+
+def test_training_order_does_not_depend_on_the_global_generators(tmp_path):
+    write_id_shards(tmp_path, [5, 8, 13])
+    torch.manual_seed(0)
+    a = ids_of(id_loader(tmp_path, num_workers=2, shuffle_buffer=6).epoch_batches(1, 0))
+    torch.manual_seed(99)
+    np.random.seed(5)
+    b = ids_of(id_loader(tmp_path, num_workers=2, shuffle_buffer=6).epoch_batches(1, 0))
+    assert a == b and sorted(i for batch in a for i in batch) == list(range(26))
+
+
+@pytest.fixture(scope="module")
+def digits_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("digits") / "shards"
+    write_digits_shards(folder)
+    return folder
+
+
+class NoisyDigits(DigitsStreamLoader):
+    """Random augmentation inside read_shard: a resume must draw the same noise."""
+
+    def read_shard(self, path, start=0):
+        for image, label in super().read_shard(path, start):
+            yield image + 0.1 * torch.randn(image.shape), label
+
+
+def noisy(folder: Path, num_workers: int, shuffle_buffer: int, rank: int = 0, world: int = 1) -> NoisyDigits:
+    loader = NoisyDigits(str(folder), batch_size=32, num_workers=num_workers, shuffle_buffer=shuffle_buffer, shard=(rank, world))
+    loader.set_seed(4)
+    loader.plan_epochs(CPU)
+    return loader
+
+
+def same_batches(a: list, b: list) -> bool:
+    return len(a) == len(b) and all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize(("num_workers", "shuffle_buffer"), [(0, 0), (2, 0), (2, 100)])
+def test_state_dict_resumes_mid_epoch_exactly_and_counts_only_taken_batches(digits_dir, num_workers, shuffle_buffer):
+    uninterrupted = list(noisy(digits_dir, num_workers, shuffle_buffer, 1, 2).epoch_batches(2, 0))
+    assert len(uninterrupted) == 20  # 611 samples per rank, batches of 32
+    loader = noisy(digits_dir, num_workers, shuffle_buffer, 1, 2)
+    batches = loader.epoch_batches(2, 0)
+    taken = [next(batches) for _ in range(7)]
+    state = loader.state_dict()
+    assert sum(state["positions"]) == 7 * 32, "prefetched batches are not counted"
+    del batches
+    resumed = noisy(digits_dir, num_workers, shuffle_buffer, 1, 2)
+    resumed.load_state_dict(json.loads(json.dumps(state)), mid_epoch=True)  # plain data, as a checkpoint holds it
+    assert same_batches(taken + list(resumed.epoch_batches(2, 7)), uninterrupted)
+
+
+def test_an_epoch_starts_fresh_whatever_came_before(digits_dir):
+    """The pre-flight takes one batch before a resume; a later fresh epoch is unaffected by it."""
+    loader = noisy(digits_dir, 2, 0)
+    next(iter(loader.epoch_batches(1, 0)))
+    assert same_batches(list(loader.epoch_batches(1, 0)), list(noisy(digits_dir, 2, 0).epoch_batches(1, 0)))
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        ({"num_workers": 0}, "data_loader.args.num_workers"),
+        ({"batch_size": 16}, "data_loader.args.batch_size"),
+        ({"shuffle_buffer": 8}, "data_loader.args.shuffle_buffer"),
+        ({"world": 3}, "torchrun --nproc_per_node=2"),
+    ],
+)
+def test_a_mid_epoch_state_from_another_set_up_is_one_line_naming_the_key(tmp_path, change, key):
+    write_id_shards(tmp_path, [10, 20, 30])
+    loader = id_loader(tmp_path, 0, 2, num_workers=2)
+    next(iter(loader.epoch_batches(1, 0)))
+    state = loader.state_dict()
+    world = change.pop("world", 2)
+    other = id_loader(tmp_path, 0, world, **{"num_workers": 2, **change})
+    other.load_state_dict(state, mid_epoch=False)  # an epoch-end checkpoint resumes anywhere
+    with pytest.raises(UserError) as error:
+        other.load_state_dict(state, mid_epoch=True)
+    message = str(error.value)
+    assert "\n" not in message and key in message and "epoch-end checkpoint" in message
+
+
+def test_len_epoch_spans_passes_and_resumes_inside_the_second(tmp_path):
+    write_id_shards(tmp_path, [5, 9, 6])  # 20 ids: 5 batches of 4 per pass
+    loader = id_loader(tmp_path, num_workers=2)
+    loader.plan_epochs(CPU, len_epoch=3)
+    epochs = [ids_of(loader.epoch_batches(epoch, 0)) for epoch in (1, 2, 3, 4)]
+    flat = [b for epoch in epochs for b in epoch]
+    assert sorted(i for b in flat[:5] for i in b) == sorted(i for b in flat[5:10] for i in b) == list(range(20))
+    batches = loader.epoch_batches(2, 0)
+    next(batches)  # epoch 2 = pass 0's batches 3, 4 and pass 1's batch 0
+    next(batches)
+    state = loader.state_dict()
+    del batches
+    resumed = id_loader(tmp_path, num_workers=2)
+    resumed.plan_epochs(CPU, len_epoch=3)
+    resumed.load_state_dict(state, mid_epoch=True)
+    assert ids_of(resumed.epoch_batches(2, 2)) == epochs[1][2:]
+    resumed.plan_epochs(CPU, len_epoch=4)
+    resumed.load_state_dict(state, mid_epoch=True)
+    with pytest.raises(UserError, match="trainer.len_epoch"):
+        list(resumed.epoch_batches(2, 2))
+
+
+def test_limit_and_overfit_batches(tmp_path):
+    write_id_shards(tmp_path, [5, 9, 6])
+    loader = id_loader(tmp_path)
+    loader.plan_epochs(CPU, limit_batches=2)
+    assert loader.batches_per_epoch == 2 and ids_of(loader.epoch_batches(1, 0)) == ids_of(id_loader(tmp_path).epoch_batches(1, 0))[:2]
+    loader.plan_epochs(CPU, overfit_batches=3)
+    assert ids_of(loader.epoch_batches(1, 0)) == ids_of(loader.epoch_batches(5, 0)) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
+
+
+def test_a_rank_without_a_whole_batch_is_a_one_line_error(tmp_path):
+    write_id_shards(tmp_path, [3, 2])
+    with pytest.raises(UserError, match=r"^data_loader.args.batch_size: 5 training samples over 2 process\(es\) give no batch of 4"):
+        id_loader(tmp_path, 0, 2, drop_last=True)
+
+
+# -- evaluation and predictions -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_evaluation_reads_each_ranks_contiguous_share_once(tmp_path, num_workers):
+    every = write_id_shards(tmp_path, [3, 11, 7, 1, 9, 6])
+    shares = []
+    for rank in range(3):
+        loader = id_loader(tmp_path, rank, 3, num_workers=num_workers, training=False)
+        share = [i for batch in ids_of(loader.epoch_batches(1, 0)) for i in batch]
+        assert share == [i for batch in ids_of(iter(loader)) for i in batch]  # plain batches, no tags
+        shares.append(share if num_workers == 0 else sorted(share))
+    assert [i for share in shares for i in share] == every
+    assert [len(share) for share in shares] == [12, 12, 13]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_prediction_batches_are_the_single_process_batches_split_over_ranks(tmp_path, num_workers, world):
+    every = write_id_shards(tmp_path, [3, 11, 7, 1, 9, 6])
+    loader = id_loader(tmp_path, training=False, num_workers=num_workers)
+    single = [every[i : i + 4] for i in range(0, len(every), 4)]  # ids are positions in the in-order sequence
+    per_rank = math.ceil(len(single) / world)
+    for rank in range(world):
+        got = list(loader.prediction_batches(rank, world))
+        assert all(index.dtype == torch.int64 and index.tolist() == batch.tolist() for index, batch in got)
+        expected = single[rank * per_rank : (rank + 1) * per_rank]
+        assert (ids_of(b for _, b in got) if num_workers == 0 else sorted(ids_of(b for _, b in got))) == expected
+
+
+# -- the index file ----------------------------------------------------------------------------------
+
+
+def test_index_counts_once_and_recounts_only_changed_shards(tmp_path):
+    write_id_shards(tmp_path, [3, 4, 5])
+    counted = []
+
+    def counter(path):
+        counted.append(path.name)
+        return sum(1 for _ in read_ids(path))
+
+    BaseStreamLoader(tmp_path, 2, reader=read_ids, counter=counter, shard=(0, 1))
+    assert sorted(counted) == ["part-000.txt", "part-001.txt", "part-002.txt"]
+    index = json.loads((tmp_path / INDEX_NAME).read_text())
+    assert {name: entry["samples"] for name, entry in index["shards"].items()} == {"part-000.txt": 3, "part-001.txt": 4, "part-002.txt": 5}
+    counted.clear()
+    BaseStreamLoader(tmp_path, 2, reader=read_ids, counter=counter, shard=(0, 1))
+    assert counted == []
+    (tmp_path / "part-001.txt").write_text("100\n101\n102\n103\n104\n")
+    loader = BaseStreamLoader(tmp_path, 2, reader=read_ids, counter=counter, shard=(0, 1))
+    assert counted == ["part-001.txt"] and loader.num_samples == 13
+
+
+def test_a_stale_index_is_a_one_line_error_naming_it(tmp_path):
+    write_id_shards(tmp_path, [3, 4, 5])
+    BaseStreamLoader(tmp_path, 2, reader=read_ids, shard=(0, 1))
+
+    def fewer(path):  # a changed reader of the same name, the index does not know
+        yield from list(read_ids(path))[:-1]
+
+    fewer.__qualname__ = read_ids.__qualname__
+    loader = BaseStreamLoader(tmp_path, 2, num_workers=2, reader=fewer, shard=(0, 1))
+    loader.plan_epochs(CPU)
+    with pytest.raises(UserError) as error:
+        list(loader.epoch_batches(1, 0))
+    assert "\n" not in str(error.value) and f"delete {tmp_path / INDEX_NAME}" in str(error.value)
+
+
+def test_an_index_that_cannot_be_written_is_kept_in_memory(tmp_path):
+    write_id_shards(tmp_path, [3, 4])
+    (tmp_path / INDEX_NAME).mkdir()  # unwritable even for root, like a read-only folder
+    assert BaseStreamLoader(tmp_path, 2, reader=read_ids, shard=(0, 1)).num_samples == 7
+    assert (tmp_path / INDEX_NAME).is_dir() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_user_errors_at_construction_are_one_line(tmp_path):
+    with pytest.raises(UserError, match="no shard files in"):
+        BaseStreamLoader(tmp_path, 2, reader=read_ids)
+    write_id_shards(tmp_path, [3, 4])
+    with pytest.raises(UserError, match="must define read_shard"):
+        BaseStreamLoader(tmp_path, 2)
+    with pytest.raises(UserError, match="data_loader.args.num_workers: must be an integer of at least 0"):
+        BaseStreamLoader(tmp_path, 2, num_workers=-1, reader=read_ids)
+    with pytest.raises(UserError, match="data_loader.args.validation_split: 2 shards of 2"):
+        BaseStreamLoader(tmp_path, 2, validation_split=2, reader=read_ids)
+
+
+def test_validation_split_holds_out_whole_shards(tmp_path):
+    write_id_shards(tmp_path, [3, 4, 5, 6])
+    loader = BaseStreamLoader(tmp_path, 2, validation_split=1, split_seed=3, reader=read_ids, shard=(0, 1))
+    valid = loader.split_validation()
+    assert valid is not None and not valid.training
+    assert loader.num_samples + valid.num_samples == 18 and len(valid.dataset.paths) == 1
+    assert not set(valid.dataset.paths) & set(loader.dataset.paths)
+
+
+# -- the digits shards --------------------------------------------------------------------------------
+
+
+def _write(folder: str, start) -> None:
+    start.wait()
+    write_digits_shards(Path(folder))
+
+
+def test_two_processes_writing_the_digits_shards_together_leave_one_whole_copy(tmp_path):
+    folder = tmp_path / "d"
+    context = multiprocessing.get_context("fork")
+    start = context.Event()
+    writers = [context.Process(target=_write, args=(str(folder), start)) for _ in range(2)]
+    for writer in writers:
+        writer.start()
+    start.set()
+    for writer in writers:
+        writer.join(60)
+    assert [writer.exitcode for writer in writers] == [0, 0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"], "no staging folder left behind"
+    for split, weights in SHARD_WEIGHTS.items():
+        assert len(list((folder / split).glob("shard-*.npz"))) == len(weights)
+
+
+def test_digits_shards_hold_the_in_memory_defaults_splits_in_uneven_shards(digits_dir):
+    memory = DigitsDataLoader(batch_size=64, in_memory=True)
+    stream = DigitsStreamLoader(str(digits_dir), batch_size=64, num_workers=0, shard=(0, 1))
+    assert sorted(stream.dataset.counts) != [stream.dataset.counts[0]] * 7 and len(stream.dataset.counts) == 7
+
+    def rows(batches) -> list:
+        return sorted(tuple(image.flatten().tolist()) + (int(label),) for images, labels in batches for image, label in zip(images, labels))
+
+    assert rows(stream) == rows(memory)
+    assert rows(stream.split_validation()) == rows(memory.split_validation())
+    test = DigitsStreamLoader(str(digits_dir), batch_size=64, num_workers=0, training=False, shard=(0, 1))
+    assert rows(test) == rows(DigitsDataLoader(batch_size=64, training=False))
+    assert len(test.base_dataset) == 359
+
+
+def test_a_data_dir_holding_something_else_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match=r"data_loader.args.data_dir: .* holds no digits shards"):
+        DigitsStreamLoader(str(tmp_path))
