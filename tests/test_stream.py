@@ -15,11 +15,15 @@ import json
 import math
 import multiprocessing
 import random
+import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import ROOT, TESTS_ENV, last_checkpoint, metric_rows, run_script, seeded_random, write_config
+from stream_recorder import recorded
 
 from base import BaseStreamLoader
 from base.shard_index import INDEX_NAME
@@ -404,3 +408,193 @@ def test_a_data_dir_holding_something_else_is_refused(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(UserError, match=r"data_loader.args.data_dir: .* holds no digits shards"):
         DigitsStreamLoader(str(tmp_path))
+
+
+# -- end to end: real runs with configs/digits_stream.json, real signals ------------------------------
+
+STREAM_CONFIG = ROOT / "configs" / "digits_stream.json"
+TORCHRUN = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
+TRAIN_IDS = 1222  # the digits training split; no tail with these batch sizes (1,222 = 19*64+6; 611 = 19*32+3 per rank)
+
+
+def stream_experiment(tmp_path: Path, batch_size: int, epochs: int, **trainer) -> Path:
+    """configs/digits_stream.json (2 workers, shuffle buffer), small, its batches' ids recorded, under ``tmp_path``."""
+    config = json.loads(STREAM_CONFIG.read_text())
+    assert config["data_loader"]["args"]["num_workers"] == 2
+    config["arch"] = {"type": "stream_recorder:RecordingDigitsCNN", "args": {"dropout": 0.3}}
+    config["data_loader"]["type"] = "stream_recorder:IdDigitsStreamLoader"
+    config["data_loader"]["args"].update(data_dir=str(tmp_path / "shards"), batch_size=batch_size)
+    config["trainer"].update(epochs=epochs, save_dir=str(tmp_path / "saved"), tensorboard=False, early_stop=0, **trainer)
+    return write_config(tmp_path, config, "stream.json")
+
+
+def launch(*args: str, ids: Path, torchrun: bool = False, **signal_env: str):
+    env = {**TESTS_ENV, "RECORD_IDS": str(ids), **signal_env}
+    return run_script(*(TORCHRUN if torchrun else ()), "train.py", *args, env=env, timeout=600)
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    state_a, state_b = last_checkpoint(a), last_checkpoint(b)
+    assert state_a["model"].keys() == state_b["model"].keys()
+    for key in state_a["model"]:
+        assert torch.equal(state_a["model"][key], state_b["model"][key]), f"{key} differs after resume"
+    assert state_a["progress"] == state_b["progress"]
+    assert metric_rows(a, timing=False) == metric_rows(b, timing=False)
+
+
+def assert_epochs_see_every_id_once(batches: list[list[int]], per_epoch: int, epochs: int) -> None:
+    assert len(batches) == per_epoch * epochs
+    for epoch in range(epochs):
+        ids = [i for batch in batches[epoch * per_epoch : (epoch + 1) * per_epoch] for i in batch]
+        assert sorted(ids) == list(range(TRAIN_IDS)) or (len(ids) == len(set(ids)) and len(ids) == TRAIN_IDS), f"epoch {epoch + 1}"
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory, request):
+    """One uninterrupted run and one stopped by SIGTERM, resumed, killed by SIGKILL, resumed."""
+    rng = seeded_random(request)
+    tmp = tmp_path_factory.mktemp("single")
+    config = stream_experiment(tmp, batch_size=64, epochs=3, save_every_n_steps=7)  # 20 batches per epoch
+    straight = launch("-c", str(config), "--run-id", "straight", ids=tmp / "ids-straight")
+    assert straight.returncode == 0, straight.stdout + straight.stderr
+    at_term = rng.randint(22, 37)  # a step inside epoch 2
+    stopped = launch(
+        "-c", str(config), "--run-id", "interrupted", ids=tmp / "ids-1", SIGNAL_AT_BATCH=str(at_term + 1), SIGNAL_NAME="SIGTERM"
+    )
+    assert stopped.returncode == 128 + signal.SIGTERM, (at_term, stopped.stdout + stopped.stderr)
+    run_dir = tmp / "saved" / "digits_stream" / "interrupted"
+    snapshot = tmp / "snapshot" / "digits_stream" / "interrupted"
+    shutil.copytree(run_dir, snapshot)
+    last = str(run_dir / "checkpoints" / "last.pth")
+    at_kill = rng.randint(at_term + 3, 57)
+    killed = launch("-r", last, ids=tmp / "ids-2", SIGNAL_AT_BATCH=str(at_kill - at_term + 1), SIGNAL_NAME="SIGKILL")
+    assert killed.returncode == -signal.SIGKILL, (at_term, at_kill, killed.stdout + killed.stderr)
+    kept = last_checkpoint(run_dir)["progress"]["global_step"]
+    resumed = launch("-r", last, ids=tmp / "ids-3")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    # what training counted: each process's lines after its pre-flight line, up to its last checkpoint
+    trained = recorded(tmp / "ids-1")[1 : 1 + at_term] + recorded(tmp / "ids-2")[1 : 1 + kept - at_term] + recorded(tmp / "ids-3")[1:]
+    return {
+        "tmp": tmp,
+        "straight": tmp / "saved" / "digits_stream" / "straight",
+        "run_dir": run_dir,
+        "snapshot": snapshot,
+        "at_term": at_term,
+        "stopped": stopped,
+        "resumed": resumed,
+        "reference_ids": recorded(tmp / "ids-straight")[1:],
+        "trained_ids": trained,
+    }
+
+
+@pytest.mark.slow
+def test_stream_run_stopped_by_sigterm_then_sigkill_resumes_bitwise(single):
+    at = single["at_term"]
+    assert (
+        "stream: 1,222 training samples in 7 shards; per process 20 batches of 64 per pass from 2 stream(s); 0 sample(s)"
+        in single["stopped"].stdout
+    )
+    assert f"resuming epoch 2 at batch {at - 20} of 20" in single["stopped"].stdout + last_log(single["run_dir"])
+    assert_same_run(single["straight"], single["run_dir"])
+
+
+def last_log(run_dir: Path) -> str:
+    return (run_dir / "train.log").read_text()
+
+
+@pytest.mark.slow
+def test_every_epoch_trains_on_the_uninterrupted_runs_samples_none_twice(single):
+    assert single["trained_ids"] == single["reference_ids"], "the same batches, in the same order"
+    assert_epochs_see_every_id_once(single["reference_ids"], 20, 3)
+
+
+@pytest.mark.slow
+def test_mid_epoch_resume_with_other_num_workers_is_refused_and_changes_nothing(single):
+    snapshot = single["snapshot"]
+    before = files_of(snapshot)
+    refused = run_script("train.py", "-r", str(snapshot / "checkpoints" / "last.pth"), "data_loader.args.num_workers=0", env=TESTS_ENV)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "error: data_loader.args.num_workers: the checkpoint was written mid-epoch with num_workers 2"
+    )
+    assert "resume with data_loader.args.num_workers=2" in lines[0]
+    assert files_of(snapshot) == before
+
+
+@pytest.mark.slow
+def test_test_py_evaluates_a_stream_run_on_the_test_shards(single, tmp_path):
+    out = tmp_path / "metrics.json"
+    result = run_script("test.py", "-r", str(single["straight"] / "checkpoints" / "best.pth"), "--out", str(out), env=TESTS_ENV)
+    assert result.returncode == 0, result.stdout + result.stderr
+    metrics = json.loads(out.read_text())
+    assert metrics["samples"] == 359 and metrics["accuracy"] > 0.8
+
+
+@pytest.fixture(scope="module")
+def ddp(tmp_path_factory, request):
+    """Under torchrun with 2 processes: one uninterrupted run, and one stopped by SIGTERM on rank 0,
+    resumed, killed by SIGKILL on rank 0 (torchrun then ends rank 1), resumed."""
+    rng = seeded_random(request)
+    tmp = tmp_path_factory.mktemp("ddp")
+    config = stream_experiment(tmp, batch_size=32, epochs=2, save_every_n_steps=7)  # 611 samples per rank: 20 batches per epoch
+    straight = launch("-c", str(config), "--run-id", "straight", ids=tmp / "ids-straight", torchrun=True)
+    assert straight.returncode == 0, straight.stdout + straight.stderr
+    at_term = rng.randint(21, 33)
+    signals = {"SIGNAL_RANK": "0", "SIGNAL_AT_BATCH": str(at_term + 1), "SIGNAL_NAME": "SIGTERM"}
+    stopped = launch("-c", str(config), "--run-id", "interrupted", ids=tmp / "ids-1", torchrun=True, **signals)
+    assert stopped.returncode != 0, stopped.stdout + stopped.stderr
+    run_dir = tmp / "saved" / "digits_stream" / "interrupted"
+    state = last_checkpoint(run_dir)
+    assert (state["progress"]["epoch"], state["progress"]["batch_in_epoch"], state["world_size"]) == (2, at_term - 20, 2), at_term
+    snapshot = tmp / "snapshot" / "digits_stream" / "interrupted"
+    shutil.copytree(run_dir, snapshot)
+    last = str(run_dir / "checkpoints" / "last.pth")
+    at_kill = rng.randint(at_term + 2, 39)
+    signals = {"SIGNAL_RANK": "0", "SIGNAL_AT_BATCH": str(at_kill - at_term + 1), "SIGNAL_NAME": "SIGKILL"}
+    killed = launch("-r", last, ids=tmp / "ids-2", torchrun=True, **signals)
+    assert killed.returncode != 0 and "Signal 9 (SIGKILL)" in killed.stdout + killed.stderr, (at_term, at_kill)
+    kept = last_checkpoint(run_dir)["progress"]["global_step"]
+    resumed = launch("-r", last, ids=tmp / "ids-3", torchrun=True)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    return {
+        "straight": tmp / "saved" / "digits_stream" / "straight",
+        "run_dir": run_dir,
+        "snapshot": snapshot,
+        "reference_ids": [recorded(tmp / "ids-straight", rank)[1:] for rank in range(2)],
+        "trained_ids": [
+            recorded(tmp / "ids-1", rank)[1 : 1 + at_term]
+            + recorded(tmp / "ids-2", rank)[1 : 1 + kept - at_term]
+            + recorded(tmp / "ids-3", rank)[1:]
+            for rank in range(2)
+        ],
+    }
+
+
+@pytest.mark.slow
+def test_stream_under_torchrun_resumes_bitwise_after_sigterm_then_sigkill(ddp):
+    assert_same_run(ddp["straight"], ddp["run_dir"])
+
+
+@pytest.mark.slow
+def test_under_torchrun_each_rank_trains_on_its_uninterrupted_samples_and_ranks_share_none(ddp):
+    assert ddp["trained_ids"] == ddp["reference_ids"]
+    first, second = ddp["reference_ids"]
+    assert len(first) == len(second) == 40, "both ranks take the same number of batches"
+    merged = [a + b for a, b in zip(first, second)]
+    assert_epochs_see_every_id_once(merged, 20, 2)
+
+
+@pytest.mark.slow
+def test_a_mid_epoch_ddp_checkpoint_resumed_by_one_process_is_refused_and_changes_nothing(ddp):
+    snapshot = ddp["snapshot"]
+    before = files_of(snapshot)
+    refused = run_script("train.py", "-r", str(snapshot / "checkpoints" / "last.pth"), env=TESTS_ENV)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and "written mid-epoch by 2 process(es)" in lines[0] and "same number of processes" in lines[0]
+    assert files_of(snapshot) == before
