@@ -351,7 +351,7 @@ class BaseStreamLoader:
 
     def _tagged(self, streams: tuple[StreamPlan, ...], starts: list[int], seed: int, buffer: int) -> Iterator[tuple[int, int, Any]]:
         """``(stream, samples, batch)`` as the workers (or the main process) produce them."""
-        accepts_start = "start" in inspect.signature(self._read).parameters
+        accepts_start = _accepts_start(self._read)
         source = _StreamPass(self._read, accepts_start, self.dataset, streams, starts, self.batch_size, self.collate_fn, buffer, seed)
         if self.num_workers == 0:
             return iter(source)
@@ -490,7 +490,7 @@ def _batch_seed(seed: int, keep_global: bool):
     saved = get_rng_state() if keep_global else None
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    torch.random.default_generator.manual_seed(seed)  # the CPU generator only: the training's CUDA streams stay untouched
     try:
         yield
     finally:
@@ -526,6 +526,14 @@ def _hold_out(paths: list[Path], count: int, seed: int, explicit: bool) -> tuple
         raise UserError(f"data_loader.args.validation_split: {count} shards of {len(paths)} leaves no training or no validation shard")
     held = set(torch.randperm(len(paths), generator=torch.Generator().manual_seed(seed))[:count].tolist())
     return [p for i, p in enumerate(paths) if i not in held], [p for i, p in enumerate(paths) if i in held]
+
+
+def _accepts_start(read: Callable) -> bool:
+    """Whether the reader takes ``start=`` (skips to a sample itself) rather than being read and discarded up to it."""
+    try:
+        return "start" in inspect.signature(read).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _reader_name(read: Callable) -> str:
