@@ -27,12 +27,16 @@ order, each rank its contiguous share, nothing padded or dropped. See docs/strea
 
 from __future__ import annotations
 
+import atexit
 import glob
 import hashlib
 import inspect
 import json
 import math
+import multiprocessing.util  # noqa: F401 - its exit hook must be registered before ours (see _shut_down_live_iterators)
 import random
+import signal
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -336,18 +340,21 @@ class BaseStreamLoader:
             return
         tagged = self._tagged(plan.streams, list(samples), seed, buffer)
         pending: list[deque] = [deque() for _ in totals]
-        while (stream := next_stream(taken, totals)) is not None:
-            while not pending[stream]:
-                source, size, batch = next(tagged, (None, 0, None))
-                if source is None:
-                    raise RuntimeError(f"stream {stream} ended before its {totals[stream]} planned batches")
-                if size < 0:
-                    raise UserError(batch)
-                pending[source].append((size, batch))
-            size, batch = pending[stream].popleft()
-            samples[stream] += size
-            taken[stream] += 1
-            yield stream, taken[stream] - 1, batch
+        try:
+            while (stream := next_stream(taken, totals)) is not None:
+                while not pending[stream]:
+                    source, size, batch = next(tagged, (None, 0, None))
+                    if source is None:
+                        raise RuntimeError(f"stream {stream} ended before its {totals[stream]} planned batches")
+                    if size < 0:
+                        raise UserError(batch)
+                    pending[source].append((size, batch))
+                size, batch = pending[stream].popleft()
+                samples[stream] += size
+                taken[stream] += 1
+                yield stream, taken[stream] - 1, batch
+        finally:
+            _shut_down(tagged)  # now, even if a traceback keeps this frame alive
 
     def _tagged(self, streams: tuple[StreamPlan, ...], starts: list[int], seed: int, buffer: int) -> Iterator[tuple[int, int, Any]]:
         """``(stream, samples, batch)`` as the workers (or the main process) produce them."""
@@ -361,8 +368,11 @@ class BaseStreamLoader:
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
             generator=torch.Generator().manual_seed(seed),  # worker seeds never draw from the global generator
+            worker_init_fn=_leave_stops_to_the_main_process,
         )
-        return iter(loader)
+        iterator = iter(loader)
+        _track(iterator)
+        return iterator
 
     # -- resume checks ------------------------------------------------------------------------------
 
@@ -467,6 +477,40 @@ class _StreamPass(IterableDataset):
             close = getattr(source, "close", None)
             if close is not None:
                 close()
+
+
+def _leave_stops_to_the_main_process(worker_id: int) -> None:
+    """Workers ignore SIGINT/SIGTERM sent to the whole process group (Ctrl-C, a cluster's preemption):
+    torch's own handler would end them, and the main process would fail on its next batch instead
+    of stopping at a step boundary with a checkpoint. The main process shuts them down (:func:`_shut_down`,
+    also at exit); if it dies, their watchdog ends them."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+_LIVE_ITERATORS: weakref.WeakSet = weakref.WeakSet()
+
+
+def _track(iterator: Any) -> None:
+    """Remember a worker iterator, so that one still alive at exit is shut down (see below)."""
+    _LIVE_ITERATORS.add(iterator)
+
+
+def _shut_down_live_iterators() -> None:
+    """At exit, multiprocessing stops leftover workers with SIGTERM, which ours ignore, and would
+    then wait for them forever; shut them down the way torch does instead (a done event, then join)."""
+    for iterator in list(_LIVE_ITERATORS):
+        _shut_down(iterator)
+
+
+atexit.register(_shut_down_live_iterators)  # after multiprocessing.util's hook (imported above), so it runs before it
+
+
+def _shut_down(iterator: Any) -> None:
+    """Stop a worker iterator's processes now (torch's own shutdown; idempotent), or close a generator."""
+    stop = getattr(iterator, "_shutdown_workers", None) or getattr(iterator, "close", None)
+    if stop is not None:
+        stop()
 
 
 def _shuffled(samples: Iterator[Any], size: int, rng: random.Random) -> Iterator[Any]:

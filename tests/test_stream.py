@@ -14,9 +14,11 @@ from __future__ import annotations
 import json
 import math
 import multiprocessing
+import os
 import random
 import shutil
 import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -207,6 +209,58 @@ def test_an_epoch_starts_fresh_whatever_came_before(digits_dir):
     loader = noisy(digits_dir, 2, 0)
     next(iter(loader.epoch_batches(1, 0)))
     assert same_batches(list(loader.epoch_batches(1, 0)), list(noisy(digits_dir, 2, 0).epoch_batches(1, 0)))
+
+
+def children() -> list[int]:
+    """This process's live child processes (Linux ``/proc``)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == os.getpid() and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_workers_leave_sigterm_to_the_main_process(digits_dir):
+    """A cluster's preemption signals every process of the job, workers too: they must not die, or
+    the main process fails on its next batch instead of stopping at a step with a checkpoint."""
+    uninterrupted = list(noisy(digits_dir, 2, 0).epoch_batches(1, 0))
+    batches = noisy(digits_dir, 2, 0).epoch_batches(1, 0)
+    taken = [next(batches)]
+    workers = children()
+    assert len(workers) >= 2
+    for pid in workers:
+        os.kill(pid, signal.SIGTERM)
+    time.sleep(0.5)
+    assert same_batches(taken + list(batches), uninterrupted)
+
+
+LEAK_AT_EXIT = """
+import sys
+from base import BaseStreamLoader
+
+def read(path):
+    with open(path) as file:
+        yield from (int(line) for line in file)
+
+loader = BaseStreamLoader(sys.argv[1], 2, num_workers=2, reader=read, shard=(0, 1))
+loader.plan_epochs(None)
+batches = loader.epoch_batches(1, 0)
+next(batches)
+KEPT = [batches]  # alive at exit, as a traceback can keep an epoch's generator; its workers ignore SIGTERM
+print("exiting")
+"""
+
+
+@pytest.mark.slow
+def test_a_process_exits_promptly_with_a_stream_still_open(tmp_path):
+    write_id_shards(tmp_path, [10, 20])
+    result = run_script("-c", LEAK_AT_EXIT, str(tmp_path), timeout=60)  # hung forever before the exit hook
+    assert result.returncode == 0 and result.stdout == "exiting\n", result.stderr
 
 
 @pytest.mark.parametrize(
