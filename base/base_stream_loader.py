@@ -66,7 +66,6 @@ from base.stream_plan import (
 from logger.logger import get_logger
 from utils import distributed
 from utils.errors import UserError
-from utils.seed import get_rng_state, set_rng_state
 
 ShardSpec = str | Path | Sequence[str | Path]
 _END = object()
@@ -529,17 +528,20 @@ def _shuffled(samples: Iterator[Any], size: int, rng: random.Random) -> Iterator
 
 @contextmanager
 def _batch_seed(seed: int, keep_global: bool):
-    """Seed Python, NumPy and torch for one batch's reading and collating; in the main process
+    """Seed Python, NumPy and torch (CPU) for one batch's reading and collating; in the main process
     (``keep_global``) the training's own generators are put back afterwards."""
-    saved = get_rng_state() if keep_global else None
+    cpu = torch.random.default_generator
+    saved = (random.getstate(), np.random.get_state(), cpu.get_state()) if keep_global else None
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    torch.random.default_generator.manual_seed(seed)  # the CPU generator only: the training's CUDA streams stay untouched
+    cpu.manual_seed(seed)  # the CPU generator only: the training's CUDA streams stay untouched
     try:
         yield
     finally:
         if saved is not None:
-            set_rng_state(saved)
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
+            cpu.set_state(saved[2])
 
 
 def list_shards(spec: ShardSpec) -> list[Path]:

@@ -163,6 +163,20 @@ def test_training_order_does_not_depend_on_the_global_generators(tmp_path):
     assert a == b and sorted(i for batch in a for i in batch) == list(range(26))
 
 
+def test_reading_in_the_main_process_leaves_the_training_generators_alone(tmp_path):
+    """Without workers, batches are read between training steps: dropout must draw as if they were not."""
+    write_id_shards(tmp_path, [5, 8, 13])
+    loader = id_loader(tmp_path, shuffle_buffer=6)
+
+    def draws_after_seeding(read=lambda: None):
+        torch.manual_seed(3), random.seed(3), np.random.seed(3)
+        read()
+        return torch.rand(3).tolist(), random.random(), float(np.random.rand())
+
+    expected = draws_after_seeding()
+    assert draws_after_seeding(lambda: list(loader.epoch_batches(1, 0))) == expected
+
+
 @pytest.fixture(scope="module")
 def digits_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("digits") / "shards"
