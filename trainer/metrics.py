@@ -72,7 +72,7 @@ class MetricSet:
             obj = copy.deepcopy(obj)
             obj.reset()
             objects[name] = obj
-        return MetricSet({name: objects.get(name) or self.functions[name] for name in self.order}, self.device)
+        return MetricSet({name: objects[name] if name in objects else self.functions[name] for name in self.order}, self.device)
 
     def update(self, output: Any, target: Any, size: int) -> None:
         """One batch of ``size`` samples; everything stays on the device."""
