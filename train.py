@@ -33,6 +33,7 @@ import torch
 
 from logger import get_logger, setup_logging
 from logger.logger import log_to_files
+from logger.manifest import extend_manifest, fingerprint, write_manifest
 from logger.run_log import RunLog
 from trainer import Trainer
 from trainer.preflight import run_preflight
@@ -120,6 +121,7 @@ class Session:
             return None
         run_dir = self.claim_run_dir(config, args, mode)
         trainer.attach_run(open_run_log(run_dir, config, trainer, mode))
+        record_manifest(run_dir, config, trainer, device, mode, args.resume)
         log_header(config, run_dir, device, trainer, mode)
         return run_dir
 
@@ -246,6 +248,19 @@ def open_run_log(run_dir: Path, config: Config, trainer: Trainer, mode: str) -> 
         progress = trainer.progress
         return RunLog.resume(run_dir, config.to_dict(), progress.completed_epochs, progress.global_step, tensorboard)
     return RunLog.start(run_dir, config.to_dict(), tensorboard)
+
+
+def record_manifest(run_dir: Path, config: Config, trainer: Trainer, device: torch.device, mode: str, checkpoint: str | None) -> None:
+    """``manifest.json``: written for a new run, extended by a resume (``logger/manifest.py``); collective under DDP."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
+    devices = distributed.gather_objects(name)
+    if not distributed.is_main_process():
+        return
+    if mode == "resume":
+        extend_manifest(run_dir, str(checkpoint), config.digest(), distributed.world_size(), devices)
+    else:
+        data = {"train": fingerprint(trainer.data), "valid": fingerprint(trainer.valid_data)}
+        write_manifest(run_dir, config.digest(), distributed.world_size(), devices, config["seed"], data)
 
 
 def resume_command(checkpoint: Path) -> str:

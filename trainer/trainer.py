@@ -77,6 +77,8 @@ class Trainer(BaseTrainer):
         valid_metrics = self.train_metrics.fresh()
         self.evaluator = Evaluator(self.model.eval_forward, self.criterion, valid_metrics, device, settings.amp, self.read_batch, self.show_progress)
         self.data_wait_hinted = False
+        self.profiler: Any = None
+        self.profile_from: int | None = None  # the step this process began profiling at
 
     @property
     def batches_per_epoch(self) -> int:
@@ -111,6 +113,9 @@ class Trainer(BaseTrainer):
         bar = progress_bar(total, f"epoch {epoch}", self.show_progress, initial=start)
         started, samples, data_wait = time.perf_counter(), 0, 0.0
         first_inputs = None
+        if s.profile and self.profile_from is None and self.run.run_dir is not None:
+            self.profile_from = self.progress.global_step
+            self.profiler = start_profiler(s.profile, self.run.run_dir / "profile")
         batches = iter(self.data.epoch_batches(epoch, start))
 
         for batch_idx in range(start, total):
@@ -141,6 +146,8 @@ class Trainer(BaseTrainer):
                 self.schedule.after_optimizer_step()
                 if self.ema is not None:
                     self.ema.update(self.progress.global_step)
+                if self.profiler is not None:
+                    self._step_profiler()
                 self.progress.global_step += 1
                 self.progress.batch_in_epoch = batch_idx + 1
                 if self._after_step(epoch, total, samples, started, bar):
@@ -179,6 +186,15 @@ class Trainer(BaseTrainer):
         if stopping:
             bar.close()
         return stopping
+
+    def _step_profiler(self) -> None:
+        """Advance ``trainer.profile``'s window; after its last active step the trace is written."""
+        self.profiler.step()
+        window = self.settings.profile
+        if self.progress.global_step + 1 - self.profile_from >= window["wait"] + window["warmup"] + window["active"]:
+            self.profiler.__exit__(None, None, None)
+            self.profiler = None
+            self.logger.info("profiler trace written to %s", self.run.run_dir / "profile")
 
     def _check_losses(self, epoch: int) -> float | None:
         """Mean loss of the batches since the last check; stops the run if any of them was not finite."""
@@ -230,6 +246,17 @@ class Trainer(BaseTrainer):
         rates = {"lr": float(groups[0]["lr"])}  # float(): a tensor when the optimizer keeps lr as one
         rates.update({f"lr_group{i}": float(group["lr"]) for i, group in enumerate(groups) if i})
         return rates
+
+
+def start_profiler(window: dict, folder) -> Any:
+    """``torch.profiler`` over ``window`` = {wait, warmup, active} optimizer steps, writing a trace
+    for TensorBoard's profiler plugin (or chrome://tracing, Perfetto) into ``folder``."""
+    schedule = torch.profiler.schedule(wait=window["wait"], warmup=window["warmup"], active=window["active"], repeat=1)
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    handler = torch.profiler.tensorboard_trace_handler(str(folder))
+    profiler = torch.profiler.profile(activities=activities, schedule=schedule, on_trace_ready=handler)
+    profiler.__enter__()
+    return profiler
 
 
 class _NoEMA:
