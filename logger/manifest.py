@@ -16,7 +16,6 @@ import platform
 import shlex
 import socket
 import subprocess
-import sys
 import time
 from importlib import metadata
 from pathlib import Path
@@ -42,9 +41,10 @@ def environment() -> dict[str, Any]:
     }
 
 
-def command_line() -> str:
+def command_line(script: str, argv: list[str]) -> str:
+    """``python train.py <argv>``, with the torchrun world size when launched by torchrun."""
     launcher = f"torchrun (world size {os.environ['WORLD_SIZE']}) " if "WORLD_SIZE" in os.environ else ""
-    return launcher + shlex.join([Path(sys.executable).name, *sys.argv])
+    return launcher + shlex.join(["python", script, *argv])
 
 
 def git_state(run_dir: Path, diff_name: str = "git.diff") -> dict | None:
@@ -99,10 +99,10 @@ def _file_list(dataset: Any) -> list | None:
     return None
 
 
-def write_manifest(run_dir: Path, config_hash: str, world_size: int, devices: list[str], seed: int, data: dict) -> None:
+def write_manifest(run_dir: Path, command: str, config_hash: str, world_size: int, devices: list[str], seed: int, data: dict) -> None:
     """A new run's manifest."""
     manifest = {
-        "command": command_line(),
+        "command": command,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "config_hash": config_hash,
         "git": git_state(run_dir),
@@ -116,14 +116,14 @@ def write_manifest(run_dir: Path, config_hash: str, world_size: int, devices: li
     _write(run_dir / "manifest.json", manifest)
 
 
-def extend_manifest(run_dir: Path, checkpoint: str, config_hash: str, world_size: int, devices: list[str]) -> None:
+def extend_manifest(run_dir: Path, command: str, checkpoint: str, config_hash: str, world_size: int, devices: list[str]) -> None:
     """Record a resume: when, how, from which checkpoint, with which code and config."""
     path = run_dir / "manifest.json"
     manifest = json.loads(path.read_text()) if path.exists() else {"resumes": []}
     number = len(manifest.setdefault("resumes", [])) + 1
     manifest["resumes"].append(
         {
-            "command": command_line(),
+            "command": command,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "checkpoint": checkpoint,
             "config_hash": config_hash,

@@ -45,7 +45,8 @@ def build_trainer(tmp_path: Path, config: dict, *overrides: str, run_id: str = "
     import train
 
     path = write_config(tmp_path, config, f"{run_id}.json")
-    session = train.Session(train.parse_args(["-c", str(path), "--run-id", run_id, *overrides]))
+    argv = ["-c", str(path), "--run-id", run_id, *overrides]
+    session = train.Session(train.parse_args(argv), argv)
     run_dir = session.prepare()
     return session.trainer, run_dir
 

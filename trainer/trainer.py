@@ -30,6 +30,7 @@ from logger.progress import progress_bar, progress_enabled
 from trainer.batches import BatchReader, run_model
 from trainer.ema import EMA
 from trainer.evaluator import Evaluator
+from trainer.fsdp import ShardedWeights
 from trainer.metrics import LossTracker, MetricSet, batch_size
 from trainer.parallel import PreparedModel, prepare_model
 from trainer.precision import NO_CONTEXT, Precision
@@ -58,6 +59,7 @@ class Trainer(BaseTrainer):
     ):
         super().__init__(settings, device, **base)
         self.model = prepare_model(model, settings, device)
+        self.sharded = self.model.sharded
         self.criterion = criterion.to(device) if isinstance(criterion, nn.Module) else criterion
         self.optimizer = optimizer
         self.trainable = [p for p in self.model.module.parameters() if p.requires_grad]
@@ -76,6 +78,9 @@ class Trainer(BaseTrainer):
         self.show_progress = progress_enabled(settings.progress_bar, distributed.rank())
         valid_metrics = self.train_metrics.fresh()
         self.evaluator = Evaluator(self.model.eval_forward, self.criterion, valid_metrics, device, settings.amp, self.read_batch, self.show_progress)
+        source = self.data if settings.overfit_batches else self.valid_data
+        # Sharded weights are gathered in every forward, a collective: every process evaluates as many batches.
+        self.valid_steps = distributed.all_reduce_max(source.batches_per_epoch) if self.sharded and source is not None else None
         self.data_wait_hinted = False
         self.profiler: Any = None
         self.profile_from: int | None = None  # the step this process began profiling at
@@ -94,10 +99,22 @@ class Trainer(BaseTrainer):
             "ema": self.ema or _NoEMA(),
         }
 
+    def sharded_weights(self) -> ShardedWeights:
+        """The weights, optimizer and EMA state as one DCP state (sharded checkpoints, ``trainer/fsdp.py``)."""
+        return ShardedWeights(self.model.module, self.optimizer, self.ema)
+
     def rank_parts(self) -> dict[str, Stateful]:
         return {**super().rank_parts(), "data": self.data, "losses": self.losses, "train_metrics": self.train_metrics}
 
     # -- training -------------------------------------------------------------------------------
+
+    def train(self) -> None:
+        try:
+            super().train()
+        finally:
+            if self.profiler is not None:  # stopped inside the profiling window: write what was recorded
+                self.profiler.__exit__(None, None, None)
+                self.profiler = None
 
     def _train_epoch(self, epoch: int) -> dict | None:
         s = self.settings
@@ -230,7 +247,7 @@ class Trainer(BaseTrainer):
         if source is None:
             return {}
         with self._evaluation_weights():
-            return self.evaluator.evaluate(source.epoch_batches(1, 0), "val_", f"valid {epoch}", source.batches_per_epoch)
+            return self.evaluator.evaluate(source.epoch_batches(1, 0), "val_", f"valid {epoch}", source.batches_per_epoch, self.valid_steps)
 
     def _evaluation_weights(self):
         """The EMA weights in the model while validating (when on and ``trainer.ema_evaluate``)."""
