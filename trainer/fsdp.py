@@ -30,8 +30,17 @@ PRECISION = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def shard_model(model: nn.Module, settings: TrainerSettings, device: torch.device) -> None:
-    """Apply ``fully_shard`` to the chosen modules, then to the root (in place)."""
+    """Apply ``fully_shard`` to the chosen modules, then to the root (in place).
+
+    Rank 0's initial weights and buffers go to every process first, as DDP does: each process
+    built the model from its own seed, and a shard must be a piece of the same model.
+    """
+    import torch.distributed as dist
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            dist.broadcast(tensor.data, src=0)
 
     options: dict[str, Any] = {"reshard_after_forward": settings.fsdp_reshard_after_forward}
     if settings.amp:

@@ -105,7 +105,10 @@ def load_into(state: dict, folder: Path) -> None:
 
 def tensor_shapes(folder: Path, prefix: str) -> dict[str, tuple[torch.Size, torch.dtype]]:
     """The full shape and dtype of every tensor under ``prefix.`` in the snapshot, from its metadata."""
-    metadata = SafeReader(folder).read_metadata()
+    try:
+        metadata = SafeReader(folder).read_metadata()
+    except Exception as exc:  # noqa: BLE001 - nothing was executed: the allow-list refused, or the file is damaged
+        raise UserError(f"{folder}: unreadable sharded checkpoint metadata ({str(exc).splitlines()[0][:160]})") from None
     found = {}
     for key, item in metadata.state_dict_metadata.items():
         if key.startswith(prefix + ".") and isinstance(item, TensorStorageMetadata):
