@@ -301,7 +301,7 @@ ERRORS = [
     ("unknown argument", _set("arch.args.dropot", 0.1), [], ["arch.args.dropot: DigitsCNN has no parameter", "'arch.args.dropout'"]),
     ("missing argument", _set("lr_scheduler", {"type": "StepLR"}), [], ["lr_scheduler.args.step_size: StepLR needs this argument"]),
     ("bad monitor", None, ["trainer.monitor=maximize val_accuracy"], ["trainer.monitor: must be"]),
-    ("monitor not produced", None, ["trainer.monitor=max val_f1"], ["trainer.monitor: the run does not produce 'val_f1'"]),
+    ("monitor not produced", None, ["trainer.monitor=max val_precision"], ["trainer.monitor: the run does not produce 'val_precision'"]),
     ("monitor without validation", None, ["data_loader.args.validation_split=0"], ["trainer.monitor: monitors 'val_loss'"]),
     ("object rejects a value", None, ["optimizer.args.lr=fast"], ["optimizer.args.lr: Adam rejected 'fast'"]),
     ("object rejects a number", None, ["optimizer.args.lr=-1"], ["optimizer.args: Adam(...) rejected its arguments"]),
