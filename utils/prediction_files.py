@@ -40,10 +40,10 @@ FORMATS = (".jsonl", ".csv", ".npz", ".pt")
 
 def check_output(path: Path, force: bool) -> None:
     """Refuse, before any work, an output that cannot be written as asked."""
+    if path.is_dir():
+        raise UserError(f"--out: {path} is a folder; name a file, e.g. {path / 'predictions.jsonl'}")
     if path.suffix not in FORMATS:
         raise UserError(f"--out: {path.name} has no known extension; use one of {', '.join(FORMATS)}")
-    if path.is_dir():
-        raise UserError(f"--out: {path} is a folder; name a file, e.g. {path / ('predictions' + path.suffix)}")
     if path.exists() and not force:
         raise UserError(f"--out: {path} exists; pass --force to replace it, or choose another name")
     if not path.parent.is_dir():
