@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from base import BaseDataLoader
+from data_loader.data_loaders import held_out_split
 
 TARGET_MEAN, TARGET_STD = 152.13, 77.01
 TEST_FRACTION = 0.2
@@ -26,9 +27,7 @@ def diabetes_dataset(training: bool) -> TensorDataset:
     data = load_diabetes()
     features = torch.tensor(data.data, dtype=torch.float32) / 0.0476  # unit variance per feature
     target = (torch.tensor(data.target, dtype=torch.float32) - TARGET_MEAN) / TARGET_STD
-    order = torch.randperm(len(target), generator=torch.Generator().manual_seed(SPLIT_SEED))
-    n_test = int(round(len(target) * TEST_FRACTION))
-    chosen = (order[n_test:] if training else order[:n_test]).sort().values
+    chosen = held_out_split(len(target), TEST_FRACTION, SPLIT_SEED, training)
     return TensorDataset(features[chosen], target[chosen])
 
 

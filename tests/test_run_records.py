@@ -41,10 +41,13 @@ def test_manifest_holds_the_command_git_packages_and_data(recorded):
     run_dir = recorded
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert "--run-id run" in manifest["command"] and manifest["config_hash"]
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    assert manifest["git"]["commit"] == commit and isinstance(manifest["git"]["dirty"], bool)
-    if manifest["git"]["dirty"]:
-        assert (run_dir / manifest["git"]["diff"]).read_text().startswith("diff --git")
+    git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    if git.returncode != 0:  # a project made by new_project.py before its first commit
+        assert manifest["git"] is None
+    else:
+        assert manifest["git"]["commit"] == git.stdout.strip() and isinstance(manifest["git"]["dirty"], bool)
+        if manifest["git"]["dirty"]:
+            assert (run_dir / manifest["git"]["diff"]).read_text().startswith("diff --git")
     assert manifest["packages"]["torch"] == torch.__version__.split("+")[0] and manifest["torch"] == torch.__version__
     assert manifest["world_size"] == 1 and manifest["devices"] == ["cpu"] and manifest["seeds"]["config"] == 0
     assert manifest["data"]["train"]["samples"] == 1222 and manifest["data"]["valid"]["samples"] == 216

@@ -13,11 +13,13 @@ a sharded checkpoint). Those carry no config, so ``-c`` must give one.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
 import secrets
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,18 +59,13 @@ def write_error(path: Path, exc: OSError) -> UserError:
     return UserError(f"{path}: could not write the checkpoint ({reason}); {intact}; free space or fix the folder, then resume")
 
 
-def save_atomic(state: dict, path: Path) -> None:
-    """Write to a temporary file in the same folder, fsync, then ``os.replace``.
-
-    A crash or ``kill -9`` at any moment leaves either the old file or the new one, never half.
-    """
-    path = Path(path)
+@contextlib.contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """A temporary sibling of ``path`` to write; when the block ends well it replaces ``path`` in
+    one rename, and a crash or ``kill -9`` at any moment leaves the old file or the new one, never half."""
     tmp = temporary_name(path)
     try:
-        with open(tmp, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+        yield tmp
         os.replace(tmp, path)
     except OSError as exc:
         raise write_error(path, exc) from None
@@ -77,10 +74,17 @@ def save_atomic(state: dict, path: Path) -> None:
     fsync_dir(path.parent)
 
 
+def save_atomic(state: dict, path: Path) -> None:
+    """``torch.save`` to ``path`` through :func:`replacing`, fsynced before the rename."""
+    with replacing(Path(path)) as tmp, open(tmp, "wb") as handle:
+        torch.save(state, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
 def link_atomic(source: Path, target: Path) -> None:
     """Make ``target`` hold the same bytes as ``source`` (a hard link, else a copy), atomically."""
-    tmp = temporary_name(target)
-    try:
+    with replacing(target) as tmp:
         try:
             os.link(source, tmp)
         except OSError:
@@ -89,12 +93,6 @@ def link_atomic(source: Path, target: Path) -> None:
                     dst.write(chunk)
                 dst.flush()
                 os.fsync(dst.fileno())
-        os.replace(tmp, target)
-    except OSError as exc:
-        raise write_error(target, exc) from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(target.parent)
 
 
 def fsync_dir(folder: Path) -> None:
