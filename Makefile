@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: install train test lint clean-runs
+.PHONY: install train test lint fix clean-runs
 
 install: $(STAMP)
 
@@ -25,6 +25,10 @@ train: install
 
 lint: install
 	$(VENV)/bin/ruff check .
+
+# ruff's own fixes: import order (after you export a class from an __init__.py), unused imports, ...
+fix: install
+	$(VENV)/bin/ruff check --fix .
 
 test: install lint
 	$(PY) -m pytest -q -n auto --maxprocesses=4

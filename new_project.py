@@ -60,7 +60,10 @@ make test    # ruff, then the test suite
    `python train.py -c config.json trainer.epochs=3 data_loader.args.batch_size=128`.
 
 `trainer/` and `base/` need no change for a new model or data set (a test in
-`tests/test_new_project.py` of the template checks exactly that).
+`tests/test_new_project.py` of the template checks exactly that). After exporting a class from an
+`__init__.py`, `make fix` puts the imports in the order `make test`'s linter wants. If your batches
+are not `(inputs, target)` tuples or dicts with a `label`, set `trainer.target_key` or give your
+data loader an `unpack_batch(self, batch)` method.
 
 The template's full manual, with every config key, resuming, multi-GPU and the engine's
 options, is in `TEMPLATE.md`.
@@ -71,7 +74,8 @@ Each run writes one folder, `saved/<name>/<run_id>/`: the resolved `config.json`
 `metrics.jsonl` (one row per epoch), TensorBoard events, and `checkpoints/` (`last.pth`,
 `best.pth`, periodic `epoch-<N>.pth`). Resume with
 `python train.py -r saved/<name>/<run_id>/checkpoints/last.pth`; evaluate on the test split with
-`python test.py -r saved/<name>/<run_id>/checkpoints/best.pth` (writes `test_metrics.json` there).
+`python test.py -r saved/<name>/<run_id>/checkpoints/best.pth` (writes `test_metrics.json` there),
+and write its predictions with `python predict.py -r .../best.pth --out predictions.csv`.
 """
 
 

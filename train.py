@@ -26,13 +26,14 @@ import shlex
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from logger import get_logger, setup_logging
 from logger.logger import log_to_files
+from logger.manifest import command_line, extend_manifest, fingerprint, write_manifest
 from logger.run_log import RunLog
 from trainer import Trainer
 from trainer.preflight import run_preflight
@@ -61,8 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     if not STOP.installed:
         STOP.install()
-    args = parse_args(argv)
-    session = Session(args)
+    argv = sys.argv[1:] if argv is None else argv
+    session = Session(parse_args(argv), argv)
     try:
         return session.run()
     except KeyboardInterrupt:
@@ -84,6 +85,7 @@ class Session:
     """One ``train.py`` invocation: what it has claimed, so a failure can take back exactly that."""
 
     args: argparse.Namespace
+    argv: list[str] = field(default_factory=list)
     claim: RunDirectory | None = None
     trainer: Trainer | None = None
     training: bool = False
@@ -119,7 +121,10 @@ class Session:
         if distributed.any_process(STOP.requested):
             return None
         run_dir = self.claim_run_dir(config, args, mode)
-        trainer.attach_run(open_run_log(run_dir, config, trainer, mode))
+        run = open_run_log(run_dir, config, trainer, mode)
+        run.claim = self.claim  # released when the run log closes, at the end of training
+        trainer.attach_run(run)
+        record_manifest(run_dir, config, trainer, device, mode, args.resume, command_line("train.py", self.argv))
         log_header(config, run_dir, device, trainer, mode)
         return run_dir
 
@@ -138,7 +143,7 @@ class Session:
 
     def outcome(self, run_dir: Path) -> int:
         trainer, logger = self.trainer, get_logger()
-        last = run_dir / "checkpoints" / "last.pth"
+        last = run_dir / "checkpoints" / f"last{trainer.checkpoint_suffix}"
         if trainer.stopped_by:
             if not trainer.run.checkpoint_written:
                 self.abandon(stopped=True)
@@ -148,11 +153,13 @@ class Session:
             return 128 + getattr(signal, trainer.stopped_by).value
         if trainer.monitor.best_epoch is not None:
             logger.info(
-                "done: best %s %.6g at epoch %d; checkpoints in %s (best.pth, last.pth)",
+                "done: best %s %.6g at epoch %d; checkpoints in %s (best%s, last%s)",
                 trainer.monitor.metric,
                 trainer.monitor.best,
                 trainer.monitor.best_epoch,
                 last.parent,
+                trainer.checkpoint_suffix,
+                trainer.checkpoint_suffix,
             )
         else:
             logger.info("done: checkpoints in %s", last.parent)
@@ -187,7 +194,7 @@ def load_config(args: argparse.Namespace) -> tuple[Config, Checkpoint | None, st
     if args.config:
         return Config.from_file(args.config, args.overrides), checkpoint, "finetune" if checkpoint else "new"
     checkpoint.require_resumable()
-    if Path(args.resume).resolve().parent.name != "checkpoints":
+    if run_dir_of(args.resume) == Path(os.path.abspath(args.resume)).parent:
         raise UserError(f"-r {args.resume}: to resume, pass the file inside its run's checkpoints/ folder; to start a new run from it, add -c CONFIG")
     source = f"{args.resume} (its config)"
     return Config.from_dict(checkpoint.config, source, args.overrides, trusted=args.trust_checkpoint), checkpoint, "resume"
@@ -248,6 +255,19 @@ def open_run_log(run_dir: Path, config: Config, trainer: Trainer, mode: str) -> 
     return RunLog.start(run_dir, config.to_dict(), tensorboard)
 
 
+def record_manifest(run_dir: Path, config: Config, trainer: Trainer, device: torch.device, mode: str, checkpoint: str | None, command: str) -> None:
+    """``manifest.json``: written for a new run, extended by a resume (``logger/manifest.py``); collective under DDP."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
+    devices = distributed.gather_objects(name)
+    if not distributed.is_main_process():
+        return
+    if mode == "resume":
+        extend_manifest(run_dir, command, str(checkpoint), config.digest(), distributed.world_size(), devices)
+    else:
+        data = {"train": fingerprint(trainer.data), "valid": fingerprint(trainer.valid_data)}
+        write_manifest(run_dir, command, config.digest(), distributed.world_size(), devices, config["seed"], data)
+
+
 def resume_command(checkpoint: Path) -> str:
     """The command that continues this run, with the same launcher and process count."""
     launcher = "python"
@@ -276,7 +296,8 @@ def log_header(config: Config, run_dir: Path, device: torch.device, trainer: Tra
         f"data         {_size(trainer.data)} training samples, {_size(trainer.valid_data)} validation samples, "
         f"{trainer.batches_per_epoch} batches per epoch",
         f"epochs       {progress.start_epoch}..{config.settings.epochs}, monitor {config.settings.monitor}",
-        f"resume with  {resume_command(run_dir / 'checkpoints' / 'last.pth')}" + ("" if mode == "resume" else "  (once it is written)"),
+        f"resume with  {resume_command(run_dir / 'checkpoints' / f'last{trainer.checkpoint_suffix}')}"
+        + ("" if mode == "resume" else "  (once it is written)"),
     ]
     if progress.batch_in_epoch:
         lines.append(f"resuming     epoch {progress.epoch} at batch {progress.batch_in_epoch:,} of {trainer.batches_per_epoch:,}")

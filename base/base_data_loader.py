@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset, TensorDataset
 from torch.utils.data.dataloader import default_collate
 
+from base.epochs import prediction_batches
 from base.samplers import EvaluationShardSampler, ResumableDistributedSampler, SampleSeededDataset
 from utils import distributed
 from utils.errors import UserError
@@ -197,6 +198,11 @@ class BaseDataLoader(DataLoader):
                 yield batch
                 remaining -= 1
                 position += 1
+
+    def prediction_batches(self, rank: int = 0, world: int = 1) -> Iterator[tuple[torch.Tensor, Any]]:
+        """``(sample indices, batch)`` of this process's share of the split, in order, unshuffled
+        (see ``base/epochs.py``, :func:`prediction_share`); indices count within the split."""
+        return prediction_batches(self.base_dataset, self.batch_size, self.collate_fn, rank, world, self.num_workers)
 
     def state_dict(self) -> dict:
         """What a mid-epoch resume must match: the position in an epoch counts batches of this size."""

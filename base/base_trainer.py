@@ -9,17 +9,19 @@ monitor, and writes checkpoints assembled from those parts (``base/training_stat
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from base.progress import Monitor, Progress
 from base.settings import TrainerSettings
-from base.training_state import RngState, Stateful, capture, restore
+from base.training_state import RngState, Stateful, capture, capture_sharded, restore
 from logger.logger import get_logger
 from logger.run_log import RunLog
 from utils import distributed
-from utils.checkpoint import Checkpoint, link_atomic, prune_epoch_checkpoints, save_atomic
+from utils.checkpoint import link_atomic, prune_epoch_checkpoints, remove_stale_temporaries, save_atomic
+from utils.sharded_checkpoint import point, remove_unreferenced, save_snapshot
 from utils.signals import StopRequest
 
 
@@ -53,7 +55,7 @@ class BaseTrainer(ABC):
         """Each process's own parts, by checkpoint key (saved under ``ranks``)."""
         return {"rng": RngState()}
 
-    def resume(self, checkpoint: Checkpoint) -> None:
+    def resume(self, checkpoint: Any) -> None:
         """Continue the run ``checkpoint`` describes (checked in memory; see ``base/training_state.py``)."""
         restore(self, checkpoint)
         reset = self.settings.early_stop_reset
@@ -63,8 +65,12 @@ class BaseTrainer(ABC):
             self.monitor.reset_count()
 
     def attach_run(self, run: RunLog) -> None:
-        """Where logs, metrics and checkpoints go, once the run directory exists."""
+        """Where logs, metrics and checkpoints go, once the run directory exists (and is locked: what a
+        killed writer left half-written there is swept)."""
         self.run = run
+        if run.checkpoint_dir is not None:
+            remove_stale_temporaries(run.checkpoint_dir)
+            remove_unreferenced(run.checkpoint_dir)
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -128,15 +134,28 @@ class BaseTrainer(ABC):
 
     # -- checkpoints --------------------------------------------------------------------------
 
+    sharded = False
+    """True when the weights are sharded (FSDP): checkpoints are DCP snapshots (``last.dcp``), not files."""
+
+    @property
+    def checkpoint_suffix(self) -> str:
+        return ".dcp" if self.sharded else ".pth"
+
     def save_last(self) -> None:
-        """Write ``last.pth`` atomically on rank 0; every rank takes part and waits for the write."""
-        state = capture(self, self.checkpoint_meta)
+        """Write ``last`` atomically; every rank takes part (rank 0 alone writes a file checkpoint)."""
         folder = self.run.checkpoint_dir
+        if self.sharded:
+            sharded, shared, own = capture_sharded(self, self.checkpoint_meta)
+            save_snapshot(Path(distributed.broadcast_object(str(folder))) / "last.dcp", sharded, shared, own)
+        else:
+            state = capture(self, self.checkpoint_meta)
+            if folder is not None:
+                save_atomic(state, folder / "last.pth")
         if folder is not None:
-            save_atomic(state, folder / "last.pth")
             self.run.checkpoint_written = True
             if self.progress.batch_in_epoch:
-                self.logger.info("saved %s (epoch %d, batch %d)", folder / "last.pth", self.progress.epoch, self.progress.batch_in_epoch)
+                last = folder / f"last{self.checkpoint_suffix}"
+                self.logger.info("saved %s (epoch %d, batch %d)", last, self.progress.epoch, self.progress.batch_in_epoch)
         distributed.barrier()
 
     def save_epoch_checkpoints(self, epoch: int, improved: bool) -> None:
@@ -145,12 +164,22 @@ class BaseTrainer(ABC):
         folder = self.run.checkpoint_dir
         if folder is None:
             return
-        last = folder / "last.pth"
+        suffix = self.checkpoint_suffix
+        last = folder / f"last{suffix}"
         if improved:
-            link_atomic(last, folder / "best.pth")
-            self.logger.info("new best %s %.6g: saved %s", self.monitor.metric, self.monitor.best, folder / "best.pth")
+            self._copy_checkpoint(last, folder / f"best{suffix}")
+            self.logger.info("new best %s %.6g: saved %s", self.monitor.metric, self.monitor.best, folder / f"best{suffix}")
         period = self.settings.save_period
         if period and epoch % period == 0:
-            link_atomic(last, folder / f"epoch-{epoch}.pth")
-            for path in prune_epoch_checkpoints(folder, self.settings.keep_last):
+            self._copy_checkpoint(last, folder / f"epoch-{epoch}{suffix}")
+            for path in prune_epoch_checkpoints(folder, self.settings.keep_last, suffix):
                 self.logger.debug("removed old checkpoint %s", path)
+            if self.sharded:
+                remove_unreferenced(folder)
+
+    def _copy_checkpoint(self, last: Path, target: Path) -> None:
+        """``target`` holds what ``last`` holds: a hard link to the file, or a link to the same snapshot."""
+        if self.sharded:
+            point(target, last.resolve())
+        else:
+            link_atomic(last, target)

@@ -15,11 +15,12 @@ then holds only if the loader's order does not depend on global random state.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader, Dataset
 
 from utils.errors import UserError
 
@@ -71,6 +72,26 @@ class PlainEpochs:
 
     def load_state_dict(self, state: dict, mid_epoch: bool) -> None:
         return None
+
+
+def prediction_share(samples: int, batch_size: int, rank: int, world: int) -> range:
+    """The samples process ``rank`` predicts: a contiguous run of whole batches of the one-process
+    batching (batch ``b`` is samples ``b*B .. b*B+B-1``), so every batch is the one a single
+    process would see, and the processes' rows, concatenated in rank order, are in data set order."""
+    batches = -(-samples // batch_size)
+    first, last = batches * rank // world, batches * (rank + 1) // world
+    return range(first * batch_size, min(last * batch_size, samples))
+
+
+def prediction_batches(
+    dataset: Dataset, batch_size: int, collate_fn: Callable, rank: int = 0, world: int = 1, num_workers: int = 0
+) -> Iterator[tuple[torch.Tensor, Any]]:
+    """``(sample indices, batch)`` over this process's :func:`prediction_share` of ``dataset``, in order."""
+    share = prediction_share(len(dataset), batch_size, rank, world)  # type: ignore[arg-type]
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=list(share), collate_fn=collate_fn, num_workers=num_workers)
+    for number, batch in enumerate(loader):
+        start = share.start + number * batch_size
+        yield torch.arange(start, min(start + batch_size, share.stop)), batch
 
 
 def epochs_of(loader: Any) -> Any:

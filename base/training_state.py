@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from torch import nn
 
 from utils import distributed
-from utils.checkpoint import FORMAT, VERSION, Checkpoint, clean_state_dict, load_weights
+from utils.checkpoint import FORMAT, VERSION, clean_state_dict, load_weights
 from utils.errors import UserError
 from utils.seed import get_rng_state, set_rng_state
 
@@ -66,14 +66,17 @@ class TypedState:
             return None
         return {"type": type(self.obj).__name__, "state": self.obj.state_dict()}
 
-    def load_state_dict(self, state: dict | None) -> None:
+    def check_type(self, saved: str | None) -> None:
         mine = type(self.obj).__name__ if self.obj is not None else None
-        saved = state["type"] if state else None
         if mine != saved:
             raise UserError(
                 f"{self.key}: the checkpoint holds the state of {saved or 'no ' + self.key}, this config builds {mine or 'none'}; "
                 f"resume with the run's {self.key}, or start a new run from its weights with -r CHECKPOINT -c CONFIG"
             )
+
+    def load_state_dict(self, state: dict | None) -> None:
+        saved = state["type"] if state else None
+        self.check_type(saved)
         if self.obj is None:
             return
         try:
@@ -86,27 +89,46 @@ class TypedState:
             ) from None
 
 
+SHARDED_PARTS = ("model", "optimizer", "ema")
+"""Parts that a sharded run (FSDP) saves with DCP, each process its own shards (``trainer/fsdp.py``)."""
+
+
 def capture(trainer: BaseTrainer, meta: dict) -> dict:
     """The checkpoint dict; a collective call under DDP (every process contributes its rank parts)."""
     shared = {name: part.state_dict() for name, part in trainer.state_parts().items()}
     own = {name: part.state_dict() for name, part in trainer.rank_parts().items()}
-    return {
-        "format": FORMAT,
-        "version": VERSION,
-        "world_size": distributed.world_size(),
-        **meta,
-        **shared,
-        "ranks": distributed.gather_objects(own),
-    }
+    return {**_header(meta), **shared, "ranks": distributed.gather_objects(own)}
 
 
-def restore(trainer: BaseTrainer, checkpoint: Checkpoint) -> None:
-    """Continue the run ``checkpoint`` describes. Everything is checked and loaded in memory; a
-    mismatch is a :class:`UserError` naming the part, raised before the run directory is touched."""
+def capture_sharded(trainer: BaseTrainer, meta: dict) -> tuple[dict, dict, dict]:
+    """(DCP state of the sharded parts, the shared parts, this process's parts) of a sharded run."""
+    parts = trainer.state_parts()
+    shared = {name: part.state_dict() for name, part in parts.items() if name not in SHARDED_PARTS}
+    shared["sharded"] = {"optimizer_type": type(trainer.optimizer).__name__, "ema": trainer.ema is not None}
+    own = {name: part.state_dict() for name, part in trainer.rank_parts().items()}
+    return trainer.sharded_weights().state_dict(), {**_header(meta), **shared}, own
+
+
+def _header(meta: dict) -> dict:
+    return {"format": FORMAT, "version": VERSION, "world_size": distributed.world_size(), **meta}
+
+
+def restore(trainer: BaseTrainer, checkpoint: Any) -> None:
+    """Continue the run ``checkpoint`` describes (a file, or a sharded snapshot). Everything is
+    checked and loaded in memory; a mismatch is a :class:`UserError` naming the part, raised before
+    the run directory is touched."""
     checkpoint.require_resumable()
     state = checkpoint.data
     shared, own = trainer.state_parts(), trainer.rank_parts()
-    missing = [name for name in [*shared, "ranks", "world_size"] if name not in state]
+    if checkpoint.is_sharded:
+        shared = {name: part for name, part in shared.items() if name not in SHARDED_PARTS}
+    elif getattr(trainer, "sharded", False):
+        raise UserError(
+            f"{checkpoint.path}: a single-file checkpoint cannot be resumed with trainer.strategy=fsdp; resume it with ddp, "
+            f"or start an fsdp run from its weights with -r {checkpoint.path} -c CONFIG"
+        )
+    required = [*shared, "world_size"] + ([] if checkpoint.is_sharded else ["ranks"])
+    missing = [name for name in required if name not in state]
     if missing:
         raise UserError(f"{checkpoint.path}: incomplete checkpoint, {missing} missing; resume from another file (epoch-N.pth, best.pth)")
     progress = shared.pop("progress")
@@ -116,11 +138,13 @@ def restore(trainer: BaseTrainer, checkpoint: Checkpoint) -> None:
     if mid_epoch and not same_world:
         raise UserError(
             f"{checkpoint.path}: written mid-epoch by {state['world_size']} process(es); resume it with the same number of processes, "
-            f"or from an epoch-end checkpoint (epoch-N.pth)"
+            f"or from an epoch-end checkpoint (epoch-N)"
         )
     for name, part in shared.items():
         part.load_state_dict(state[name])
-    rank_state = state["ranks"][distributed.rank() if same_world else 0]
+    if checkpoint.is_sharded:
+        _restore_sharded(trainer, checkpoint)
+    rank_state = checkpoint.rank_state(distributed.rank() if same_world else 0)
     for name, part in own.items():
         if name == "data":
             part.load_state_dict(rank_state[name], mid_epoch)
@@ -132,3 +156,13 @@ def restore(trainer: BaseTrainer, checkpoint: Checkpoint) -> None:
             state["world_size"],
             distributed.world_size(),
         )
+
+
+def _restore_sharded(trainer: BaseTrainer, checkpoint: Any) -> None:
+    saved = checkpoint.data["sharded"]
+    TypedState(trainer.optimizer, "optimizer").check_type(saved["optimizer_type"])
+    if saved["ema"] and trainer.ema is None:
+        trainer.logger.warning("ema: the checkpoint holds EMA weights, but trainer.ema_decay is null: they are dropped")
+    if trainer.ema is not None and not saved["ema"]:
+        raise UserError("ema: the checkpoint has no EMA weights but trainer.ema_decay is set; resume with trainer.ema_decay=null")
+    trainer.sharded_weights().load(checkpoint.folder, with_ema=trainer.ema is not None)

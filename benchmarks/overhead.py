@@ -116,7 +116,9 @@ def workloads() -> dict[str, Workload]:
 # -- building both sides from one config --------------------------------------------------------
 
 
-def make_config(data: dict, source: str, steps: int, save_dir: str, path: str | None, overrides: list[str], metrics: bool) -> Config:
+def make_config(
+    data: dict, source: str, steps: int, save_dir: str, path: str | None, overrides: list[str], metrics: bool, extra: tuple = ()
+) -> Config:
     """The config, then: one epoch of ``steps`` batches, no validation, runs under ``save_dir``."""
     data = copy.deepcopy(data)
     if path is not None:
@@ -130,7 +132,7 @@ def make_config(data: dict, source: str, steps: int, save_dir: str, path: str | 
         "trainer.overfit_batches=0",
         "trainer.monitor=min loss",
     ]
-    return Config.from_dict(data, source, [*overrides, *ours, *([] if metrics else ["metrics=[]"])])
+    return Config.from_dict(data, source, [*overrides, *ours, *([] if metrics else ["metrics=[]"]), *extra])
 
 
 @dataclass
@@ -304,7 +306,7 @@ def samples_in(loader: Any, steps: int) -> int:
     return sum(sizes[i % len(sizes)] for i in range(steps))
 
 
-def make_sides(data: dict, source: str, steps: int, paths: tuple, overrides: list[str], without_metrics: bool, tmp: Path) -> list[Side]:  # fmt: skip
+def make_sides(data: dict, source: str, steps: int, paths: tuple, overrides: list[str], without_metrics: bool, tmp: Path, ema: float | None = None) -> list[Side]:  # fmt: skip
     sides = []
     for path in paths:
         config = make_config(data, source, steps, str(tmp), path, overrides, metrics=True)
@@ -317,6 +319,9 @@ def make_sides(data: dict, source: str, steps: int, paths: tuple, overrides: lis
         if without_metrics and config["metrics"]:
             config = make_config(data, source, steps, str(tmp), path, overrides, metrics=False)
             sides.append(Side(f"{actual:<7}trainer, metrics=[]", "trainer", actual, config, loader, device, samples))
+        if ema is not None:
+            config = make_config(data, source, steps, str(tmp), path, overrides, metrics=True, extra=(f"trainer.ema_decay={ema}",))
+            sides.append(Side(f"{actual:<7}trainer, ema", "trainer", actual, config, loader, device, samples))
     return sides
 
 
@@ -373,7 +378,11 @@ def report(title: str, steps: int, sides: list[Side]) -> None:
                 weights = "identical" if same_weights(side.model, bare[side.path].model) else "DIFFERENT"
         us = statistics.median(side.step_us)
         print(f"  {side.label:<28}{side.median:>11,.0f}{us:>9,.0f}{side.spread:>6.1f}%{ratio:>9}{pair:>8}{interval:>14}{best:>8}  {weights}")
-    trainers = {side.path: side for side in sides if side.kind == "trainer" and "metrics=[]" not in side.label}
+    trainers = {side.path: side for side in sides if side.kind == "trainer" and "," not in side.label}
+    for side in sides:
+        if side.label.endswith("ema"):
+            low, high = paired_interval(side, trainers[side.path])
+            print(f"  {side.path} trainer with EMA vs without: paired {paired(side, trainers[side.path]):.3f}x (95% interval {low:.3f}-{high:.3f})")
     if "memory" in bare and "loader" in bare:
         memory, loader = trainers["memory"], trainers["loader"]
         print(
@@ -391,6 +400,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, help="torch.set_num_threads for both sides (default: torch's choice)")
     parser.add_argument("--config", help="benchmark this config (.json/.yaml) instead of the built-in workloads")
     parser.add_argument("--without-metrics", action="store_true", help="with --config: also time the Trainer with metrics=[]")
+    parser.add_argument("--ema", type=float, metavar="DECAY", help="also time the Trainer with trainer.ema_decay=DECAY")
     parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="overrides for --config, as in train.py")
     args = parser.parse_args(argv)
     if args.repeats < 1 or (args.steps is not None and args.steps < 1):
@@ -436,7 +446,7 @@ def run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="overhead-") as folder:
         tmp = Path(folder)
         for title, source, data, steps, paths, without_metrics in jobs:
-            sides = make_sides(data, source, steps, paths, args.overrides, without_metrics, tmp)
+            sides = make_sides(data, source, steps, paths, args.overrides, without_metrics, tmp, args.ema)
             measure(sides, steps, args.repeats, tmp)
             report(title, steps, sides)
 

@@ -30,11 +30,16 @@ def digits_dataset(training: bool) -> TensorDataset:
     images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (N, 1, 8, 8) in [0, 1]
     images = (images - 0.3) / 0.4
     labels = torch.tensor(digits.target, dtype=torch.int64)
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(DIGITS_SPLIT_SEED))
-    n_test = int(round(len(labels) * DIGITS_TEST_FRACTION))
-    chosen = order[n_test:] if training else order[:n_test]
-    chosen = chosen.sort().values
+    chosen = held_out_split(len(labels), DIGITS_TEST_FRACTION, DIGITS_SPLIT_SEED, training)
     return TensorDataset(images[chosen], labels[chosen])
+
+
+def held_out_split(samples: int, test_fraction: float, seed: int, training: bool) -> torch.Tensor:
+    """The sorted indices of the training part, or of the held-out test part, of a fixed permutation
+    drawn from its own seed (never the run's), so every run and ``test.py`` agree on the split."""
+    order = torch.randperm(samples, generator=torch.Generator().manual_seed(seed))
+    n_test = int(round(samples * test_fraction))
+    return (order[n_test:] if training else order[:n_test]).sort().values
 
 
 class DigitsDataLoader(BaseDataLoader):

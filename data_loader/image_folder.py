@@ -83,7 +83,7 @@ class ImageFolderDataLoader(BaseDataLoader):
         self.data_dir = Path(data_dir)
         if not self.data_dir.is_dir():
             raise UserError(f"data_loader.args.data_dir: {data_dir} is not a folder; point it at a folder holding train/ and val/")
-        eval_transform = image_transforms(image_size, mean, std, augment=False)
+        eval_transform = self.eval_transform = image_transforms(image_size, mean, std, augment=False)
         train_transform = image_transforms(image_size, mean, std, augment=augment)
         train_set = image_folder(self.data_dir / "train", train_transform if training else eval_transform, self.data_dir)
         self.classes = train_set.classes
@@ -104,8 +104,38 @@ class ImageFolderDataLoader(BaseDataLoader):
             drop_last=drop_last,
         )
 
+    def unlabeled_dataset(self, path: str) -> Dataset:
+        """Image files of a folder without class subfolders (any depth), for predict.py ``--input``:
+        each sample is the evaluation-transformed image; rows carry the file's path within ``path``."""
+        return ImageFiles(Path(path), self.eval_transform)
+
     def split_validation(self) -> BaseDataLoader | None:
         """A loader over ``val/`` (evaluation transform, no shuffle), used like a validation split by train.py."""
         if self.valid_dataset is None:
             return None
         return BaseDataLoader(self.valid_dataset, training=False, **self.init_kwargs)
+
+
+class ImageFiles(Dataset):
+    """The images under ``root`` (sorted by path), as tensors; ``ids`` are their paths relative to ``root``."""
+
+    id_key = "path"
+
+    def __init__(self, root: Path, transform):
+        from torchvision.datasets.folder import IMG_EXTENSIONS
+
+        if not root.is_dir():
+            raise UserError(f"--input: {root} is not a folder of images")
+        self.files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
+        if not self.files:
+            raise UserError(f"--input: {root} holds no image files ({', '.join(IMG_EXTENSIONS)})")
+        self.ids = [str(p.relative_to(root)) for p in self.files]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int):
+        from torchvision.datasets.folder import default_loader
+
+        return self.transform(default_loader(str(self.files[index])))

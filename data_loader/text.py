@@ -103,7 +103,8 @@ class TextClassificationDataset(Dataset):
 
 
 def pad_collate(samples: list[dict]) -> dict:
-    """Pad a list of samples into ``{"text": (N, L) LongTensor, "label": (N,) LongTensor}``.
+    """Pad a list of samples into ``{"text": (N, L) LongTensor, "label": (N,) LongTensor}`` (no
+    ``label`` for unlabelled sentences).
 
     ``L`` is the longest sentence of the batch (at least 1); shorter ones are filled with
     ``<pad>`` (index 0), which the model's ``EmbeddingBag(padding_idx=0)`` ignores.
@@ -112,7 +113,31 @@ def pad_collate(samples: list[dict]) -> dict:
     text = torch.full((len(samples), length), PAD_INDEX, dtype=torch.int64)
     for row, sample in enumerate(samples):
         text[row, : len(sample["text"])] = sample["text"]
+    if "label" not in samples[0]:
+        return {"text": text}
     return {"text": text, "label": torch.tensor([s["label"] for s in samples], dtype=torch.int64)}
+
+
+class Sentences(Dataset):
+    """Unlabelled sentences, one per non-empty line of a text file; ``ids`` are their line numbers (1-based)."""
+
+    id_key = "line"
+
+    def __init__(self, path: Path, vocab: Vocabulary):
+        if not path.is_file():
+            raise UserError(f"--input: {path} is not a file; give a text file with one sentence per line")
+        numbered = [(n, line) for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1) if line.strip()]
+        if not numbered:
+            raise UserError(f"--input: {path} has no sentences; write one per line")
+        self.ids = [n for n, _ in numbered]
+        self.texts = [line for _, line in numbered]
+        self.vocab = vocab
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"text": torch.tensor(self.vocab.encode(self.texts[index]), dtype=torch.int64)}
 
 
 class TextDataLoader(BaseDataLoader):
@@ -163,3 +188,7 @@ class TextDataLoader(BaseDataLoader):
             in_memory=in_memory,
             drop_last=drop_last,
         )
+
+    def unlabeled_dataset(self, path: str) -> Sentences:
+        """A text file with one sentence per line, for predict.py ``--input`` (same vocabulary)."""
+        return Sentences(Path(path), self.vocab)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 from logger.logger import add_log_file, get_logger
 from logger.metrics_file import MetricsFile
@@ -22,6 +23,7 @@ from logger.tensorboard import TensorboardWriter
 class RunLog:
     def __init__(self, run_dir: Path | None, tensorboard: bool = False, purge_step: int | None = None, checkpoint_written: bool = False):
         self.run_dir = run_dir
+        self.claim: Any = None  # the run directory's lock (utils/run_dir.py), given up by close()
         self.metrics: MetricsFile | None = None
         self.tensorboard = TensorboardWriter(None, False)
         self.checkpoint_written = checkpoint_written
@@ -86,6 +88,8 @@ class RunLog:
         for handler in get_logger().handlers:
             if isinstance(handler, logging.FileHandler):
                 handler.flush()
+        if self.claim is not None:
+            self.claim.release()
 
 
 def _fmt(value) -> str:

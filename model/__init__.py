@@ -1,7 +1,7 @@
 """Models found by name from ``arch.type``: every class exported here."""
 
-from model.model import MLP, DigitsCNN, LeNet
+from model.model import MLP, DigitsCNN, LeNet, Regressor
 from model.text import TextClassifier
 from model.transfer import TransferClassifier
 
-__all__ = ["MLP", "DigitsCNN", "LeNet", "TextClassifier", "TransferClassifier"]
+__all__ = ["MLP", "DigitsCNN", "LeNet", "Regressor", "TextClassifier", "TransferClassifier"]

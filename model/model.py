@@ -64,3 +64,14 @@ class MLP(BaseModel):
 
     def forward(self, x):
         return F.log_softmax(self.net(x), dim=1)
+
+
+class Regressor(BaseModel):
+    """A multilayer perceptron that predicts one number per sample (a regression): ``(N, F) -> (N,)``."""
+
+    def __init__(self, in_features: int = 10, hidden: int = 64, dropout: float = 0.0):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, 1))
+
+    def forward(self, x):
+        return self.net(x).squeeze(-1)  # (N, 1) -> (N,): the shape of the target

@@ -9,7 +9,12 @@ Without the variables it is exactly ``DigitsCNN``; counting consumes no random n
 
 import os
 import signal
+import time
 
+from torch.utils.data import Dataset
+
+from base import BaseDataLoader
+from data_loader.data_loaders import digits_dataset
 from model.loss import nll_loss
 from model.model import DigitsCNN
 
@@ -45,3 +50,22 @@ class NanLossAfter:
             if self.calls >= self.at:
                 return loss * float("nan")
         return loss
+
+
+class SleepyDigitsDataLoader(BaseDataLoader):
+    """The digits, with a Dataset that sleeps ``delay`` seconds per sample (a slow disk or decoder)."""
+
+    def __init__(self, batch_size: int = 64, delay: float = 0.002, validation_split: int | float = 0.15):
+        super().__init__(SleepyDataset(digits_dataset(training=True), delay), batch_size, validation_split=validation_split)
+
+
+class SleepyDataset(Dataset):
+    def __init__(self, dataset: Dataset, delay: float):
+        self.dataset, self.delay = dataset, delay
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        time.sleep(self.delay)
+        return self.dataset[index]

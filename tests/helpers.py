@@ -45,7 +45,8 @@ def build_trainer(tmp_path: Path, config: dict, *overrides: str, run_id: str = "
     import train
 
     path = write_config(tmp_path, config, f"{run_id}.json")
-    session = train.Session(train.parse_args(["-c", str(path), "--run-id", run_id, *overrides]))
+    argv = ["-c", str(path), "--run-id", run_id, *overrides]
+    session = train.Session(train.parse_args(argv), argv)
     run_dir = session.prepare()
     return session.trainer, run_dir
 
@@ -65,3 +66,24 @@ def seeded_random(request) -> random.Random:
     seed = int(os.environ.get("TEST_SEED", random.randrange(2**32)))
     print(f"{request.node.name}: TEST_SEED={seed}")
     return random.Random(seed)
+
+
+def kill_tree(pid: int, signum: int) -> None:
+    """Signal a process and all its descendants at once (torchrun starts its workers in sessions of their own)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo += children.get(current, [])
+    for member in tree:
+        try:
+            os.kill(member, signum)
+        except ProcessLookupError:
+            pass

@@ -1,4 +1,4 @@
-"""The checkpoint contract (issue 5): safe to load, never half-written, pruned, fine-tunable, exportable."""
+"""The checkpoint contract: safe to load, never half-written, pruned, fine-tunable, exportable."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DDP through real ``torchrun`` on CPU (gloo): issue 6, and the DDP parts of issues 8 and 11.
+"""DDP through real ``torchrun`` on CPU (gloo): the DDP parts of training, logging and preemption.
 
 - two processes with batch B end where one process with batch 2B ends, over the same data order;
 - validation metrics on an uneven split equal a single-process evaluation;

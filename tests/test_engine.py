@@ -1,4 +1,4 @@
-"""The training engine (issue 4): accumulation, clipping, AMP, schedulers, early stop, NaN, debug aids.
+"""The training engine: accumulation, clipping, AMP, schedulers, early stop, NaN, debug aids.
 
 These build the Trainer in-process through train.py's own ``build_trainer`` and train tiny
 real runs on the digits data, then compare against what plain torch computes.

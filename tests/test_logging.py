@@ -33,13 +33,18 @@ EPOCH_TAGS = {
     "train/loss",
     "train/accuracy",
     "train/top_k_acc",
+    "train/f1",
+    "train/auroc",
     "train/samples_per_sec",
     "train/data_wait",
     "train/lr",
     "valid/loss",
     "valid/accuracy",
     "valid/top_k_acc",
+    "valid/f1",
+    "valid/auroc",
 }
+MATRIX_TAGS = ("train/confusion", "valid/confusion")  # config.json's confusion matrix: an image (and a text table) per epoch
 STEP_TAGS = {"train/step_loss", "train/step_samples_per_sec"}
 LOG_STEP = 5
 
@@ -148,7 +153,8 @@ def test_step_loss_every_log_step_and_no_images_or_histograms_unless_asked(runs)
     for tag in STEP_TAGS:
         assert [step for step, _ in events["scalars"][tag]] == expected, tag
     assert all(math.isfinite(value) and value > 0 for _, value in events["scalars"]["train/step_loss"])
-    assert events["histograms"] == {} and events["images"] == {}
+    assert events["histograms"] == {}
+    assert events["images"] == {tag: epoch_steps(runs, [1, 2]) for tag in MATRIX_TAGS}
 
 
 @pytest.mark.slow
@@ -206,7 +212,8 @@ def test_tensorboard_after_resume_still_has_one_value_per_epoch(runs):
 @pytest.mark.slow
 def test_images_and_histograms_once_per_epoch_when_asked(runs):
     events, batches = runs["events"], runs["batches"]
-    assert events["images"] == {"train/inputs": [3 * batches, 4 * batches]}  # first batch of epochs 3 and 4, logged at their last step
+    assert events["images"].pop("train/inputs") == [3 * batches, 4 * batches]  # first batch of epochs 3 and 4, logged at their last step
+    assert events["images"] == {tag: epoch_steps(runs, [1, 2, 3, 4]) for tag in MATRIX_TAGS}
     model_params = {f"params/{name}" for name in torch.load(runs["run_dir"] / "checkpoints" / "last.pth", weights_only=True)["model"]}
     assert set(events["histograms"]) == model_params
     for tag, steps in events["histograms"].items():
@@ -318,10 +325,14 @@ def test_a_run_directory_is_claimed_once_and_discarded_only_by_its_creator(tmp_p
     claim = RunDirectory.create(tmp_path / "saved" / "name" / "new")
     RunLog.start(claim.path, {"name": "x"}, tensorboard=True).close()
     assert (claim.path / "config.json").is_file() and (claim.path / "checkpoints").is_dir()
-    with pytest.raises(UserError, match=r"already exists; choose another --run-id"):
-        RunDirectory.create(claim.path)
+    with pytest.raises(UserError, match=rf"in use by process {os.getpid()}; choose another --run-id"):
+        RunDirectory.create(claim.path)  # a run with the same --run-id that is still going
     with pytest.raises(UserError, match=rf"in use by process {os.getpid()}"):
-        RunDirectory.open(claim.path)
+        RunDirectory.open(claim.path)  # resuming a run that is still going
+    claim.release()
+    with pytest.raises(UserError, match=r"already exists; choose another --run-id, or resume it with -r"):
+        RunDirectory.create(claim.path)
+    claim.created = True  # what discard() takes back: the directory this claim made
     claim.discard()
     assert not (tmp_path / "saved").exists()  # the parents it made go too, when empty
     (tmp_path / "old").mkdir()

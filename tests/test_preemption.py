@@ -1,4 +1,4 @@
-"""Exact resume: epoch boundaries (issue 5) and mid-epoch after SIGTERM / SIGKILL (issue 11).
+"""Exact resume: epoch boundaries and mid-epoch after SIGTERM / SIGKILL.
 
 Each test trains the same tiny experiment twice, once without interruption and once
 interrupted by a real signal at a random batch and resumed with ``-r``, and requires the final

@@ -1,4 +1,4 @@
-"""The runnable template (issue 2): a tiny end-to-end run, the run directory, the fixed splits,
+"""The runnable template: a tiny end-to-end run, the run directory, the fixed splits,
 sample-weighted metrics, and the MNIST loader on IDX files written here."""
 
 from __future__ import annotations
@@ -33,8 +33,13 @@ def test_a_run_directory_holds_everything_the_readme_lists(digits_run):
     assert json.loads((run_dir / "config.json").read_text())["trainer"]["epochs"] == 3
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3]
-    assert {"epoch", "loss", "accuracy", "top_k_acc", "val_loss", "val_accuracy", "val_top_k_acc", "lr"} <= set(rows[0])
+    listed = {"epoch", "loss", "accuracy", "top_k_acc", "f1", "auroc", "confusion", "samples_per_sec", "data_wait", "lr"}
+    assert listed | {"val_loss", "val_accuracy", "val_top_k_acc", "val_f1", "val_auroc", "val_confusion"} == set(rows[0])
     assert list(run_dir.glob("events.out.tfevents.*"))
+    assert json.loads((run_dir / "manifest.json").read_text())["config_hash"]
+    assert {p.name for p in run_dir.iterdir()} <= {"config.json", "manifest.json", "git.diff", "train.log", "metrics.jsonl", "checkpoints", ".lock"} | {
+        p.name for p in run_dir.glob("events.out.tfevents.*")
+    }
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.pth", "epoch-2.pth", "last.pth"]
 
 

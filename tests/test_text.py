@@ -108,6 +108,17 @@ def test_text_example_learns_and_test_py_evaluates_the_checkpoint(tmp_path):
     metrics = json.loads(out.read_text())
     assert metrics["samples"] == 64 and metrics["accuracy"] >= 0.55, metrics
 
+    sentences = tmp_path / "new.txt"
+    sentences.write_text("the striker scored twice in the final\n\nadd the garlic and simmer the sauce\nheavy rain is expected tonight\n")
+    predictions = tmp_path / "new.jsonl"
+    checkpoint = str(run_dir / "checkpoints" / "best.pth")
+    result = run_script("predict.py", "-r", checkpoint, "--input", str(sentences), "--out", str(predictions), env=THREADS)
+    assert result.returncode == 0, result.stderr + result.stdout
+    rows = [json.loads(line) for line in predictions.read_text().splitlines()]
+    assert [(row["index"], row["line"]) for row in rows] == [(0, 1), (1, 3), (2, 4)]  # the blank line 2 is no sentence
+    assert all("target" not in row and row["label"] in ("food", "sports", "technology", "weather") for row in rows)
+    assert all(abs(sum(row["output"]) - 1) < 1e-5 for row in rows)  # logits became probabilities
+
 
 def test_tokenize():
     assert tokenize("Don't STOP, 2 times!") == ["don't", "stop", "2", "times"]

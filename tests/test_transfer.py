@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import math
+
 import pytest
 import torch
 from helpers import ROOT, run_script
@@ -10,6 +13,7 @@ from PIL import Image
 from data_loader.image_folder import ImageFolderDataLoader
 from model.transfer import TransferClassifier
 from trainer.evaluator import Evaluator
+from trainer.metrics import MetricSet
 from utils.checkpoint import load_checkpoint, load_weights
 from utils.config import Config, build_loss, build_lr_scheduler, build_metrics, build_optimizer
 from utils.errors import UserError
@@ -204,4 +208,23 @@ def test_config_builds_and_runs_one_batch(images, pretrained):
     output = model(inputs)
     loss = build_loss(config)(output, target)
     loss.backward()
-    assert torch.isfinite(loss) and all(torch.isfinite(fn(output, target)) for fn in build_metrics(config).values())
+    metrics = MetricSet(build_metrics(config), torch.device("cpu"))
+    metrics.update(output.detach(), target, len(target))
+    values = metrics.compute()
+    assert torch.isfinite(loss) and all(math.isfinite(v) for v in values.values() if isinstance(v, float))
+    assert len(values["confusion"]) == 2  # a 2 x 2 confusion matrix
+
+
+@pytest.mark.slow
+def test_predict_writes_a_row_per_unlabelled_image_with_its_path(trained, tmp_path):
+    folder = tmp_path / "new"
+    write_images(folder / "batch1", 6, (200, 40, 40), seed=5)
+    write_images(folder / "batch2", 4, (40, 40, 200), seed=6)
+    out = tmp_path / "new.csv"
+    result = run_script("predict.py", "-r", str(trained / "best.pth"), "--input", str(folder), "--out", str(out), env=THREADS)
+    assert result.returncode == 0, result.stderr + result.stdout
+    rows = list(csv.DictReader(out.open()))
+    assert [row["path"] for row in rows] == [f"batch1/{i}.png" for i in range(6)] + [f"batch2/{i}.png" for i in range(4)]
+    assert [int(row["index"]) for row in rows] == list(range(10))
+    assert {row["label"] for row in rows} <= {"blue", "red"} and "target" not in rows[0]
+    assert all(abs(float(row["output_0"]) + float(row["output_1"]) - 1) < 1e-5 for row in rows)

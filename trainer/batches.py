@@ -75,6 +75,13 @@ class BatchReader:
 
     def __call__(self, batch: Any) -> tuple[Any, Any]:
         inputs, target = self.unpack(to_device(batch, self.device, self.non_blocking))
+        return self._layout(inputs), target
+
+    def inputs_only(self, batch: Any) -> Any:
+        """A batch of model inputs with no target (unlabelled data for predictions)."""
+        return self._layout(to_device(batch, self.device, self.non_blocking))
+
+    def _layout(self, inputs: Any) -> Any:
         if self.channels_last and isinstance(inputs, torch.Tensor) and inputs.dim() == 4:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-        return inputs, target
+            return inputs.contiguous(memory_format=torch.channels_last)
+        return inputs

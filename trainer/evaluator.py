@@ -52,22 +52,33 @@ class Evaluator:
         self.show_progress = show_progress
 
     @torch.no_grad()
-    def evaluate(self, batches: Iterable, prefix: str = "", desc: str = "evaluate", total: int | None = None) -> dict[str, Any]:
+    def evaluate(
+        self, batches: Iterable, prefix: str = "", desc: str = "evaluate", total: int | None = None, steps: int | None = None
+    ) -> dict[str, Any]:
         """Sample-weighted loss and the metrics over all of ``batches`` (this process's share);
-        a collective under DDP. A non-finite loss is not an error here: it shows as NaN."""
+        a collective under DDP. A non-finite loss is not an error here: it shows as NaN.
+
+        ``steps`` (sharded models): run the model that many times, repeating the last batch
+        uncounted once this process's share is done, so every process joins every all-gather.
+        """
         model = self.model
         was_training = model.training
         model.eval()
         self.metrics.reset()
         losses = LossTracker()
-        for index, batch in enumerate(progress_iter(batches, desc, self.show_progress, total)):
+        count, inputs = 0, None
+        for batch in progress_iter(batches, desc, self.show_progress, total):
             inputs, target = self.reader(batch)
             with self.precision.autocast():
                 output = run_model(model, inputs)
                 loss = self.criterion(output, target)
             size = batch_size(target)
-            losses.add(loss, size, index)
+            losses.add(loss, size, count)
             self.metrics.update(output, target, size)
+            count += 1
+        for _ in range((steps or count) - count):
+            with self.precision.autocast():
+                run_model(model, inputs)  # uncounted: the other processes still gather weights for it
         losses.read()
         model.train(was_training)
         values = {"loss": losses.epoch_loss(self.device), **self.metrics.compute()}

@@ -50,6 +50,7 @@ class MetricSet:
 
     def __init__(self, metrics: dict[str, Any] | None, device: torch.device):
         metrics = metrics or {}
+        self.order = list(metrics)  # the config's order, for the logged row
         self.device = device
         self.functions = {name: fn for name, fn in metrics.items() if not is_metric_object(fn)}
         self.objects = {name: obj for name, obj in metrics.items() if is_metric_object(obj)}
@@ -71,7 +72,7 @@ class MetricSet:
             obj = copy.deepcopy(obj)
             obj.reset()
             objects[name] = obj
-        return MetricSet({**self.functions, **objects}, self.device)
+        return MetricSet({name: objects[name] if name in objects else self.functions[name] for name in self.order}, self.device)
 
     def update(self, output: Any, target: Any, size: int) -> None:
         """One batch of ``size`` samples; everything stays on the device."""
@@ -91,14 +92,14 @@ class MetricSet:
     def compute(self) -> dict[str, Any]:
         """Epoch values over every process (a collective under DDP): floats for scalars, nested
         lists for other tensors (a confusion matrix), ``<name>_<key>`` for mappings."""
-        values: dict[str, Any] = {}
+        values: dict[str, dict[str, Any]] = {}
         if self._fns:
             reduced = distributed.all_reduce_sum(torch.stack([*self.sums, self.sums[0].new_tensor(self.count)])).tolist()
             count = reduced[-1]
-            values.update({name: total / count if count else math.nan for name, total in zip(self.functions, reduced)})
+            values.update({name: {name: total / count if count else math.nan} for name, total in zip(self.functions, reduced)})
         for name, obj in self.objects.items():
-            values.update(flatten(name, obj.compute()))
-        return values
+            values[name] = flatten(name, obj.compute())
+        return {key: value for name in self.order for key, value in values[name].items()}
 
     def state_dict(self) -> dict:
         """Mid-epoch state as plain tensors on the CPU (what ``torch.load(weights_only=True)`` reads)."""

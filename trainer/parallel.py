@@ -36,7 +36,11 @@ class PreparedModel:
     strategy: str = "single"
 
     def no_sync(self, sync: bool) -> contextlib.AbstractContextManager:
-        """Skip DDP's gradient all-reduce for micro-batches that do not end an accumulation group."""
+        """Skip the gradient all-reduce (DDP) or reduce-scatter (FSDP) for micro-batches that do not
+        end an accumulation group."""
+        if self.strategy == "fsdp":
+            self.module.set_requires_gradient_sync(sync)
+            return NO_CONTEXT
         return NO_CONTEXT if sync or self.ddp is None else self.ddp.no_sync()
 
     def train(self, mode: bool = True) -> None:

@@ -146,6 +146,8 @@ def _check_metrics(trainer: Trainer, output: Any, target: Any) -> dict[str, Any]
         produced[name] = value.item()
     for name, obj in metrics.objects.items():
         probe = copy.deepcopy(obj)
+        if getattr(probe, "validate_args", None) is False:
+            probe.validate_args = True  # torchmetrics' input checks, once here, so training may turn them off
         try:
             probe.update(detached, target)
             produced.update(flatten(name, probe.compute()))

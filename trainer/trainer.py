@@ -30,6 +30,7 @@ from logger.progress import progress_bar, progress_enabled
 from trainer.batches import BatchReader, run_model
 from trainer.ema import EMA
 from trainer.evaluator import Evaluator
+from trainer.fsdp import ShardedWeights
 from trainer.metrics import LossTracker, MetricSet, batch_size
 from trainer.parallel import PreparedModel, prepare_model
 from trainer.precision import NO_CONTEXT, Precision
@@ -58,6 +59,7 @@ class Trainer(BaseTrainer):
     ):
         super().__init__(settings, device, **base)
         self.model = prepare_model(model, settings, device)
+        self.sharded = self.model.sharded
         self.criterion = criterion.to(device) if isinstance(criterion, nn.Module) else criterion
         self.optimizer = optimizer
         self.trainable = [p for p in self.model.module.parameters() if p.requires_grad]
@@ -76,7 +78,12 @@ class Trainer(BaseTrainer):
         self.show_progress = progress_enabled(settings.progress_bar, distributed.rank())
         valid_metrics = self.train_metrics.fresh()
         self.evaluator = Evaluator(self.model.eval_forward, self.criterion, valid_metrics, device, settings.amp, self.read_batch, self.show_progress)
+        source = self.data if settings.overfit_batches else self.valid_data
+        # Sharded weights are gathered in every forward, a collective: every process evaluates as many batches.
+        self.valid_steps = distributed.all_reduce_max(source.batches_per_epoch) if self.sharded and source is not None else None
         self.data_wait_hinted = False
+        self.profiler: Any = None
+        self.profile_from: int | None = None  # the step this process began profiling at
 
     @property
     def batches_per_epoch(self) -> int:
@@ -92,10 +99,22 @@ class Trainer(BaseTrainer):
             "ema": self.ema or _NoEMA(),
         }
 
+    def sharded_weights(self) -> ShardedWeights:
+        """The weights, optimizer and EMA state as one DCP state (sharded checkpoints, ``trainer/fsdp.py``)."""
+        return ShardedWeights(self.model.module, self.optimizer, self.ema)
+
     def rank_parts(self) -> dict[str, Stateful]:
         return {**super().rank_parts(), "data": self.data, "losses": self.losses, "train_metrics": self.train_metrics}
 
     # -- training -------------------------------------------------------------------------------
+
+    def train(self) -> None:
+        try:
+            super().train()
+        finally:
+            if self.profiler is not None:  # stopped inside the profiling window: write what was recorded
+                self.profiler.__exit__(None, None, None)
+                self.profiler = None
 
     def _train_epoch(self, epoch: int) -> dict | None:
         s = self.settings
@@ -111,6 +130,9 @@ class Trainer(BaseTrainer):
         bar = progress_bar(total, f"epoch {epoch}", self.show_progress, initial=start)
         started, samples, data_wait = time.perf_counter(), 0, 0.0
         first_inputs = None
+        if s.profile and self.profile_from is None and self.run.run_dir is not None:
+            self.profile_from = self.progress.global_step
+            self.profiler = start_profiler(s.profile, self.run.run_dir / "profile")
         batches = iter(self.data.epoch_batches(epoch, start))
 
         for batch_idx in range(start, total):
@@ -141,6 +163,8 @@ class Trainer(BaseTrainer):
                 self.schedule.after_optimizer_step()
                 if self.ema is not None:
                     self.ema.update(self.progress.global_step)
+                if self.profiler is not None:
+                    self._step_profiler()
                 self.progress.global_step += 1
                 self.progress.batch_in_epoch = batch_idx + 1
                 if self._after_step(epoch, total, samples, started, bar):
@@ -180,6 +204,15 @@ class Trainer(BaseTrainer):
             bar.close()
         return stopping
 
+    def _step_profiler(self) -> None:
+        """Advance ``trainer.profile``'s window; after its last active step the trace is written."""
+        self.profiler.step()
+        window = self.settings.profile
+        if self.progress.global_step + 1 - self.profile_from >= window["wait"] + window["warmup"] + window["active"]:
+            self.profiler.__exit__(None, None, None)
+            self.profiler = None
+            self.logger.info("profiler trace written to %s", self.run.run_dir / "profile")
+
     def _check_losses(self, epoch: int) -> float | None:
         """Mean loss of the batches since the last check; stops the run if any of them was not finite."""
         mean, bad = self.losses.read()
@@ -214,7 +247,7 @@ class Trainer(BaseTrainer):
         if source is None:
             return {}
         with self._evaluation_weights():
-            return self.evaluator.evaluate(source.epoch_batches(1, 0), "val_", f"valid {epoch}", source.batches_per_epoch)
+            return self.evaluator.evaluate(source.epoch_batches(1, 0), "val_", f"valid {epoch}", source.batches_per_epoch, self.valid_steps)
 
     def _evaluation_weights(self):
         """The EMA weights in the model while validating (when on and ``trainer.ema_evaluate``)."""
@@ -230,6 +263,17 @@ class Trainer(BaseTrainer):
         rates = {"lr": float(groups[0]["lr"])}  # float(): a tensor when the optimizer keeps lr as one
         rates.update({f"lr_group{i}": float(group["lr"]) for i, group in enumerate(groups) if i})
         return rates
+
+
+def start_profiler(window: dict, folder) -> Any:
+    """``torch.profiler`` over ``window`` = {wait, warmup, active} optimizer steps, writing a trace
+    for TensorBoard's profiler plugin (or chrome://tracing, Perfetto) into ``folder``."""
+    schedule = torch.profiler.schedule(wait=window["wait"], warmup=window["warmup"], active=window["active"], repeat=1)
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    handler = torch.profiler.tensorboard_trace_handler(str(folder))
+    profiler = torch.profiler.profile(activities=activities, schedule=schedule, on_trace_ready=handler)
+    profiler.__enter__()
+    return profiler
 
 
 class _NoEMA:

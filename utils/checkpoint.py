@@ -13,11 +13,13 @@ a sharded checkpoint). Those carry no config, so ``-c`` must give one.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
 import secrets
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,18 +59,13 @@ def write_error(path: Path, exc: OSError) -> UserError:
     return UserError(f"{path}: could not write the checkpoint ({reason}); {intact}; free space or fix the folder, then resume")
 
 
-def save_atomic(state: dict, path: Path) -> None:
-    """Write to a temporary file in the same folder, fsync, then ``os.replace``.
-
-    A crash or ``kill -9`` at any moment leaves either the old file or the new one, never half.
-    """
-    path = Path(path)
+@contextlib.contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """A temporary sibling of ``path`` to write; when the block ends well it replaces ``path`` in
+    one rename, and a crash or ``kill -9`` at any moment leaves the old file or the new one, never half."""
     tmp = temporary_name(path)
     try:
-        with open(tmp, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+        yield tmp
         os.replace(tmp, path)
     except OSError as exc:
         raise write_error(path, exc) from None
@@ -77,10 +74,17 @@ def save_atomic(state: dict, path: Path) -> None:
     fsync_dir(path.parent)
 
 
+def save_atomic(state: dict, path: Path) -> None:
+    """``torch.save`` to ``path`` through :func:`replacing`, fsynced before the rename."""
+    with replacing(Path(path)) as tmp, open(tmp, "wb") as handle:
+        torch.save(state, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
 def link_atomic(source: Path, target: Path) -> None:
     """Make ``target`` hold the same bytes as ``source`` (a hard link, else a copy), atomically."""
-    tmp = temporary_name(target)
-    try:
+    with replacing(target) as tmp:
         try:
             os.link(source, tmp)
         except OSError:
@@ -89,12 +93,6 @@ def link_atomic(source: Path, target: Path) -> None:
                     dst.write(chunk)
                 dst.flush()
                 os.fsync(dst.fileno())
-        os.replace(tmp, target)
-    except OSError as exc:
-        raise write_error(target, exc) from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(target.parent)
 
 
 def fsync_dir(folder: Path) -> None:
@@ -111,7 +109,10 @@ def fsync_dir(folder: Path) -> None:
 
 
 class Checkpoint:
-    """A file given to ``-r``: a run's checkpoint, or a weights file."""
+    """A file given to ``-r``: a run's checkpoint, or a weights file (``ShardedCheckpoint`` in
+    ``utils/sharded_checkpoint.py`` is the folder kind)."""
+
+    is_sharded = False
 
     def __init__(self, path: Path, data: dict):
         self.path = path
@@ -131,16 +132,20 @@ class Checkpoint:
 
     @property
     def has_ema(self) -> bool:
-        return self.data.get("ema") is not None
+        return isinstance(self.data.get("ema"), dict) and _is_state_dict(self.data["ema"].get("weights"))
 
     def weights(self, ema: bool = True) -> dict:
-        """The model's state_dict, with the EMA weights in place of the raw ones when asked and present."""
-        if not self.is_run:
-            return self.data["model"] if _is_state_dict(self.data.get("model")) else self.data
+        """The model's state_dict, with the EMA weights in place of the raw ones when asked and present
+        (a weights file from ``dcp_to_torch`` keeps them under ``ema.weights`` too)."""
+        if not self.is_run and not _is_state_dict(self.data.get("model")):
+            return self.data  # a bare state_dict
         weights = dict(self.data["model"])
         if ema and self.has_ema:
             weights.update(self.data["ema"]["weights"])
         return weights
+
+    def rank_state(self, rank: int) -> dict:
+        return self.data["ranks"][rank]
 
     def require_resumable(self) -> None:
         if not self.is_run:
@@ -156,11 +161,15 @@ def _is_state_dict(value: Any) -> bool:
     return isinstance(value, dict) and bool(value) and all(isinstance(v, torch.Tensor) for v in value.values())
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
+def load_checkpoint(path: str | Path) -> Any:
     """Read a checkpoint or weights file safely; missing, truncated or foreign files are a one-line :class:`UserError`."""
     path = Path(path)
     if path.is_dir():
-        raise UserError(f"{path}: a folder, not a checkpoint file; pass a .pth file from a run's checkpoints/ folder")
+        from utils.sharded_checkpoint import ShardedCheckpoint, is_snapshot
+
+        if is_snapshot(path.resolve()):
+            return ShardedCheckpoint(path)
+        raise UserError(f"{path}: a folder, not a checkpoint; pass a .pth file (or a .dcp sharded checkpoint) from a run's checkpoints/ folder")
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found; pass an existing .pth file with -r")
     try:
@@ -200,13 +209,13 @@ def load_weights(model: nn.Module, state_dict: dict, strict: bool, source: str) 
     return problems
 
 
-def prune_epoch_checkpoints(folder: Path, keep_last: int) -> list[Path]:
-    """Delete all but the ``keep_last`` newest ``epoch-N.pth``; ``last.pth``/``best.pth`` never go."""
+def prune_epoch_checkpoints(folder: Path, keep_last: int, suffix: str = ".pth") -> list[Path]:
+    """Delete all but the ``keep_last`` newest ``epoch-N<suffix>``; ``last``/``best`` never go."""
     if keep_last <= 0:
         return []
     numbered = []
-    for path in folder.glob("epoch-*.pth"):
-        match = re.fullmatch(r"epoch-(\d+)\.pth", path.name)
+    for path in folder.glob(f"epoch-*{suffix}"):
+        match = re.fullmatch(rf"epoch-(\d+){re.escape(suffix)}", path.name)
         if match:
             numbered.append((int(match.group(1)), path))
     numbered.sort()
@@ -238,6 +247,6 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
 
 
 def run_dir_of(checkpoint: str | Path) -> Path:
-    """The run directory a checkpoint belongs to (``<run_dir>/checkpoints/<file>``)."""
-    checkpoint = Path(checkpoint).resolve()
+    """The run directory a checkpoint belongs to (``<run_dir>/checkpoints/<file>``); links are not followed."""
+    checkpoint = Path(os.path.abspath(checkpoint))
     return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent

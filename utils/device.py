@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import torch
 
@@ -37,5 +38,8 @@ def select_device(name: str, distributed: bool, local_rank: int) -> torch.device
 
 def limit_visible_gpus(devices: str | None) -> None:
     """``-d 0,1``: expose only those GPUs, before CUDA initialises."""
-    if devices is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = devices
+    if devices is None:
+        return
+    if not re.fullmatch(r"\d+(,\d+)*", devices.replace(" ", "")):
+        raise UserError(f"-d/--device: {devices!r} is not a list of GPU indices; write e.g. -d 0 or -d 0,1")
+    os.environ["CUDA_VISIBLE_DEVICES"] = devices.replace(" ", "")

@@ -53,8 +53,18 @@ def init_distributed(device: torch.device) -> None:
 
 
 def cleanup() -> None:
+    """Leave the process group: every rank meets at a barrier first, then destroys it.
+
+    Destroying gloo while another rank still talks to it aborts processes now and then at exit
+    ("terminate called without an active exception", SIGABRT). The barrier waits at most a minute:
+    a rank that failed alone must not hang the others (torchrun then reports the failure).
+    """
     global _control_group
     if is_distributed():
+        try:
+            dist.monitored_barrier(group=_control_group, timeout=timedelta(seconds=60))
+        except RuntimeError:
+            pass  # a rank did not come: it failed, and torchrun says so
         dist.destroy_process_group()
     _control_group = None
 
@@ -87,6 +97,15 @@ def broadcast_object(obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0, group=_control_group)
     return box[0]
+
+
+def all_reduce_max(value: int) -> int:
+    """The largest ``value`` over all ranks (a CPU all-reduce on the control group)."""
+    if not is_distributed():
+        return value
+    tensor = torch.tensor([value], dtype=torch.int64)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=_control_group)
+    return int(tensor.item())
 
 
 def gather_objects(obj) -> list:

@@ -37,6 +37,21 @@ def filesystem_error(key: str, path: Path, exc: OSError, fix: str) -> UserError:
     return UserError(f"{key}: cannot write {path} ({problem}); {fix}")
 
 
+def lock_holder(path: Path) -> str | None:
+    """The process id written in a locked run directory's lock file, or None when nobody holds it."""
+    try:
+        fd = os.open(path / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return os.read(fd, 32).decode(errors="replace").strip() or "?"
+    finally:
+        os.close(fd)
+    return None
+
+
 class RunDirectory:
     """A claimed run directory; :meth:`release` (or the process's end) gives it up."""
 
@@ -48,22 +63,34 @@ class RunDirectory:
 
     @classmethod
     def create(cls, path: Path) -> RunDirectory:
-        """Make a new run directory (and missing parents) and lock it; it must not exist."""
+        """Make a new run directory (and missing parents), already locked; it must not exist.
+
+        The directory is built under a temporary name with its lock taken, then renamed into place:
+        a process that loses the race finds the directory there and locked, never half made.
+        """
         path = Path(path)
         made = [folder for folder in reversed([path, *path.parents]) if not folder.exists()]
+        staging = path.with_name(f".{path.name}.new-{os.getpid()}")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            os.mkdir(path)
-        except FileExistsError:
+            os.mkdir(staging)
+        except OSError as exc:
+            raise filesystem_error("trainer.save_dir", path, exc, "choose a writable trainer.save_dir (or a shorter name)") from None
+        claim = cls(staging, True, made)
+        claim._take_lock()
+        try:
+            os.rename(staging, path)  # fails if path exists (a non-empty folder, or a file)
+        except OSError as exc:
+            claim.discard()
             if path.is_dir():
+                holder = lock_holder(path)
+                if holder is not None:
+                    raise UserError(f"--run-id: {path} is in use by process {holder}; choose another --run-id") from None
                 raise UserError(
                     f"--run-id: {path} already exists; choose another --run-id, or resume it with -r {path}/checkpoints/last.pth"
                 ) from None
-            raise filesystem_error("trainer.save_dir", path, FileExistsError(errno.EEXIST, "exists"), "choose another trainer.save_dir") from None
-        except OSError as exc:
-            raise filesystem_error("trainer.save_dir", path, exc, "choose a writable trainer.save_dir (or a shorter name)") from None
-        claim = cls(path, True, made)
-        claim._take_lock()
+            raise filesystem_error("trainer.save_dir", path, exc, "choose another trainer.save_dir or --run-id") from None
+        claim.path = path
         return claim
 
     @classmethod

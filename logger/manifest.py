@@ -1,0 +1,142 @@
+"""``manifest.json``: what a run was, so that two runs can be compared ("what changed?").
+
+Written by rank 0 when a run starts, and extended by every resume (``resumes``): the command
+line, the config's hash, the code's git commit and dirty flag (with ``git diff HEAD`` saved as
+``git.diff`` beside it), Python, torch, CUDA and cuDNN versions, every installed package's
+version, the host, the world size and devices, the seeds, and a fingerprint of the data (sizes,
+and a hash of a few samples or of the file list).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shlex
+import socket
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from utils.nested import leaves
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def environment() -> dict[str, Any]:
+    cuda = torch.cuda.is_available()
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if cuda else None,
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "packages": dict(sorted((d.metadata["Name"].lower(), d.version) for d in metadata.distributions() if d.metadata["Name"])),
+    }
+
+
+def command_line(script: str, argv: list[str]) -> str:
+    """``python train.py <argv>``, with the torchrun world size when launched by torchrun."""
+    launcher = f"torchrun (world size {os.environ['WORLD_SIZE']}) " if "WORLD_SIZE" in os.environ else ""
+    return launcher + shlex.join(["python", script, *argv])
+
+
+def git_state(run_dir: Path, diff_name: str = "git.diff") -> dict | None:
+    """Commit and dirty flag of the project's repository; the uncommitted diff goes to ``diff_name``."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=20, check=True).stdout
+
+    try:
+        commit = git("rev-parse", "HEAD").strip()
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no").strip())
+        diff = git("diff", "HEAD") if dirty else ""
+    except (OSError, subprocess.SubprocessError):
+        return None  # not a git repository, or no git
+    if diff:
+        (run_dir / diff_name).write_text(diff)
+    return {"commit": commit, "dirty": dirty, "diff": diff_name if diff else None}
+
+
+def fingerprint(loader: Any) -> dict | None:
+    """Size and a short hash of a data loader's data: its file list when it has one, else a few samples."""
+    if loader is None:
+        return None
+    loader = getattr(loader, "loader", loader)  # a plain loader wrapped for epochs (base/epochs.py)
+    if callable(getattr(loader, "fingerprint", None)):
+        return loader.fingerprint()
+    dataset = getattr(loader, "base_dataset", None) or getattr(loader, "dataset", None)
+    try:
+        size = len(dataset)
+    except TypeError:
+        return {"samples": None, "hash": None}
+    digest = hashlib.sha256()
+    files = _file_list(dataset)
+    if files is not None:
+        digest.update("\n".join(map(str, files)).encode())
+        basis = "file list"
+    else:
+        for index in sorted({0, size // 2, size - 1} - {-1}):
+            for leaf in leaves(dataset[index]):
+                digest.update(leaf.numpy().tobytes() if isinstance(leaf, torch.Tensor) else repr(leaf).encode())
+        basis = "samples 0, n/2, n-1"
+    return {"samples": size, "hash": digest.hexdigest()[:16], "of": basis}
+
+
+def _file_list(dataset: Any) -> list | None:
+    while dataset is not None:
+        for name in ("samples", "files", "rows"):
+            value = getattr(dataset, name, None)
+            if isinstance(value, list):
+                return value
+        dataset = getattr(dataset, "dataset", None)  # through Subset and wrappers
+    return None
+
+
+def write_manifest(run_dir: Path, command: str, config_hash: str, world_size: int, devices: list[str], seed: int, data: dict) -> None:
+    """A new run's manifest."""
+    manifest = {
+        "command": command,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "config_hash": config_hash,
+        "git": git_state(run_dir),
+        **environment(),
+        "world_size": world_size,
+        "devices": devices,
+        "seeds": {"config": seed, "per_process": [seed + rank for rank in range(world_size)]},
+        "data": data,
+        "resumes": [],
+    }
+    _write(run_dir / "manifest.json", manifest)
+
+
+def extend_manifest(run_dir: Path, command: str, checkpoint: str, config_hash: str, world_size: int, devices: list[str]) -> None:
+    """Record a resume: when, how, from which checkpoint, with which code and config."""
+    path = run_dir / "manifest.json"
+    manifest = json.loads(path.read_text()) if path.exists() else {"resumes": []}
+    number = len(manifest.setdefault("resumes", [])) + 1
+    manifest["resumes"].append(
+        {
+            "command": command,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "checkpoint": checkpoint,
+            "config_hash": config_hash,
+            "git": git_state(run_dir, f"git-resume-{number}.diff"),
+            "torch": torch.__version__,
+            "world_size": world_size,
+            "devices": devices,
+        }
+    )
+    _write(path, manifest)
+
+
+def _write(path: Path, manifest: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+    tmp.replace(path)

@@ -1,0 +1,126 @@
+"""Write a trained model's predictions to a file, one row per sample, in data set order.
+
+    python predict.py -r CHECKPOINT --out predictions.jsonl                 the test split
+    python predict.py -r CHECKPOINT --split val --out val.csv               the validation split (or train)
+    python predict.py -r CHECKPOINT --input new_images/ --out new.jsonl     files without labels
+    torchrun --standalone --nproc_per_node=2 predict.py -r CHECKPOINT --out p.npz   the same file, in shards
+
+The model and its weights are those ``test.py`` evaluates (EMA weights when the run kept them;
+``--weights raw`` for the trained ones). Formats by extension: ``.jsonl``, ``.csv``, ``.npz``,
+``.pt`` (see ``utils/prediction_files.py`` for the columns). Under torchrun every process predicts
+a contiguous run of whole batches and the rows are merged in order, so the file is byte for byte
+the one a single process writes; nothing is held in memory but a batch. The file appears through
+a rename, and an existing one is replaced only with ``--force``.
+"""
+
+from __future__ import annotations
+
+from utils.signals import exit_on_signals
+
+if __name__ == "__main__":
+    exit_on_signals()  # before the heavy imports: a signal ends the script with 130/143, no traceback, no output file
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from base.epochs import prediction_batches, prediction_share
+from logger import get_logger
+from logger.progress import progress_iter
+from trainer.batches import BatchReader
+from trainer.predictor import Predictor
+from utils import distributed
+from utils.errors import UserError, report
+from utils.loading import add_loading_arguments, load_trained_model
+from utils.prediction_files import PartWriter, RowFormatter, check_output, merge, new_token, part_path
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Write a trained model's predictions to a file.")
+    add_loading_arguments(parser)
+    parser.add_argument("--out", required=True, help="the predictions file: .jsonl, .csv, .npz or .pt")
+    parser.add_argument("--split", choices=("test", "val", "train"), default="test", help="which split to predict (default: test)")
+    parser.add_argument("--input", help="predict files without labels instead: an image folder, a text file (one sentence per line)")
+    parser.add_argument("--force", action="store_true", help="replace an existing --out file")
+    return parser.parse_intermixed_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    token = None
+    try:
+        out = Path(args.out)
+        check_output(out, args.force)
+        loaded = load_trained_model(args)
+        token = distributed.broadcast_object(new_token())
+        predict(args, loaded, out, token)
+    except Exception as exc:
+        if token is not None:
+            part_path(Path(args.out), distributed.rank(), token).unlink(missing_ok=True)
+        return report(exc, distributed.rank())
+    finally:
+        distributed.cleanup()
+    return 0
+
+
+def sources(args: argparse.Namespace, config):
+    """(batches of this process, row formatter, batch count or None, labelled?, loader) for ``--split`` or ``--input``."""
+    rank, world = distributed.rank(), distributed.world_size()
+    if args.input:
+        loader = config.init_obj("data_loader", training=False)
+        if not callable(getattr(loader, "unlabeled_dataset", None)):
+            raise UserError(
+                f"--input: {config['data_loader']['type']} cannot read files without labels; "
+                f"give it an unlabeled_dataset(self, path) method returning a Dataset of model inputs"
+            )
+        dataset = loader.unlabeled_dataset(args.input)
+        share = prediction_share(len(dataset), loader.batch_size, rank, world)
+        batches = prediction_batches(dataset, loader.batch_size, loader.collate_fn, rank, world)
+        formatter = RowFormatter(getattr(loader, "classes", None), dataset.ids, dataset.id_key)
+        return batches, formatter, -(-len(share) // loader.batch_size), False, loader
+    if args.split == "test":
+        loader = config.init_obj("data_loader", training=False)
+    else:
+        loader = config.init_obj("data_loader")
+        if args.split == "val":
+            loader = loader.split_validation() if callable(getattr(loader, "split_validation", None)) else None
+            if loader is None:
+                raise UserError("--split val: the data loader has no validation split; set data_loader.args.validation_split")
+    if not callable(getattr(loader, "prediction_batches", None)):
+        raise UserError(f"--split: {config['data_loader']['type']} has no prediction_batches(rank, world); subclass BaseDataLoader")
+    batches = loader.prediction_batches(rank, world)
+    return batches, RowFormatter(getattr(loader, "classes", None)), None, True, loader
+
+
+def predict(args: argparse.Namespace, loaded, out: Path, token: str) -> None:
+    config, device = loaded.config, loaded.device
+    if device.type == "cpu":
+        # CPU kernels may round differently with another number of threads; one per process makes the
+        # file the same from any number of processes (use torchrun --nproc_per_node to use more cores).
+        torch.set_num_threads(1)
+    settings = config.settings
+    batches, formatter, total, labelled, loader = sources(args, config)
+    read_batch = BatchReader(device, loader, settings.target_key, settings.channels_last)
+    predictor = Predictor(loaded.model, device, settings.amp, read_batch, labelled)
+    show = settings.progress_bar and distributed.is_main_process() and sys.stderr.isatty()
+    started = time.perf_counter()
+    part = PartWriter(out, distributed.rank(), token)
+    try:
+        for batch in predictor.predict(progress_iter(batches, "predict", show, total)):
+            part.write(formatter.lines(batch))
+    finally:
+        part.close()
+    distributed.barrier()
+    if distributed.is_main_process():
+        rows = merge(out, distributed.world_size(), token)
+        elapsed = max(time.perf_counter() - started, 1e-9)
+        get_logger().info("predicted %d rows with the %s weights in %.2f s (%.0f samples/s)", rows, loaded.weights, elapsed, rows / elapsed)
+        print(f"wrote {out}")
+    distributed.barrier()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""Epoch metrics that are exact for any metric: functions as sample-weighted means, metric objects
+(torchmetrics) over every sample, mid-epoch state in checkpoints, exact monitoring, and test.py's
+numbers independent of batch size and of the number of processes."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import pytest
+import torch
+import torchmetrics
+from helpers import build_trainer, metric_rows, run_script, tiny_config
+
+from base.progress import Monitor
+from model.metric import Accuracy, accuracy
+from trainer.metrics import MetricSet
+
+CPU = torch.device("cpu")
+
+
+def batches(sizes: list[int], classes: int = 5, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    total = sum(sizes)
+    output = torch.randn(total, classes, generator=generator).log_softmax(1)
+    target = torch.randint(0, classes, (total,), generator=generator)
+    return output, target, list(zip(output.split(sizes), target.split(sizes)))
+
+
+def run(metrics: dict, parts) -> dict:
+    metric_set = MetricSet(metrics, CPU)
+    for output, target in parts:
+        metric_set.update(output, target, len(target))
+    return metric_set.compute()
+
+
+def test_a_function_metric_is_the_sample_weighted_mean():
+    output, target, parts = batches([7, 64, 3, 1])
+    values = run({"accuracy": accuracy}, parts)
+    assert values["accuracy"] == pytest.approx((output.argmax(1) == target).double().mean().item(), abs=1e-7)
+
+
+def test_metric_objects_do_not_depend_on_how_samples_were_batched():
+    def objects():
+        return {
+            "f1": torchmetrics.classification.MulticlassF1Score(num_classes=5, average="macro"),
+            "auroc": torchmetrics.classification.MulticlassAUROC(num_classes=5),
+            "confusion": torchmetrics.classification.MulticlassConfusionMatrix(num_classes=5),
+            "accuracy": Accuracy(),
+        }
+
+    output, target, one = batches([75])
+    _, _, many = batches([1, 7, 64, 3])
+    whole, split = run(objects(), one), run(objects(), many)
+    assert whole == split  # exactly: counts and ranks, not means of means
+    assert whole["accuracy"] == (output.argmax(1) == target).sum().item() / 75  # float64, as a file of predictions gives
+    assert len(whole["confusion"]) == 5 and sum(map(sum, whole["confusion"])) == 75
+
+
+def test_mid_epoch_state_survives_a_weights_only_round_trip():
+    _, _, parts = batches([10, 10, 10, 10])
+    metrics = {"accuracy": accuracy, "auroc": torchmetrics.classification.MulticlassAUROC(num_classes=5), "exact": Accuracy()}
+    straight = MetricSet(metrics, CPU).fresh()
+    for output, target in parts:
+        straight.update(output, target, len(target))
+    first = MetricSet(metrics, CPU).fresh()
+    for output, target in parts[:2]:
+        first.update(output, target, len(target))
+    buffer = io.BytesIO()
+    torch.save(first.state_dict(), buffer)
+    buffer.seek(0)
+    second = MetricSet(metrics, CPU).fresh()
+    assert second.load_state_dict(torch.load(buffer, weights_only=True)) == []
+    for output, target in parts[2:]:
+        second.update(output, target, len(target))
+    assert second.compute() == straight.compute()
+
+
+def test_training_and_validation_have_separate_metric_objects(tmp_path):
+    trainer, _ = build_trainer(tmp_path, tiny_config(tmp_path, epochs=1, limit_batches=2))
+    train_objects, valid_objects = trainer.train_metrics.objects, trainer.evaluator.metrics.objects
+    assert set(train_objects) == set(valid_objects) == {"accuracy", "f1", "auroc", "confusion"}
+    assert all(train_objects[name] is not valid_objects[name] for name in train_objects)
+
+
+def test_a_tie_is_not_an_improvement_and_nan_never_is():
+    monitor = Monitor("max", "val_accuracy", patience=2)
+    assert monitor.update({"epoch": 1, "val_accuracy": 24 / 38})
+    assert not monitor.update({"epoch": 2, "val_accuracy": 24 / 38})
+    assert not monitor.update({"epoch": 3, "val_accuracy": math.nan})
+    assert monitor.should_stop and monitor.best_epoch == 1 and monitor.bad_epochs == 2
+
+
+@pytest.fixture(scope="module")
+def digits_checkpoint(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("metrics")
+    trainer, run_dir = build_trainer(tmp_path, tiny_config(tmp_path, epochs=2))
+    trainer.train()
+    return tmp_path, run_dir / "checkpoints" / "best.pth"
+
+
+@pytest.mark.slow
+def test_test_py_f1_and_auroc_are_the_same_for_any_batch_size_and_equal_scikit_learn(digits_checkpoint):
+    from sklearn.metrics import f1_score, roc_auc_score
+
+    from data_loader import DigitsDataLoader
+    from model import DigitsCNN
+    from utils.checkpoint import load_checkpoint
+
+    tmp_path, checkpoint = digits_checkpoint
+    reported = {}
+    for batch in (1, 7, 64):
+        out = tmp_path / f"b{batch}.json"
+        result = run_script("test.py", "-r", str(checkpoint), "--out", str(out), f"data_loader.args.batch_size={batch}")
+        assert result.returncode == 0, result.stderr
+        reported[batch] = json.loads(out.read_text())
+    assert {b: (r["f1"], r["auroc"], r["accuracy"], r["confusion"]) for b, r in reported.items()}.keys() == {1, 7, 64}
+    assert reported[1]["f1"] == reported[7]["f1"] == reported[64]["f1"]
+    assert reported[1]["auroc"] == reported[7]["auroc"] == reported[64]["auroc"]
+    assert reported[1]["accuracy"] == reported[7]["accuracy"] == reported[64]["accuracy"]
+    model = DigitsCNN()
+    model.load_state_dict(load_checkpoint(checkpoint).weights())
+    images, labels = next(iter(DigitsDataLoader(training=False, batch_size=359)))
+    with torch.no_grad():
+        scores = model.eval()(images)
+    assert reported[64]["f1"] == pytest.approx(f1_score(labels, scores.argmax(1), average="macro"), abs=1e-6)
+    assert reported[64]["auroc"] == pytest.approx(roc_auc_score(labels.numpy(), scores.exp().numpy(), multi_class="ovr"), abs=1e-6)
+
+
+@pytest.mark.slow
+def test_test_py_under_torchrun_reports_what_one_process_reports(digits_checkpoint):
+    tmp_path, checkpoint = digits_checkpoint
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    assert run_script("test.py", "-r", str(checkpoint), "--out", str(one)).returncode == 0
+    result = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "test.py", "-r", str(checkpoint), "--out", str(two))
+    assert result.returncode == 0, result.stderr
+    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    for key in ("accuracy", "f1", "auroc", "confusion", "samples"):
+        assert a[key] == b[key], key
+    assert b["loss"] == pytest.approx(a["loss"], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_the_regression_example_trains_and_reports_r2(tmp_path):
+    from sklearn.metrics import mean_absolute_error, r2_score
+
+    from data_loader.diabetes import diabetes_dataset
+
+    result = run_script("train.py", "-c", "configs/diabetes.json", "--run-id", "r", f"trainer.save_dir={tmp_path}", "trainer.epochs=15")
+    assert result.returncode == 0, result.stderr
+    run_dir = tmp_path / "diabetes_regression" / "r"
+    rows = metric_rows(run_dir)
+    assert {"mae", "r2", "val_mae", "val_r2"} <= set(rows[0])
+    predictions = tmp_path / "p.npz"
+    predicted = run_script("predict.py", "-r", str(run_dir / "checkpoints" / "best.pth"), "--out", str(predictions))
+    assert predicted.returncode == 0, predicted.stderr
+    tested = run_script("test.py", "-r", str(run_dir / "checkpoints" / "best.pth"), "--out", str(tmp_path / "t.json"))
+    assert tested.returncode == 0, tested.stderr
+    reported = json.loads((tmp_path / "t.json").read_text())
+    import numpy as np
+
+    values = np.load(predictions)["prediction"]
+    target = diabetes_dataset(training=False).tensors[1].numpy()
+    assert reported["r2"] == pytest.approx(r2_score(target, values), abs=1e-5) and reported["r2"] > 0.3
+    assert reported["mae"] == pytest.approx(mean_absolute_error(target, values), abs=1e-5)
