@@ -22,7 +22,8 @@ template owns the rest:
 - **sample counts** come from an ``index.json`` beside the shards (``base/shard_index.py``).
 
 Evaluation loaders (``training=False``, and ``split_validation()``) read the shards in sorted
-order, each rank its contiguous share, nothing padded or dropped. See docs/streaming.md.
+order, each rank its contiguous share, nothing padded or dropped; ``prediction_batches`` gives a
+rank's share in order for ``predict.py``. See docs/streaming.md.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torch.utils.data.dataloader import default_collate
 
+from base.epochs import prediction_share
 from base.shard_index import INDEX_NAME, shard_counts
 from base.stream_plan import (
     RankPlan,
@@ -58,8 +60,8 @@ from base.stream_plan import (
     evaluation_plan,
     mix,
     next_stream,
-    prediction_plan,
     shard_order,
+    share_plan,
     taken_after,
     training_plan,
 )
@@ -279,18 +281,21 @@ class BaseStreamLoader:
         """One pass of plain batches: an evaluation loader's share, or a training loader's first pass."""
         if self.training:
             plan, seed = self._training_plan(0), self._pass_seed(0)
-            return (batch for _, _, batch in self._ordered(plan, [0] * self.streams, seed, self.shuffle_buffer))
-        return (batch for _, _, batch in self._ordered(self._evaluation_plan(), [0] * self.streams, self._pass_seed(0), 0))
+            return (batch for _, _, batch in self._ordered(plan, [0] * self.streams, seed, self.shuffle_buffer, self.num_workers))
+        return (
+            batch for _, _, batch in self._ordered(self._evaluation_plan(), [0] * self.streams, self._pass_seed(0), 0, self.num_workers)
+        )
 
-    def prediction_batches(self, rank: int, world: int) -> Iterator[tuple[torch.Tensor, Any]]:
-        """``(global sample indices, batch)`` for rank ``rank`` of ``world``: batches ``[rank*m, (rank+1)*m)``
-        of the one-process batching of the shards in sorted order. With workers the batches come
-        interleaved across streams; the indices (int64) say where each belongs."""
-        plan = prediction_plan(self.dataset.counts, rank, world, self.batch_size, self.streams)
-        for stream, index, batch in self._ordered(plan, [0] * self.streams, mix(self.seed, 0, rank), 0):
-            block = plan.streams[stream]
-            first = block.first + index * self.batch_size
-            yield torch.arange(first, min(first + self.batch_size, block.first + block.samples), dtype=torch.int64), batch
+    def prediction_batches(self, rank: int = 0, world: int = 1) -> Iterator[tuple[torch.Tensor, Any]]:
+        """``(sample indices, batch)`` of process ``rank``'s share of the shards in sorted order, in order:
+        the whole batches of a one-process run that ``base.epochs.prediction_share`` gives it; an index
+        is the sample's position in that order. Read in this process, one stream: rows must come in
+        order, and workers could only keep them in order by each reading every other batch's shards
+        (use more processes instead)."""
+        share = prediction_share(self.num_samples, self.batch_size, rank, world)
+        for _, index, batch in self._ordered(share_plan(self.dataset.counts, share, self.batch_size), [0], mix(self.seed, 0, rank), 0, 0):
+            first = share.start + index * self.batch_size
+            yield torch.arange(first, min(first + self.batch_size, share.stop), dtype=torch.int64), batch
 
     # -- training passes --------------------------------------------------------------------------
 
@@ -327,17 +332,17 @@ class BaseStreamLoader:
         if restored is not None:
             self._check_restored(restored, pass_index, samples, plan)
         self._position = position = _Position(pass_index, samples)
-        for _, _, batch in self._ordered(plan, position.samples, self._pass_seed(pass_index), self.shuffle_buffer):
+        for _, _, batch in self._ordered(plan, position.samples, self._pass_seed(pass_index), self.shuffle_buffer, self.num_workers):
             yield batch
 
-    def _ordered(self, plan: RankPlan, samples: list[int], seed: int, buffer: int) -> Iterator[tuple[int, int, Any]]:
+    def _ordered(self, plan: RankPlan, samples: list[int], seed: int, buffer: int, workers: int) -> Iterator[tuple[int, int, Any]]:
         """``(stream, batch index in stream, batch)`` in :func:`next_stream` order, from the positions
         ``samples``, which advance (in place) as each batch is handed over, never when prefetched."""
         totals = [stream.batches for stream in plan.streams]
         taken = [math.ceil(n / self.batch_size) for n in samples]
         if next_stream(taken, totals) is None:
             return
-        tagged = self._tagged(plan.streams, list(samples), seed, buffer)
+        tagged = self._tagged(plan.streams, list(samples), seed, buffer, workers)
         pending: list[deque] = [deque() for _ in totals]
         try:
             while (stream := next_stream(taken, totals)) is not None:
@@ -355,16 +360,18 @@ class BaseStreamLoader:
         finally:
             _shut_down(tagged)  # now, even if a traceback keeps this frame alive
 
-    def _tagged(self, streams: tuple[StreamPlan, ...], starts: list[int], seed: int, buffer: int) -> Iterator[tuple[int, int, Any]]:
-        """``(stream, samples, batch)`` as the workers (or the main process) produce them."""
+    def _tagged(
+        self, streams: tuple[StreamPlan, ...], starts: list[int], seed: int, buffer: int, workers: int
+    ) -> Iterator[tuple[int, int, Any]]:
+        """``(stream, samples, batch)`` as ``workers`` workers (one per stream), or the main process, produce them."""
         accepts_start = _accepts_start(self._read)
         source = _StreamPass(self._read, accepts_start, self.dataset, streams, starts, self.batch_size, self.collate_fn, buffer, seed)
-        if self.num_workers == 0:
+        if workers == 0:
             return iter(source)
         loader = DataLoader(
             source,
             batch_size=None,
-            num_workers=self.num_workers,
+            num_workers=workers,
             pin_memory=torch.cuda.is_available(),
             generator=torch.Generator().manual_seed(seed),  # worker seeds never draw from the global generator
             worker_init_fn=_leave_stops_to_the_main_process,
@@ -373,7 +380,11 @@ class BaseStreamLoader:
         _track(iterator)
         return iterator
 
-    # -- resume checks ------------------------------------------------------------------------------
+    # -- identity and resume checks ---------------------------------------------------------------
+
+    def fingerprint(self) -> dict:
+        """The data's identity for the run manifest (``logger/manifest.py``), without reading a sample."""
+        return {"samples": self.num_samples, "hash": self._digest(), "of": f"{len(self.dataset.paths)} shard names and sample counts"}
 
     def _digest(self) -> str:
         """Names and sample counts of the shards: a resume mid-pass needs the same data."""

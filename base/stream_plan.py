@@ -11,8 +11,8 @@ are then split into contiguous blocks, one per stream (DataLoader worker), of ne
 counts, so a worker reads its own part of a few shards start to end.
 
 Evaluation reads the shards in sorted order, one contiguous range per rank, nothing left out.
-Predictions cut the same in-order sequence into the batches of a single-process run and give
-rank ``r`` batches ``[r*m, (r+1)*m)``, so every rank's batches are the one-process run's.
+Predictions read a rank's share of whole single-process batches (``base.epochs.prediction_share``)
+of the same in-order sequence as one stream, in order.
 
 The Trainer takes one batch at a time from the streams in a fixed order (:func:`next_stream`),
 so "how many batches each stream has given" is a function of how many batches were taken.
@@ -128,14 +128,10 @@ def evaluation_plan(counts: Sequence[int], rank: int, world: int, batch_size: in
     return RankPlan(plans, math.ceil(size / batch_size), 0)
 
 
-def prediction_plan(counts: Sequence[int], rank: int, world: int, batch_size: int, streams: int) -> RankPlan:
-    """Batches ``[rank*m, (rank+1)*m)`` of the single-process batching of the in-order sequence."""
-    total = sum(counts)
-    per_rank = math.ceil(math.ceil(total / batch_size) / world)
-    first = min(total, rank * per_rank * batch_size)
-    size = min(total, first + per_rank * batch_size) - first
-    plans = streams_of(counts, range(len(counts)), first, size, batch_size, streams)
-    return RankPlan(plans, math.ceil(size / batch_size), 0)
+def share_plan(counts: Sequence[int], share: range, batch_size: int) -> RankPlan:
+    """One stream reading samples ``share`` of the in-order sequence in batches (predictions)."""
+    plans = streams_of(counts, range(len(counts)), share.start, len(share), batch_size, 1)
+    return RankPlan(plans, plans[0].batches, 0)
 
 
 def next_stream(taken: Sequence[int], batches: Sequence[int]) -> int | None:

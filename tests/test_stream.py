@@ -28,6 +28,7 @@ from helpers import ROOT, TESTS_ENV, last_checkpoint, metric_rows, run_script, s
 from stream_recorder import recorded
 
 from base import BaseStreamLoader
+from base.epochs import prediction_share
 from base.shard_index import INDEX_NAME
 from base.stream_plan import next_stream, shard_order, taken_after, training_plan
 from data_loader import DigitsDataLoader, DigitsStreamLoader
@@ -354,17 +355,19 @@ def test_evaluation_reads_each_ranks_contiguous_share_once(tmp_path, num_workers
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
-@pytest.mark.parametrize("world", [1, 2, 3])
-def test_prediction_batches_are_the_single_process_batches_split_over_ranks(tmp_path, num_workers, world):
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+def test_prediction_batches_are_the_single_process_batches_in_order_split_like_the_map_style_loaders(tmp_path, num_workers, world):
     every = write_id_shards(tmp_path, [3, 11, 7, 1, 9, 6])
     loader = id_loader(tmp_path, training=False, num_workers=num_workers)
     single = [every[i : i + 4] for i in range(0, len(every), 4)]  # ids are positions in the in-order sequence
-    per_rank = math.ceil(len(single) / world)
+    rows = []
     for rank in range(world):
+        share = prediction_share(len(every), 4, rank, world)
         got = list(loader.prediction_batches(rank, world))
         assert all(index.dtype == torch.int64 and index.tolist() == batch.tolist() for index, batch in got)
-        expected = single[rank * per_rank : (rank + 1) * per_rank]
-        assert (ids_of(b for _, b in got) if num_workers == 0 else sorted(ids_of(b for _, b in got))) == expected
+        assert ids_of(b for _, b in got) == single[share.start // 4 : -(-share.stop // 4)]
+        rows += [i for _, batch in got for i in batch.tolist()]
+    assert rows == every, "ranks' rows, concatenated in rank order, are in data set order"
 
 
 # -- the index file ----------------------------------------------------------------------------------
@@ -595,12 +598,18 @@ def test_mid_epoch_resume_with_other_num_workers_is_refused_and_changes_nothing(
 
 
 @pytest.mark.slow
-def test_test_py_evaluates_a_stream_run_on_the_test_shards(single, tmp_path):
-    out = tmp_path / "metrics.json"
-    result = run_script("test.py", "-r", str(single["straight"] / "checkpoints" / "best.pth"), "--out", str(out), env=TESTS_ENV)
+def test_test_py_and_predict_py_read_the_test_shards(single, tmp_path):
+    """test.py evaluates every test sample once; predict.py writes them in data set order, agreeing with it."""
+    best = str(single["straight"] / "checkpoints" / "best.pth")
+    result = run_script("test.py", "-r", best, "--out", str(tmp_path / "metrics.json"), env=TESTS_ENV)
     assert result.returncode == 0, result.stdout + result.stderr
-    metrics = json.loads(out.read_text())
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["samples"] == 359 and metrics["accuracy"] > 0.8
+    result = run_script("predict.py", "-r", best, "--out", str(tmp_path / "rows.jsonl"), env=TESTS_ENV)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    assert [row["index"] for row in rows] == list(range(359))
+    assert sum(row["prediction"] == row["target"] for row in rows) == round(metrics["accuracy"] * 359)
 
 
 @pytest.fixture(scope="module")
