@@ -22,10 +22,10 @@ from torch.utils.data.dataloader import default_collate
 
 from base.epochs import prediction_batches
 from base.samplers import EvaluationShardSampler, ResumableDistributedSampler, SampleSeededDataset
+from base.workers import init_worker, track
 from utils import distributed
 from utils.errors import UserError
 from utils.nested import leaves, map_tensors
-from utils.seed import seed_worker
 
 
 class BaseDataLoader(DataLoader):
@@ -103,7 +103,7 @@ class BaseDataLoader(DataLoader):
             collate_fn=collate_fn,
             pin_memory=torch.cuda.is_available() and not in_memory,
             drop_last=drop_last and training,
-            worker_init_fn=seed_worker,
+            worker_init_fn=init_worker,  # seeds, and leaves SIGINT/SIGTERM to the main process (base/workers.py)
             generator=torch.Generator(),
         )
         self._memory: Any = None
@@ -236,9 +236,12 @@ class BaseDataLoader(DataLoader):
         return self._memory
 
     def __iter__(self) -> Iterator[Any]:
-        if not self.in_memory:
-            return super().__iter__()
-        return self._iter_in_memory()
+        if self.in_memory:
+            return self._iter_in_memory()
+        iterator = super().__iter__()
+        if self.num_workers > 0:
+            track(iterator)  # shut down at exit: its workers ignore the SIGTERM multiprocessing would send
+        return iterator
 
     def _iter_in_memory(self) -> Iterator[Any]:
         memory = self._materialize()

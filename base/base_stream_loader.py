@@ -28,31 +28,23 @@ rank's share in order for ``predict.py``. See docs/streaming.md.
 
 from __future__ import annotations
 
-import atexit
-import glob
 import hashlib
-import inspect
 import json
 import math
 import multiprocessing.util  # noqa: F401 - its exit hook must be registered before ours (see _shut_down_live_iterators)
-import random
-import signal
-import weakref
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader
 from torch.utils.data.dataloader import default_collate
 
 from base.epochs import prediction_share
-from base.shard_index import INDEX_NAME, shard_counts
+from base.shard_index import ShardSpec, accepts_start, check_count, hold_out, list_shards, reader_name, shard_counts
 from base.stream_plan import (
     RankPlan,
     StreamPlan,
@@ -65,12 +57,11 @@ from base.stream_plan import (
     taken_after,
     training_plan,
 )
+from base.stream_workers import StreamPass
+from base.workers import leave_stops_to_the_main_process, shut_down, track
 from logger.logger import get_logger
 from utils import distributed
 from utils.errors import UserError
-
-ShardSpec = str | Path | Sequence[str | Path]
-_END = object()
 
 
 @dataclass
@@ -131,10 +122,10 @@ class BaseStreamLoader:
         counter: Callable[[Path], int] | None = None,
         shard: tuple[int, int] | None = None,
     ):
-        _check_count("batch_size", batch_size, 1)
-        _check_count("num_workers", num_workers, 0)
-        _check_count("shuffle_buffer", shuffle_buffer, 0)
-        _check_count("validation_split", validation_split, 0)
+        check_count("batch_size", batch_size, 1)
+        check_count("num_workers", num_workers, 0)
+        check_count("shuffle_buffer", shuffle_buffer, 0)
+        check_count("validation_split", validation_split, 0)
         if reader is None and type(self).read_shard is BaseStreamLoader.read_shard:
             raise UserError(f"data_loader.type: {type(self).__name__} must define read_shard(self, path), or be given reader=")
         self.batch_size, self.num_workers, self.training = batch_size, num_workers, training
@@ -150,9 +141,9 @@ class BaseStreamLoader:
         paths = list_shards(shards)
         valid = list_shards(validation_shards) if validation_shards is not None else []
         if validation_split:
-            paths, valid = _hold_out(paths, validation_split, split_seed, bool(valid))
+            paths, valid = hold_out(paths, validation_split, split_seed, bool(valid))
         self.valid_shards = valid if training else []
-        self.dataset = Shards(paths, shard_counts(paths, self._count, _reader_name(self._read)))
+        self.dataset = Shards(paths, shard_counts(paths, self._count, reader_name(self._read)))
         self.seed = 0
         self.batches_per_epoch = 0
         self._len_epoch: int | None = None
@@ -358,14 +349,14 @@ class BaseStreamLoader:
                 taken[stream] += 1
                 yield stream, taken[stream] - 1, batch
         finally:
-            _shut_down(tagged)  # now, even if a traceback keeps this frame alive
+            shut_down(tagged)  # now, even if a traceback keeps this frame alive
 
     def _tagged(
         self, streams: tuple[StreamPlan, ...], starts: list[int], seed: int, buffer: int, workers: int
     ) -> Iterator[tuple[int, int, Any]]:
         """``(stream, samples, batch)`` as ``workers`` workers (one per stream), or the main process, produce them."""
-        accepts_start = _accepts_start(self._read)
-        source = _StreamPass(self._read, accepts_start, self.dataset, streams, starts, self.batch_size, self.collate_fn, buffer, seed)
+        skips = accepts_start(self._read)
+        source = StreamPass(self._read, skips, self.dataset, streams, starts, self.batch_size, self.collate_fn, buffer, seed)
         if workers == 0:
             return iter(source)
         loader = DataLoader(
@@ -374,10 +365,10 @@ class BaseStreamLoader:
             num_workers=workers,
             pin_memory=torch.cuda.is_available(),
             generator=torch.Generator().manual_seed(seed),  # worker seeds never draw from the global generator
-            worker_init_fn=_leave_stops_to_the_main_process,
+            worker_init_fn=leave_stops_to_the_main_process,
         )
         iterator = iter(loader)
-        _track(iterator)
+        track(iterator)
         return iterator
 
     # -- identity and resume checks ---------------------------------------------------------------
@@ -425,182 +416,3 @@ class BaseStreamLoader:
             f"this run's epoch plan continues (pass {pass_index}, samples {samples}); resume with the run's trainer.len_epoch and "
             f"trainer.limit_batches, or from an epoch-end checkpoint (epoch-N.pth)"
         )
-
-
-class _StreamPass(IterableDataset):
-    """One pass's streams as the DataLoader workers read them: worker ``w`` reads stream ``w`` from
-    its start, collates its batches and yields ``(stream, samples, batch)``; without workers the
-    main process reads stream 0. A user error inside a worker comes back as ``(stream, -1, message)``,
-    so the main process can report it in one line."""
-
-    def __init__(self, read, accepts_start, shards, streams, starts, batch_size, collate_fn, buffer, seed):
-        self.read, self.accepts_start, self.shards = read, accepts_start, shards
-        self.streams, self.starts = streams, starts
-        self.batch_size, self.collate_fn, self.buffer, self.seed = batch_size, collate_fn, buffer, seed
-
-    def __iter__(self) -> Iterator[tuple[int, int, Any]]:
-        info = get_worker_info()
-        stream = info.id if info is not None else 0
-        try:
-            yield from self._batches(stream, in_worker=info is not None)
-        except UserError as exc:
-            yield stream, -1, str(exc)
-
-    def _batches(self, stream: int, in_worker: bool) -> Iterator[tuple[int, int, Any]]:
-        plan, start, size = self.streams[stream], self.starts[stream], self.batch_size
-        if start >= plan.samples:
-            return
-        first = start // size
-        if self.buffer:
-            samples = _shuffled(self._samples(plan, 0), self.buffer, random.Random(mix(self.seed, stream)))
-            for index in range(first):  # rebuild the buffer as the uninterrupted run left it
-                with _batch_seed(mix(self.seed, stream, index), keep_global=not in_worker):
-                    for _ in islice(samples, size):
-                        pass
-        else:
-            samples = self._samples(plan, start)
-        for index in range(first, plan.batches):
-            with _batch_seed(mix(self.seed, stream, index), keep_global=not in_worker):
-                items = list(islice(samples, min(size, plan.samples - index * size)))
-                batch = self.collate_fn(items)
-            yield stream, len(items), batch
-
-    def _samples(self, plan: StreamPlan, skip: int) -> Iterator[Any]:
-        """The stream's samples after its first ``skip``, checked against the index's counts."""
-        for piece in plan.pieces:
-            if skip >= piece.stop - piece.start:
-                skip -= piece.stop - piece.start
-                continue
-            start, skip = piece.start + skip, 0
-            path = self.shards.paths[piece.shard]
-            source = iter(self.read(path, start=start) if self.accepts_start else islice(self.read(path), start, None))
-            wanted, got = piece.stop - start, 0
-            for sample in islice(source, wanted):
-                got += 1
-                yield sample
-            to_end = piece.stop == self.shards.counts[piece.shard]
-            if got < wanted or (to_end and next(source, _END) is not _END):
-                raise UserError(
-                    f"data_loader: {path} gave {'fewer' if got < wanted else 'more'} samples than its {INDEX_NAME} records "
-                    f"({self.shards.counts[piece.shard]}); if read_shard changed what it yields, delete {path.parent / INDEX_NAME}"
-                )
-            close = getattr(source, "close", None)
-            if close is not None:
-                close()
-
-
-def _leave_stops_to_the_main_process(worker_id: int) -> None:
-    """Workers ignore SIGINT/SIGTERM sent to the whole process group (Ctrl-C, a cluster's preemption):
-    torch's own handler would end them, and the main process would fail on its next batch instead
-    of stopping at a step boundary with a checkpoint. The main process shuts them down (:func:`_shut_down`,
-    also at exit); if it dies, their watchdog ends them."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
-_LIVE_ITERATORS: weakref.WeakSet = weakref.WeakSet()
-
-
-def _track(iterator: Any) -> None:
-    """Remember a worker iterator, so that one still alive at exit is shut down (see below)."""
-    _LIVE_ITERATORS.add(iterator)
-
-
-def _shut_down_live_iterators() -> None:
-    """At exit, multiprocessing stops leftover workers with SIGTERM, which ours ignore, and would
-    then wait for them forever; shut them down the way torch does instead (a done event, then join)."""
-    for iterator in list(_LIVE_ITERATORS):
-        _shut_down(iterator)
-
-
-atexit.register(_shut_down_live_iterators)  # after multiprocessing.util's hook (imported above), so it runs before it
-
-
-def _shut_down(iterator: Any) -> None:
-    """Stop a worker iterator's processes now (torch's own shutdown; idempotent), or close a generator."""
-    stop = getattr(iterator, "_shutdown_workers", None) or getattr(iterator, "close", None)
-    if stop is not None:
-        stop()
-
-
-def _shuffled(samples: Iterator[Any], size: int, rng: random.Random) -> Iterator[Any]:
-    """A shuffle buffer: each sample leaves at a random time within ``size`` samples."""
-    buffer: list = []
-    for sample in samples:
-        if len(buffer) < size:
-            buffer.append(sample)
-            continue
-        slot = rng.randrange(size)
-        yield buffer[slot]
-        buffer[slot] = sample
-    rng.shuffle(buffer)
-    yield from buffer
-
-
-@contextmanager
-def _batch_seed(seed: int, keep_global: bool):
-    """Seed Python, NumPy and torch (CPU) for one batch's reading and collating; in the main process
-    (``keep_global``) the training's own generators are put back afterwards."""
-    cpu = torch.random.default_generator
-    saved = (random.getstate(), np.random.get_state(), cpu.get_state()) if keep_global else None
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    cpu.manual_seed(seed)  # the CPU generator only: the training's CUDA streams stay untouched
-    try:
-        yield
-    finally:
-        if saved is not None:
-            random.setstate(saved[0])
-            np.random.set_state(saved[1])
-            cpu.set_state(saved[2])
-
-
-def list_shards(spec: ShardSpec) -> list[Path]:
-    """The shard files ``spec`` names (a folder, a glob pattern, or a list), sorted by path."""
-    if isinstance(spec, (str, Path)):
-        path = Path(spec)
-        if path.is_dir():
-            found = [p for p in path.iterdir() if p.is_file() and not p.name.startswith(".") and p.name != INDEX_NAME]
-        elif any(char in str(spec) for char in "*?["):
-            found = [Path(p) for p in glob.glob(str(spec)) if Path(p).is_file() and Path(p).name != INDEX_NAME]
-        else:
-            found = [path] if path.is_file() else []
-        if not found:
-            raise UserError(f"data_loader: no shard files in {spec}; give a folder of shards, a glob pattern or a list of files")
-        return sorted(found, key=str)
-    found = [Path(p) for p in spec]
-    missing = [str(p) for p in found if not p.is_file()]
-    if missing or not found:
-        raise UserError(f"data_loader: shard file {missing[0] if missing else '(none)'} not found; give existing shard files")
-    return sorted(found, key=str)
-
-
-def _hold_out(paths: list[Path], count: int, seed: int, explicit: bool) -> tuple[list[Path], list[Path]]:
-    """``count`` of ``paths`` for validation, chosen by ``seed``; the rest for training."""
-    if explicit:
-        raise UserError("data_loader.args.validation_split: give validation_shards or validation_split, not both")
-    if not 0 < count < len(paths):
-        raise UserError(f"data_loader.args.validation_split: {count} shards of {len(paths)} leaves no training or no validation shard")
-    held = set(torch.randperm(len(paths), generator=torch.Generator().manual_seed(seed))[:count].tolist())
-    return [p for i, p in enumerate(paths) if i not in held], [p for i, p in enumerate(paths) if i in held]
-
-
-def _accepts_start(read: Callable) -> bool:
-    """Whether the reader takes ``start=`` (skips to a sample itself) rather than being read and discarded up to it."""
-    try:
-        return "start" in inspect.signature(read).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _reader_name(read: Callable) -> str:
-    """What the index remembers about the reader: another reader may yield other samples."""
-    owner = getattr(read, "__self__", None)
-    if owner is not None:
-        return f"{type(owner).__module__}.{type(owner).__qualname__}.{read.__name__}"
-    return f"{getattr(read, '__module__', '?')}.{getattr(read, '__qualname__', type(read).__name__)}"
-
-
-def _check_count(key: str, value: Any, least: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise UserError(f"data_loader.args.{key}: must be an integer of at least {least}, got {value!r}")

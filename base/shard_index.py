@@ -11,14 +11,21 @@ in memory at every start instead.
 
 from __future__ import annotations
 
+import glob
+import inspect
 import json
 import os
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
+
+import torch
 
 from logger.logger import get_logger
+from utils.errors import UserError
 
+ShardSpec = str | Path | Sequence[str | Path]
 INDEX_NAME = "index.json"
 INDEX_FORMAT = 1
 
@@ -82,3 +89,54 @@ def _write_index(path: Path, data: dict) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def list_shards(spec: ShardSpec) -> list[Path]:
+    """The shard files ``spec`` names (a folder, a glob pattern, or a list), sorted by path."""
+    if isinstance(spec, (str, Path)):
+        path = Path(spec)
+        if path.is_dir():
+            found = [p for p in path.iterdir() if p.is_file() and not p.name.startswith(".") and p.name != INDEX_NAME]
+        elif any(char in str(spec) for char in "*?["):
+            found = [Path(p) for p in glob.glob(str(spec)) if Path(p).is_file() and Path(p).name != INDEX_NAME]
+        else:
+            found = [path] if path.is_file() else []
+        if not found:
+            raise UserError(f"data_loader: no shard files in {spec}; give a folder of shards, a glob pattern or a list of files")
+        return sorted(found, key=str)
+    found = [Path(p) for p in spec]
+    missing = [str(p) for p in found if not p.is_file()]
+    if missing or not found:
+        raise UserError(f"data_loader: shard file {missing[0] if missing else '(none)'} not found; give existing shard files")
+    return sorted(found, key=str)
+
+
+def hold_out(paths: list[Path], count: int, seed: int, explicit: bool) -> tuple[list[Path], list[Path]]:
+    """``count`` of ``paths`` for validation, chosen by ``seed``; the rest for training."""
+    if explicit:
+        raise UserError("data_loader.args.validation_split: give validation_shards or validation_split, not both")
+    if not 0 < count < len(paths):
+        raise UserError(f"data_loader.args.validation_split: {count} shards of {len(paths)} leaves no training or no validation shard")
+    held = set(torch.randperm(len(paths), generator=torch.Generator().manual_seed(seed))[:count].tolist())
+    return [p for i, p in enumerate(paths) if i not in held], [p for i, p in enumerate(paths) if i in held]
+
+
+def accepts_start(read: Callable) -> bool:
+    """Whether the reader takes ``start=`` (skips to a sample itself) rather than being read and discarded up to it."""
+    try:
+        return "start" in inspect.signature(read).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def reader_name(read: Callable) -> str:
+    """What the index remembers about the reader: another reader may yield other samples."""
+    owner = getattr(read, "__self__", None)
+    if owner is not None:
+        return f"{type(owner).__module__}.{type(owner).__qualname__}.{read.__name__}"
+    return f"{getattr(read, '__module__', '?')}.{getattr(read, '__qualname__', type(read).__name__)}"
+
+
+def check_count(key: str, value: Any, least: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise UserError(f"data_loader.args.{key}: must be an integer of at least {least}, got {value!r}")

@@ -7,12 +7,16 @@ weights to be bitwise equal on CPU (dropout on) and the logged metrics to be equ
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import TESTS_ENV, last_checkpoint, metric_rows, run_script, tiny_config, write_config
+from helpers import ROOT, TESTS_ENV, last_checkpoint, metric_rows, run_script, tiny_config, write_config
 
 pytestmark = pytest.mark.slow  # every test here trains in subprocesses
 
@@ -106,3 +110,25 @@ def test_sigterm_with_dataloader_workers_is_bitwise_exact(tmp_path):
     resumed = resume(run_dir / "checkpoints" / "last.pth")
     assert resumed.returncode == 0, resumed.stderr
     assert_same_run(tmp_path / "saved" / "digits_cnn" / "straight", run_dir)
+
+
+def test_a_signal_to_the_whole_process_group_with_workers_stops_at_a_step_and_resumes(tmp_path, rng):
+    """Ctrl-C and preemption signal every process of the group, DataLoader workers too: the run still
+    stops at a step boundary with a checkpoint (workers leave stops to the main process)."""
+    config = experiment(tmp_path)
+    overrides = ["data_loader.args.in_memory=false", "data_loader.args.num_workers=2", "trainer.epochs=2", "trainer.log_step=1"]
+    command = [sys.executable, "train.py", "-c", str(config), "--run-id", "group", *overrides]
+    env = {**os.environ, **TESTS_ENV, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    log = tmp_path / "saved" / "digits_cnn" / "group" / "train.log"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (log.exists() and " step " in log.read_text()):
+        time.sleep(0.05)
+    time.sleep(rng.uniform(0.0, 0.5))
+    os.killpg(process.pid, rng.choice([signal.SIGTERM, signal.SIGINT]))
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode in (128 + signal.SIGTERM, 128 + signal.SIGINT), stderr[-3000:]
+    assert "worker" not in stderr and "Traceback" not in stderr, stderr[-3000:]
+    assert "resume with: python train.py -r" in stdout
+    resumed = resume(tmp_path / "saved" / "digits_cnn" / "group" / "checkpoints" / "last.pth", *overrides[:2])
+    assert resumed.returncode == 0, resumed.stderr
