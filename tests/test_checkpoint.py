@@ -196,3 +196,37 @@ def test_export_runs_without_this_code(tmp_path, finished_run):
     model.load_state_dict(torch.load(finished_run / "checkpoints" / "best.pth", weights_only=True)["model"])
     torch.testing.assert_close(torch.load(tmp_path / "out.pt"), model.eval()(images))
     assert json.loads((tmp_path / "m.json").read_text())["samples"] == 359
+
+
+@pytest.mark.slow
+def test_a_format_1_checkpoint_is_evaluated_and_fine_tuned_but_not_resumed(tmp_path, finished_run):
+    """Checkpoints written before the resume state became per-part (format 1) keep their weights and config."""
+    current = torch.load(finished_run / "checkpoints" / "last.pth", weights_only=True)
+    old = {  # the layout format 1 had
+        "format": current["format"],
+        "version": 1,
+        "arch": current["arch"],
+        "model": current["model"],
+        "optimizer": current["optimizer"]["state"],
+        "lr_scheduler": None,
+        "scaler": None,
+        "epoch": 4,
+        "batch_in_epoch": 0,
+        "global_step": current["progress"]["global_step"],
+        "monitor_best": 0.1,
+        "not_improved_count": 0,
+        "ranks": [{"rng": current["ranks"][0]["rng"], "epoch_sums": None, "epoch_samples": 0}],
+        "world_size": 1,
+        "config": current["config"],
+    }
+    run_dir = tmp_path / "old_run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    path = run_dir / "checkpoints" / "last.pth"
+    torch.save(old, path)
+    tested = run_script("test.py", "-r", str(path), "--out", str(tmp_path / "m.json"))
+    assert tested.returncode == 0, tested.stderr
+    assert json.loads((tmp_path / "m.json").read_text())["epoch"] == 4
+    resumed = run_script("train.py", "-r", str(path))
+    assert resumed.returncode == 2 and resumed.stderr.count("\n") == 1
+    assert "checkpoint format version 1, and this code resumes version 2; fine-tune from it with -r FILE -c CONFIG" in resumed.stderr
+    assert sorted(p.name for p in run_dir.rglob("*")) == ["checkpoints", "last.pth"]  # nothing written

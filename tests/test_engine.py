@@ -162,3 +162,18 @@ def test_channels_last_trains_the_cnn(tmp_path):
     trainer.train()
     assert trainer.model.module.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     assert math.isfinite(metric_rows(run_dir)[0]["val_loss"])
+
+
+def test_activation_checkpointing_recomputes_without_changing_the_result(tmp_path):
+    plain, _ = build_trainer(tmp_path, tiny_config(tmp_path, epochs=1, limit_batches=4), run_id="plain")
+    plain.train()  # each run starts from the config's seed when it is built: build the next one after
+    config = tiny_config(tmp_path, epochs=1, limit_batches=4, activation_checkpointing=["conv2", "fc1"])
+    checkpointed, run_dir = build_trainer(tmp_path, config, run_id="checkpointed")
+    inner = checkpointed.model.module.fc1._checkpoint_wrapped_module
+    forward, calls = inner.forward, []
+    inner.forward = lambda x: calls.append(torch.is_grad_enabled()) or forward(x)  # forward hooks do not see the recomputation
+    checkpointed.train()
+    assert calls == [True] * (2 * 4) + [False] * 4  # forward and recomputation in each of 4 steps, then 4 validation batches
+    a, b = params(plain.model.module), torch.load(run_dir / "checkpoints" / "last.pth", weights_only=True)["model"]
+    assert a.keys() == b.keys()  # the wrapper's name never reaches a checkpoint
+    assert all(torch.equal(a[key], b[key]) for key in a)  # dropout on: the recomputation draws the same masks

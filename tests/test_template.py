@@ -97,7 +97,8 @@ def write_idx(folder: Path, prefix: str, images: np.ndarray, labels: np.ndarray)
 
 
 @pytest.mark.slow
-def test_mnist_config_trains_on_generated_idx_files(tmp_path):
+def make_mnist(tmp_path: Path) -> Path:
+    """A tiny MNIST in IDX files (120 training, 40 test images) under ``tmp_path/data``."""
     raw = tmp_path / "data" / "MNIST" / "raw"
     raw.mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -107,6 +108,11 @@ def test_mnist_config_trains_on_generated_idx_files(tmp_path):
         for i, label in enumerate(labels):  # a bright square whose position encodes the label
             images[i, 2 + 2 * label : 8 + 2 * label, 4:20] = 255
         write_idx(raw, prefix, images, labels)
+    return tmp_path / "data"
+
+
+def test_mnist_config_trains_on_generated_idx_files(tmp_path):
+    make_mnist(tmp_path)
     config = json.loads((ROOT / "configs" / "mnist.json").read_text())
     config["trainer"].update(save_dir=str(tmp_path / "saved"), epochs=2, tensorboard=False)
     path = write_config(tmp_path, config)
@@ -135,3 +141,33 @@ def test_saved_is_an_empty_placeholder_in_git():
     assert (ROOT / "saved" / ".gitkeep").exists()
     ignore = (ROOT / ".gitignore").read_text().splitlines()
     assert "/saved/*" in ignore and "!/saved/.gitkeep" in ignore
+
+
+# victoresque/pytorch-template's own config.json, as a user of that template has it
+PYTORCH_TEMPLATE_CONFIG = {
+    "name": "Mnist_LeNet",
+    "n_gpu": 1,
+    "arch": {"type": "MnistModel", "args": {}},
+    "data_loader": {
+        "type": "MnistDataLoader",
+        "args": {"data_dir": "data/", "batch_size": 128, "shuffle": True, "validation_split": 0.1, "num_workers": 2},
+    },
+    "optimizer": {"type": "Adam", "args": {"lr": 0.001, "weight_decay": 0, "amsgrad": True}},
+    "loss": "nll_loss",
+    "metrics": ["accuracy", "top_k_acc"],
+    "lr_scheduler": {"type": "StepLR", "args": {"step_size": 50, "gamma": 0.1}},
+    "trainer": {"epochs": 100, "save_dir": "saved/", "save_period": 1, "verbosity": 2, "monitor": "min val_loss", "early_stop": 10, "tensorboard": True},
+}
+
+
+@pytest.mark.slow
+def test_a_pytorch_template_config_runs_once_its_classes_are_ported(tmp_path):
+    """Its MnistModel is this template's LeNet; n_gpu is accepted with a note naming what replaces it."""
+    data = make_mnist(tmp_path)
+    path = write_config(tmp_path, PYTORCH_TEMPLATE_CONFIG)
+    overrides = ("arch.type=LeNet", f"data_loader.args.data_dir={data}", "data_loader.args.download=false", "data_loader.args.num_workers=0")
+    result = run_script("train.py", "-c", str(path), "--run-id", "ported", *overrides, f"trainer.save_dir={tmp_path / 'saved'}", "trainer.epochs=2")
+    assert result.returncode == 0, result.stderr
+    assert "n_gpu is not used here: set device" in result.stdout and "torchrun --nproc_per_node=N" in result.stdout
+    rows = [json.loads(line) for line in (tmp_path / "saved" / "Mnist_LeNet" / "ported" / "metrics.jsonl").read_text().splitlines()]
+    assert {"accuracy", "top_k_acc", "val_accuracy", "val_top_k_acc"} <= set(rows[-1])
