@@ -145,7 +145,7 @@ class Session:
         trainer, logger = self.trainer, get_logger()
         last = run_dir / "checkpoints" / f"last{trainer.checkpoint_suffix}"
         if trainer.stopped_by:
-            if not trainer.run.checkpoint_written:
+            if not trainer.saved_once:
                 self.abandon(stopped=True)
                 logger.warning("stopped by %s before the first step; nothing was trained and the run directory is removed", trainer.stopped_by)
             else:
@@ -172,7 +172,7 @@ class Session:
         failure came after training started: then its train.log tells what happened)."""
         if self.claim is None:
             return
-        written = self.trainer is not None and self.trainer.run.checkpoint_written
+        written = self.trainer is not None and self.trainer.saved_once
         if not written and (stopped or not self.training):
             if self.trainer is not None:
                 self.trainer.run.close()

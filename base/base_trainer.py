@@ -43,6 +43,7 @@ class BaseTrainer(ABC):
         self.monitor = Monitor(settings.monitor_mode, settings.monitor_metric, settings.early_stop)
         self.stop = stop or StopRequest()
         self.stopped_by: str | None = None
+        self.saved_once = False  # a checkpoint of this run exists (a resumed run starts with one)
         self.distributed = distributed.is_distributed()
 
     # -- stateful parts -----------------------------------------------------------------------
@@ -58,6 +59,7 @@ class BaseTrainer(ABC):
     def resume(self, checkpoint: Any) -> None:
         """Continue the run ``checkpoint`` describes (checked in memory; see ``base/training_state.py``)."""
         restore(self, checkpoint)
+        self.saved_once = True
         reset = self.settings.early_stop_reset
         if reset or (reset is None and self.monitor.stopped_early):
             if self.monitor.bad_epochs:
@@ -151,8 +153,8 @@ class BaseTrainer(ABC):
             state = capture(self, self.checkpoint_meta)
             if folder is not None:
                 save_atomic(state, folder / "last.pth")
+        self.saved_once = True
         if folder is not None:
-            self.run.checkpoint_written = True
             if self.progress.batch_in_epoch:
                 last = folder / f"last{self.checkpoint_suffix}"
                 self.logger.info("saved %s (epoch %d, batch %d)", last, self.progress.epoch, self.progress.batch_in_epoch)

@@ -21,12 +21,11 @@ from logger.tensorboard import TensorboardWriter
 
 
 class RunLog:
-    def __init__(self, run_dir: Path | None, tensorboard: bool = False, purge_step: int | None = None, checkpoint_written: bool = False):
+    def __init__(self, run_dir: Path | None, tensorboard: bool = False, purge_step: int | None = None):
         self.run_dir = run_dir
         self.claim: Any = None  # the run directory's lock (utils/run_dir.py), given up by close()
         self.metrics: MetricsFile | None = None
         self.tensorboard = TensorboardWriter(None, False)
-        self.checkpoint_written = checkpoint_written
         if run_dir is None:
             return
         (run_dir / "checkpoints").mkdir(exist_ok=True)
@@ -55,7 +54,7 @@ class RunLog:
             saved.write_text(json.dumps(config, indent=2) + "\n")
             get_logger().info("the resumed config differs from the run's config.json: saved as %s", saved.name)
         MetricsFile.keep_epochs(run_dir / "metrics.jsonl", completed_epochs, run_dir / "metrics.superseded.jsonl")
-        return cls(run_dir, tensorboard, purge_step=global_step + 1, checkpoint_written=True)
+        return cls(run_dir, tensorboard, purge_step=global_step + 1)
 
     @property
     def checkpoint_dir(self) -> Path | None:

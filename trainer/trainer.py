@@ -216,14 +216,11 @@ class Trainer(BaseTrainer):
     def _check_losses(self, epoch: int) -> float | None:
         """Mean loss of the batches since the last check; stops the run if any of them was not finite."""
         mean, bad = self.losses.read()
+        if self.distributed and distributed.any_process(bad is not None):  # every process stops, none waits for the others
+            bad = bad or ("?", "on another process")
         if bad is not None:
             step, value = bad
-            where = self.run.checkpoint_dir
-            intact = (
-                f"the last good checkpoint in {where} is intact"
-                if self.run.checkpoint_written
-                else "no checkpoint was written, so nothing can be resumed"
-            )
+            intact = "the last good checkpoint is intact" if self.saved_once else "no checkpoint was written, so nothing can be resumed"
             raise NonFiniteLossError(
                 f"non-finite loss ({value}) in epoch {epoch} at optimizer step {step}; training stopped and "
                 f"{intact}; lower optimizer.args.lr, set trainer.clip_grad_norm, or check the data"
