@@ -39,6 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_loading_arguments(parser)
     parser.add_argument("--out", help="where to write the metrics JSON (default: <run_dir>/test_metrics.json)")
     parser.add_argument("--export", help="also export the model with torch.export to this .pt2 file")
+    parser.add_argument("--force", action="store_true", help="replace an existing --out or --export file you named")
     return parser.parse_intermixed_args(argv)
 
 
@@ -56,8 +57,10 @@ def main(argv: list[str] | None = None) -> int:
 def evaluate(args: argparse.Namespace) -> dict:
     loaded = load_trained_model(args)
     config, device, model = loaded.config, loaded.device, loaded.model
-    out = output_path(args.out, run_dir_of(args.resume) / "test_metrics.json")
-    export = output_path(args.export, Path("model.pt2"), "--export") if args.export else None
+    out = output_path(args.out, run_dir_of(args.resume) / "test_metrics.json", force=args.force)
+    export = output_path(args.export, Path("model.pt2"), "--export", force=args.force) if args.export else None
+    if export is not None and export.suffix != ".pt2":
+        raise UserError(f"--export: {export.name} must end in .pt2 (a torch.export program, loaded with torch.export.load)")
     data_loader = config.init_obj("data_loader", training=False)
     read_batch = BatchReader(device, data_loader, config.settings.target_key, config.settings.channels_last)
     evaluator = Evaluator(model, build_loss(config), build_metrics(config), device, config.settings.amp, read_batch)

@@ -42,7 +42,7 @@ from utils.checkpoint import Checkpoint, load_checkpoint, load_weights, run_dir_
 from utils.config import Config, build_loss, build_lr_scheduler, build_metrics, build_optimizer, scheduler_interval
 from utils.device import limit_visible_gpus, select_device
 from utils.errors import UserError, report
-from utils.run_dir import RunDirectory
+from utils.run_dir import RunDirectory, filesystem_error
 from utils.seed import seed_everything
 
 
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + signal.SIGINT
     except Exception as exc:
         session.abandon(stopped=False)
-        if isinstance(exc, UserError):
+        if isinstance(exc, UserError) and session.claim is not None:  # this run's train.log, never an earlier run's
             log_to_files(logging.ERROR, f"error: {exc}")
         return report(exc, distributed.rank())
     finally:
@@ -115,13 +115,20 @@ class Session:
             torch.backends.cudnn.benchmark = False
         self.trainer = trainer = build_trainer(config, device, checkpoint, mode, args.resume)
         if config.settings.preflight:
-            run_preflight(trainer)  # before the resume: it must see no restored position, and changes nothing
+            try:
+                run_preflight(trainer)  # before the resume: it must see no restored position, and changes nothing
+            except UserError as exc:
+                raise UserError(f"{config.source}: {exc}") from None
         if mode == "resume":
             trainer.resume(checkpoint)
+            check_work_left(trainer, args.resume)
         if distributed.any_process(STOP.requested):
             return None
         run_dir = self.claim_run_dir(config, args, mode)
-        run = open_run_log(run_dir, config, trainer, mode)
+        try:
+            run = open_run_log(run_dir, config, trainer, mode)
+        except OSError as exc:  # a read-only run directory: the first write fails, before anything changed
+            raise filesystem_error("run directory", run_dir, exc, "make it writable to resume there, or start a new run with -r CKPT -c CONFIG") from None
         run.claim = self.claim  # released when the run log closes, at the end of training
         trainer.attach_run(run)
         record_manifest(run_dir, config, trainer, device, mode, args.resume, command_line("train.py", self.argv))
@@ -129,17 +136,18 @@ class Session:
         return run_dir
 
     def claim_run_dir(self, config: Config, args: argparse.Namespace, mode: str) -> Path:
-        """Create (new run) or lock (resume) the run directory on rank 0; every rank learns whether it worked."""
-        run_dir = run_dir_of(args.resume) if mode == "resume" else new_run_dir(config, args)
-        failure: UserError | None = None
+        """Create (new run) or lock (resume) the run directory on rank 0; every rank learns which, or that it failed."""
+        outcome: tuple[str, str] = ("", "")
         if distributed.is_main_process():
             try:
-                self.claim = RunDirectory.open(run_dir) if mode == "resume" else RunDirectory.create(run_dir)
+                self.claim = RunDirectory.open(run_dir_of(args.resume)) if mode == "resume" else claim_new_run_dir(config, args.run_id)
+                outcome = ("ok", str(self.claim.path))
             except UserError as exc:
-                failure = exc
-        if distributed.any_process(failure is not None):
-            raise failure or UserError(f"rank 0 could not claim {run_dir}; see its error")
-        return run_dir
+                outcome = ("error", str(exc))
+        kind, text = distributed.broadcast_object(outcome)
+        if kind == "error":
+            raise UserError(text) if distributed.is_main_process() else UserError(f"rank 0 could not claim the run directory: {text}")
+        return Path(text)
 
     def outcome(self, run_dir: Path) -> int:
         trainer, logger = self.trainer, get_logger()
@@ -188,6 +196,7 @@ def stopped_during_start_up() -> int:
 
 def load_config(args: argparse.Namespace) -> tuple[Config, Checkpoint | None, str]:
     """(config, checkpoint, mode) where mode is "new", "resume" or "finetune"."""
+    check_run_id(args.run_id)
     if args.resume is None and args.config is None:
         raise UserError("give a config with -c CONFIG (a new run) or a checkpoint with -r CHECKPOINT (resume)")
     checkpoint = load_checkpoint(args.resume) if args.resume else None
@@ -200,11 +209,40 @@ def load_config(args: argparse.Namespace) -> tuple[Config, Checkpoint | None, st
     return Config.from_dict(checkpoint.config, source, args.overrides, trusted=args.trust_checkpoint), checkpoint, "resume"
 
 
-def new_run_dir(config: Config, args: argparse.Namespace) -> Path:
-    run_id = args.run_id or distributed.broadcast_object(time.strftime("%m%d_%H%M%S"))
-    if not run_id or "/" in run_id or "\\" in run_id or run_id.startswith(".") or not run_id.isprintable():
+def check_work_left(trainer: Trainer, checkpoint: str) -> None:
+    """A resume with nothing to train is a mistake to say, not a run to open (and append nothing to)."""
+    progress, epochs = trainer.progress, trainer.settings.epochs
+    if progress.start_epoch > epochs:
+        raise UserError(
+            f"trainer.epochs: {checkpoint} has finished epoch {progress.completed_epochs} and trainer.epochs is {epochs}: nothing to train; "
+            f"resume with trainer.epochs={progress.completed_epochs + 1} or more"
+        )
+
+
+def check_run_id(run_id: str | None) -> None:
+    if run_id is None:
+        return
+    plain = run_id.strip() == run_id and run_id and not run_id.startswith(".") and run_id.isprintable()
+    if not plain or "/" in run_id or "\\" in run_id:
         raise UserError(f"--run-id: {run_id!r} is not a folder name; use letters, digits, '-' or '_'")
-    return Path(config.settings.save_dir) / config["name"] / run_id
+    if len(run_id.encode()) > 255:
+        raise UserError(f"--run-id: {len(run_id.encode())} bytes, longer than a folder name may be (255); choose a shorter one")
+
+
+def claim_new_run_dir(config: Config, run_id: str | None) -> RunDirectory:
+    """``<save_dir>/<name>/<run_id>``, created; without ``--run-id`` a time stamp, with ``_2``, ``_3`` ... when
+    another run started in the same second."""
+    parent = Path(config.settings.save_dir).expanduser() / config["name"]
+    if run_id is not None:
+        return RunDirectory.create(parent / run_id)
+    stamp = time.strftime("%m%d_%H%M%S")
+    for attempt in range(1, 100):
+        try:
+            return RunDirectory.create(parent / (stamp if attempt == 1 else f"{stamp}_{attempt}"))
+        except UserError as exc:
+            if "--run-id" not in str(exc):
+                raise
+    raise UserError(f"trainer.save_dir: could not find a free run directory name in {parent}; pass --run-id")
 
 
 def build_trainer(config: Config, device: torch.device, checkpoint: Checkpoint | None, mode: str, source: str | None = None) -> Trainer:

@@ -12,6 +12,7 @@ a mid-epoch resume starts the epoch at its batch, without repeating or skipping 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterator
 from itertools import islice
 from typing import Any
@@ -66,10 +67,7 @@ class BaseDataLoader(DataLoader):
         drop_last: bool = False,
         shard: tuple[int, int] | None = None,
     ):
-        if batch_size < 1:
-            raise UserError(f"data_loader.args.batch_size: must be at least 1, got {batch_size}")
-        if num_workers < 0:
-            raise UserError(f"data_loader.args.num_workers: must be 0 or more, got {num_workers}")
+        check_loader_counts(batch_size, num_workers)
         self.training = training
         self.in_memory = in_memory
         self.shuffle = shuffle and training
@@ -179,6 +177,8 @@ class BaseDataLoader(DataLoader):
         count = min(overfit_batches, per_pass) if overfit_batches else (len_epoch or per_pass)
         self.batches_per_epoch = min(count, limit_batches) if limit_batches else count
         if self.batches_per_epoch < 1 and self.training:
+            if len(self.sampler.dataset) == 0:
+                raise UserError("data_loader: the training split has no samples; check the data (and validation_split)")
             raise UserError("data_loader.args.batch_size: the training split yields no batch; lower batch_size or turn off drop_last")
         self.to_device(device)
 
@@ -253,6 +253,16 @@ class BaseDataLoader(DataLoader):
                 yield [t.index_select(0, index) for t in memory]
             else:
                 yield map_tensors(memory, lambda t, index=index: t.index_select(0, index))
+
+
+def check_loader_counts(batch_size: Any, num_workers: Any) -> None:
+    """Sizes a DataLoader can work with: a batch of at least one sample (and one torch can index),
+    and at most 8 worker processes per CPU core (each is a whole Python process)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= 2**31 - 1:
+        raise UserError(f"data_loader.args.batch_size: must be a whole number from 1 to 2**31 - 1, got {batch_size!r}")
+    cores = os.cpu_count() or 1
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or not 0 <= num_workers <= 8 * cores:
+        raise UserError(f"data_loader.args.num_workers: must be from 0 to {8 * cores} (8 per CPU core here), got {num_workers!r}")
 
 
 def _as_tensors(dataset: Dataset, collate_fn: Callable) -> Any:

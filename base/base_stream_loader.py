@@ -43,6 +43,7 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.data.dataloader import default_collate
 
+from base.base_data_loader import check_loader_counts
 from base.epochs import prediction_share
 from base.shard_index import ShardSpec, accepts_start, check_count, hold_out, list_shards, reader_name, shard_counts
 from base.stream_plan import (
@@ -122,8 +123,7 @@ class BaseStreamLoader:
         counter: Callable[[Path], int] | None = None,
         shard: tuple[int, int] | None = None,
     ):
-        check_count("batch_size", batch_size, 1)
-        check_count("num_workers", num_workers, 0)
+        check_loader_counts(batch_size, num_workers)
         check_count("shuffle_buffer", shuffle_buffer, 0)
         check_count("validation_split", validation_split, 0)
         if reader is None and type(self).read_shard is BaseStreamLoader.read_shard:

@@ -60,14 +60,15 @@ class Monitor:
         better = value < self.best if self.mode == "min" else value > self.best
         if better and math.isfinite(value):
             self.best, self.best_epoch, self.bad_epochs = value, row["epoch"], 0
-            return True
-        self.bad_epochs += 1
-        return False
+        else:
+            self.bad_epochs += 1
+        # Known before the epoch's checkpoint is written, so a resume can tell that the run stopped early.
+        self.stopped_early = bool(self.patience) and self.bad_epochs >= self.patience
+        return self.bad_epochs == 0
 
     @property
     def should_stop(self) -> bool:
         """Early stop: ``patience`` epochs in a row without improvement (never when patience is 0)."""
-        self.stopped_early = bool(self.patience) and self.bad_epochs >= self.patience
         return self.stopped_early
 
     def reset_count(self) -> None:

@@ -76,6 +76,17 @@ def strictly_between_0_and_1(value: Any) -> str | None:
     return None if 0.0 < value < 1.0 else f"must be null or a number strictly between 0 and 1 (e.g. 0.999), got {value}"
 
 
+def folder_problem(value: str) -> str | None:
+    if not value.strip():
+        return "must name a folder, got an empty string"
+    too_long = [part for part in value.split("/") if len(part.encode()) > 255]
+    return f"the folder name {too_long[0][:40]!r}... is longer than a filesystem allows (255 bytes)" if too_long else None
+
+
+def non_empty(value: str) -> str | None:
+    return None if value.strip() else "must not be empty (null: the default)"
+
+
 def monitor_problem(value: str) -> str | None:
     try:
         parse_monitor(value)
@@ -123,7 +134,7 @@ class TrainerSettings:
     """Everything the training loop needs to know, with its defaults (the README table is generated from this)."""
 
     epochs: int = setting(10, "Number of epochs to train (an epoch is `len_epoch` batches when set).", at_least(1))
-    save_dir: str = setting("saved/", "Root folder of run directories.")
+    save_dir: str = setting("saved/", "Root folder of run directories (`~` is your home).", folder_problem)
     save_period: int = setting(1, "Write `checkpoints/epoch-N.pth` every N epochs (0: never).", zero_or_more)
     keep_last: int = setting(0, "Keep only the K newest `epoch-N.pth` (0: keep all); `last.pth` and `best.pth` always stay.", zero_or_more)
     verbosity: int = setting(1, "Console: 0 warnings, 1 info, 2 debug (`train.log` always gets info, and debug at 2).", choices=(0, 1, 2))
@@ -150,7 +161,7 @@ class TrainerSettings:
     save_every_n_steps: int = setting(0, "Also write `last.pth` every N optimizer steps, resumable mid-epoch (0: off).", zero_or_more)
     deterministic: bool = setting(False, "Turn on `torch.use_deterministic_algorithms`.")
     target_key: str | None = setting(
-        None, 'Dict batches: the key holding the target (null: the first of "label", "labels", "target", "targets", "y").'
+        None, 'Dict batches: the key holding the target (null: the first of "label", "labels", "target", "targets", "y").', non_empty
     )
     preflight: bool = setting(True, "Before the run directory exists, take one real batch through forward, loss, metrics and backward.")
     strategy: str = setting("ddp", 'Under torchrun: `"ddp"` (replicated weights) or `"fsdp"` (sharded with FSDP2 `fully_shard`).', choices=("ddp", "fsdp"))

@@ -115,8 +115,18 @@ def _header(meta: dict) -> dict:
 
 def restore(trainer: BaseTrainer, checkpoint: Any) -> None:
     """Continue the run ``checkpoint`` describes (a file, or a sharded snapshot). Everything is
-    checked and loaded in memory; a mismatch is a :class:`UserError` naming the part, raised before
-    the run directory is touched."""
+    checked and loaded in memory; a mismatch is a :class:`UserError` naming the file and the part,
+    raised before the run directory is touched, and so is a damaged part."""
+    try:
+        _restore(trainer, checkpoint)
+    except UserError as exc:
+        raise exc if str(checkpoint.path) in str(exc) else UserError(f"{checkpoint.path}: {exc}") from None
+    except (KeyError, TypeError, IndexError, ValueError, AttributeError, RuntimeError) as exc:
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+        raise UserError(f"{checkpoint.path}: a damaged checkpoint ({reason}); resume from another one (epoch-N, best)") from None
+
+
+def _restore(trainer: BaseTrainer, checkpoint: Any) -> None:
     checkpoint.require_resumable()
     state = checkpoint.data
     shared, own = trainer.state_parts(), trainer.rank_parts()

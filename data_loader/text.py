@@ -39,8 +39,12 @@ def read_tsv(path: Path) -> list[tuple[str, str]]:
     """``(label, text)`` rows of a ``label<TAB>text`` file with a header line."""
     if not path.is_file():
         raise UserError(f"data_loader.args.data_dir: {path} not found; the folder needs train.tsv and test.tsv (label<TAB>text lines)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines()[1:], start=2):
+    for number, line in enumerate(text.splitlines()[1:], start=2):
         if not line.strip():
             continue
         label, tab, text = line.partition("\t")
@@ -126,7 +130,11 @@ class Sentences(Dataset):
     def __init__(self, path: Path, vocab: Vocabulary):
         if not path.is_file():
             raise UserError(f"--input: {path} is not a file; give a text file with one sentence per line")
-        numbered = [(n, line) for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1) if line.strip()]
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise UserError(f"--input: {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+        numbered = [(n, line) for n, line in enumerate(lines, start=1) if line.strip()]
         if not numbered:
             raise UserError(f"--input: {path} has no sentences; write one per line")
         self.ids = [n for n, _ in numbered]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, TensorDataset
 
 from base import BaseDataLoader, BaseModel
 from data_loader.data_loaders import digits_dataset
@@ -129,3 +129,19 @@ class ImageKeywordCNN(BaseModel):
 
     def forward(self, image):
         return self.net(image)
+
+
+class EmptyDataLoader(BaseDataLoader):
+    """A data set with no samples (an empty folder or file, say)."""
+
+    def __init__(self, batch_size: int = 64, validation_split: float = 0.0):
+        empty = TensorDataset(torch.zeros(0, 1, 8, 8), torch.zeros(0, dtype=torch.int64))
+        super().__init__(empty, batch_size, validation_split=validation_split)
+
+
+class ShiftedLabelsDataLoader(BaseDataLoader):
+    """The digits with labels 1..10 instead of 0..9 (``-1`` forgotten): 10 is beyond 10 classes."""
+
+    def __init__(self, batch_size: int = 64, validation_split: float = 0.15, shift: int = 1):
+        images, labels = digits_dataset(training=True).tensors
+        super().__init__(TensorDataset(images, labels + shift), batch_size, validation_split=validation_split)

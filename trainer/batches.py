@@ -14,7 +14,7 @@ returning ``(inputs, target)``; the Trainer, ``test.py`` and ``predict.py`` use 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -22,6 +22,7 @@ from torch import nn
 
 from utils.errors import UserError
 from utils.nested import map_tensors
+from utils.user_code import user_frame, user_frame_in_text
 
 TARGET_KEYS = ("label", "labels", "target", "targets", "y")
 
@@ -52,6 +53,31 @@ def unpack_batch(batch: Any, target_key: str | None = None) -> tuple[Any, Any]:
         f"batch: expected (inputs, target) or a dict with a target key, got {type(batch).__name__}; "
         f"give your data loader an unpack_batch(self, batch) method returning (inputs, target)"
     )
+
+
+def next_batch(batches: Iterator[Any]) -> Any:
+    """``next(batches)``; a failure to read the data that is not a bug in the user's own code (a
+    damaged image file, say) becomes one line naming it. A user's bug keeps its traceback."""
+    try:
+        return next(batches)
+    except StopIteration:
+        raise
+    except Exception as exc:
+        if user_frame(exc) is not None or user_frame_in_text(exc) is not None:
+            raise
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        reason = lines[-1].strip() if lines else type(exc).__name__  # a worker's message ends with the original error
+        raise UserError(f"data_loader: reading a batch failed ({type(exc).__name__}: {reason[:200]}); check the data (or the loader's arguments)") from None
+
+
+def each_batch(batches: Iterable[Any]) -> Iterator[Any]:
+    """``batches``, read through :func:`next_batch`."""
+    iterator = iter(batches)
+    while True:
+        try:
+            yield next_batch(iterator)
+        except StopIteration:
+            return
 
 
 def run_model(model: nn.Module | Callable, inputs: Any) -> Any:

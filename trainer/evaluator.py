@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from logger.progress import progress_iter
-from trainer.batches import BatchReader, run_model
+from trainer.batches import BatchReader, each_batch, run_model
 from trainer.metrics import LossTracker, MetricSet, batch_size
 from trainer.precision import Precision
 
@@ -67,7 +67,7 @@ class Evaluator:
         self.metrics.reset()
         losses = LossTracker()
         count, inputs = 0, None
-        for batch in progress_iter(batches, desc, self.show_progress, total):
+        for batch in progress_iter(each_batch(batches), desc, self.show_progress, total):
             inputs, target = self.reader(batch)
             with self.precision.autocast():
                 output = run_model(model, inputs)

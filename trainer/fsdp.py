@@ -20,7 +20,6 @@ import torch
 from torch import nn
 
 from base.settings import TrainerSettings
-from utils.errors import UserError
 from utils.sharded_checkpoint import load_into
 
 if TYPE_CHECKING:
@@ -52,9 +51,7 @@ def shard_model(model: nn.Module, settings: TrainerSettings, device: torch.devic
     if names is None:
         names = [name for name, child in model.named_children() if any(True for _ in child.parameters())]
     for name in names:
-        if name not in modules or not name:
-            raise UserError(f"trainer.fsdp_shard: the model has no module {name!r}; name submodules such as {[n for n in modules if n][:5]}")
-        fully_shard(modules[name], **options)
+        fully_shard(modules[name], **options)  # names checked by prepare_model
     fully_shard(model, **options)
 
 

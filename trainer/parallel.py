@@ -55,6 +55,7 @@ def prepare_model(model: nn.Module | PreparedModel, settings: TrainerSettings, d
     """Wrap ``model`` for ``settings.strategy`` (see the module docstring); a prepared model is returned as it is."""
     if isinstance(model, PreparedModel):
         return model
+    check_module_names(model, "trainer.fsdp_shard", settings.fsdp_shard or [])  # also in one process: a typo shows at once
     model.to(device)
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -92,12 +93,16 @@ def apply_activation_checkpointing(model: nn.Module, names: list[str]) -> None:
         return
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointImpl, checkpoint_wrapper
 
+    check_module_names(model, "trainer.activation_checkpointing", names)
     modules = dict(model.named_modules())
     for name in names:
-        if name not in modules or name == "":
-            raise UserError(
-                f"trainer.activation_checkpointing: the model has no module {name!r}; name submodules such as {[n for n in modules if n][:5]}"
-            )
         parent_name, _, child = name.rpartition(".")
         parent = modules[parent_name] if parent_name else model
         setattr(parent, child, checkpoint_wrapper(modules[name], checkpoint_impl=CheckpointImpl.NO_REENTRANT))
+
+
+def check_module_names(model: nn.Module, key: str, names: list[str]) -> None:
+    modules = dict(model.named_modules())
+    for name in names:
+        if name not in modules or name == "":
+            raise UserError(f"{key}: the model has no module {name!r}; name submodules such as {[n for n in modules if n][:5]}")

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainer.batches import BatchReader, run_model
+from trainer.batches import BatchReader, each_batch, run_model
 from trainer.precision import Precision
 from utils.errors import UserError
 
@@ -58,7 +58,7 @@ class Predictor:
     def predict(self, batches: Iterable[tuple[torch.Tensor, Any]]) -> Iterator[PredictionBatch]:
         """``batches`` of ``(sample indices, batch)``; unlabelled batches are the model's inputs alone."""
         self.model.eval()
-        for index, batch in batches:
+        for index, batch in each_batch(batches):
             if self.labelled:
                 inputs, target = self.read_batch(batch)
             else:

@@ -15,16 +15,17 @@ from __future__ import annotations
 
 import copy
 import re
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from trainer.batches import run_model
+from trainer.batches import next_batch, run_model
 from trainer.metrics import flatten
 from utils.errors import UserError
 from utils.nested import map_tensors
 from utils.seed import get_rng_state, set_rng_state
-from utils.user_code import user_frame
+from utils.user_code import raised_in_user_code, relative, user_frame
 
 if TYPE_CHECKING:
     from trainer.trainer import Trainer
@@ -54,10 +55,15 @@ def run_preflight(trainer: Trainer) -> None:
     rng = get_rng_state()
     was_training = module.training
     try:
-        batch = next(iter(trainer.data.epoch_batches(trainer.progress.start_epoch, 0)), None)
+        try:
+            batch = next_batch(iter(trainer.data.epoch_batches(trainer.progress.start_epoch, 0)))
+        except StopIteration:
+            batch = None
         if batch is not None:
             produced = _check_batch(trainer, batch)
             _check_monitor(trainer.monitor.metric, produced)
+        _check_optimizer(trainer)
+        _check_schedule(trainer)
     finally:
         trainer.optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():
@@ -88,9 +94,11 @@ def _check_batch(trainer: Trainer, batch: Any) -> dict[str, Any]:
         except (RuntimeError, ValueError, IndexError) as exc:
             if not SHAPE_WORDS.search(str(exc)):
                 raise
+            frame = user_frame(exc)  # a shape mismatch in a line of the user's: the config, or that line
+            where = f" at {relative(frame.filename)}:{frame.lineno}" if frame and raised_in_user_code(exc) else ""
             raise UserError(
-                f"arch: the model cannot take the data's inputs ({describe(inputs)}): {_first_line(exc)}; "
-                f"make arch.args (input size, channels, classes) fit the data"
+                f"arch: the model cannot take the data's inputs ({describe(inputs)}): {_first_line(exc)}{where}; "
+                f"make arch.args (input size, channels, classes) fit the data{', or fix that line' if where else ''}"
             ) from None
         _check_classes(output, target)
         try:
@@ -126,19 +134,15 @@ def _check_classes(output: Any, target: Any) -> None:
 
 
 def _check_metrics(trainer: Trainer, output: Any, target: Any) -> dict[str, Any]:
+    """Every metric on the batch (objects on copies, with torchmetrics' input checks on); one value of each."""
     detached = output.detach() if isinstance(output, torch.Tensor) else map_tensors(output, torch.Tensor.detach)
     metrics = trainer.train_metrics
     produced: dict[str, Any] = {}
     for name, fn in metrics.functions.items():
         try:
             value = fn(detached, target)
-        except (AttributeError, TypeError, IndexError, KeyError, RuntimeError) as exc:
-            if isinstance(detached, torch.Tensor) or user_frame(exc) is None and not isinstance(exc, (AttributeError, TypeError)):
-                raise
-            raise UserError(
-                f"metrics: {name} cannot take the model's output ({describe(detached)}): {type(exc).__name__}: {_first_line(exc)}; "
-                f"make the model return a tensor, or the metric read the right key"
-            ) from None
+        except Exception as exc:
+            raise _metric_failure(name, exc, detached, target) from None
         if not isinstance(value, torch.Tensor):
             raise UserError(f"metrics: {name} returned a {type(value).__name__} ({value!r}); a metric function must return a tensor (its mean over the batch)")
         if value.numel() != 1:
@@ -153,8 +157,70 @@ def _check_metrics(trainer: Trainer, output: Any, target: Any) -> dict[str, Any]
             produced.update(flatten(name, probe.compute()))
         except UserError:
             raise
-        except Exception as exc:  # noqa: BLE001 - a library metric rejecting its inputs is a config or data mismatch
-            if user_frame(exc) is not None:
-                raise
-            raise UserError(f"metrics: {name} rejected the model's output ({describe(detached)}) and target ({describe(target)}): {_first_line(exc)}") from None
+        except Exception as exc:
+            raise _metric_failure(name, exc, detached, target) from None
     return produced
+
+
+def _metric_failure(name: str, exc: Exception, output: Any, target: Any) -> Exception:
+    """What a metric's exception is: a model output of the wrong kind, a bug in the user's metric
+    (re-raised with its traceback), or a library metric rejecting its inputs (a config or data mismatch)."""
+    if not isinstance(output, torch.Tensor) and isinstance(exc, (AttributeError, TypeError, KeyError, IndexError)):
+        return UserError(
+            f"metrics: {name} cannot take the model's output ({describe(output)}): {type(exc).__name__}: {_first_line(exc)}; "
+            f"make the model return a tensor, or the metric read the right key"
+        )
+    if raised_in_user_code(exc):
+        return exc
+    return UserError(f"metrics: {name} rejected the model's output ({describe(output)}) and target ({describe(target)}): {_first_line(exc)}")
+
+
+def _check_optimizer(trainer: Trainer) -> None:
+    """One step of the optimizer's class with its settings, on a stand-in parameter per group."""
+    optimizer = trainer.optimizer
+    if trainer.sharded or not optimizer.param_groups:
+        return
+    groups = []
+    for group in optimizer.param_groups:
+        first = group["params"][0]
+        stand_in = torch.zeros(1, dtype=first.dtype, device=first.device, requires_grad=True)
+        stand_in.grad = torch.zeros_like(stand_in)
+        groups.append({**{k: copy.deepcopy(v) for k, v in group.items() if k != "params"}, "params": [stand_in]})
+    name = type(optimizer).__name__
+    try:
+        probe = type(optimizer)(groups, **copy.deepcopy(optimizer.defaults))
+        probe.step()
+    except TypeError as exc:
+        if "closure" in str(exc):
+            raise UserError(f"optimizer.type: {name} steps with a closure, which the Trainer does not give; choose another optimizer") from None
+        raise UserError(f"optimizer.args: {name} cannot step with these settings ({_first_line(exc)}); fix optimizer.args") from None
+    except (ValueError, IndexError, KeyError, RuntimeError, ZeroDivisionError) as exc:
+        raise UserError(f"optimizer.args: {name} cannot step with these settings ({_first_line(exc)}); fix optimizer.args") from None
+
+
+def _check_schedule(trainer: Trainer) -> None:
+    """One step of the scheduler, undone; and a schedule of a fixed length must cover the run."""
+    scheduler, optimizer = trainer.schedule.scheduler, trainer.optimizer
+    if scheduler is None:
+        return
+    total = getattr(scheduler, "total_steps", None)
+    steps = trainer.settings.epochs * -(-trainer.batches_per_epoch // trainer.settings.accumulate_steps)
+    if trainer.schedule.interval == "step" and isinstance(total, int) and total < steps:
+        raise UserError(
+            f"lr_scheduler.args.total_steps: {type(scheduler).__name__} is set for {total} steps but the run takes {steps} "
+            f"optimizer steps ({trainer.settings.epochs} epochs); set total_steps to at least {steps}"
+        )
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        return
+    state = copy.deepcopy(scheduler.state_dict())
+    groups = [{k: copy.deepcopy(v) for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "lr_scheduler.step() before optimizer.step()": on purpose here
+            scheduler.step()
+    except (ValueError, ZeroDivisionError, IndexError, TypeError, RuntimeError) as exc:
+        raise UserError(f"lr_scheduler.args: {type(scheduler).__name__} cannot step with these settings ({_first_line(exc)}); fix lr_scheduler.args") from None
+    finally:
+        scheduler.load_state_dict(state)
+        for group, saved in zip(optimizer.param_groups, groups):
+            group.update(saved)

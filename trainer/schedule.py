@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from base.training_state import TypedState
+from utils.errors import UserError
 
 
 class Schedule:
@@ -23,15 +24,22 @@ class Schedule:
 
     def after_optimizer_step(self) -> None:
         if self.scheduler is not None and self.interval == "step":
-            self.scheduler.step()
+            self._step()
 
     def after_epoch(self, row: dict, monitored: str | None) -> None:
         if self.scheduler is None or self.interval != "epoch":
             return
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            self.scheduler.step(row[monitored or ("val_loss" if "val_loss" in row else "loss")])
+            self._step(row[monitored or ("val_loss" if "val_loss" in row else "loss")])
         else:
-            self.scheduler.step()
+            self._step()
+
+    def _step(self, *metric: float) -> None:
+        try:
+            self.scheduler.step(*metric)
+        except (ValueError, ZeroDivisionError, IndexError, TypeError, RuntimeError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise UserError(f"lr_scheduler: {type(self.scheduler).__name__} failed after {self.scheduler.last_epoch} steps ({reason}); fix lr_scheduler.args") from None
 
     def state_dict(self) -> dict | None:
         return self._state.state_dict()

@@ -27,7 +27,7 @@ from base.settings import TrainerSettings
 from base.training_state import ModelWeights, Stateful, TypedState
 from logger.logger import get_logger
 from logger.progress import progress_bar, progress_enabled
-from trainer.batches import BatchReader, run_model
+from trainer.batches import BatchReader, next_batch, run_model
 from trainer.ema import EMA
 from trainer.evaluator import Evaluator
 from trainer.fsdp import ShardedWeights
@@ -36,7 +36,7 @@ from trainer.parallel import PreparedModel, prepare_model
 from trainer.precision import NO_CONTEXT, Precision
 from trainer.schedule import Schedule
 from utils import distributed
-from utils.errors import NonFiniteLossError
+from utils.errors import NonFiniteLossError, UserError
 from utils.nested import map_tensors
 
 DATA_WAIT_HINT = 0.5
@@ -68,6 +68,12 @@ class Trainer(BaseTrainer):
         self.read_batch = BatchReader(device, data_loader, settings.target_key, settings.channels_last)
         self.data = epochs_of(data_loader)
         self.data.plan_epochs(device, settings.len_epoch, settings.overfit_batches, settings.limit_batches)
+        debugging = settings.limit_batches or settings.overfit_batches  # a short epoch on purpose: one step then
+        if settings.accumulate_steps > self.data.batches_per_epoch and not debugging:
+            raise UserError(
+                f"trainer.accumulate_steps: {settings.accumulate_steps} micro-batches per step, more than the "
+                f"{self.data.batches_per_epoch} batches of an epoch; lower it"
+            )
         self.train_metrics = MetricSet(metrics, device)
         self.losses = LossTracker()
         self.ema = EMA(self.model.module, settings.ema_decay, settings.ema_warmup) if settings.ema_decay else None
@@ -137,7 +143,7 @@ class Trainer(BaseTrainer):
 
         for batch_idx in range(start, total):
             waiting = time.perf_counter()
-            batch = next(batches)
+            batch = next_batch(batches)
             data_wait += time.perf_counter() - waiting
             inputs, target = self.read_batch(batch)
             if batch_idx == start and s.log_images and isinstance(inputs, torch.Tensor):

@@ -69,6 +69,8 @@ def replacing(path: Path) -> Iterator[Path]:
         os.replace(tmp, path)
     except OSError as exc:
         raise write_error(path, exc) from None
+    except RuntimeError as exc:  # torch.save's writer reports a failed write (a full disk) as RuntimeError
+        raise write_error(path, OSError(errno.EIO, str(exc).splitlines()[0][:120] if str(exc) else "write failed")) from None
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)
@@ -126,9 +128,10 @@ class Checkpoint:
 
     @property
     def epoch(self) -> int | None:
-        if not self.is_run:
-            return None
-        return self.data["epoch"] if self.version == 1 else self.data["progress"]["epoch"]
+        """The epoch it was written in, when it says (a weights file does not)."""
+        progress = self.data if self.version == 1 else self.data.get("progress")
+        epoch = progress.get("epoch") if isinstance(progress, dict) else None
+        return epoch if isinstance(epoch, int) else None
 
     @property
     def has_ema(self) -> bool:
@@ -183,8 +186,14 @@ def load_checkpoint(path: str | Path) -> Any:
     if not isinstance(data, dict) or not (data.get("format") == FORMAT or _is_state_dict(data) or _is_state_dict(data.get("model"))):
         raise UserError(f"{path}: not a checkpoint of this template (no '{FORMAT}' marker); pass a file from a run's checkpoints/ folder")
     checkpoint = Checkpoint(path, data)
-    if checkpoint.is_run and (not isinstance(checkpoint.version, int) or checkpoint.version > VERSION):
-        raise UserError(f"{path}: checkpoint version {checkpoint.version} is newer than this code understands ({VERSION})")
+    if checkpoint.is_run:
+        version = checkpoint.version
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise UserError(f"{path}: a damaged checkpoint (format version {version!r}); pass a file from a run's checkpoints/ folder")
+        if version > VERSION:
+            raise UserError(f"{path}: checkpoint version {version} is newer than this code understands ({VERSION})")
+        if not isinstance(data.get("config"), (dict, type(None))) or not _is_state_dict(data.get("model")):
+            raise UserError(f"{path}: a damaged checkpoint (its config or weights are not what a checkpoint holds); use another file")
     return checkpoint
 
 

@@ -26,13 +26,13 @@ class NonFiniteLossError(UserError):
 
 def report(exc: BaseException, rank: int = 0) -> int:
     """Print ``exc`` the way the module docstring says and return the exit code (re-raise template bugs)."""
-    from utils.user_code import format_user_bug, user_frame
+    from utils.user_code import format_user_bug, user_frame, user_frame_in_text
 
     prefix = f"[rank {rank}] " if rank else ""
     if isinstance(exc, UserError):
         print(f"{prefix}error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
-    if isinstance(exc, Exception) and user_frame(exc) is not None:
+    if isinstance(exc, Exception) and (user_frame(exc) is not None or user_frame_in_text(exc) is not None):
         print(format_user_bug(exc), file=sys.stderr)
         return EXIT_USER_CODE
     raise exc

@@ -66,11 +66,14 @@ def load_trained_model(args: argparse.Namespace) -> Loaded:
     return Loaded(config, checkpoint, device, model, "ema" if use_ema else "raw")
 
 
-def output_path(out: str | None, default: Path, flag: str = "--out") -> Path:
-    """Where to write a result: ``out`` or ``default``; a folder given as ``out`` is a user error."""
+def output_path(out: str | None, default: Path, flag: str = "--out", force: bool = False) -> Path:
+    """Where to write a result: ``out`` or ``default``. A folder is a user error, and so is a file
+    you named that exists, unless ``force`` (the default file is this script's own, replaced freely)."""
     path = Path(out) if out else default
     if path.is_dir():
         raise UserError(f"{flag}: {path} is a folder; name a file, e.g. {path / default.name}")
+    if out and path.exists() and not force:
+        raise UserError(f"{flag}: {path} exists; pass --force to replace it, or choose another name")
     return path
 
 

@@ -69,29 +69,39 @@ class RunDirectory:
         a process that loses the race finds the directory there and locked, never half made.
         """
         path = Path(path)
-        made = [folder for folder in reversed([path, *path.parents]) if not folder.exists()]
-        staging = path.with_name(f".{path.name}.new-{os.getpid()}")
         try:
+            made = [folder for folder in reversed([path, *path.parents]) if not folder.exists()]
             path.parent.mkdir(parents=True, exist_ok=True)
-            os.mkdir(staging)
         except OSError as exc:
-            raise filesystem_error("trainer.save_dir", path, exc, "choose a writable trainer.save_dir (or a shorter name)") from None
-        claim = cls(staging, True, made)
-        claim._take_lock()
+            raise filesystem_error("trainer.save_dir", path, exc, "choose a writable trainer.save_dir (or shorter names)") from None
+        claim = cls(path.with_name(f".{path.name[:200]}.new-{os.getpid()}"), True, made)
         try:
-            os.rename(staging, path)  # fails if path exists (a non-empty folder, or a file)
+            os.mkdir(claim.path)
+        except OSError as exc:
+            claim.discard()
+            raise filesystem_error("trainer.save_dir", path, exc, "choose a writable trainer.save_dir (or shorter names)") from None
+        claim._take_lock()
+        if path.exists():  # rename would also replace an empty folder: an existing run directory is never reused
+            claim.discard()
+            raise cls._taken(path)
+        try:
+            os.rename(claim.path, path)  # fails if path appeared meanwhile (a non-empty folder, or a file)
         except OSError as exc:
             claim.discard()
             if path.is_dir():
-                holder = lock_holder(path)
-                if holder is not None:
-                    raise UserError(f"--run-id: {path} is in use by process {holder}; choose another --run-id") from None
-                raise UserError(
-                    f"--run-id: {path} already exists; choose another --run-id, or resume it with -r {path}/checkpoints/last.pth"
-                ) from None
+                raise cls._taken(path) from None
             raise filesystem_error("trainer.save_dir", path, exc, "choose another trainer.save_dir or --run-id") from None
         claim.path = path
         return claim
+
+    @staticmethod
+    def _taken(path: Path) -> UserError:
+        holder = lock_holder(path)
+        if holder is not None:
+            return UserError(f"--run-id: {path} is in use by process {holder}; choose another --run-id")
+        if not path.is_dir():
+            return UserError(f"--run-id: {path} is a file; choose another --run-id or trainer.save_dir")
+        return UserError(f"--run-id: {path} already exists; choose another --run-id, or resume it with -r {path}/checkpoints/last.pth")
 
     @classmethod
     def open(cls, path: Path) -> RunDirectory:
@@ -131,6 +141,9 @@ class RunDirectory:
             return
         shutil.rmtree(self.path, ignore_errors=True)
         for folder in reversed(self._made[:-1]):
-            if folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
+            try:
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
+            except OSError:
+                pass  # another process put something there, or it went meanwhile
         self.created = False

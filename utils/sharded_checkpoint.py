@@ -207,12 +207,13 @@ class ShardedCheckpoint:
         return self.data.get("config")
 
     @property
-    def epoch(self) -> int:
-        return self.data["progress"]["epoch"]
+    def epoch(self) -> int | None:
+        progress = self.data.get("progress")
+        return progress.get("epoch") if isinstance(progress, dict) else None
 
     @property
     def has_ema(self) -> bool:
-        return bool(self.data["sharded"]["ema"])
+        return bool((self.data.get("sharded") or {}).get("ema"))
 
     def weights(self, ema: bool = True) -> dict:
         """The whole model's weights in this process (gathered from the shards)."""

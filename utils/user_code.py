@@ -9,6 +9,7 @@ own path.
 
 from __future__ import annotations
 
+import re
 import sys
 import sysconfig
 import traceback
@@ -36,13 +37,34 @@ def user_frame(exc: BaseException) -> traceback.FrameSummary | None:
     return frames[-1] if frames else None
 
 
+_FRAME_TEXT = re.compile(r'File "([^"]+)", line (\d+)')
+
+
+def user_frame_in_text(exc: BaseException) -> tuple[str, int] | None:
+    """The innermost user frame named in ``exc``'s message: a DataLoader worker's exception comes
+    back in the main process with the worker's traceback as text."""
+    found = [(name, int(line)) for name, line in _FRAME_TEXT.findall(str(exc)) if is_user_file(name)]
+    return found[-1] if found else None
+
+
+def raised_in_user_code(exc: BaseException) -> bool:
+    """Whether the innermost frame of ``exc`` is user code: the user's own line raised it (rather
+    than a library the user's code called)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return bool(frames) and is_user_file(frames[-1].filename)
+
+
 def relative(filename: str) -> str:
     path = Path(filename).resolve()
     return str(path.relative_to(PROJECT_ROOT)) if PROJECT_ROOT in path.parents else str(path)
 
 
 def format_user_bug(exc: BaseException) -> str:
-    """The traceback from the first user frame down (the template's calling frames trimmed), then a hint line."""
+    """The traceback from the first user frame down (the template's calling frames trimmed), then a
+    hint line; for a DataLoader worker's exception, its message holds the worker's traceback."""
+    if user_frame(exc) is None and user_frame_in_text(exc) is not None:
+        name, line = user_frame_in_text(exc)
+        return f"{exc}\nerror: {type(exc).__name__} raised in your code at {relative(name)}:{line} (in a DataLoader worker); the traceback above shows where"
     summary = traceback.TracebackException.from_exception(exc)
     stack = list(summary.stack)
     first = next((i for i, frame in enumerate(stack) if is_user_file(frame.filename)), 0)

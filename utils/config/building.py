@@ -22,7 +22,7 @@ from utils.config.names import closest, resolve_type
 from utils.config.overrides import parameters
 from utils.config.schema import metric_name
 from utils.errors import UserError
-from utils.user_code import user_frame
+from utils.user_code import raised_in_user_code
 
 if TYPE_CHECKING:
     from utils.config.config import Config
@@ -111,10 +111,10 @@ def build(config: Config, key: str, node: dict, *args: Any, **kwargs: Any) -> An
         if str(exc).startswith(key.split(".")[0]):
             raise UserError(f"{config.source}: {exc}") from None
         raise
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RuntimeError, ZeroDivisionError, IndexError) as exc:
         blame = _blame(key, node["type"], target, config_args, exc)
         if blame is None:
-            raise  # raised inside the user's own code: a bug there, shown with its traceback
+            raise  # raised by the user's own code: a bug there, shown with its traceback
         raise config.error(*blame) from None
 
 
@@ -129,8 +129,11 @@ def build_partial(config: Config, key: str, node: dict, *args: Any, **kwargs: An
 def _blame(key: str, type_name: str, target: Callable, config_args: dict, exc: Exception) -> tuple[str, str] | None:
     """(key path, problem) for a constructor that raised, or None when user code raised it.
 
-    The arg whose value is of another kind than its default is blamed first; then, for library
-    code only, the one arg the message names, else the whole ``args``.
+    The arg whose value is of another kind than its default is blamed first. Then, if the
+    exception was raised by a line of the user's own code (a typo such as ``nn.Linear(...,
+    biass=True)``, a ``raise`` of theirs), it is theirs to see; if a library raised it (torch
+    rejecting a value the user's code passed on, ``nn.Dropout(2)``), the one arg the message names
+    is blamed, else the whole ``args``.
     """
     message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     try:
@@ -144,7 +147,7 @@ def _blame(key: str, type_name: str, target: Callable, config_args: dict, exc: E
                 f"{key}.args.{name}",
                 f"{type_name} rejected {value!r} ({message}); it expects {_kind(default)} like its default {default!r}",
             )
-    if user_frame(exc) is not None:
+    if raised_in_user_code(exc):
         return None
     named = [name for name in config_args if re.search(rf"\b{re.escape(name)}\b", message)]
     where = f"{key}.args.{named[0]}" if len(named) == 1 else f"{key}.args"

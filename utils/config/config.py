@@ -42,6 +42,8 @@ class Config:
     @classmethod
     def from_dict(cls, data: dict, source: str, overrides: Iterable[str] = (), trusted: bool = True) -> Config:
         """Defaults, then the overrides in order (left to right), then validation."""
+        if not isinstance(data, dict):
+            raise UserError(f"{source}: the config must be a mapping of keys (name, arch, ...), got {type(data).__name__}")
         found = plain_data_problem(data)
         if found:
             raise UserError(f"{source}: {found[0]}: {found[1]}")

@@ -1,10 +1,11 @@
 """Names to objects: ``"DigitsCNN"`` or ``"package.module:Name"`` becomes the class or function.
 
 Trust: a config the user passes is code they chose, so any importable name resolves. A config
-read back from a checkpoint is data: it may only name the project's own code (the packages in
-the project folder, except the engine's) and the libraries the template builds from (see
-``CHECKPOINT_LIBRARIES``), and the object it finds must be defined there, not merely imported
-there; anything else is a one-line error and nothing is imported or called.
+read back from a checkpoint is data: its short names resolve in the usual modules (``NAMESPACES``),
+and a full path ``"package.module:Name"`` must name a *class* defined in the project's own code
+(packages in the project folder, except the engine's) or in the libraries the template builds
+from (``CHECKPOINT_LIBRARIES``), not a function and not something merely imported there. Anything
+else is a one-line error, decided before anything is imported from outside, and nothing is called.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.util
+import inspect
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -48,9 +50,14 @@ def is_project_module(module_name: str) -> bool:
         return False
     if spec is None:
         return False
-    places = list(spec.submodule_search_locations or []) or [spec.origin or ""]
+    places = list(spec.submodule_search_locations or [])
+    if not places and spec.has_location and spec.origin:
+        places = [spec.origin]  # built-in and frozen modules (os, sys, builtins) have no location
     for place in places:
-        path = Path(place).resolve()
+        path = Path(place)
+        if not path.is_absolute() or not path.exists():
+            continue
+        path = path.resolve()
         if PROJECT_ROOT in path.parents and ".venv" not in path.relative_to(PROJECT_ROOT).parts:
             return True
     return False
@@ -63,7 +70,7 @@ def is_allowed_for_checkpoints(module_name: str) -> bool:
 
 def _untrusted_error(key: str, name: str, source: str) -> UserError:
     return UserError(
-        f"{source}: {key}.type: {name!r} is outside this project and the libraries it builds from "
+        f"{source}: {key}.type: {name!r} is outside this project's classes and the libraries it builds from "
         f"({', '.join(CHECKPOINT_LIBRARIES)}); a checkpoint is data and may not name other code. "
         f"If you trust it, pass the config again with -c, or add --trust-checkpoint"
     )
@@ -90,6 +97,8 @@ def resolve_type(key: str, name: str, source: str, trusted: bool = True) -> Call
                 f"{source}: {key}.type: module {module_name!r} has no class or function {attr!r}{closest(attr, _public_callables(module))}"
             )
         target = getattr(module, attr)
+        if not trusted and not inspect.isclass(target):
+            raise _untrusted_error(key, name, source)  # a checkpoint builds objects; it does not call functions by path
     else:
         target = _lookup(key, name, source)
     if not trusted and not is_allowed_for_checkpoints(getattr(target, "__module__", None) or ""):

@@ -48,24 +48,28 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=ConfigLoader)  # ConfigLoader is a SafeLoader: plain data only
 
 
-def plain_data_problem(value: Any, path: str = "") -> tuple[str, str] | None:
+def plain_data_problem(value: Any, path: str = "", inside: frozenset = frozenset()) -> tuple[str, str] | None:
     """``(key path, problem)`` for the first value that is not plain config data, or None.
 
     Plain data is mappings with string keys, lists, strings, booleans, integers, finite-or-infinite
-    floats (never NaN) and null.
+    floats (never NaN) and null, nested without cycles (a YAML alias may not contain itself).
     """
     where = path or "(top level)"
+    if isinstance(value, (dict, list)):
+        if id(value) in inside:
+            return where, "a YAML alias contains itself; write the value out"
+        inside = inside | {id(value)}
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
                 return where, f"keys must be strings, got {type(key).__name__} {key!r}; quote it"
-            found = plain_data_problem(item, f"{path}.{key}" if path else key)
+            found = plain_data_problem(item, f"{path}.{key}" if path else key, inside)
             if found:
                 return found
         return None
     if isinstance(value, list):
         for index, item in enumerate(value):
-            found = plain_data_problem(item, f"{path}.{index}" if path else str(index))
+            found = plain_data_problem(item, f"{path}.{index}" if path else str(index), inside)
             if found:
                 return found
         return None
@@ -79,10 +83,13 @@ def plain_data_problem(value: Any, path: str = "") -> tuple[str, str] | None:
 def read_config_file(path: str | Path) -> dict:
     """Read a ``.json``, ``.yaml`` or ``.yml`` config as plain data."""
     path = Path(path)
-    if path.suffix not in (".json", ".yaml", ".yml"):
+    suffix = path.suffix.lower()
+    if suffix not in (".json", ".yaml", ".yml"):
         raise UserError(f"{path}: a config must be a .json, .yaml or .yml file")
+    if path.is_dir():
+        raise UserError(f"{path}: a folder, not a config file; pass a .json or .yaml file with -c")
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")  # a byte order mark some editors write is not part of the config
     except FileNotFoundError:
         raise UserError(f"{path}: config file not found; pass an existing file with -c") from None
     except UnicodeDecodeError:
@@ -90,7 +97,7 @@ def read_config_file(path: str | Path) -> dict:
     except OSError as exc:
         raise UserError(f"{path}: cannot read config file ({exc.strerror}); pass a readable file with -c") from None
     try:
-        data = json.loads(text) if path.suffix == ".json" else load_yaml(text)
+        data = json.loads(text) if suffix == ".json" else load_yaml(text)
     except json.JSONDecodeError as exc:
         raise UserError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}; fix the syntax there") from None
     except yaml.YAMLError as exc:

@@ -25,14 +25,20 @@ REQUIRED: Any = _Required()
 
 
 def _folder_name(value: str) -> str | None:
-    if not value or value in (".", "..") or "/" in value or "\\" in value or not value.isprintable():
+    if not value or value.strip() != value or value in (".", "..") or "/" in value or "\\" in value or not value.isprintable():
         return f"{value!r} is not a folder name; use letters, digits, '-', '_' or '.'"
+    if len(value.encode()) > 255:
+        return f"{len(value.encode())} bytes, longer than a folder name may be (255); choose a shorter name"
     return None
+
+
+def _seed(value: int) -> str | None:
+    return None if 0 <= value < 2**63 else f"must be between 0 and 2**63 - 1, got {value}"
 
 
 SCHEMA: dict[str, Setting] = {
     "name": Setting((str,), "experiment", "Experiment name; runs go to `<save_dir>/<name>/<run_id>/`.", _folder_name),
-    "seed": Setting((int,), 0, "Seeds Python, NumPy and torch once; epoch e's data order depends only on seed and e."),
+    "seed": Setting((int,), 0, "Seeds Python, NumPy and torch once; epoch e's data order depends only on seed and e.", _seed),
     "device": Setting((str,), "auto", '`"auto"` (CUDA, then MPS, then CPU), `"cpu"`, `"cuda"`, `"cuda:1"`, `"mps"`.'),
     "arch": Setting((dict,), REQUIRED, "The model: `{type, args}`, looked up in `model/`, then `torch.nn`."),
     "data_loader": Setting((dict,), REQUIRED, "The training data loader: `{type, args}`, looked up in `data_loader/`."),
