@@ -226,7 +226,7 @@ def check_run_id(run_id: str | None) -> None:
     if not plain or "/" in run_id or "\\" in run_id:
         raise UserError(f"--run-id: {run_id!r} is not a folder name; use letters, digits, '-' or '_'")
     if len(run_id.encode()) > 255:
-        raise UserError(f"--run-id: {len(run_id.encode())} bytes, longer than a folder name may be (255); choose a shorter one")
+        raise UserError(f"--run-id: too long for a folder name ({len(run_id.encode())} bytes, at most 255); choose a shorter one")
 
 
 def claim_new_run_dir(config: Config, run_id: str | None) -> RunDirectory:

@@ -80,7 +80,7 @@ def folder_problem(value: str) -> str | None:
     if not value.strip():
         return "must name a folder, got an empty string"
     too_long = [part for part in value.split("/") if len(part.encode()) > 255]
-    return f"the folder name {too_long[0][:40]!r}... is longer than a filesystem allows (255 bytes)" if too_long else None
+    return f"the folder name {too_long[0][:40]!r}... is too long (at most 255 bytes)" if too_long else None
 
 
 def non_empty(value: str) -> str | None:

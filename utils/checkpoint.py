@@ -54,7 +54,8 @@ def temporary_name(path: Path) -> Path:
 
 def write_error(path: Path, exc: OSError) -> UserError:
     """A failed checkpoint write as one line that says what is intact."""
-    reason = "the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else (exc.strerror or str(exc))
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    reason = "the disk is full or a file size limit was reached" if full else (exc.strerror or str(exc))
     intact = f"the previous {path.name} is intact" if path.exists() else "no checkpoint of this run was written before"
     return UserError(f"{path}: could not write the checkpoint ({reason}); {intact}; free space or fix the folder, then resume")
 
@@ -69,8 +70,8 @@ def replacing(path: Path) -> Iterator[Path]:
         os.replace(tmp, path)
     except OSError as exc:
         raise write_error(path, exc) from None
-    except RuntimeError as exc:  # torch.save's writer reports a failed write (a full disk) as RuntimeError
-        raise write_error(path, OSError(errno.EIO, str(exc).splitlines()[0][:120] if str(exc) else "write failed")) from None
+    except RuntimeError:  # torch.save's zip writer reports a failed write ("unexpected pos") without its errno
+        raise write_error(path, OSError(errno.ENOSPC, "the write failed")) from None
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)
@@ -192,8 +193,10 @@ def load_checkpoint(path: str | Path) -> Any:
             raise UserError(f"{path}: a damaged checkpoint (format version {version!r}); pass a file from a run's checkpoints/ folder")
         if version > VERSION:
             raise UserError(f"{path}: checkpoint version {version} is newer than this code understands ({VERSION})")
-        if not isinstance(data.get("config"), (dict, type(None))) or not _is_state_dict(data.get("model")):
-            raise UserError(f"{path}: a damaged checkpoint (its config or weights are not what a checkpoint holds); use another file")
+        wrong = [key for key, ok in (("model", _is_state_dict(data.get("model"))), ("config", isinstance(data.get("config"), (dict, type(None)))),
+                                     ("progress", version == 1 or isinstance(data.get("progress"), dict))) if not ok]  # fmt: skip
+        if wrong:
+            raise UserError(f"{path}: an incomplete or damaged checkpoint ({', '.join(wrong)} missing or not what it holds); use another file")
     return checkpoint
 
 

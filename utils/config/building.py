@@ -147,9 +147,17 @@ def _blame(key: str, type_name: str, target: Callable, config_args: dict, exc: E
                 f"{key}.args.{name}",
                 f"{type_name} rejected {value!r} ({message}); it expects {_kind(default)} like its default {default!r}",
             )
+        if isinstance(default, (list, tuple)) and isinstance(value, list) and len(value) != len(default):
+            return f"{key}.args.{name}", f"{type_name} rejected {value!r} ({message}); it expects {len(default)} values like its default {default!r}"
     if raised_in_user_code(exc):
         return None
     named = [name for name in config_args if re.search(rf"\b{re.escape(name)}\b", message)]
+    if not named:  # a number the message quotes, as in "negative dimension -1"
+        named = [
+            name
+            for name, value in config_args.items()
+            if isinstance(value, NUMBER) and not isinstance(value, bool) and re.search(rf"(?<![\w.]){re.escape(str(value))}(?![\w.])", message)
+        ]
     where = f"{key}.args.{named[0]}" if len(named) == 1 else f"{key}.args"
     return where, f"{type_name}(...) rejected its arguments: {message}; fix the value in the config"
 

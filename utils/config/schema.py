@@ -28,7 +28,7 @@ def _folder_name(value: str) -> str | None:
     if not value or value.strip() != value or value in (".", "..") or "/" in value or "\\" in value or not value.isprintable():
         return f"{value!r} is not a folder name; use letters, digits, '-', '_' or '.'"
     if len(value.encode()) > 255:
-        return f"{len(value.encode())} bytes, longer than a folder name may be (255); choose a shorter name"
+        return f"too long for a folder name ({len(value.encode())} bytes, at most 255); choose a shorter name"
     return None
 
 
