@@ -15,6 +15,7 @@ import subprocess
 import sys
 import termios
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -306,6 +307,7 @@ def test_a_resumed_writer_replaces_what_came_after_the_checkpoint(tmp_path):
         first.add_scalars({"train/loss": float(step)}, step)
     first.close()
     first.close()  # closing twice is harmless
+    time.sleep(1.1)  # event files sort by their second of creation (in one process, then by a counter that may gain a digit)
     resumed = TensorboardWriter(tmp_path, True, purge_step=21)
     for step in (30, 40):
         resumed.add_scalars({"train/loss": step + 0.5}, step)

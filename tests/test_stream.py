@@ -421,7 +421,7 @@ def test_user_errors_at_construction_are_one_line(tmp_path):
     write_id_shards(tmp_path, [3, 4])
     with pytest.raises(UserError, match="must define read_shard"):
         BaseStreamLoader(tmp_path, 2)
-    with pytest.raises(UserError, match="data_loader.args.num_workers: must be an integer of at least 0"):
+    with pytest.raises(UserError, match="data_loader.args.num_workers: must be from 0 to"):
         BaseStreamLoader(tmp_path, 2, num_workers=-1, reader=read_ids)
     with pytest.raises(UserError, match="data_loader.args.validation_split: 2 shards of 2"):
         BaseStreamLoader(tmp_path, 2, validation_split=2, reader=read_ids)
@@ -590,8 +590,9 @@ def test_mid_epoch_resume_with_other_num_workers_is_refused_and_changes_nothing(
     refused = run_script("train.py", "-r", str(snapshot / "checkpoints" / "last.pth"), "data_loader.args.num_workers=0", env=TESTS_ENV)
     assert refused.returncode == 2, refused.stdout + refused.stderr
     lines = refused.stderr.strip().splitlines()
+    checkpoint = snapshot / "checkpoints" / "last.pth"
     assert len(lines) == 1 and lines[0].startswith(
-        "error: data_loader.args.num_workers: the checkpoint was written mid-epoch with num_workers 2"
+        f"error: {checkpoint}: data_loader.args.num_workers: the checkpoint was written mid-epoch with num_workers 2"
     )
     assert "resume with data_loader.args.num_workers=2" in lines[0]
     assert files_of(snapshot) == before

@@ -14,6 +14,7 @@ these is left alone: it is a bug there, and its traceback shows the user's line.
 from __future__ import annotations
 
 import copy
+import inspect
 import re
 import warnings
 from typing import TYPE_CHECKING, Any
@@ -187,8 +188,10 @@ def _check_optimizer(trainer: Trainer) -> None:
         stand_in.grad = torch.zeros_like(stand_in)
         groups.append({**{k: copy.deepcopy(v) for k, v in group.items() if k != "params"}, "params": [stand_in]})
     name = type(optimizer).__name__
+    accepted = inspect.signature(type(optimizer)).parameters
+    defaults = {k: copy.deepcopy(v) for k, v in optimizer.defaults.items() if k in accepted}  # AdamW keeps one it does not take
     try:
-        probe = type(optimizer)(groups, **copy.deepcopy(optimizer.defaults))
+        probe = type(optimizer)(groups, **defaults)
         probe.step()
     except TypeError as exc:
         if "closure" in str(exc):
