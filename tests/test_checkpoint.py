@@ -53,12 +53,11 @@ def test_compiled_and_ddp_prefixes_never_reach_a_checkpoint():
 
 
 @pytest.mark.slow
-def test_sigkill_at_any_moment_leaves_a_loadable_last_checkpoint(tmp_path):
+def test_sigkill_at_any_moment_leaves_a_loadable_last_checkpoint(tmp_path, rng):
     """Checkpoint after every step and kill the process at random moments, mid-write included."""
     config = write_config(tmp_path, tiny_config(tmp_path, epochs=50, save_every_n_steps=1))
     last = tmp_path / "saved" / "digits_cnn" / "run" / "checkpoints" / "last.pth"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    rng = random.Random()
     for attempt in range(3):
         args = ["-c", str(config), "--run-id", "run"] if attempt == 0 else ["-r", str(last)]
         process = subprocess.Popen(
@@ -73,8 +72,10 @@ def test_sigkill_at_any_moment_leaves_a_loadable_last_checkpoint(tmp_path):
         process.wait(timeout=60)
         state = torch.load(last, weights_only=True, map_location="cpu")
         assert state["progress"]["global_step"] >= step_before
-    resumed = run_script("train.py", "-r", str(last), "trainer.epochs=1")
-    assert resumed.returncode == 0, resumed.stderr  # the stale temporary file is swept, training ends at once
+    progress = state["progress"]
+    one_more = progress["epoch"] + (0 if progress["batch_in_epoch"] else 1)  # finish the epoch it was in, or train one more
+    resumed = run_script("train.py", "-r", str(last), f"trainer.epochs={one_more}")
+    assert resumed.returncode == 0, resumed.stderr  # the stale temporary file is swept
     assert not list(last.parent.glob(".*tmp*"))
 
 

@@ -131,7 +131,9 @@ def test_sigkill_while_saving_every_step_leaves_the_previous_snapshot_loadable(t
     checkpoint = load_checkpoint(last)  # whatever the moment of the kill, the link points at a whole snapshot
     assert checkpoint.data["progress"]["global_step"] >= 1
     assert all(torch.isfinite(value).all() for value in weights(last).values())
-    resumed = torchrun("-r", str(last), "trainer.epochs=1")
+    progress = checkpoint.data["progress"]
+    one_more = progress["epoch"] + (0 if progress["batch_in_epoch"] else 1)  # finish the epoch it was in, or train one more
+    resumed = torchrun("-r", str(last), f"trainer.epochs={one_more}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     linked = {path.resolve() for path in last.parent.glob("*.dcp")}
     assert set((last.parent / "snapshots").iterdir()) <= linked  # what the kill left half-written is gone
