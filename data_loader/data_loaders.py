@@ -42,8 +42,13 @@ def held_out_split(samples: int, test_fraction: float, seed: int, training: bool
     return (order[n_test:] if training else order[:n_test]).sort().values
 
 
-class DigitsDataLoader(BaseDataLoader):
-    """Handwritten digits as 1x8x8 images: 1,438 training (incl. validation) and 359 test samples."""
+class HeldOutDataLoader(BaseDataLoader):
+    """A data set in memory with a fixed held-out test split (``training=False``); subclasses name
+    the data set in ``make_dataset(training)``. The arguments are spelled out, not ``**kwargs``, so a
+    config's arguments are checked against them."""
+
+    def make_dataset(self, training: bool) -> TensorDataset:
+        raise NotImplementedError
 
     def __init__(
         self,
@@ -57,7 +62,7 @@ class DigitsDataLoader(BaseDataLoader):
         drop_last: bool = False,
     ):
         super().__init__(
-            digits_dataset(training),
+            self.make_dataset(training),
             batch_size,
             shuffle,
             validation_split,
@@ -67,6 +72,13 @@ class DigitsDataLoader(BaseDataLoader):
             in_memory=in_memory,
             drop_last=drop_last,
         )
+
+
+class DigitsDataLoader(HeldOutDataLoader):
+    """Handwritten digits as 1x8x8 images: 1,438 training (incl. validation) and 359 test samples."""
+
+    def make_dataset(self, training: bool) -> TensorDataset:
+        return digits_dataset(training)
 
 
 class MnistDataLoader(BaseDataLoader):

@@ -12,8 +12,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import TensorDataset
 
-from base import BaseDataLoader
-from data_loader.data_loaders import held_out_split
+from data_loader.data_loaders import HeldOutDataLoader, held_out_split
 
 TARGET_MEAN, TARGET_STD = 152.13, 77.01
 TEST_FRACTION = 0.2
@@ -31,28 +30,8 @@ def diabetes_dataset(training: bool) -> TensorDataset:
     return TensorDataset(features[chosen], target[chosen])
 
 
-class DiabetesDataLoader(BaseDataLoader):
+class DiabetesDataLoader(HeldOutDataLoader):
     """354 training (incl. validation) and 88 test patients; see the module docstring."""
 
-    def __init__(
-        self,
-        batch_size: int = 32,
-        shuffle: bool = True,
-        validation_split: int | float = 0.15,
-        num_workers: int = 0,
-        training: bool = True,
-        split_seed: int = 0,
-        in_memory: bool = False,
-        drop_last: bool = False,
-    ):
-        super().__init__(
-            diabetes_dataset(training),
-            batch_size,
-            shuffle,
-            validation_split,
-            num_workers,
-            training=training,
-            split_seed=split_seed,
-            in_memory=in_memory,
-            drop_last=drop_last,
-        )
+    def make_dataset(self, training: bool) -> TensorDataset:
+        return diabetes_dataset(training)

@@ -87,3 +87,16 @@ def kill_tree(pid: int, signum: int) -> None:
             os.kill(member, signum)
         except ProcessLookupError:
             pass
+
+
+def set_key(path: str, value):
+    """A config change for tables of cases: set ``a.b.c`` (missing mappings made on the way)."""
+
+    def change(data: dict) -> None:
+        *parents, last = path.split(".")
+        node = data
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+
+    return change

@@ -35,7 +35,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import ROOT, TESTS_ENV, tiny_config, write_config
+from helpers import ROOT, TESTS_ENV, set_key, tiny_config, write_config
 
 import predict
 import train
@@ -201,17 +201,6 @@ class Row:
     started_training: bool = False
     """The fault shows only once training runs: a run directory may stay (its train.log tells what happened)."""
     mid: bool = False
-
-
-def setting(path: str, value) -> Callable[[dict], None]:
-    def change(data: dict) -> None:
-        *parents, last = path.split(".")
-        node = data
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = value
-
-    return change
 
 
 def new(*overrides: str, change=None, name: str = "config.json", replace: tuple = ()) -> Callable[[Ctx], list]:
@@ -603,7 +592,7 @@ ROWS = [
     Row(
         "fine-tune another model strictly",
         "train",
-        lambda c: ["-r", c.ckpt(), "-c", c.config(setting("arch", {"type": "MLP"}))],
+        lambda c: ["-r", c.ckpt(), "-c", c.config(set_key("arch", {"type": "MLP"}))],
         2,
         ("weights do not match the model",),
     ),
@@ -649,7 +638,7 @@ ROWS = [
     Row(
         "test.py checkpoint of another model",
         "test",
-        evaluate("-c", lambda c: c.config(setting("arch", {"type": "MLP"}))),
+        evaluate("-c", lambda c: c.config(set_key("arch", {"type": "MLP"}))),
         2,
         ("weights do not match the model",),
     ),
@@ -736,14 +725,14 @@ ROWS = [
     Row(
         "test.py model forward NameError",
         "test",
-        evaluate("-c", lambda c: c.config(setting("arch.type", "user_bugs:NameErrorCNN")), "--out", lambda c: c.tmp / "m.json"),
+        evaluate("-c", lambda c: c.config(set_key("arch.type", "user_bugs:NameErrorCNN")), "--out", lambda c: c.tmp / "m.json"),
         1,
         bug="temperature",
     ),
     Row(
         "predict.py model forward NameError",
         "predict",
-        predicting("-c", lambda c: c.config(setting("arch.type", "user_bugs:NameErrorCNN"))),
+        predicting("-c", lambda c: c.config(set_key("arch.type", "user_bugs:NameErrorCNN"))),
         1,
         bug="temperature",
     ),

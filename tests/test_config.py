@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from helpers import ROOT, TIMING_KEYS, run_script, tiny_config, write_config
+from helpers import ROOT, TIMING_KEYS, run_script, set_key, tiny_config, write_config
 
 import train
 from trainer import Evaluator
@@ -262,17 +262,6 @@ def test_every_shipped_config_loads_validates_and_builds(path):
 # -- user errors: one line, exit code 2, the key named, nothing left behind -------------------------
 
 
-def _set(path: str, value):
-    def change(data: dict) -> None:
-        *parents, last = path.split(".")
-        node = data
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = value
-
-    return change
-
-
 def _delete(path: str):
     def change(data: dict) -> None:
         *parents, last = path.split(".")
@@ -286,29 +275,29 @@ def _delete(path: str):
 
 # (id, change to the file, overrides, text the message must hold)
 ERRORS = [
-    ("unknown top-level key", _set("epochs", 3), [], ["epochs: unknown top-level key", "'trainer.epochs'"]),
-    ("unknown trainer key", _set("trainer.epochz", 3), [], ["trainer.epochz: unknown key", "'trainer.epochs'"]),
-    ("wrong type", _set("trainer.epochs", "ten"), [], ["trainer.epochs: expected int, got str 'ten'"]),
+    ("unknown top-level key", set_key("epochs", 3), [], ["epochs: unknown top-level key", "'trainer.epochs'"]),
+    ("unknown trainer key", set_key("trainer.epochz", 3), [], ["trainer.epochz: unknown key", "'trainer.epochs'"]),
+    ("wrong type", set_key("trainer.epochs", "ten"), [], ["trainer.epochs: expected int, got str 'ten'"]),
     ("wrong type by override", None, ["trainer.tensorboard=maybe"], ["trainer.tensorboard: expected bool"]),
     ("choice", None, ["trainer.amp=fp8"], ["trainer.amp: must be one of"]),
     ("missing required key", _delete("arch"), [], ["arch: missing"]),
     ("missing type", _delete("optimizer.type"), [], ['optimizer: missing "type"']),
-    ("unknown node key", _set("optimizer.arg", {}), [], ["optimizer.arg: unknown key", "'optimizer.args'"]),
+    ("unknown node key", set_key("optimizer.arg", {}), [], ["optimizer.arg: unknown key", "'optimizer.args'"]),
     ("unknown class", None, ["arch.type=DigitCNN"], ["arch.type: unknown name 'DigitCNN'", "'DigitsCNN'"]),
-    ("unknown loss", _set("loss", "nll_los"), [], ["loss.type: unknown name 'nll_los'", "'nll_loss'"]),
-    ("unknown metric", _set("metrics", ["acuracy"]), [], ["metrics.0.type: unknown name 'acuracy'", "'accuracy'"]),
+    ("unknown loss", set_key("loss", "nll_los"), [], ["loss.type: unknown name 'nll_los'", "'nll_loss'"]),
+    ("unknown metric", set_key("metrics", ["acuracy"]), [], ["metrics.0.type: unknown name 'acuracy'", "'accuracy'"]),
     ("unknown module path", None, ["optimizer.type=torch.optimz:SGD"], ["optimizer.type: cannot import module 'torch.optimz'"]),
-    ("unknown argument", _set("arch.args.dropot", 0.1), [], ["arch.args.dropot: DigitsCNN has no parameter", "'arch.args.dropout'"]),
-    ("missing argument", _set("lr_scheduler", {"type": "StepLR"}), [], ["lr_scheduler.args.step_size: StepLR needs this argument"]),
+    ("unknown argument", set_key("arch.args.dropot", 0.1), [], ["arch.args.dropot: DigitsCNN has no parameter", "'arch.args.dropout'"]),
+    ("missing argument", set_key("lr_scheduler", {"type": "StepLR"}), [], ["lr_scheduler.args.step_size: StepLR needs this argument"]),
     ("bad monitor", None, ["trainer.monitor=maximize val_accuracy"], ["trainer.monitor: must be"]),
     ("monitor not produced", None, ["trainer.monitor=max val_precision"], ["trainer.monitor: the run does not produce 'val_precision'"]),
     ("monitor without validation", None, ["data_loader.args.validation_split=0"], ["trainer.monitor: monitors 'val_loss'"]),
     ("object rejects a value", None, ["optimizer.args.lr=fast"], ["optimizer.args.lr: Adam rejected 'fast'"]),
     ("object rejects a number", None, ["optimizer.args.lr=-1"], ["optimizer.args.lr: Adam(...) rejected its arguments: Invalid learning rate: -1"]),
     ("loader rejects a value", None, ["data_loader.args.batch_size=0"], ["data_loader.args.batch_size: must be a whole number from 1"]),
-    ("arg supplied by the code", _set("optimizer.args.params", []), [], ["optimizer.args: ['params'] are supplied by the code"]),
-    ("bad interval", _set("lr_scheduler.interval", "batch"), [], ["lr_scheduler.interval: must be"]),
-    ("bad name", _set("name", "a/b"), [], ["name: 'a/b' is not a folder name"]),
+    ("arg supplied by the code", set_key("optimizer.args.params", []), [], ["optimizer.args: ['params'] are supplied by the code"]),
+    ("bad interval", set_key("lr_scheduler.interval", "batch"), [], ["lr_scheduler.interval: must be"]),
+    ("bad name", set_key("name", "a/b"), [], ["name: 'a/b' is not a folder name"]),
     ("bad override syntax", None, ["trainer.epochs"], ["override 'trainer.epochs': write overrides as key.path=value"]),
     ("override into a value", None, ["seed.x=1"], ["override 'seed.x=1': seed is 0, not a mapping"]),
 ]
