@@ -1,10 +1,11 @@
 """Metrics, found by name from ``metrics`` entries (then torchmetrics' classes).
 
-Two kinds (``trainer/metrics.py`` runs both, per batch, on the device):
+Two kinds (``trainer/metrics.py`` runs both on the device, on groups of up to 32 batches joined
+along the batch dimension):
 
 - **functions** ``fn(output, target) -> 0-dim tensor``: the mean over the batch's samples of a
   per-sample quantity. The epoch value is the sample-weighted mean of the batch values, which
-  is the mean over all samples (up to the float rounding of each batch's mean). They return
+  is the mean over all samples (up to the float rounding of each group's mean). They return
   tensors, never Python numbers, so the sums stay on the device.
 - **metric objects** with ``update(output, target)``, ``compute()`` and ``reset()``, such as
   torchmetrics' classes or :class:`Accuracy` below: they keep counts, so the epoch value is

@@ -4,6 +4,7 @@ numbers independent of batch size and of the number of processes."""
 
 from __future__ import annotations
 
+import collections
 import io
 import json
 import math
@@ -75,6 +76,69 @@ def test_mid_epoch_state_survives_a_weights_only_round_trip():
     for output, target in parts[2:]:
         second.update(output, target, len(target))
     assert second.compute() == straight.compute()
+
+
+class SizesSeen:
+    """A metric object that records the batch sizes its updates received."""
+
+    def __init__(self):
+        self.sizes = []
+
+    def update(self, output, target):
+        self.sizes.append(len(target))
+
+    def compute(self):
+        return torch.tensor(float(sum(self.sizes)))
+
+    def reset(self):
+        self.sizes = []
+
+
+def test_batches_are_measured_in_groups_that_a_mid_group_checkpoint_keeps():
+    sizes = [int(n) for n in torch.randint(1, 9, (100,), generator=torch.Generator().manual_seed(3))]
+    output, target, parts = batches(sizes)
+    metrics = {"accuracy": accuracy, "exact": Accuracy(), "f1": torchmetrics.classification.MulticlassF1Score(num_classes=5, average="macro")}
+    straight = MetricSet(metrics, CPU).fresh()
+    for out, tgt in parts:
+        straight.update(out, tgt, len(tgt))
+    first = MetricSet(metrics, CPU).fresh()
+    for out, tgt in parts[:45]:  # 45 = a group of 32, then 13 queued
+        first.update(out, tgt, len(tgt))
+    buffer = io.BytesIO()
+    torch.save(first.state_dict(), buffer)
+    buffer.seek(0)
+    second = MetricSet(metrics, CPU).fresh()
+    second.load_state_dict(torch.load(buffer, weights_only=True))
+    for out, tgt in parts[45:]:
+        second.update(out, tgt, len(tgt))
+    resumed, values = second.compute(), straight.compute()
+    assert resumed == values  # bitwise: the resumed pass grouped its batches as the straight one
+    assert values["exact"] == (output.argmax(1) == target).sum().item() / len(target)
+    assert values["accuracy"] == pytest.approx(values["exact"], abs=1e-7)
+
+    seen = MetricSet({"seen": SizesSeen()}, CPU)
+    for out, tgt in parts[:40]:
+        seen.update(out, tgt, len(tgt))
+    seen.compute()
+    assert seen.objects["seen"].sizes == [sum(sizes[:32]), sum(sizes[32:40])]
+
+
+def test_batches_that_cannot_be_joined_safely_are_measured_one_by_one():
+    _, _, parts = batches([4, 4, 3])
+    seen = MetricSet({"seen": SizesSeen()}, CPU)
+    for out, tgt in parts:  # a list of per-sample targets is never concatenated
+        seen.update(out, tgt.tolist(), len(tgt))
+    assert seen.compute() == {"seen": 11.0} and seen.objects["seen"].sizes == [4, 4, 3]
+
+    Pair = collections.namedtuple("Pair", "logits aux")
+    pairs = MetricSet({"seen": SizesSeen()}, CPU)
+    for out, tgt in parts:
+        pairs.update(Pair(out, out), tgt, len(tgt))
+    buffer = io.BytesIO()
+    torch.save(pairs.state_dict(), buffer)  # a namedtuple is not plain data: the group is measured first
+    buffer.seek(0)
+    assert torch.load(buffer, weights_only=True)["queue"] == []
+    assert pairs.objects["seen"].sizes == [11]
 
 
 def test_training_and_validation_have_separate_metric_objects(tmp_path):
