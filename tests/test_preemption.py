@@ -76,7 +76,8 @@ def test_sigterm_mid_epoch_then_resume_is_bitwise_exact(tmp_path, reference, rng
     assert (state["progress"]["epoch"], state["progress"]["batch_in_epoch"]) == (2, at - batches_per_epoch), at
     assert len(metric_rows(run_dir)) == 1
     # the running epoch state travels in the checkpoint: every sample of the epoch's trained batches is counted
-    assert state["ranks"][0]["train_metrics"]["count"] == (at - batches_per_epoch) * 64
+    metrics = state["ranks"][0]["train_metrics"]  # measured, or queued for the group's measurement
+    assert metrics["count"] + sum(size for _, _, size in metrics["queue"]) == (at - batches_per_epoch) * 64
     assert state["ranks"][0]["losses"]["samples"] == (at - batches_per_epoch) * 64
 
     resumed = resume(run_dir / "checkpoints" / "last.pth")
