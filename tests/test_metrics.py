@@ -116,11 +116,12 @@ def test_batches_are_measured_in_groups_that_a_mid_group_checkpoint_keeps():
     assert values["exact"] == (output.argmax(1) == target).sum().item() / len(target)
     assert values["accuracy"] == pytest.approx(values["exact"], abs=1e-7)
 
+    _, _, parts = batches([8] * 39 + [5])
     seen = MetricSet({"seen": SizesSeen()}, CPU)
-    for out, tgt in parts[:40]:
+    for out, tgt in parts:
         seen.update(out, tgt, len(tgt))
     seen.compute()
-    assert seen.objects["seen"].sizes == [sum(sizes[:32]), sum(sizes[32:40])]
+    assert seen.objects["seen"].sizes == [32 * 8, 7 * 8 + 5]  # 32 batches, then the rest at the end
 
 
 def test_batches_that_cannot_be_joined_safely_are_measured_one_by_one():
@@ -130,6 +131,17 @@ def test_batches_that_cannot_be_joined_safely_are_measured_one_by_one():
         seen.update(out, tgt.tolist(), len(tgt))
     assert seen.compute() == {"seen": 11.0} and seen.objects["seen"].sizes == [4, 4, 3]
 
+    wide = MetricSet({"seen": SizesSeen()}, CPU)
+    for _ in range(3):  # two such batches would pass 4M values: measured as they come, not copied
+        wide.update(torch.zeros(2, 1 << 21), torch.zeros(2), 2)
+    assert wide.objects["seen"].sizes == [2, 2, 2]
+
+    keyed = MetricSet({"seen": SizesSeen()}, CPU)
+    for out, tgt in parts:  # a dict of batched tensors is gathered like a tensor
+        keyed.update({"logits": out}, tgt, len(tgt))
+    keyed.compute()
+    assert keyed.objects["seen"].sizes == [11]
+
     Pair = collections.namedtuple("Pair", "logits aux")
     pairs = MetricSet({"seen": SizesSeen()}, CPU)
     for out, tgt in parts:
@@ -137,7 +149,7 @@ def test_batches_that_cannot_be_joined_safely_are_measured_one_by_one():
     buffer = io.BytesIO()
     torch.save(pairs.state_dict(), buffer)  # a namedtuple is not plain data: the group is measured first
     buffer.seek(0)
-    assert torch.load(buffer, weights_only=True)["queue"] == []
+    assert torch.load(buffer, weights_only=True)["group"] is None
     assert pairs.objects["seen"].sizes == [11]
 
 

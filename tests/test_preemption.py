@@ -77,7 +77,7 @@ def test_sigterm_mid_epoch_then_resume_is_bitwise_exact(tmp_path, reference, rng
     assert len(metric_rows(run_dir)) == 1
     # the running epoch state travels in the checkpoint: every sample of the epoch's trained batches is counted
     metrics = state["ranks"][0]["train_metrics"]  # measured, or queued for the group's measurement
-    assert metrics["count"] + sum(size for _, _, size in metrics["queue"]) == (at - batches_per_epoch) * 64
+    assert metrics["count"] + (metrics["group"]["rows"] if metrics["group"] else 0) == (at - batches_per_epoch) * 64
     assert state["ranks"][0]["losses"]["samples"] == (at - batches_per_epoch) * 64
 
     resumed = resume(run_dir / "checkpoints" / "last.pth")

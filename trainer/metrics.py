@@ -11,17 +11,12 @@ Two kinds of metric, both updated on the device:
   DDP processes inside ``compute()``. Their state travels in mid-epoch checkpoints (torchmetrics'
   ``metric_state``, or the object's own ``state_dict``/``load_state_dict``).
 
-Batches are measured in groups: ``update`` queues a batch's (detached) output and target, and
-every :data:`GROUP_BATCHES` batches (sooner once :data:`GROUP_VALUES` values wait) the group is
-joined along the batch dimension and each metric runs once on it. A torchmetrics ``update``
-costs 100-300 us of Python, a function a few small kernels: per batch that was 10-20% of a small
-model's step; per group it is noise. The values do not change: objects count the same samples,
-and a function (a mean over samples) times the group's size is the sum of its batches' shares.
-Groups are fixed by position in the pass, and the queue travels in mid-epoch checkpoints, so a
-resumed epoch groups its batches as the uninterrupted one did (bitwise the same sums). Only
-tensors whose first dimension is the batch, directly or as the values of a dict or tuple, are
-joined; anything else (a list of per-sample targets, a model's scalar output) is measured batch
-by batch, as before.
+Batches are measured in groups (``trainer/metric_groups.py``): each batch's output and target
+are copied into buffers, and the metrics run once per group of up to 32 batches. The values do
+not change: objects count the same samples, and a function (a mean over samples) times the
+group's size is the sum of its batches' shares. Groups are fixed by position in the pass, and a
+partly filled group travels in mid-epoch checkpoints, so a resumed epoch groups its batches as
+the uninterrupted one did (bitwise the same sums).
 
 The loss is kept per batch on the device (:class:`LossTracker`) and read every ``log_step``
 steps, at checkpoints and at the end of the epoch, when every value is checked for NaN/inf.
@@ -36,12 +31,9 @@ from typing import Any
 
 import torch
 
+from trainer.metric_groups import BatchGroup, plain
 from utils import distributed
 from utils.errors import UserError
-from utils.nested import leaves, map_tensors
-
-GROUP_BATCHES = 32  # batches measured together
-GROUP_VALUES = 1 << 22  # ...or fewer, once their outputs and targets hold this many values (16 MB of float32)
 
 
 def is_metric_object(metric: Any) -> bool:
@@ -76,8 +68,7 @@ class MetricSet:
         self._fns = list(self.functions.values())
         self.sums = [torch.zeros((), dtype=sum_dtype(device), device=device) for _ in self._fns]
         self.count = 0
-        self._queue: list[tuple[Any, Any, int]] = []  # batches not yet measured
-        self._queued_values = 0
+        self._group: BatchGroup | None = None  # batches copied, not yet measured
 
     @property
     def names(self) -> list[str]:
@@ -96,20 +87,30 @@ class MetricSet:
         """One batch of ``size`` samples (``output`` detached); everything stays on the device."""
         if not self.order:
             return
-        self._queue.append((output, target, size))
-        self._queued_values += _values(output) + _values(target)
-        if len(self._queue) >= GROUP_BATCHES or self._queued_values >= GROUP_VALUES:
+        layout = BatchGroup.layout(output, target, size)
+        group = self._group
+        if group is not None and group.rows and (layout is None or not group.fits(layout[0], size)):
+            self.flush()
+        if layout is None:
+            self._measure(output, target, size)
+            return
+        key, templates, tensors, n_output = layout
+        if group is None or not group.rows:  # a group starts: its size depends on this batch only
+            capacity = BatchGroup.capacity_for(tensors, size)
+            if capacity < 2 * size:  # too large to gather: no copy
+                self._measure(output, target, size)
+                return
+            if group is None or not group.reusable(key, capacity):
+                group = self._group = BatchGroup(key, templates, n_output, capacity, tensors)
+            group.capacity = capacity
+        group.add(tensors, size)
+        if group.full:
             self.flush()
 
     def flush(self) -> None:
-        """Measure the queued batches: joined into one group where they can be, else one by one."""
-        queue, self._queue, self._queued_values = self._queue, [], 0
-        if len(queue) > 1:
-            joined = _join(queue)
-            if joined is not None:
-                queue = [joined]
-        for output, target, size in queue:
-            self._measure(output, target, size)
+        """Measure the gathered batches (the buffers stay, for the next group of the same layout)."""
+        if self._group is not None and self._group.rows:
+            self._measure(*self._group.take())
 
     def _measure(self, output: Any, target: Any, size: int) -> None:
         for fn, total in zip(self._fns, self.sums):
@@ -124,7 +125,8 @@ class MetricSet:
         for obj in self.objects.values():
             obj.reset()
         self.count = 0
-        self._queue, self._queued_values = [], 0
+        if self._group is not None:
+            self._group.rows = self._group.batches = 0
 
     def compute(self) -> dict[str, Any]:
         """Epoch values over every process (a collective under DDP): floats for scalars, nested
@@ -148,10 +150,11 @@ class MetricSet:
                 objects[name] = {"metric_state": states, "updates": obj._update_count}
             elif callable(getattr(obj, "state_dict", None)):
                 objects[name] = {"state_dict": obj.state_dict()}
-        if not all(_plain(output) and _plain(target) for output, target, _ in self._queue):
+        group = self._group if self._group is not None and self._group.rows else None
+        if group is not None and not all(map(plain, group.templates)):
             self.flush()  # a checkpoint holds plain data only (weights_only); the group ends here
-        queue = [(map_tensors(output, torch.Tensor.cpu), map_tensors(target, torch.Tensor.cpu), size) for output, target, size in self._queue]
-        return {"sums": torch.stack(self.sums).cpu() if self.sums else None, "count": self.count, "objects": objects, "queue": queue}
+            group = None
+        return {"sums": torch.stack(self.sums).cpu() if self.sums else None, "count": self.count, "objects": objects, "group": group.state_dict() if group else None}
 
     def load_state_dict(self, state: dict) -> list[str]:
         """Restore a mid-epoch state; returns the names of objects that could not be restored."""
@@ -171,63 +174,9 @@ class MetricSet:
                 obj._computed = None
             else:
                 obj.load_state_dict(saved["state_dict"])
-        self._queue, self._queued_values = [], 0
-        for output, target, size in state.get("queue", []):  # absent in checkpoints of 2026-11
-            output, target = map_tensors(output, self._to_device), map_tensors(target, self._to_device)
-            self._queue.append((output, target, size))
-            self._queued_values += _values(output) + _values(target)
+        group = state.get("group")  # absent in checkpoints of 2026-11
+        self._group = BatchGroup.from_state(group, self.device) if group else None
         return lost
-
-    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor.to(self.device)
-
-
-def _plain(value: Any) -> bool:
-    """Whether ``torch.load(weights_only=True)`` reads ``value`` back as it was."""
-    if isinstance(value, dict):
-        return all(isinstance(key, (str, int)) and _plain(item) for key, item in value.items())
-    if isinstance(value, (list, tuple)):
-        return type(value) in (list, tuple) and all(_plain(item) for item in value)
-    return value is None or isinstance(value, (torch.Tensor, bool, int, float, str))
-
-
-def _values(value: Any) -> int:
-    return sum(leaf.numel() for leaf in leaves(value) if isinstance(leaf, torch.Tensor))
-
-
-def _join(queue: list[tuple[Any, Any, int]]) -> tuple[Any, Any, int] | None:
-    """The queued batches as one (output, target, size), or None if they cannot be joined."""
-    sizes = [size for _, _, size in queue]
-    output = _join_parts([output for output, _, _ in queue], sizes)
-    target = _join_parts([target for _, target, _ in queue], sizes) if output is not None else None
-    return None if target is None else (output, target, sum(sizes))
-
-
-def _join_parts(parts: list[Any], sizes: list[int]) -> Any:
-    """Tensors batched along dim 0 (directly, or as a dict's values or a tuple's items) joined by
-    ``torch.cat``; None for anything else, where joining could mix up samples (a list is often
-    one entry per sample)."""
-    first = parts[0]
-    if isinstance(first, torch.Tensor):
-        ok = all(
-            isinstance(part, torch.Tensor) and part.dim() > 0 and part.shape[0] == size and part.shape[1:] == first.shape[1:]
-            and part.dtype == first.dtype and part.device == first.device
-            for part, size in zip(parts, sizes)
-        )
-        return torch.cat(parts) if ok else None
-    if isinstance(first, dict) and all(isinstance(part, dict) and part.keys() == first.keys() for part in parts):
-        joined = {key: _join_tensors([part[key] for part in parts], sizes) for key in first}
-        return None if any(value is None for value in joined.values()) else joined
-    if isinstance(first, tuple) and all(type(part) is type(first) and len(part) == len(first) for part in parts):
-        items = [_join_tensors([part[i] for part in parts], sizes) for i in range(len(first))]
-        if any(item is None for item in items):
-            return None
-        return type(first)._make(items) if hasattr(first, "_fields") else tuple(items)
-    return None
-
-
-def _join_tensors(parts: list[Any], sizes: list[int]) -> torch.Tensor | None:
-    return _join_parts(parts, sizes) if isinstance(parts[0], torch.Tensor) else None
 
 
 def flatten(name: str, value: Any) -> dict[str, Any]:
