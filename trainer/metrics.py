@@ -87,8 +87,12 @@ class MetricSet:
         """One batch of ``size`` samples (``output`` detached); everything stays on the device."""
         if not self.order:
             return
-        layout = BatchGroup.layout(output, target, size)
         group = self._group
+        if group is not None and group.add_pair(output, target, size):
+            if group.full:
+                self.flush()
+            return
+        layout = BatchGroup.layout(output, target, size)
         if group is not None and group.rows and (layout is None or not group.fits(layout[0], size)):
             self.flush()
         if layout is None:
