@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from utils.nested import map_tensors
+
 GROUP_BATCHES = 32  # batches measured together
 GROUP_VALUES = 1 << 22  # ...at most this many values per group (16 MB of float32)
 
@@ -129,8 +131,12 @@ class BatchGroup:
         does), and the group emptied for reuse."""
         tensors = [buffer[: self.rows].clone() for buffer in self.buffers]
         taken = (rebuild(self.templates[0], tensors[: self.n_output]), rebuild(self.templates[1], tensors[self.n_output :]), self.rows)
-        self.rows = self.batches = 0
+        self.clear()
         return taken
+
+    def clear(self) -> None:
+        """Empty the group; its buffers stay for the next one."""
+        self.rows = self.batches = 0
 
     def state_dict(self) -> dict:
         tensors = [buffer[: self.rows].cpu() for buffer in self.buffers]
@@ -144,18 +150,11 @@ class BatchGroup:
 
     @classmethod
     def from_state(cls, state: dict, device: torch.device) -> BatchGroup:
-        output = _to(state["output"], device)
-        target = _to(state["target"], device)
+        output = map_tensors(state["output"], lambda t: t.to(device))
+        target = map_tensors(state["target"], lambda t: t.to(device))
         key, templates, tensors, n_output = cls.layout(output, target, state["rows"])
         group = cls(key, templates, n_output, state["capacity"], tensors)
         group.add(tensors, state["rows"])
         group.batches = state["batches"]
         return group
 
-
-def _to(value: Any, device: torch.device) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, dict):
-        return {key: item.to(device) for key, item in value.items()}
-    return type(value)(item.to(device) for item in value)

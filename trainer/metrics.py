@@ -130,7 +130,7 @@ class MetricSet:
             obj.reset()
         self.count = 0
         if self._group is not None:
-            self._group.rows = self._group.batches = 0
+            self._group.clear()
 
     def compute(self) -> dict[str, Any]:
         """Epoch values over every process (a collective under DDP): floats for scalars, nested
@@ -147,6 +147,10 @@ class MetricSet:
 
     def state_dict(self) -> dict:
         """Mid-epoch state as plain tensors on the CPU (what ``torch.load(weights_only=True)`` reads)."""
+        group = self._group if self._group is not None and self._group.rows else None
+        if group is not None and not all(map(plain, group.templates)):
+            self.flush()  # a checkpoint holds plain data only (weights_only): the group is measured before any state is taken
+            group = None
         objects = {}
         for name, obj in self.objects.items():
             if _torchmetrics_metric(obj):
@@ -154,10 +158,6 @@ class MetricSet:
                 objects[name] = {"metric_state": states, "updates": obj._update_count}
             elif callable(getattr(obj, "state_dict", None)):
                 objects[name] = {"state_dict": obj.state_dict()}
-        group = self._group if self._group is not None and self._group.rows else None
-        if group is not None and not all(map(plain, group.templates)):
-            self.flush()  # a checkpoint holds plain data only (weights_only); the group ends here
-            group = None
         return {"sums": torch.stack(self.sums).cpu() if self.sums else None, "count": self.count, "objects": objects, "group": group.state_dict() if group else None}
 
     def load_state_dict(self, state: dict) -> list[str]:
