@@ -1,6 +1,6 @@
 """Metrics, found by name from ``metrics`` entries (then torchmetrics' classes).
 
-Two kinds (``trainer/metrics.py`` runs both on the device, on groups of up to 32 batches joined
+Two kinds (``trainer/metrics.py`` runs both on the device, on groups of up to 64 batches joined
 along the batch dimension):
 
 - **functions** ``fn(output, target) -> 0-dim tensor``: the mean over the batch's samples of a

@@ -16,6 +16,7 @@ from helpers import build_trainer, metric_rows, run_script, tiny_config
 
 from base.progress import Monitor
 from model.metric import Accuracy, accuracy
+from trainer.metric_groups import GROUP_BATCHES
 from trainer.metrics import MetricSet
 
 CPU = torch.device("cpu")
@@ -108,26 +109,60 @@ def test_batches_are_measured_in_groups_that_a_mid_group_checkpoint_keeps():
     for out, tgt in parts:
         straight.update(out, tgt, len(tgt))
     first = MetricSet(metrics, CPU).fresh()
-    for out, tgt in parts[:45]:  # 45 = a group of 32, then 13 queued
+    for out, tgt in parts[: GROUP_BATCHES + 13]:  # a whole group, then 13 batches queued
         first.update(out, tgt, len(tgt))
     buffer = io.BytesIO()
     torch.save(first.state_dict(), buffer)
     buffer.seek(0)
     second = MetricSet(metrics, CPU).fresh()
     second.load_state_dict(torch.load(buffer, weights_only=True))
-    for out, tgt in parts[45:]:
+    for out, tgt in parts[GROUP_BATCHES + 13 :]:
         second.update(out, tgt, len(tgt))
     resumed, values = second.compute(), straight.compute()
     assert resumed == values  # bitwise: the resumed pass grouped its batches as the straight one
     assert values["exact"] == (output.argmax(1) == target).sum().item() / len(target)
     assert values["accuracy"] == pytest.approx(values["exact"], abs=1e-7)
 
-    _, _, parts = batches([8] * 39 + [5])
+    _, _, parts = batches([8] * (GROUP_BATCHES + 7) + [5])
     seen = MetricSet({"seen": SizesSeen()}, CPU)
     for out, tgt in parts:
         seen.update(out, tgt, len(tgt))
     seen.compute()
-    assert seen.objects["seen"].sizes == [32 * 8, 7 * 8 + 5]  # 32 batches, then the rest at the end
+    assert seen.objects["seen"].sizes == [GROUP_BATCHES * 8, 7 * 8 + 5]  # a whole group, then the rest at the end
+
+
+def test_equal_batches_fill_the_groups_slots_through_resumes_epochs_and_a_short_last_batch():
+    def mean_output(output, target):  # reads the joined values: a wrong slot or stale row shows
+        return output.double().mean()
+
+    sizes = [8] * (GROUP_BATCHES + 6) + [3]
+    output, target, parts = batches(sizes)
+    metrics = {"accuracy": accuracy, "mean": mean_output}
+    last_full = GROUP_BATCHES + 6
+    for cut in (1, GROUP_BATCHES // 2, GROUP_BATCHES, GROUP_BATCHES + 3, last_full):  # after a group's first batch, inside, at its end...
+        straight, first = MetricSet(metrics, CPU), MetricSet(metrics, CPU)
+        for epoch in range(2):  # the second epoch reuses the buffers
+            straight.reset()
+            for out, tgt in parts:
+                straight.update(out, tgt, len(tgt))
+            expected = straight.compute()
+        first.reset()
+        for out, tgt in parts:
+            first.update(out, tgt, len(tgt))
+        first.compute()
+        first.reset()
+        for out, tgt in parts[:cut]:
+            first.update(out, tgt, len(tgt))
+        buffer = io.BytesIO()
+        torch.save(first.state_dict(), buffer)
+        buffer.seek(0)
+        second = MetricSet(metrics, CPU)
+        second.load_state_dict(torch.load(buffer, weights_only=True))
+        for out, tgt in parts[cut:]:
+            second.update(out, tgt, len(tgt))
+        assert second.compute() == expected, cut  # bitwise: groups of the same batches in the same order
+    assert expected["mean"] == pytest.approx(output.double().mean().item(), abs=1e-12)
+    assert expected["accuracy"] == pytest.approx((output.argmax(1) == target).double().mean().item(), abs=1e-7)
 
 
 def test_batches_that_cannot_be_joined_safely_are_measured_one_by_one():

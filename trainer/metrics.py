@@ -12,7 +12,7 @@ Two kinds of metric, both updated on the device:
   ``metric_state``, or the object's own ``state_dict``/``load_state_dict``).
 
 Batches are measured in groups (``trainer/metric_groups.py``): each batch's output and target
-are copied into buffers, and the metrics run once per group of up to 32 batches. The values do
+are copied into buffers, and the metrics run once per group of up to 64 batches. The values do
 not change: objects count the same samples, and a function (a mean over samples) times the
 group's size is the sum of its batches' shares. Groups are fixed by position in the pass, and a
 partly filled group travels in mid-epoch checkpoints, so a resumed epoch groups its batches as
@@ -88,7 +88,7 @@ class MetricSet:
         if not self.order:
             return
         group = self._group
-        if group is not None and group.add_pair(output, target, size):
+        if group is not None and group.add_pair(output, target):
             if group.full:
                 self.flush()
             return
@@ -106,7 +106,7 @@ class MetricSet:
                 return
             if group is None or not group.reusable(key, capacity):
                 group = self._group = BatchGroup(key, templates, n_output, capacity, tensors)
-            group.capacity = capacity
+            group.begin(size, capacity)
         group.add(tensors, size)
         if group.full:
             self.flush()
@@ -114,7 +114,7 @@ class MetricSet:
     def flush(self) -> None:
         """Measure the gathered batches (the buffers stay, for the next group of the same layout)."""
         if self._group is not None and self._group.rows:
-            self._measure(*self._group.take())
+            self._measure(*self._group.take(copy=bool(self.objects)))
 
     def _measure(self, output: Any, target: Any, size: int) -> None:
         for fn, total in zip(self._fns, self.sums):
