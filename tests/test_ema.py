@@ -23,6 +23,28 @@ def test_the_average_follows_torch_lerp_with_and_without_warm_up():
         torch.testing.assert_close(average, before + 0.1 * (p - before))
     warm = EMA(model, decay=0.999, warmup=True)
     assert warm.decay_at(0) == pytest.approx(0.1) and warm.decay_at(10_000) == 0.999
+    assert all(not average.requires_grad and average.grad_fn is None for average in ema.averages)  # no graph recorded
+
+
+def test_the_average_follows_an_optimizer_and_refuses_a_replaced_weight():
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    ema = EMA(model, decay=0.5)
+    expected = [p.detach().clone() for p in model.parameters()]
+    for step in range(3):
+        model(torch.randn(4, 3)).square().sum().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        ema.update(step)
+        expected = [e.lerp(p.detach(), 0.5) for e, p in zip(expected, model.parameters())]
+    assert all(torch.equal(a, e) for a, e in zip(ema.averages, expected))
+    ema.state_dict()
+    model.weight.data = model.weight.data.clone()  # the EMA would silently follow the old tensor
+    with pytest.raises(Exception, match=r"ema: a model weight was replaced after the Trainer was built"):
+        ema.state_dict()
+    with pytest.raises(Exception, match=r"ema: a model weight was replaced"):
+        with ema.applied(model):
+            pass
 
 
 def test_applied_swaps_the_average_in_and_the_weights_back_exactly():

@@ -1,7 +1,7 @@
 """FSDP2 through real ``torchrun`` on CPU (gloo): sharded training and sharded checkpoints.
 
-- an fsdp run ends where a ddp run ends (AdamW, 16 steps, within 1e-5);
-- one epoch plus a resume equals two epochs, bitwise;
+- an fsdp run ends where a ddp run ends (AdamW, 16 steps, within 1e-5), EMA weights too;
+- one epoch plus a resume equals two epochs, bitwise, EMA weights too (they are sharded like the weights);
 - a checkpoint written by 2 processes resumes in 1, and test.py reads it in one process;
 - torch's ``dcp_to_torch`` makes a weights file that loads with ``weights_only=True`` and holds the same weights;
 - SIGKILL while checkpointing every step leaves the previous checkpoint loadable;
@@ -36,15 +36,15 @@ def torchrun(*args: str, env: dict | None = None):
 
 
 def experiment(tmp_path: Path, **trainer) -> Path:
-    config = tiny_config(tmp_path, **{"epochs": 2, "limit_batches": 8, "save_period": 1, **trainer})
+    config = tiny_config(tmp_path, **{"epochs": 2, "limit_batches": 8, "save_period": 1, "ema_decay": 0.9, **trainer})
     config["arch"]["args"]["dropout"] = 0.3
     config["optimizer"] = {"type": "AdamW", "args": {"lr": 0.002, "weight_decay": 0.01}}
     config["data_loader"]["args"]["batch_size"] = 32
     return write_config(tmp_path, config)
 
 
-def weights(path: Path) -> dict:
-    return load_checkpoint(path).weights(ema=False)
+def weights(path: Path, ema: bool = False) -> dict:
+    return load_checkpoint(path).weights(ema=ema)
 
 
 @pytest.fixture(scope="module")
@@ -63,18 +63,22 @@ def runs(tmp_path_factory):
 
 def test_fsdp_ends_where_ddp_ends_after_16_adamw_steps(runs):
     _, saved = runs
-    ddp, fsdp = weights(saved / "ddp" / "checkpoints" / "last.pth"), weights(saved / "fsdp" / "checkpoints" / "last.dcp")
-    assert ddp.keys() == fsdp.keys()
-    for key in ddp:
-        torch.testing.assert_close(fsdp[key], ddp[key], rtol=0, atol=1e-5, msg=key)
+    for ema in (False, True):
+        ddp, fsdp = weights(saved / "ddp" / "checkpoints" / "last.pth", ema), weights(saved / "fsdp" / "checkpoints" / "last.dcp", ema)
+        assert ddp.keys() == fsdp.keys()
+        for key in ddp:
+            torch.testing.assert_close(fsdp[key], ddp[key], rtol=0, atol=1e-5, msg=key)
+    raw, averaged = weights(saved / "fsdp" / "checkpoints" / "last.dcp"), weights(saved / "fsdp" / "checkpoints" / "last.dcp", True)
+    assert any(not torch.equal(raw[key], averaged[key]) for key in raw)
     assert load_checkpoint(saved / "fsdp" / "checkpoints" / "last.dcp").data["progress"]["global_step"] == 16
 
 
 def test_one_epoch_plus_resume_equals_two_epochs_bitwise(runs):
     _, saved = runs
     straight, split = saved / "fsdp", saved / "split"
-    a, b = weights(straight / "checkpoints" / "last.dcp"), weights(split / "checkpoints" / "last.dcp")
-    assert all(torch.equal(a[key], b[key]) for key in a)
+    for ema in (False, True):
+        a, b = weights(straight / "checkpoints" / "last.dcp", ema), weights(split / "checkpoints" / "last.dcp", ema)
+        assert all(torch.equal(a[key], b[key]) for key in a)
     assert metric_rows(straight, timing=False) == metric_rows(split, timing=False)
 
 
