@@ -219,7 +219,7 @@ class LossTracker:
         self._sizes.append(size)
         self._steps.append(step)
         if len(self._losses) == self.CHUNK:
-            self._chunks.append(torch.stack(self._losses).float())
+            self._chunks.append(_float(torch.stack(self._losses)))
             self._losses = []
 
     @property
@@ -230,7 +230,7 @@ class LossTracker:
         """(mean loss since the last read, (first non-finite step, its value) or None). Reads the device once."""
         if not self._sizes:
             return None, None
-        parts = self._chunks + ([torch.stack(self._losses).float()] if self._losses else [])
+        parts = self._chunks + ([_float(torch.stack(self._losses))] if self._losses else [])
         values = (torch.cat(parts) if len(parts) > 1 else parts[0]).tolist()
         sizes, steps = self._sizes, self._steps
         self._chunks, self._losses, self._sizes, self._steps = [], [], [], []
@@ -257,3 +257,8 @@ class LossTracker:
     def load_state_dict(self, state: dict) -> None:
         self.reset()
         self.total, self.samples = state["total"], state["samples"]
+
+
+def _float(losses: torch.Tensor) -> torch.Tensor:
+    """float32 losses as they are (no call into torch); bf16/fp16 ones (a loss under autocast) as float32."""
+    return losses if losses.dtype == torch.float32 else losses.float()

@@ -140,6 +140,7 @@ class Trainer(BaseTrainer):
             self.profile_from = self.progress.global_step
             self.profiler = start_profiler(s.profile, self.run.run_dir / "profile")
         batches = iter(self.data.epoch_batches(epoch, start))
+        measured = bool(self.train_metrics.names)
 
         for batch_idx in range(start, total):
             waiting = time.perf_counter()
@@ -161,7 +162,8 @@ class Trainer(BaseTrainer):
             size = batch_size(target)
             samples += size
             self.losses.add(loss, size, self.progress.global_step + 1)
-            self.train_metrics.update(output.detach() if isinstance(output, torch.Tensor) else map_tensors(output, torch.Tensor.detach), target, size)
+            if measured:
+                self.train_metrics.update(output.detach() if isinstance(output, torch.Tensor) else map_tensors(output, torch.Tensor.detach), target, size)
 
             if last_in_group:
                 self.precision.step(self.optimizer, self.trainable, s.clip_grad_norm)
