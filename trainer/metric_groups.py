@@ -103,10 +103,12 @@ class BatchGroup:
 
     @staticmethod
     def capacity_for(tensors: list[torch.Tensor], size: int) -> int:
-        """Rows for a group starting with a batch of ``size`` (room for later batches of up to 4x its
-        size, as a bucketing sampler makes); below ``2 * size``, not worth a copy."""
+        """Rows for a group starting with a batch of ``size``: :data:`GROUP_BATCHES` such batches
+        (when later batches are larger, as a bucketing sampler makes them, the group ends sooner);
+        below ``2 * size``, not worth a copy. No more than that: buffers that outlive many steps
+        are best small, on the CPU too, where glibc's heap serves them and the steps' activations."""
         per_row = sum(math.prod(t.shape[1:]) for t in tensors)
-        return min(4 * GROUP_BATCHES * size, GROUP_VALUES // max(per_row, 1))
+        return min(GROUP_BATCHES * size, GROUP_VALUES // max(per_row, 1))
 
     def reusable(self, key: tuple, capacity: int) -> bool:
         return key == self.key and self.buffers[0].shape[0] >= capacity
