@@ -141,7 +141,7 @@ def test_equal_batches_fill_the_groups_slots_through_resumes_epochs_and_a_short_
     last_full = GROUP_BATCHES + 6
     for cut in (1, GROUP_BATCHES // 2, GROUP_BATCHES, GROUP_BATCHES + 3, last_full):  # after a group's first batch, inside, at its end...
         straight, first = MetricSet(metrics, CPU), MetricSet(metrics, CPU)
-        for epoch in range(2):  # the second epoch reuses the buffers
+        for _epoch in range(2):  # the second epoch reuses the buffers
             straight.reset()
             for out, tgt in parts:
                 straight.update(out, tgt, len(tgt))
