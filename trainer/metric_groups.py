@@ -83,9 +83,9 @@ class BatchGroup:
 
     def begin(self, size: int, capacity: int) -> None:
         """Start a group whose first batch has ``size`` rows (the group is empty)."""
-        self.capacity = capacity
+        self.capacity, self.slot_count = capacity, capacity // size
         if size != self.slot_rows:
-            self.slot_rows, self.slot_count = size, capacity // size
+            self.slot_rows = size
             self.slots = [buffer.split(size) for buffer in self.buffers]
         if self.templates == (None, None):
             out, tgt = self.buffers
