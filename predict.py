@@ -7,7 +7,7 @@
 
 The model and its weights are those ``test.py`` evaluates (EMA weights when the run kept them;
 ``--weights raw`` for the trained ones). Formats by extension: ``.jsonl``, ``.csv``, ``.npz``,
-``.pt`` (see ``utils/prediction_files.py`` for the columns). Under torchrun every process predicts
+``.pt`` (see ``app/prediction_files.py`` for the columns). Under torchrun every process predicts
 a contiguous run of whole batches and the rows are merged in order, so the file is byte for byte
 the one a single process writes; nothing is held in memory but a batch. The file appears through
 a rename, and an existing one is replaced only with ``--force``.
@@ -27,15 +27,15 @@ from pathlib import Path
 
 import torch
 
-from base.epochs import prediction_batches, prediction_share
+from app.loading import add_loading_arguments, load_trained_model
+from app.prediction_files import PartWriter, RowFormatter, check_output, merge, new_token, part_path
+from dataflow.epochs import prediction_batches, prediction_share
 from logger import get_logger
 from logger.progress import progress_iter
 from trainer.batches import BatchReader
 from trainer.predictor import Predictor
 from utils import distributed
 from utils.errors import UserError, report
-from utils.loading import add_loading_arguments, load_trained_model
-from utils.prediction_files import PartWriter, RowFormatter, check_output, merge, new_token, part_path
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -25,13 +25,13 @@ from pathlib import Path
 
 import torch
 
+from app.config import build_loss, build_metrics
+from app.loading import add_loading_arguments, load_trained_model, output_path, write_text_atomic
 from trainer import Evaluator
 from trainer.batches import BatchReader
 from utils import distributed
 from utils.checkpoint import run_dir_of
-from utils.config import build_loss, build_metrics
-from utils.errors import UserError, report
-from utils.loading import add_loading_arguments, load_trained_model, output_path, write_text_atomic
+from utils.errors import UserError, first_line, report
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -95,7 +95,7 @@ def export_model(model: torch.nn.Module, read_batch: BatchReader, data_loader, p
     try:
         program = torch.export.export(model.eval(), args, kwargs or None, dynamic_shapes=shapes)
     except Exception as exc:  # torch.export's own errors name the unsupported construct
-        raise UserError(f"--export: torch.export could not trace {type(model).__name__}: {str(exc).splitlines()[0]}") from None
+        raise UserError(f"--export: torch.export could not trace {type(model).__name__}: {first_line(exc)}") from None
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import torch
 
+from app.config import Config, build_loss, build_lr_scheduler, build_metrics, build_optimizer, scheduler_interval
+from app.run_dir import RunDirectory, filesystem_error
 from logger import get_logger, setup_logging
 from logger.logger import log_to_files
 from logger.manifest import command_line, extend_manifest, fingerprint, write_manifest
@@ -39,10 +41,8 @@ from trainer import Trainer
 from trainer.preflight import run_preflight
 from utils import distributed
 from utils.checkpoint import Checkpoint, load_checkpoint, load_weights, run_dir_of
-from utils.config import Config, build_loss, build_lr_scheduler, build_metrics, build_optimizer, scheduler_interval
 from utils.device import limit_visible_gpus, select_device
 from utils.errors import UserError, report
-from utils.run_dir import RunDirectory, filesystem_error
 from utils.seed import seed_everything
 
 

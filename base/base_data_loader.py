@@ -21,9 +21,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset, TensorDataset
 from torch.utils.data.dataloader import default_collate
 
-from base.epochs import prediction_batches
-from base.samplers import EvaluationShardSampler, ResumableDistributedSampler, SampleSeededDataset
-from base.workers import init_worker, track
+from dataflow.epochs import prediction_batches
+from dataflow.samplers import EvaluationShardSampler, ResumableDistributedSampler, SampleSeededDataset
+from dataflow.workers import init_worker, track
 from utils import distributed
 from utils.errors import UserError
 from utils.nested import leaves, map_tensors
@@ -101,7 +101,7 @@ class BaseDataLoader(DataLoader):
             collate_fn=collate_fn,
             pin_memory=torch.cuda.is_available() and not in_memory,
             drop_last=drop_last and training,
-            worker_init_fn=init_worker,  # seeds, and leaves SIGINT/SIGTERM to the main process (base/workers.py)
+            worker_init_fn=init_worker,  # seeds, and leaves SIGINT/SIGTERM to the main process (dataflow/workers.py)
             generator=torch.Generator(),
         )
         self._memory: Any = None
@@ -201,7 +201,7 @@ class BaseDataLoader(DataLoader):
 
     def prediction_batches(self, rank: int = 0, world: int = 1) -> Iterator[tuple[torch.Tensor, Any]]:
         """``(sample indices, batch)`` of this process's share of the split, in order, unshuffled
-        (see ``base/epochs.py``, :func:`prediction_share`); indices count within the split."""
+        (see ``dataflow/epochs.py``, :func:`prediction_share`); indices count within the split."""
         return prediction_batches(self.base_dataset, self.batch_size, self.collate_fn, rank, world, self.num_workers)
 
     def state_dict(self) -> dict:

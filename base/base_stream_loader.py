@@ -7,7 +7,7 @@ template owns the rest:
 - **order**: pass ``p`` reads the shards in an order shuffled by ``(seed, p)``; an optional
   shuffle buffer per stream is seeded by ``(seed, p, rank, stream)``;
 - **assignment**: each rank reads a contiguous share of the pass, each worker (a *stream*) a
-  block of whole batches of it, collated in the worker (``base/stream_plan.py``);
+  block of whole batches of it, collated in the worker (``dataflow/stream_plan.py``);
 - **equal epochs under DDP**: every rank takes the same number of batches; what that leaves
   out (the tail: fewer samples than processes, or the partial batches with ``drop_last``) is
   logged, and no sample is read twice in a pass;
@@ -19,7 +19,7 @@ template owns the rest:
 - **randomness in read_shard or collate_fn** (augmentation) is seeded per batch by
   ``(seed, pass, rank, stream, batch)``, so it repeats on resume too (in the main process the
   global generators are put back after each batch);
-- **sample counts** come from an ``index.json`` beside the shards (``base/shard_index.py``).
+- **sample counts** come from an ``index.json`` beside the shards (``dataflow/shard_index.py``).
 
 Evaluation loaders (``training=False``, and ``split_validation()``) read the shards in sorted
 order, each rank its contiguous share, nothing padded or dropped; ``prediction_batches`` gives a
@@ -44,9 +44,9 @@ from torch.utils.data import DataLoader
 from torch.utils.data.dataloader import default_collate
 
 from base.base_data_loader import check_loader_counts
-from base.epochs import prediction_share
-from base.shard_index import ShardSpec, accepts_start, check_count, hold_out, list_shards, reader_name, shard_counts
-from base.stream_plan import (
+from dataflow.epochs import prediction_share
+from dataflow.shard_index import ShardSpec, accepts_start, check_count, hold_out, list_shards, reader_name, shard_counts
+from dataflow.stream_plan import (
     RankPlan,
     StreamPlan,
     batches_per_rank,
@@ -58,8 +58,8 @@ from base.stream_plan import (
     taken_after,
     training_plan,
 )
-from base.stream_workers import StreamPass
-from base.workers import leave_stops_to_the_main_process, shut_down, track
+from dataflow.stream_workers import StreamPass
+from dataflow.workers import leave_stops_to_the_main_process, shut_down, track
 from logger.logger import get_logger
 from utils import distributed
 from utils.errors import UserError
@@ -185,7 +185,7 @@ class BaseStreamLoader:
     def __len__(self) -> int:
         return self.batches_per_pass()
 
-    # -- the epoch protocol (base/epochs.py) ---------------------------------------------------------
+    # -- the epoch protocol (dataflow/epochs.py) ---------------------------------------------------------
 
     def set_seed(self, seed: int) -> None:
         """The run seed: pass ``p``'s shard order depends on ``(seed, p)`` alone."""
@@ -279,7 +279,7 @@ class BaseStreamLoader:
 
     def prediction_batches(self, rank: int = 0, world: int = 1) -> Iterator[tuple[torch.Tensor, Any]]:
         """``(sample indices, batch)`` of process ``rank``'s share of the shards in sorted order, in order:
-        the whole batches of a one-process run that ``base.epochs.prediction_share`` gives it; an index
+        the whole batches of a one-process run that ``dataflow.epochs.prediction_share`` gives it; an index
         is the sample's position in that order. Read in this process, one stream: rows must come in
         order, and workers could only keep them in order by each reading every other batch's shards
         (use more processes instead)."""

@@ -18,7 +18,7 @@ from torch import nn
 
 from utils import distributed
 from utils.checkpoint import FORMAT, VERSION, clean_state_dict, load_weights
-from utils.errors import UserError
+from utils.errors import UserError, first_line
 from utils.seed import get_rng_state, set_rng_state
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ class TypedState:
         try:
             self.obj.load_state_dict(state["state"])
         except (ValueError, KeyError, IndexError, TypeError) as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            reason = first_line(exc)
             raise UserError(
                 f"{self.key}: the checkpoint's {saved} state does not fit this run ({reason}); the parameter groups must be "
                 f"the same to resume; start a new run from its weights with -r CHECKPOINT -c CONFIG"
@@ -122,7 +122,7 @@ def restore(trainer: BaseTrainer, checkpoint: Any) -> None:
     except UserError as exc:
         raise exc if str(checkpoint.path) in str(exc) else UserError(f"{checkpoint.path}: {exc}") from None
     except (KeyError, TypeError, IndexError, ValueError, AttributeError, RuntimeError) as exc:
-        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+        reason = f"{type(exc).__name__}: {first_line(exc, 120)}"
         raise UserError(f"{checkpoint.path}: a damaged checkpoint ({reason}); resume from another one (epoch-N, best)") from None
 
 

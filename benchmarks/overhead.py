@@ -42,15 +42,15 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset  # noqa: E402
 
+from app.config import Config, build_loss, build_lr_scheduler, build_metrics, build_optimizer, read_config_file, scheduler_interval  # noqa: E402
+from app.run_dir import RunDirectory  # noqa: E402
 from base import BaseDataLoader  # noqa: E402
 from logger import get_logger, setup_logging  # noqa: E402
 from logger.run_log import RunLog  # noqa: E402
 from trainer import Trainer  # noqa: E402
 from trainer.batches import unpack_batch  # noqa: E402
-from utils.config import Config, build_loss, build_lr_scheduler, build_metrics, build_optimizer, read_config_file, scheduler_interval  # noqa: E402
 from utils.device import select_device  # noqa: E402
 from utils.errors import UserError  # noqa: E402
-from utils.run_dir import RunDirectory  # noqa: E402
 from utils.seed import seed_everything  # noqa: E402
 
 

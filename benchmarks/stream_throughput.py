@@ -28,8 +28,8 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
+from app.config import Config  # noqa: E402
 from logger import setup_logging  # noqa: E402
-from utils.config import Config  # noqa: E402
 from utils.seed import seed_everything  # noqa: E402
 
 

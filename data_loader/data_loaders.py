@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from base import BaseDataLoader
-from utils.errors import UserError
+from utils.errors import UserError, first_line
 
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 20_240_917
@@ -109,7 +109,7 @@ class MnistDataLoader(BaseDataLoader):
             dataset = datasets.MNIST(data_dir, train=training, download=download, transform=transform)
         except (RuntimeError, OSError) as exc:
             raw = Path(data_dir) / "MNIST" / "raw"
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            reason = first_line(exc)
             raise UserError(
                 f"data_loader.args.data_dir: MNIST is not in {raw} and could not be downloaded ({reason}); "
                 f"put train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte and "

@@ -19,7 +19,7 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from base import BaseDataLoader
-from utils.errors import UserError
+from utils.errors import UserError, first_line
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -47,7 +47,7 @@ def image_folder(root: Path, transform, data_dir: Path, classes: list[str] | Non
     try:
         dataset = ImageFolder(str(root), transform=transform)
     except FileNotFoundError as exc:
-        raise UserError(f"data_loader.args.data_dir: {root}: {str(exc).splitlines()[0]}; {layout}") from None
+        raise UserError(f"data_loader.args.data_dir: {root}: {first_line(exc)}; {layout}") from None
     if classes is not None and dataset.classes != classes:
         raise UserError(
             f"data_loader.args.data_dir: {root} has classes {dataset.classes} but train/ has {classes}; use the same class folders"

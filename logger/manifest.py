@@ -68,7 +68,7 @@ def fingerprint(loader: Any) -> dict | None:
     """Size and a short hash of a data loader's data: its file list when it has one, else a few samples."""
     if loader is None:
         return None
-    loader = getattr(loader, "loader", loader)  # a plain loader wrapped for epochs (base/epochs.py)
+    loader = getattr(loader, "loader", loader)  # a plain loader wrapped for epochs (dataflow/epochs.py)
     if callable(getattr(loader, "fingerprint", None)):
         return loader.fingerprint()
     dataset = getattr(loader, "base_dataset", None) or getattr(loader, "dataset", None)

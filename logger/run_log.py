@@ -1,5 +1,5 @@
 """Everything a run writes besides checkpoints: ``config.json``, ``train.log``, ``metrics.jsonl``
-and TensorBoard events, in a run directory that ``utils/run_dir.py`` has claimed, on rank 0 only.
+and TensorBoard events, in a run directory that ``app/run_dir.py`` has claimed, on rank 0 only.
 
 Other ranks (and a Trainer without a run directory) get :meth:`RunLog.off`, whose methods do
 nothing, so callers never test ranks. A resumed run appends: ``config.json`` is never replaced
@@ -23,7 +23,7 @@ from logger.tensorboard import TensorboardWriter
 class RunLog:
     def __init__(self, run_dir: Path | None, tensorboard: bool = False, purge_step: int | None = None):
         self.run_dir = run_dir
-        self.claim: Any = None  # the run directory's lock (utils/run_dir.py), given up by close()
+        self.claim: Any = None  # the run directory's lock (app/run_dir.py), given up by close()
         self.metrics: MetricsFile | None = None
         self.tensorboard = TensorboardWriter(None, False)
         if run_dir is None:

@@ -27,8 +27,7 @@ from torch import nn
 from base import BaseModel
 from model.layers import Linear
 from utils.checkpoint import clean_state_dict
-from utils.config import closest
-from utils.errors import UserError
+from utils.errors import UserError, closest, first_line
 
 
 def build_backbone(name: str) -> nn.Module:
@@ -56,7 +55,7 @@ def pretrained_state_dict(backbone: str, weights: str) -> dict:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as exc:
-            reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+            reason = first_line(exc, 160)
             raise UserError(f"arch.args.weights: {path} is not a readable torch file ({reason})") from None
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise UserError(f"arch.args.weights: {path} is not a state_dict; save one with torch.save(model.state_dict(), {str(path)!r})")
@@ -73,7 +72,7 @@ def pretrained_state_dict(backbone: str, weights: str) -> dict:
     try:
         return enum.get_state_dict(progress=False, check_hash=True)
     except (OSError, RuntimeError) as exc:  # URLError is an OSError; a bad download fails its hash check
-        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        reason = first_line(exc, 120)
         raise UserError(
             f"arch.args.weights: cannot download {backbone} weights {weights!r} ({reason}); offline, save them once where there is "
             f"internet with torch.save(torchvision.models.get_model({backbone!r}, weights={weights!r}).state_dict(), "

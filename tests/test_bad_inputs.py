@@ -39,8 +39,8 @@ from helpers import ROOT, TESTS_ENV, set_key, tiny_config, write_config
 
 import predict
 import train
+from app.config import Config, build_loss
 from logger.logger import close_log_files
-from utils.config import Config, build_loss
 
 USER_BUGS = ROOT / "tests" / "user_bugs.py"
 THREADS = {"OMP_NUM_THREADS": "1"}

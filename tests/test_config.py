@@ -16,8 +16,7 @@ import yaml
 from helpers import ROOT, TIMING_KEYS, run_script, set_key, tiny_config, write_config
 
 import train
-from trainer import Evaluator
-from utils.config import (
+from app.config import (
     SCHEMA,
     TRAINER_SCHEMA,
     Config,
@@ -29,6 +28,7 @@ from utils.config import (
     read_config_file,
     reference_markdown,
 )
+from trainer import Evaluator
 from utils.errors import EXIT_USER_ERROR, UserError
 
 THREADS = {"OMP_NUM_THREADS": "1"}  # the test machine's cores are shared; one thread avoids oversubscription
@@ -425,5 +425,5 @@ def test_the_configuration_reference_documents_every_key():
     missing = [key for key in SCHEMA if f"`{key}`" not in reference]
     missing += [f"trainer.{key}" for key in TRAINER_SCHEMA if f"`trainer.{key}`" not in reference]
     assert not missing, f"docs/configuration.md does not document {missing}"
-    stale = "docs/configuration.md's table is stale: regenerate it with .venv/bin/python -m utils.config.docs"
+    stale = "docs/configuration.md's table is stale: regenerate it with .venv/bin/python -m app.config.docs"
     assert reference_markdown().strip() in reference, stale

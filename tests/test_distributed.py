@@ -74,8 +74,8 @@ def test_validation_on_an_uneven_split_equals_single_process_evaluation(tmp_path
     """Evaluate the DDP run's weights on the same 157 samples in one process: same numbers."""
     ddp_dir, _ = ddp_run
     sys.path.insert(0, str(ROOT))
+    from app.config import Config, build_loss, build_metrics
     from trainer import Evaluator
-    from utils.config import Config, build_loss, build_metrics
 
     state = last(ddp_dir)
     config = Config.from_dict(state["config"], "checkpoint")

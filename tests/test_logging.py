@@ -23,10 +23,10 @@ import torch
 from helpers import ROOT, run_script, tiny_config, write_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from app.run_dir import RunDirectory
 from logger import MetricsFile, TensorboardWriter, add_log_file, close_log_files, get_logger, setup_logging
 from logger.run_log import RunLog
 from utils.errors import UserError
-from utils.run_dir import RunDirectory
 
 THREADS = {"OMP_NUM_THREADS": "1"}  # the test machine's cores are shared; one thread avoids oversubscription
 EPOCH_TAGS = {

@@ -11,7 +11,7 @@ import pytest
 import torch
 from helpers import build_trainer, run_script, tiny_config
 
-from utils.prediction_files import read_predictions
+from app.prediction_files import read_predictions
 
 pytestmark = pytest.mark.slow
 

@@ -28,11 +28,11 @@ from helpers import ROOT, TESTS_ENV, last_checkpoint, metric_rows, run_script, s
 from stream_recorder import recorded
 
 from base import BaseStreamLoader
-from base.epochs import prediction_share
-from base.shard_index import INDEX_NAME
-from base.stream_plan import next_stream, shard_order, taken_after, training_plan
 from data_loader import DigitsDataLoader, DigitsStreamLoader
 from data_loader.digit_shards import SHARD_WEIGHTS, write_digits_shards
+from dataflow.epochs import prediction_share
+from dataflow.shard_index import INDEX_NAME
+from dataflow.stream_plan import next_stream, shard_order, taken_after, training_plan
 from utils.errors import UserError
 
 CPU = torch.device("cpu")

@@ -8,9 +8,9 @@ import pytest
 import torch
 from helpers import ROOT, run_script
 
+from app.config import Config, build_loss, build_lr_scheduler, build_metrics, build_optimizer
 from data_loader.text import PAD_INDEX, UNK_INDEX, TextClassificationDataset, TextDataLoader, Vocabulary, pad_collate, tokenize
 from model.text import TextClassifier
-from utils.config import Config, build_loss, build_lr_scheduler, build_metrics, build_optimizer
 from utils.errors import UserError
 
 THREADS = {"OMP_NUM_THREADS": "1"}  # the test machine's cores are shared; one thread avoids oversubscription

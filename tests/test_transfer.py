@@ -10,12 +10,12 @@ import torch
 from helpers import ROOT, run_script
 from PIL import Image
 
+from app.config import Config, build_loss, build_lr_scheduler, build_metrics, build_optimizer
 from data_loader.image_folder import ImageFolderDataLoader
 from model.transfer import TransferClassifier
 from trainer.evaluator import Evaluator
 from trainer.metrics import MetricSet
 from utils.checkpoint import load_checkpoint, load_weights
-from utils.config import Config, build_loss, build_lr_scheduler, build_metrics, build_optimizer
 from utils.errors import UserError
 
 FROZEN = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.")  # configs/transfer.json's freeze list, torchvision names

@@ -23,7 +23,7 @@ import torch
 
 from trainer.batches import next_batch, run_model
 from trainer.metrics import flatten
-from utils.errors import UserError
+from utils.errors import UserError, first_line
 from utils.nested import map_tensors
 from utils.seed import get_rng_state, set_rng_state
 from utils.user_code import raised_in_user_code, relative, user_frame
@@ -43,10 +43,6 @@ def describe(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return f"{type(value).__name__} (" + ", ".join(describe(v) for v in value) + ")"
     return type(value).__name__
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def run_preflight(trainer: Trainer) -> None:
@@ -98,7 +94,7 @@ def _check_batch(trainer: Trainer, batch: Any) -> dict[str, Any]:
             frame = user_frame(exc)  # a shape mismatch in a line of the user's: the config, or that line
             where = f" at {relative(frame.filename)}:{frame.lineno}" if frame and raised_in_user_code(exc) else ""
             raise UserError(
-                f"arch: the model cannot take the data's inputs ({describe(inputs)}): {_first_line(exc)}{where}; "
+                f"arch: the model cannot take the data's inputs ({describe(inputs)}): {first_line(exc)}{where}; "
                 f"make arch.args (input size, channels, classes) fit the data{', or fix that line' if where else ''}"
             ) from None
         _check_classes(output, target)
@@ -108,7 +104,7 @@ def _check_batch(trainer: Trainer, batch: Any) -> dict[str, Any]:
             if user_frame(exc) is not None and not SHAPE_WORDS.search(str(exc)):
                 raise
             raise UserError(
-                f"loss: it cannot take the model's output ({describe(output)}) and the target ({describe(target)}): {_first_line(exc)}"
+                f"loss: it cannot take the model's output ({describe(output)}) and the target ({describe(target)}): {first_line(exc)}"
             ) from None
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.is_floating_point():
         raise UserError(f"loss: it returned {describe(loss)}; a loss must be one floating-point number per batch (e.g. reduce it with .mean())")
@@ -116,7 +112,7 @@ def _check_batch(trainer: Trainer, batch: Any) -> dict[str, Any]:
     try:
         loss.backward()
     except RuntimeError as exc:
-        raise UserError(f"loss: backward failed ({_first_line(exc)}); the loss must depend on the model's trainable parameters") from None
+        raise UserError(f"loss: backward failed ({first_line(exc)}); the loss must depend on the model's trainable parameters") from None
     return produced
 
 
@@ -168,12 +164,12 @@ def _metric_failure(name: str, exc: Exception, output: Any, target: Any) -> Exce
     (re-raised with its traceback), or a library metric rejecting its inputs (a config or data mismatch)."""
     if not isinstance(output, torch.Tensor) and isinstance(exc, (AttributeError, TypeError, KeyError, IndexError)):
         return UserError(
-            f"metrics: {name} cannot take the model's output ({describe(output)}): {type(exc).__name__}: {_first_line(exc)}; "
+            f"metrics: {name} cannot take the model's output ({describe(output)}): {type(exc).__name__}: {first_line(exc)}; "
             f"make the model return a tensor, or the metric read the right key"
         )
     if raised_in_user_code(exc):
         return exc
-    return UserError(f"metrics: {name} rejected the model's output ({describe(output)}) and target ({describe(target)}): {_first_line(exc)}")
+    return UserError(f"metrics: {name} rejected the model's output ({describe(output)}) and target ({describe(target)}): {first_line(exc)}")
 
 
 def _check_optimizer(trainer: Trainer) -> None:
@@ -196,9 +192,9 @@ def _check_optimizer(trainer: Trainer) -> None:
     except TypeError as exc:
         if "closure" in str(exc):
             raise UserError(f"optimizer.type: {name} steps with a closure, which the Trainer does not give; choose another optimizer") from None
-        raise UserError(f"optimizer.args: {name} cannot step with these settings ({_first_line(exc)}); fix optimizer.args") from None
+        raise UserError(f"optimizer.args: {name} cannot step with these settings ({first_line(exc)}); fix optimizer.args") from None
     except (ValueError, IndexError, KeyError, RuntimeError, ZeroDivisionError) as exc:
-        raise UserError(f"optimizer.args: {name} cannot step with these settings ({_first_line(exc)}); fix optimizer.args") from None
+        raise UserError(f"optimizer.args: {name} cannot step with these settings ({first_line(exc)}); fix optimizer.args") from None
 
 
 def _check_schedule(trainer: Trainer) -> None:
@@ -222,7 +218,7 @@ def _check_schedule(trainer: Trainer) -> None:
             warnings.simplefilter("ignore")  # "lr_scheduler.step() before optimizer.step()": on purpose here
             scheduler.step()
     except (ValueError, ZeroDivisionError, IndexError, TypeError, RuntimeError) as exc:
-        raise UserError(f"lr_scheduler.args: {type(scheduler).__name__} cannot step with these settings ({_first_line(exc)}); fix lr_scheduler.args") from None
+        raise UserError(f"lr_scheduler.args: {type(scheduler).__name__} cannot step with these settings ({first_line(exc)}); fix lr_scheduler.args") from None
     finally:
         scheduler.load_state_dict(state)
         for group, saved in zip(optimizer.param_groups, groups):

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from base.training_state import TypedState
-from utils.errors import UserError
+from utils.errors import UserError, first_line
 
 
 class Schedule:
@@ -38,7 +38,7 @@ class Schedule:
         try:
             self.scheduler.step(*metric)
         except (ValueError, ZeroDivisionError, IndexError, TypeError, RuntimeError) as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            reason = first_line(exc)
             raise UserError(f"lr_scheduler: {type(self.scheduler).__name__} failed after {self.scheduler.last_epoch} steps ({reason}); fix lr_scheduler.args") from None
 
     def state_dict(self) -> dict | None:

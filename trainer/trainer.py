@@ -9,7 +9,7 @@ epoch, so the GPU is never stalled per batch.
 The parts it holds: the prepared model (``trainer/parallel.py``), the precision helper
 (``trainer/precision.py``), the learning-rate schedule, the training metrics, the evaluator for
 validation (``trainer/evaluator.py``), the data source (its ``epoch_batches`` owns the data
-order, ``base/epochs.py``), and, when on, the EMA weights (``trainer/ema.py``).
+order, ``dataflow/epochs.py``), and, when on, the EMA weights (``trainer/ema.py``).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import torch
 from torch import nn
 
 from base import BaseTrainer
-from base.epochs import epochs_of
 from base.settings import TrainerSettings
 from base.training_state import ModelWeights, Stateful, TypedState
+from dataflow.epochs import epochs_of
 from logger.logger import get_logger
 from logger.progress import progress_bar, progress_enabled
 from trainer.batches import BatchReader, next_batch, run_model

@@ -2,7 +2,7 @@
 
 A checkpoint is data. It is read with ``torch.load(path, weights_only=True, map_location="cpu")``,
 which runs no code; the config inside it is resolved under the checkpoint trust rules
-(``utils/config/names.py``). What a run's checkpoint holds is assembled in one place,
+(``app/config/names.py``). What a run's checkpoint holds is assembled in one place,
 ``base/training_state.py`` (``FORMAT`` version 2): one entry per stateful part, ``ranks`` with
 each process's own parts, and ``format``, ``version``, ``world_size``, ``arch`` and ``config``.
 
@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from utils.errors import UserError
+from utils.errors import UserError, first_line
 
 FORMAT = "pytorch-template-checkpoint"
 VERSION = 2
@@ -182,7 +182,7 @@ def load_checkpoint(path: str | Path) -> Any:
             data = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as exc:  # noqa: BLE001 - weights_only runs no code: any failure means the bytes are not a checkpoint
         # (garbage raises UnpicklingError mostly, but also IndexError, KeyError, UnicodeDecodeError, OSError ...)
-        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        reason = first_line(exc, 160)
         raise UserError(f"{path}: not a readable checkpoint (truncated, corrupted or not saved by torch: {reason})") from None
     if not isinstance(data, dict) or not (data.get("format") == FORMAT or _is_state_dict(data) or _is_state_dict(data.get("model"))):
         raise UserError(f"{path}: not a checkpoint of this template (no '{FORMAT}' marker); pass a file from a run's checkpoints/ folder")

@@ -9,11 +9,29 @@ Anything else is a bug of the template and keeps its whole traceback.
 
 from __future__ import annotations
 
+import difflib
 import sys
+from collections.abc import Iterable
 
 
 class UserError(Exception):
     """A mistake in the user's input; the message is one line naming what to fix."""
+
+
+def first_line(exc: BaseException, limit: int = 200, last: bool = False) -> str:
+    """An exception's message as one line for an error message: its first line (``last``: its last
+    non-empty line, where wrappers such as DataLoader workers and DCP put the original error),
+    cut to ``limit`` characters; the exception's type name when it has no message."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return (lines[-1] if last else lines[0])[:limit]
+
+
+def closest(name: str, candidates: Iterable[str], prefix: str = "") -> str:
+    """A ``did you mean`` suffix naming full key paths (``prefix + candidate``), or an empty string."""
+    found = difflib.get_close_matches(name, [str(c) for c in candidates], n=3, cutoff=0.5)
+    return f"; did you mean {' or '.join(repr(prefix + f) for f in found)}?" if found else ""
 
 
 EXIT_USER_ERROR = 2

@@ -40,7 +40,7 @@ from torch.distributed.checkpoint.metadata import StorageMeta, TensorStorageMeta
 
 from utils import distributed
 from utils.checkpoint import fsync_dir, save_atomic, temporary_name
-from utils.errors import UserError
+from utils.errors import UserError, first_line
 
 SNAPSHOTS = "snapshots"
 META = "meta.pt"
@@ -99,7 +99,7 @@ def load_into(state: dict, folder: Path) -> None:
         except BaseException as exc:  # DCP's CheckpointException is a BaseException
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
-            reason = str(exc).strip().splitlines()[-1][:200] if str(exc) else type(exc).__name__
+            reason = first_line(exc, last=True)
             raise UserError(f"{folder}: the sharded checkpoint does not fit this run or is damaged ({reason})") from None
 
 
@@ -108,7 +108,7 @@ def tensor_shapes(folder: Path, prefix: str) -> dict[str, tuple[torch.Size, torc
     try:
         metadata = SafeReader(folder).read_metadata()
     except Exception as exc:  # noqa: BLE001 - nothing was executed: the allow-list refused, or the file is damaged
-        raise UserError(f"{folder}: unreadable sharded checkpoint metadata ({str(exc).splitlines()[0][:160]})") from None
+        raise UserError(f"{folder}: unreadable sharded checkpoint metadata ({first_line(exc, 160)})") from None
     found = {}
     for key, item in metadata.state_dict_metadata.items():
         if key.startswith(prefix + ".") and isinstance(item, TensorStorageMetadata):
@@ -133,7 +133,7 @@ def read_plain(path: Path) -> dict:
     try:
         return torch.load(path, weights_only=True, map_location="cpu")
     except Exception as exc:  # noqa: BLE001 - weights_only runs no code: any failure means a damaged file
-        raise UserError(f"{path}: not a readable part of a sharded checkpoint ({str(exc).splitlines()[0][:160]})") from None
+        raise UserError(f"{path}: not a readable part of a sharded checkpoint ({first_line(exc, 160)})") from None
 
 
 def save_snapshot(link: Path, sharded: dict, shared: dict, own: dict) -> None:
@@ -151,7 +151,7 @@ def save_snapshot(link: Path, sharded: dict, shared: dict, own: dict) -> None:
     except BaseException as exc:  # noqa: BLE001 - DCP wraps OSError in a BaseException
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
-        raise UserError(f"{link}: could not write the sharded checkpoint ({str(exc).strip().splitlines()[-1][:160]}); the previous one is intact") from None
+        raise UserError(f"{link}: could not write the sharded checkpoint ({first_line(exc, 160, last=True)}); the previous one is intact") from None
     save_atomic(own, folder / f"rank-{distributed.rank()}.pt")
     if distributed.is_main_process():
         save_atomic(shared, folder / META)

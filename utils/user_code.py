@@ -1,8 +1,8 @@
 """Telling the user's code from the template's, so a bug in a user's model, data loader, loss or
 metric is shown as a traceback into the user's file, and not blamed on the config.
 
-User code is any Python file that is neither the template's engine (``base/``, ``trainer/``,
-``utils/``, ``logger/`` and the entry scripts) nor part of Python or an installed library:
+User code is any Python file that is neither the template's own (``app/``, ``base/``, ``dataflow/``,
+``trainer/``, ``utils/``, ``logger/`` and the entry scripts) nor part of Python or an installed library:
 the project's ``model/``, ``data_loader/``, ``tests/``, ``benchmarks/``, and code on the user's
 own path.
 """
@@ -16,8 +16,8 @@ import traceback
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-ENGINE = [PROJECT_ROOT / name for name in ("base", "trainer", "utils", "logger")]
-ENGINE += [PROJECT_ROOT / f"{name}.py" for name in ("train", "test", "predict", "new_project")]
+ENGINE = [PROJECT_ROOT / name for name in ("app", "base", "dataflow", "trainer", "utils", "logger")]
+ENGINE += [PROJECT_ROOT / f"{name}.py" for name in ("train", "test", "predict", "sweep", "runs", "new_project")]
 _LIBRARY_ROOTS = {Path(p).resolve() for key in ("stdlib", "platstdlib", "purelib", "platlib") if (p := sysconfig.get_paths().get(key))}
 _LIBRARY_ROOTS |= {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(), PROJECT_ROOT / ".venv"}
 

@@ -1,7 +1,7 @@
 """A trained model back from its checkpoint, for ``test.py`` and ``predict.py``.
 
 The config comes from inside the checkpoint (resolved under the checkpoint trust rules, see
-``utils/config/names.py``) unless ``-c`` passes one; the model is rebuilt from it and loaded with
+``app/config/names.py``) unless ``-c`` passes one; the model is rebuilt from it and loaded with
 the weights evaluation uses: the EMA weights when the run kept them and ``trainer.ema_evaluate``
 is on, unless ``--weights raw`` asks for the trained weights themselves.
 """
@@ -16,13 +16,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from app.config import Config
+from app.run_dir import filesystem_error
 from logger import setup_logging
 from utils import distributed
 from utils.checkpoint import Checkpoint, load_checkpoint, load_weights
-from utils.config import Config
 from utils.device import limit_visible_gpus, select_device
 from utils.errors import UserError
-from utils.run_dir import filesystem_error
 
 
 def add_loading_arguments(parser: argparse.ArgumentParser) -> None:

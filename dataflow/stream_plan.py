@@ -11,7 +11,7 @@ are then split into contiguous blocks, one per stream (DataLoader worker), of ne
 counts, so a worker reads its own part of a few shards start to end.
 
 Evaluation reads the shards in sorted order, one contiguous range per rank, nothing left out.
-Predictions read a rank's share of whole single-process batches (``base.epochs.prediction_share``)
+Predictions read a rank's share of whole single-process batches (``dataflow.epochs.prediction_share``)
 of the same in-order sequence as one stream, in order.
 
 The Trainer takes one batch at a time from the streams in a fixed order (:func:`next_stream`),

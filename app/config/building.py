@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from utils.config.names import closest, resolve_type
-from utils.config.overrides import parameters
-from utils.config.schema import metric_name
-from utils.errors import UserError
+from app.config.names import closest, resolve_type
+from app.config.overrides import parameters
+from app.config.schema import metric_name
+from utils.errors import UserError, first_line
 from utils.user_code import raised_in_user_code
 
 if TYPE_CHECKING:
-    from utils.config.config import Config
+    from app.config.config import Config
 
 NUMBER = (int, float)
 
@@ -135,7 +135,7 @@ def _blame(key: str, type_name: str, target: Callable, config_args: dict, exc: E
     rejecting a value the user's code passed on, ``nn.Dropout(2)``), the one arg the message names
     is blamed, else the whole ``args``.
     """
-    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    message = first_line(exc)
     try:
         params = inspect.signature(target).parameters
     except (TypeError, ValueError):

@@ -9,12 +9,12 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from app.config import building
+from app.config.names import closest, resolve_type
+from app.config.overrides import apply_override
+from app.config.reading import plain_data_problem, read_config_file
+from app.config.schema import LEGACY_KEYS, OBJECT_KEYS, SCHEMA, TRAINER_SCHEMA, metric_name, with_defaults
 from base.settings import TrainerSettings, parse_monitor
-from utils.config import building
-from utils.config.names import closest, resolve_type
-from utils.config.overrides import apply_override
-from utils.config.reading import plain_data_problem, read_config_file
-from utils.config.schema import LEGACY_KEYS, OBJECT_KEYS, SCHEMA, TRAINER_SCHEMA, metric_name, with_defaults
 from utils.errors import UserError
 
 
@@ -23,7 +23,7 @@ class Config:
 
     ``trusted`` is False for a config read back from a checkpoint (and not passed again with
     ``-c``): its names then resolve only to the project's own code and the libraries the template
-    builds from (``utils/config/names.py``). ``notes`` are one-line remarks for the log (a key
+    builds from (``app/config/names.py``). ``notes`` are one-line remarks for the log (a key
     from pytorch-template that was accepted and ignored, say).
     """
 
@@ -80,7 +80,7 @@ class Config:
     def monitor(self) -> tuple[str, str | None]:
         return parse_monitor(self.trainer["monitor"])
 
-    # -- building objects (see utils/config/building.py) --------------------------------------
+    # -- building objects (see app/config/building.py) --------------------------------------
 
     def init_obj(self, key: str, *args: Any, **kwargs: Any) -> Any:
         """Build the object of node ``key``: ``type(*args, **node.args, **kwargs)``.

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from base.shard_index import INDEX_NAME
-from base.stream_plan import StreamPlan, mix
+from dataflow.shard_index import INDEX_NAME
+from dataflow.stream_plan import StreamPlan, mix
 from utils.errors import UserError
 
 _END = object()

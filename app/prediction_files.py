@@ -31,9 +31,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from app.run_dir import filesystem_error
 from trainer.predictor import PredictionBatch
 from utils.errors import UserError
-from utils.run_dir import filesystem_error
 
 FORMATS = (".jsonl", ".csv", ".npz", ".pt")
 

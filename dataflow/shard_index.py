@@ -1,7 +1,7 @@
 """How many samples each shard holds, counted once and remembered in an ``index.json`` beside the shards.
 
 Every process must know every shard's sample count before the first batch: the plan of a pass
-(``base/stream_plan.py``) is arithmetic on those counts, done alike on every rank. Counting means
+(``dataflow/stream_plan.py``) is arithmetic on those counts, done alike on every rank. Counting means
 reading a shard to its end, so the counts are cached per folder in ``index.json``, keyed by the
 file's name, size and modification time (a changed file is counted again) and by the reader's
 name (another reader may yield other samples). The file is replaced atomically (processes that

@@ -15,13 +15,13 @@ raised as :class:`UserError` naming the file, the key path and the fix, before a
 trained or written.
 """
 
-from utils.config.building import build_loss, build_lr_scheduler, build_metrics, build_optimizer, scheduler_interval
-from utils.config.config import Config
-from utils.config.docs import reference_markdown
-from utils.config.names import closest, resolve_type
-from utils.config.overrides import apply_override
-from utils.config.reading import load_yaml, read_config_file
-from utils.config.schema import REQUIRED, SCHEMA, TRAINER_SCHEMA, metric_name
+from app.config.building import build_loss, build_lr_scheduler, build_metrics, build_optimizer, scheduler_interval
+from app.config.config import Config
+from app.config.docs import reference_markdown
+from app.config.names import closest, resolve_type
+from app.config.overrides import apply_override
+from app.config.reading import load_yaml, read_config_file
+from app.config.schema import REQUIRED, SCHEMA, TRAINER_SCHEMA, metric_name
 
 __all__ = [
     "REQUIRED",

@@ -12,9 +12,9 @@ from typing import Any
 
 import yaml
 
-from utils.config.names import closest, resolve_type
-from utils.config.reading import load_yaml
-from utils.config.schema import NAMESPACES, OBJECT_KEYS, SCHEMA, TRAINER_SCHEMA
+from app.config.names import closest, resolve_type
+from app.config.reading import load_yaml
+from app.config.schema import NAMESPACES, OBJECT_KEYS, SCHEMA, TRAINER_SCHEMA
 from utils.errors import UserError
 
 

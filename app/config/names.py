@@ -10,15 +10,14 @@ else is a one-line error, decided before anything is imported from outside, and 
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import importlib.util
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
-from utils.config.schema import NAMESPACES
-from utils.errors import UserError
+from app.config.schema import NAMESPACES
+from utils.errors import UserError, closest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ENGINE_MODULES = frozenset({"base", "trainer", "utils", "logger", "train", "test", "predict", "new_project"})
@@ -26,12 +25,6 @@ ENGINE_MODULES = frozenset({"base", "trainer", "utils", "logger", "train", "test
 
 CHECKPOINT_LIBRARIES = ("torch.nn", "torch.optim", "torchvision.models", "torchvision.transforms", "torchmetrics")
 """Library modules a checkpoint's config may name objects from (and their submodules)."""
-
-
-def closest(name: str, candidates: Iterable[str], prefix: str = "") -> str:
-    """A ``did you mean`` suffix naming full key paths (``prefix + candidate``), or an empty string."""
-    found = difflib.get_close_matches(name, [str(c) for c in candidates], n=3, cutoff=0.5)
-    return f"; did you mean {' or '.join(repr(prefix + f) for f in found)}?" if found else ""
 
 
 def _public_callables(module) -> list[str]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
+from app.config.schema import NAMESPACES, OBJECT_KEY_DOCS, REQUIRED, SCHEMA, TRAINER_SCHEMA
 from base.settings import Setting, type_names
-from utils.config.schema import NAMESPACES, OBJECT_KEY_DOCS, REQUIRED, SCHEMA, TRAINER_SCHEMA
 
 
 def _default(spec: Setting) -> str:
