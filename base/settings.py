@@ -180,6 +180,14 @@ class TrainerSettings:
     ema_evaluate: bool = setting(True, "With EMA on: validation, `best.pth`, `test.py`, `predict.py` and export use the EMA weights.")
     profile: dict | None = setting(None, "`{wait, warmup, active}` optimizer steps: write a `torch.profiler` trace to `<run_dir>/profile/`.", profile_problem)
     load_strict: bool = setting(True, "Fine-tuning (`-r CKPT -c CONFIG`): require every weight to match by name.")
+    load_exclude: list[str] = setting(
+        [],
+        "Fine-tuning: module-name prefixes whose weights keep the new model's initialisation, even where names and shapes match (a new head).",
+        names_problem,
+    )
+    freeze: list[str] = setting(
+        [], "Module-name prefixes to freeze (any model): out of the optimizer, and their BatchNorm statistics never change.", names_problem
+    )
 
     # -- derived --------------------------------------------------------------------------
 

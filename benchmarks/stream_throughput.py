@@ -53,10 +53,10 @@ def configs(data_dir: str, num_workers: int, epochs: int, save_dir: str) -> dict
 
 def samples_per_sec(config: Config) -> float:
     """The median of the Trainer's per-epoch ``samples_per_sec`` over a run without validation."""
-    import train
+    from app.session import build_trainer
 
     seed_everything(config["seed"])
-    trainer = train.build_trainer(config, torch.device("cpu"), None, "new")
+    trainer = build_trainer(config, torch.device("cpu"))
     trainer.valid_data = None  # training throughput only
     rows: list[dict] = []
     trainer.run.log_epoch = lambda row, step: rows.append(row)

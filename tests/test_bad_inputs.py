@@ -125,7 +125,7 @@ def mid_epoch(tmp_path_factory) -> Path:
     os.environ.update(SIGNAL_AT_BATCH="3", SIGNAL_NAME="SIGTERM")  # pass 1 is the pre-flight batch
     try:
         with contextlib.redirect_stdout(None):
-            code = train.main(["-c", str(write_config(tmp, config)), "--run-id", "mid"])
+            code = train.main(["-c", str(write_config(tmp, config)), "--run-id", "mid", "--trust-checkpoint"])
     finally:
         del os.environ["SIGNAL_AT_BATCH"], os.environ["SIGNAL_NAME"]
         close_log_files()
@@ -203,9 +203,18 @@ class Row:
     mid: bool = False
 
 
+TEST_MODULES = ("user_bugs:", "fault_injection:")
+"""Test modules stand in for the user's code but live in tests/, outside the project's source
+packages: a run naming them says it trusts its own checkpoints (--trust-checkpoint)."""
+
+
+def trusting(overrides: tuple) -> list[str]:
+    return ["--trust-checkpoint"] if any(module in str(o) for o in overrides for module in TEST_MODULES) else []
+
+
 def new(*overrides: str, change=None, name: str = "config.json", replace: tuple = ()) -> Callable[[Ctx], list]:
     """``train.py -c CONFIG [overrides]``: a new run."""
-    return lambda c: ["-c", c.config(change, name, replace), *overrides]
+    return lambda c: ["-c", c.config(change, name, replace), *overrides, *trusting(overrides)]
 
 
 def resume(*overrides: str, ckpt: str = "last.pth") -> Callable[[Ctx], list]:
@@ -320,14 +329,14 @@ def with_world_size_2(state: dict) -> None:
 def mid_epoch_resume(change: Callable[[dict], None] | None, *overrides: str) -> Callable[[Ctx], list]:
     def args(c: Ctx) -> list:
         path = c.crafted(change, source=c.mid_epoch) if change else c.run(c.mid_epoch) / "checkpoints" / "last.pth"
-        return ["-r", path, *overrides]
+        return ["-r", path, *overrides, "--trust-checkpoint"]  # its model is a test module (fault_injection)
 
     return args
 
 
 DICT_LOADER = 'data_loader={type: "user_bugs:DictDigitsDataLoader"}'
 DICT_MODEL = 'arch={type: "user_bugs:ImageKeywordCNN"}'
-OUTSIDE = "is outside this project"
+OUTSIDE = "is not defined in this project's source packages"
 
 def x(row: Row) -> Row | pytest.param:
     """A row as a pytest param; a row with ``xfail`` is kept as the right expectation and marked strict."""
@@ -862,7 +871,7 @@ def test_trust_checkpoint_or_c_lifts_the_refusal(tmp_path, finished, capsys, mon
     config = write_config(tmp_path, torch.load(checkpoint, weights_only=True)["config"], "outside.json")
     for script, extra in (("train", []), ("test", ["--out", tmp_path / "m.json"]), ("predict", ["--out", tmp_path / "p.jsonl"])):
         code, err = invoke(script, ["-r", checkpoint, *extra], capsys)
-        assert code == 2 and "'outside_code:OutsideCNN' is outside this project" in err and not built.exists(), err
+        assert code == 2 and "'outside_code:OutsideCNN' is not defined in this project's source packages" in err and not built.exists(), err
     for script, extra in (
         ("test", ["--trust-checkpoint", "--out", tmp_path / "m1.json"]),
         ("test", ["-c", config, "--out", tmp_path / "m2.json"]),
@@ -891,7 +900,7 @@ def test_tensor_arguments_may_be_numbers_or_lists(tmp_path):
 
 def test_a_dict_batch_trains_with_its_target_key_and_unicode_names_work(tmp_path, capsys):
     path = Ctx(tmp_path, tmp_path, None).config()
-    code, err = invoke("train", ["-c", path, DICT_LOADER, DICT_MODEL, "trainer.target_key=digit", "name=数字 ✓", "--run-id", "ü-1"], capsys)
+    code, err = invoke("train", ["-c", path, DICT_LOADER, DICT_MODEL, "trainer.target_key=digit", "name=数字 ✓", "--run-id", "ü-1", "--trust-checkpoint"], capsys)
     assert code == 0, err
     run_dir = tmp_path / "saved" / "数字 ✓" / "ü-1"
     assert (run_dir / "checkpoints" / "last.pth").is_file() and len((run_dir / "metrics.jsonl").read_text().splitlines()) == 1

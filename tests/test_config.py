@@ -425,5 +425,5 @@ def test_the_configuration_reference_documents_every_key():
     missing = [key for key in SCHEMA if f"`{key}`" not in reference]
     missing += [f"trainer.{key}" for key in TRAINER_SCHEMA if f"`trainer.{key}`" not in reference]
     assert not missing, f"docs/configuration.md does not document {missing}"
-    stale = "docs/configuration.md's table is stale: regenerate it with .venv/bin/python -m app.config.docs"
+    stale = "docs/configuration.md's table is stale: regenerate it with .venv/bin/python -m app.config.docs --write docs/configuration.md"
     assert reference_markdown().strip() in reference, stale

@@ -31,7 +31,7 @@ def recorded(tmp_path_factory):
     import train
 
     argv = ["-r", str(run_dir / "checkpoints" / "last.pth"), "trainer.epochs=3", "trainer.profile=null"]
-    session = train.Session(train.parse_args(argv), argv)
+    session = train.Session(train.request_of(train.parse_args(argv), argv), train.STOP)
     session.prepare()
     session.trainer.train()
     return run_dir

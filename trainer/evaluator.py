@@ -3,6 +3,10 @@ holds) and for ``test.py``. Batches are read as the Trainer reads them (``traine
 under the same precision (``trainer/precision.py``), so test numbers are computed exactly as
 training-time validation numbers are.
 
+What one batch costs is a *step*, ``step(inputs, target) -> (loss, output)``: by default the model's
+output and the loss; the Trainer passes its ``validation_step``, so an override counts in
+validation and in ``test.py`` alike.
+
 Every process evaluates its own shard (no padding: each sample counts once) and the values are
 reduced over processes as sums and counts, or by the metric objects' own sync, so an epoch value
 equals a single-process evaluation of the same samples, however they were batched or sharded.
@@ -18,19 +22,24 @@ from torch import nn
 
 from logger.progress import progress_iter
 from trainer.batches import BatchReader, each_batch, run_model
+from trainer.loss import Loss
 from trainer.metrics import LossTracker, MetricSet, batch_size
 from trainer.precision import Precision
+
+Step = Callable[[Any, Any], "tuple[torch.Tensor, Any]"]
 
 
 class Evaluator:
     """Args:
-    model: what to evaluate (the Trainer passes its evaluation forward, EMA weights swapped in).
-    criterion: the loss.
+    model: what to evaluate (the Trainer passes its evaluation forward, EMA weights swapped in);
+        put in eval mode for the pass.
+    criterion: the loss (see ``trainer/loss.py``: it may take the inputs).
     metrics: ``{name: function or metric object}`` (``trainer/metrics.py``), or a ``MetricSet``.
     device: where batches go.
     amp: ``trainer.amp``.
     read_batch: how a batch becomes ``(inputs, target)`` (default: ``trainer/batches.py``'s rules).
     show_progress: a tqdm bar on a terminal.
+    step: ``(inputs, target) -> (loss, output)`` for one batch (default: ``model`` and the loss).
     """
 
     def __init__(
@@ -42,14 +51,20 @@ class Evaluator:
         amp: str | None = None,
         read_batch: BatchReader | None = None,
         show_progress: bool = False,
+        step: Step | None = None,
     ):
         self.model = model
-        self.criterion = criterion.to(device) if isinstance(criterion, nn.Module) else criterion
+        self.loss = criterion if isinstance(criterion, Loss) else Loss(criterion, device)
+        self.step = step or self.default_step
         self.metrics = metrics if isinstance(metrics, MetricSet) else MetricSet(metrics, device)
         self.device = device
         self.precision = Precision(amp, device)
         self.reader = read_batch or BatchReader(device)
         self.show_progress = show_progress
+
+    def default_step(self, inputs: Any, target: Any) -> tuple[torch.Tensor, Any]:
+        output = run_model(self.model, inputs)
+        return self.loss(output, target, inputs), output
 
     @torch.no_grad()
     def evaluate(
@@ -70,8 +85,7 @@ class Evaluator:
         for batch in progress_iter(each_batch(batches), desc, self.show_progress, total):
             inputs, target = self.reader(batch)
             with self.precision.autocast():
-                output = run_model(model, inputs)
-                loss = self.criterion(output, target)
+                loss, output = self.step(inputs, target)
             size = batch_size(target)
             losses.add(loss, size, count)
             self.metrics.update(output, target, size)

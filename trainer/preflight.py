@@ -81,31 +81,26 @@ def _check_monitor(metric: str | None, produced: dict[str, Any]) -> None:
 
 
 def _check_batch(trainer: Trainer, batch: Any) -> dict[str, Any]:
-    """Forward, loss, metrics and backward on ``batch``; returns one value of each logged metric."""
+    """Forward, loss, metrics and backward on ``batch``; returns one value of each logged metric.
+
+    The step runs on the module itself (no DDP collective, so ranks need not agree on the pre-flight).
+    A ``training_step`` of the user's own is run as it is and its result checked; the template's
+    step is checked part by part, so a mismatch names the model, the loss or the data.
+    """
+    from trainer.trainer import Trainer
+
     inputs, target = trainer.read_batch(batch)
     module = trainer.model.module
     module.train()
-    with trainer.precision.autocast():
-        try:
-            output = run_model(module, inputs)
-        except (RuntimeError, ValueError, IndexError) as exc:
-            if not SHAPE_WORDS.search(str(exc)):
-                raise
-            frame = user_frame(exc)  # a shape mismatch in a line of the user's: the config, or that line
-            where = f" at {relative(frame.filename)}:{frame.lineno}" if frame and raised_in_user_code(exc) else ""
-            raise UserError(
-                f"arch: the model cannot take the data's inputs ({describe(inputs)}): {first_line(exc)}{where}; "
-                f"make arch.args (input size, channels, classes) fit the data{', or fix that line' if where else ''}"
-            ) from None
-        _check_classes(output, target)
-        try:
-            loss = trainer.criterion(output, target)
-        except (RuntimeError, ValueError, IndexError) as exc:
-            if user_frame(exc) is not None and not SHAPE_WORDS.search(str(exc)):
-                raise
-            raise UserError(
-                f"loss: it cannot take the model's output ({describe(output)}) and the target ({describe(target)}): {first_line(exc)}"
-            ) from None
+    trainer._forward_module = module
+    try:
+        with trainer.precision.autocast():
+            if type(trainer).training_step is Trainer.training_step:
+                loss, output = _template_step(trainer, inputs, target)
+            else:
+                loss, output = _users_step(trainer, inputs, target)
+    finally:
+        trainer._forward_module = trainer.model.train_forward
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.is_floating_point():
         raise UserError(f"loss: it returned {describe(loss)}; a loss must be one floating-point number per batch (e.g. reduce it with .mean())")
     produced = {"loss": loss.item(), **_check_metrics(trainer, output, target)}
@@ -114,6 +109,38 @@ def _check_batch(trainer: Trainer, batch: Any) -> dict[str, Any]:
     except RuntimeError as exc:
         raise UserError(f"loss: backward failed ({first_line(exc)}); the loss must depend on the model's trainable parameters") from None
     return produced
+
+
+def _template_step(trainer: Trainer, inputs: Any, target: Any) -> tuple[Any, Any]:
+    try:
+        output = run_model(trainer._forward_module, inputs)
+    except (RuntimeError, ValueError, IndexError) as exc:
+        if not SHAPE_WORDS.search(str(exc)):
+            raise
+        frame = user_frame(exc)  # a shape mismatch in a line of the user's: the config, or that line
+        where = f" at {relative(frame.filename)}:{frame.lineno}" if frame and raised_in_user_code(exc) else ""
+        raise UserError(
+            f"arch: the model cannot take the data's inputs ({describe(inputs)}): {first_line(exc)}{where}; "
+            f"make arch.args (input size, channels, classes) fit the data{', or fix that line' if where else ''}"
+        ) from None
+    _check_classes(output, target)
+    try:
+        loss = trainer.loss(output, target, inputs)
+    except (RuntimeError, ValueError, IndexError) as exc:
+        if user_frame(exc) is not None and not SHAPE_WORDS.search(str(exc)):
+            raise
+        raise UserError(f"loss: it cannot take the model's output ({describe(output)}) and the target ({describe(target)}): {first_line(exc)}") from None
+    return loss, output
+
+
+def _users_step(trainer: Trainer, inputs: Any, target: Any) -> tuple[Any, Any]:
+    """The subclass's ``training_step``; an exception in it is a bug there (its traceback), a wrong return a line."""
+    result = trainer.training_step(inputs, target)
+    if not isinstance(result, tuple) or len(result) != 2:
+        raise UserError(
+            f"trainer.type: {type(trainer).__name__}.training_step returned {describe(result)}; it must return (loss, output)"
+        )
+    return result
 
 
 def _check_classes(output: Any, target: Any) -> None:

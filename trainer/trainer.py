@@ -1,10 +1,21 @@
 """The concrete Trainer: the train step in one place, and validation through its Evaluator.
 
+**Your step.** What one batch costs is :meth:`Trainer.training_step` (and
+:meth:`Trainer.validation_step`): ``(inputs, target) -> (loss, output)``, by default the model's
+output and the configured loss. Override either in a subclass named by ``trainer.type``
+(``package.module:Name``) to change it: a loss weighted by the epoch, a second forward pass, a
+loss of several outputs. ``self.epoch`` (1-based, the epoch in progress), ``self.global_step``
+(optimizer steps done), ``self.forward(inputs)`` (the model as this phase runs it) and
+``self.loss(output, target, inputs)`` are at hand. Everything around a step is the engine's and
+keeps working: autocast (the step runs inside it), accumulation, backward, clipping, the
+optimizer and scheduler, DDP/FSDP, EMA, metrics (on the returned ``output``), checkpoints and
+exact mid-epoch resume.
+
 ``_train_epoch`` reads top to bottom: take the next batch (timing the wait) -> move and split it
--> autocast forward -> loss / accumulation -> backward -> unscale, clip, optimizer step -> per-step
-scheduler -> EMA. Losses and metric state stay on the device (``trainer/metrics.py``); the host
-reads losses only every ``log_step`` optimizer steps, before a checkpoint and at the end of the
-epoch, so the GPU is never stalled per batch.
+-> autocast ``training_step`` -> accumulation -> backward -> unscale, clip, optimizer step ->
+per-step scheduler -> EMA. Losses and metric state stay on the device (``trainer/metrics.py``);
+the host reads losses only every ``log_step`` optimizer steps, before a checkpoint and at the end
+of the epoch, so the GPU is never stalled per batch.
 
 The parts it holds: the prepared model (``trainer/parallel.py``), the precision helper
 (``trainer/precision.py``), the learning-rate schedule, the training metrics, the evaluator for
@@ -31,6 +42,7 @@ from trainer.batches import BatchReader, next_batch, run_model
 from trainer.ema import EMA
 from trainer.evaluator import Evaluator
 from trainer.fsdp import ShardedWeights
+from trainer.loss import Loss
 from trainer.metrics import LossTracker, MetricSet, batch_size
 from trainer.parallel import PreparedModel, prepare_model
 from trainer.precision import NO_CONTEXT, Precision
@@ -60,7 +72,9 @@ class Trainer(BaseTrainer):
         super().__init__(settings, device, **base)
         self.model = prepare_model(model, settings, device)
         self.sharded = self.model.sharded
-        self.criterion = criterion.to(device) if isinstance(criterion, nn.Module) else criterion
+        self.loss = Loss(criterion, device)
+        self.criterion = self.loss.criterion
+        self._forward_module: Any = self.model.train_forward  # what self.forward calls in this phase
         self.optimizer = optimizer
         self.trainable = [p for p in self.model.module.parameters() if p.requires_grad]
         self.schedule = Schedule(lr_scheduler, scheduler_interval)
@@ -83,7 +97,9 @@ class Trainer(BaseTrainer):
             self.valid_data.plan_epochs(device, limit_batches=settings.limit_batches)
         self.show_progress = progress_enabled(settings.progress_bar, distributed.rank())
         valid_metrics = self.train_metrics.fresh()
-        self.evaluator = Evaluator(self.model.eval_forward, self.criterion, valid_metrics, device, settings.amp, self.read_batch, self.show_progress)
+        self.evaluator = Evaluator(
+            self.model.eval_forward, self.loss, valid_metrics, device, settings.amp, self.read_batch, self.show_progress, step=self.validation_step
+        )
         source = self.data if settings.overfit_batches else self.valid_data
         # Sharded weights are gathered in every forward, a collective: every process evaluates as many batches.
         self.valid_steps = distributed.all_reduce_max(source.batches_per_epoch) if self.sharded and source is not None else None
@@ -94,6 +110,46 @@ class Trainer(BaseTrainer):
     @property
     def batches_per_epoch(self) -> int:
         return self.data.batches_per_epoch
+
+    # -- the steps: override these in a subclass ------------------------------------------------
+
+    def training_step(self, inputs: Any, target: Any) -> tuple[torch.Tensor, Any]:
+        """One micro-batch: ``(loss, output)``. Runs under autocast; the engine scales the loss for
+        accumulation and does backward and the optimizer step. ``output`` feeds the training
+        metrics (return the model's output, or what your metrics take)."""
+        output = self.forward(inputs)
+        return self.loss(output, target, inputs), output
+
+    def validation_step(self, inputs: Any, target: Any) -> tuple[torch.Tensor, Any]:
+        """One validation (and ``test.py``) batch: ``(loss, output)``, under ``torch.no_grad`` and autocast,
+        with the EMA weights in the model when they are used for evaluation."""
+        output = self.forward(inputs)
+        return self.loss(output, target, inputs), output
+
+    def forward(self, inputs: Any) -> Any:
+        """The model's output for ``inputs`` as this phase runs it: through DDP/FSDP/compile while
+        training, the module itself (EMA weights in) while validating. Dict inputs become keyword
+        arguments, tuples positional ones."""
+        return run_model(self._forward_module, inputs)
+
+    @property
+    def epoch(self) -> int:
+        """The epoch in progress, 1-based (during validation: the epoch being validated)."""
+        return self.progress.epoch
+
+    @property
+    def global_step(self) -> int:
+        """Optimizer steps done so far in the run (a resumed run continues the count)."""
+        return self.progress.global_step
+
+    def evaluate(self, batches: Any, prefix: str = "", desc: str = "evaluate", total: int | None = None, steps: int | None = None) -> dict:
+        """Loss and metrics of :meth:`validation_step` over ``batches`` (validation, and ``test.py``)."""
+        self._forward_module = self.model.eval_forward
+        try:
+            with self._evaluation_weights():
+                return self.evaluator.evaluate(batches, prefix, desc, total, steps)
+        finally:
+            self._forward_module = self.model.train_forward
 
     def state_parts(self) -> dict[str, Stateful]:
         return {
@@ -156,8 +212,7 @@ class Trainer(BaseTrainer):
 
             with self.model.no_sync(sync=last_in_group):
                 with self.precision.autocast():
-                    output = run_model(self.model.train_forward, inputs)
-                    loss = self.criterion(output, target)
+                    loss, output = self.training_step(inputs, target)
                 self.precision.backward(loss / group_size if group_size > 1 else loss)
             size = batch_size(target)
             samples += size
@@ -251,8 +306,7 @@ class Trainer(BaseTrainer):
         source = self.data if self.settings.overfit_batches else self.valid_data
         if source is None:
             return {}
-        with self._evaluation_weights():
-            return self.evaluator.evaluate(source.epoch_batches(1, 0), "val_", f"valid {epoch}", source.batches_per_epoch, self.valid_steps)
+        return self.evaluate(source.epoch_batches(1, 0), "val_", f"valid {epoch}", source.batches_per_epoch, self.valid_steps)
 
     def _evaluation_weights(self):
         """The EMA weights in the model while validating (when on and ``trainer.ema_evaluate``)."""

@@ -20,6 +20,7 @@ import re
 import secrets
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -200,25 +201,55 @@ def load_checkpoint(path: str | Path) -> Any:
     return checkpoint
 
 
-def load_weights(model: nn.Module, state_dict: dict, strict: bool, source: str) -> list[str]:
-    """Load weights by name; returns what was skipped. Mismatches are named; ``strict`` makes them errors."""
+@dataclass
+class LoadReport:
+    """What :func:`load_weights` did, by weight name."""
+
+    loaded: list[str]
+    excluded: list[str]
+    missing: list[str]
+    unexpected: list[str]
+    wrong_shape: list[str]
+
+    def lines(self) -> list[str]:
+        """One line each: loaded, excluded, missing (kept as initialised), unexpected (ignored)."""
+
+        def names(keys: list[str]) -> str:
+            return f"{len(keys)} {keys[:6]}{' ...' if len(keys) > 6 else ''}" if keys else "none"
+
+        missing = self.missing + [f"{k} (another shape)" for k in self.wrong_shape]
+        return [
+            f"loaded {len(self.loaded)} tensors",
+            f"excluded (trainer.load_exclude, kept as initialised): {names(self.excluded)}",
+            f"missing (kept as initialised): {names(missing)}",
+            f"unexpected (ignored): {names(self.unexpected)}",
+        ]
+
+
+def load_weights(model: nn.Module, state_dict: dict, strict: bool, source: str, exclude: tuple[str, ...] | list[str] = ()) -> LoadReport:
+    """Load weights by name, except those under an ``exclude`` module prefix (they keep the model's
+    own values, even where names and shapes match). Mismatches are named; ``strict`` makes them errors."""
     state_dict = clean_state_dict(state_dict)
     own = model.state_dict()
-    wrong_shape = [k for k, v in state_dict.items() if k in own and own[k].shape != v.shape]
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    problems = [
-        f"missing {missing}" if missing else "",
-        f"unexpected {unexpected}" if unexpected else "",
-        f"different shapes {wrong_shape}" if wrong_shape else "",
-    ]
-    problems = [p for p in problems if p]
+
+    def excluded(key: str) -> bool:
+        return any(key == prefix or key.startswith(prefix + ".") for prefix in exclude)
+
+    report = LoadReport(
+        loaded=[k for k, v in state_dict.items() if k in own and own[k].shape == v.shape and not excluded(k)],
+        excluded=[k for k in own if excluded(k)],
+        missing=[k for k in own if k not in state_dict and not excluded(k)],
+        unexpected=[k for k in state_dict if k not in own and not excluded(k)],
+        wrong_shape=[k for k, v in state_dict.items() if k in own and own[k].shape != v.shape and not excluded(k)],
+    )
+    problems = [f"{what} {keys}" for what, keys in (("missing", report.missing), ("unexpected", report.unexpected), ("different shapes", report.wrong_shape)) if keys]
     if problems and strict:
         raise UserError(
-            f"{source}: weights do not match the model: {'; '.join(problems)}; fix arch, or set trainer.load_strict=false to load what matches"
+            f"{source}: weights do not match the model: {'; '.join(problems)}; fix arch, set trainer.load_exclude to the "
+            f"parts to start fresh, or trainer.load_strict=false to load what matches"
         )
-    model.load_state_dict({k: v for k, v in state_dict.items() if k not in wrong_shape and k not in unexpected}, strict=False)
-    return problems
+    model.load_state_dict({k: state_dict[k] for k in report.loaded}, strict=False)
+    return report
 
 
 def prune_epoch_checkpoints(folder: Path, keep_last: int, suffix: str = ".pth") -> list[Path]:

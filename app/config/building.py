@@ -165,6 +165,13 @@ def _blame(key: str, type_name: str, target: Callable, config_args: dict, exc: E
 # -- the builders train.py, test.py and predict.py share ------------------------------------------
 
 
+def trainer_parameters() -> dict[str, None]:
+    """The arguments the engine gives every Trainer (a subclass's ``trainer.args`` may not replace them)."""
+    from trainer import Trainer
+
+    return dict.fromkeys(inspect.signature(Trainer.__init__).parameters)
+
+
 def build_loss(config: Config) -> Callable:
     """``"loss": "nll_loss"`` (a function) or ``{"type": "CrossEntropyLoss", "args": {...}}`` (a class or function)."""
     node = config["loss"]

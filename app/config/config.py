@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from app.config import building
-from app.config.names import closest, resolve_type
+from app.config.names import UntrustedName, resolve_type, trust_rule
 from app.config.overrides import apply_override
 from app.config.reading import plain_data_problem, read_config_file
-from app.config.schema import LEGACY_KEYS, OBJECT_KEYS, SCHEMA, TRAINER_SCHEMA, metric_name, with_defaults
-from base.settings import TrainerSettings, parse_monitor
-from utils.errors import UserError
+from app.config.refs import escape_literals, resolve_references
+from app.config.schema import LEGACY_KEYS, OBJECT_KEYS, SCHEMA, TRAINER_SCHEMA, metric_name, reserved_metric_name, with_defaults
+from base.settings import SETTINGS, TrainerSettings, parse_monitor
+from utils.errors import UserError, closest
 
 
 class Config:
@@ -33,7 +34,7 @@ class Config:
         self.notes: list[str] = []
         self.data = with_defaults(data)
         self._validate()
-        self.settings = TrainerSettings(**self.data["trainer"])
+        self.settings = TrainerSettings(**{key: value for key, value in self.data["trainer"].items() if key in SETTINGS})
 
     @classmethod
     def from_file(cls, path: str | Path, overrides: Iterable[str] = ()) -> Config:
@@ -41,7 +42,7 @@ class Config:
 
     @classmethod
     def from_dict(cls, data: dict, source: str, overrides: Iterable[str] = (), trusted: bool = True) -> Config:
-        """Defaults, then the overrides in order (left to right), then validation."""
+        """Defaults, then the overrides in order (left to right), then ``${references}``, then validation."""
         if not isinstance(data, dict):
             raise UserError(f"{source}: the config must be a mapping of keys (name, arch, ...), got {type(data).__name__}")
         found = plain_data_problem(data)
@@ -50,7 +51,7 @@ class Config:
         data = with_defaults(data)
         for text in overrides:
             apply_override(data, text, source, trusted)
-        return cls(data, source, trusted)
+        return cls(resolve_references(data, source), source, trusted)
 
     def __getitem__(self, key: str) -> Any:
         return self.data[key]
@@ -63,12 +64,28 @@ class Config:
         return self.data["trainer"]
 
     def to_dict(self) -> dict:
-        """The resolved config as plain data (saved in the run directory and every checkpoint)."""
-        return copy.deepcopy(self.data)
+        """The resolved config as plain data (saved in the run directory and every checkpoint); a
+        literal ``${`` is written ``\\${`` so that it reads back as the same text."""
+        return escape_literals(copy.deepcopy(self.data))
 
     def digest(self) -> str:
         """A short hash of the resolved config: equal configs, equal digests."""
         return hashlib.sha256(json.dumps(self.data, sort_keys=True).encode()).hexdigest()[:16]
+
+    def check_checkpoints_resumable(self) -> None:
+        """Refuse, when a run starts, a config whose checkpoints the trust rule would refuse
+        (``app/config/names.py``): what trains must resume, test and predict with the printed command."""
+        if not self.trusted:
+            return
+        try:
+            Config(self.to_dict(), self.source, trusted=False)
+        except UntrustedName as exc:
+            what = str(exc).split(": ", 1)[1].split(" is not defined in ")[0]
+            raise UntrustedName(
+                f"{self.source}: {what} is not defined in {trust_rule().describe()}, so this run's checkpoints could not be resumed, tested "
+                f"or predicted: move it into one of those packages, list its package under [tool.pytorch-template] in "
+                f"pyproject.toml, or add --trust-checkpoint to say you trust them"
+            ) from None
 
     def error(self, key: str, problem: str) -> UserError:
         return UserError(f"{self.source}: {key}: {problem}")
@@ -93,6 +110,10 @@ class Config:
     def init_ftn(self, key: str, *args: Any, **kwargs: Any) -> Callable:
         """``functools.partial`` of the function of node ``key`` with its args bound."""
         return building.build_partial(self, key, self._node(key), *args, **kwargs)
+
+    def trainer_class(self) -> type:
+        """The class ``trainer.type`` names (checked at validation to be a Trainer)."""
+        return resolve_type("trainer", self.data["trainer"]["type"], self.source, self.trusted)
 
     def _node(self, key: str) -> dict:
         node = self.data.get(key)
@@ -129,6 +150,7 @@ class Config:
             problem = TRAINER_SCHEMA[key].problem(value)
             if problem:
                 raise self.error(f"trainer.{key}", problem)
+        self._check_trainer_class()
         for key in ("arch", "data_loader", "optimizer", "lr_scheduler", "loss"):
             if isinstance(data[key], dict):
                 self._check_object(key, data[key])
@@ -146,6 +168,10 @@ class Config:
         names = self.metric_names
         if len(set(names)) != len(names):
             raise self.error("metrics", f"two metrics share a name in {names}; give one a distinct 'name'")
+        for index, name in enumerate(names):
+            problem = reserved_metric_name(name)
+            if problem:
+                raise self.error(f"metrics.{index}.name", problem)
         self._check_monitor()
 
     def _check_object(self, key: str, node: dict, kind: str | None = None) -> None:
@@ -166,6 +192,30 @@ class Config:
         if kind == "optimizer":
             self._check_param_groups(node.get("param_groups") or [])
         building.check_arguments(self, key, resolve_type(key, node["type"], self.source, self.trusted), args)
+        self._check_nested_types(f"{key}.args", args)
+
+    def _check_nested_types(self, path: str, value: Any) -> None:
+        """Object nodes inside arguments (``data_loader.args.transforms``' lists): each full-path
+        name is resolved under the trust rule here, before the object that will import it is built."""
+        if isinstance(value, dict):
+            if isinstance(value.get("type"), str) and set(value) <= {"type", "args"}:
+                if ":" in value["type"] or ".transforms." in f".{path}.":
+                    resolve_type(path, value["type"], self.source, self.trusted)
+            for name, item in value.items():
+                self._check_nested_types(f"{path}.{name}", item)
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                self._check_nested_types(f"{path}.{index}", item)
+
+    def _check_trainer_class(self) -> None:
+        """``trainer.type`` names the template's Trainer or a subclass; ``trainer.args`` are its own parameters."""
+        from trainer import Trainer
+
+        name = self.data["trainer"]["type"]
+        target = resolve_type("trainer", name, self.source, self.trusted)
+        if not (isinstance(target, type) and issubclass(target, Trainer)):
+            raise self.error("trainer.type", f"{name!r} is not a subclass of trainer.Trainer; subclass it to change the train step")
+        building.check_arguments(self, "trainer", target, self.data["trainer"]["args"], code_kwargs=building.trainer_parameters())
 
     def _check_param_groups(self, groups: Any) -> None:
         if not isinstance(groups, list):

@@ -1,30 +1,87 @@
-"""Names to objects: ``"DigitsCNN"`` or ``"package.module:Name"`` becomes the class or function.
+"""Names to objects: ``"DigitsCNN"`` or ``"package.module:Name"`` becomes the class or function,
+and the trust rule that decides what a checkpoint's config may name.
 
-Trust: a config the user passes is code they chose, so any importable name resolves. A config
-read back from a checkpoint is data: its short names resolve in the usual modules (``NAMESPACES``),
-and a full path ``"package.module:Name"`` must name a *class* defined in the project's own code
-(packages in the project folder, except the engine's) or in the libraries the template builds
-from (``CHECKPOINT_LIBRARIES``), not a function and not something merely imported there. Anything
-else is a one-line error, decided before anything is imported from outside, and nothing is called.
+**Trust.** A config you pass with ``-c`` is code you chose: any importable name resolves. A
+config read back from a checkpoint is data: it may name a class or function only when it is
+*defined* in
+
+- this project's source packages (``model`` and ``data_loader`` unless ``pyproject.toml`` lists
+  others under ``[tool.pytorch-template] project-packages``), never a data, output, test or
+  benchmark folder, whatever lies at the project root;
+- the libraries the template builds from (``torch.nn``, ``torch.optim``, ``torchvision.models``,
+  ``torchvision.transforms``, ``torchmetrics``, and their submodules; ``[tool.pytorch-template]
+  libraries`` replaces the list);
+- the template's ``trainer`` package, classes only (the default ``trainer.type`` and its parts).
+
+Anything else is refused in one line before any of it is imported (a module's name decides
+before it is imported; the object's own ``__module__`` decides after), unless the user passes
+``--trust-checkpoint``. What a ``-c`` config would name outside these is refused when a run
+starts (``Config.check_checkpoints_resumable``), so every run's own checkpoints can be resumed,
+tested and predicted by the command the run prints.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import inspect
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from app.config.schema import NAMESPACES
 from utils.errors import UserError, closest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-ENGINE_MODULES = frozenset({"base", "trainer", "utils", "logger", "train", "test", "predict", "new_project"})
-"""The template's own machinery: never named by a config, so never by a checkpoint's either."""
+PYPROJECT_TABLE = "pytorch-template"
+DEFAULT_PROJECT_PACKAGES = ("model", "data_loader")
+DEFAULT_LIBRARIES = ("torch.nn", "torch.optim", "torchvision.models", "torchvision.transforms", "torchmetrics")
+TEMPLATE_CLASSES = "trainer"
+"""The template's package whose classes a checkpoint may name (``trainer.type``'s default ``Trainer``)."""
 
-CHECKPOINT_LIBRARIES = ("torch.nn", "torch.optim", "torchvision.models", "torchvision.transforms", "torchmetrics")
-"""Library modules a checkpoint's config may name objects from (and their submodules)."""
+
+class UntrustedName(UserError):
+    """A checkpoint's config names code outside what the trust rule allows."""
+
+
+@dataclass(frozen=True)
+class TrustRule:
+    project_packages: tuple[str, ...]
+    libraries: tuple[str, ...]
+
+    def describe(self) -> str:
+        return (
+            f"this project's source packages ({', '.join(self.project_packages)}), the libraries it builds from "
+            f"({', '.join(self.libraries)}) or the classes of its {TEMPLATE_CLASSES} package"
+        )
+
+
+@functools.cache
+def trust_rule() -> TrustRule:
+    """The rule, with the lists ``pyproject.toml`` may set under ``[tool.pytorch-template]``."""
+    table = _pyproject_table()
+    packages = table.get("project-packages", DEFAULT_PROJECT_PACKAGES)
+    libraries = table.get("libraries", DEFAULT_LIBRARIES)
+    for key, value in (("project-packages", packages), ("libraries", libraries)):
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+            raise UserError(f"pyproject.toml: [tool.{PYPROJECT_TABLE}] {key} must be a list of module names, got {value!r}")
+    return TrustRule(tuple(packages), tuple(libraries))
+
+
+def _pyproject_table() -> dict:
+    path = PROJECT_ROOT / "pyproject.toml"
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle).get("tool", {}).get(PYPROJECT_TABLE, {})
+    except FileNotFoundError:
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise UserError(f"{path}: cannot read the trust lists ({exc}); fix pyproject.toml") from None
 
 
 def _public_callables(module) -> list[str]:
@@ -32,40 +89,45 @@ def _public_callables(module) -> list[str]:
 
 
 def is_project_module(module_name: str) -> bool:
-    """Whether ``module_name`` is user code of this project: a package or module in the project
-    folder (not in its virtual environment), other than the engine's. Decided without importing."""
+    """Whether ``module_name`` belongs to one of the project's source packages, found in the project
+    folder (not in its virtual environment, not an installed package of the same name). Decided
+    without importing anything."""
     top = module_name.split(".")[0]
-    if top in ENGINE_MODULES:
+    if top not in trust_rule().project_packages and top != TEMPLATE_CLASSES:
         return False
     try:
         spec = importlib.util.find_spec(top)
     except (ImportError, ValueError):
         return False
-    if spec is None:
-        return False
-    places = list(spec.submodule_search_locations or [])
-    if not places and spec.has_location and spec.origin:
-        places = [spec.origin]  # built-in and frozen modules (os, sys, builtins) have no location
+    places = list(spec.submodule_search_locations or []) if spec is not None else []
     for place in places:
         path = Path(place)
-        if not path.is_absolute() or not path.exists():
-            continue
-        path = path.resolve()
-        if PROJECT_ROOT in path.parents and ".venv" not in path.relative_to(PROJECT_ROOT).parts:
+        if path.is_absolute() and path.exists() and path.resolve().parent == PROJECT_ROOT:
             return True
     return False
 
 
-def is_allowed_for_checkpoints(module_name: str) -> bool:
-    library = any(module_name == lib or module_name.startswith(lib + ".") for lib in CHECKPOINT_LIBRARIES)
-    return library or is_project_module(module_name)
+def _library(module_name: str) -> bool:
+    return any(module_name == lib or module_name.startswith(lib + ".") for lib in trust_rule().libraries)
 
 
-def _untrusted_error(key: str, name: str, source: str) -> UserError:
-    return UserError(
-        f"{source}: {key}.type: {name!r} is outside this project's classes and the libraries it builds from "
-        f"({', '.join(CHECKPOINT_LIBRARIES)}); a checkpoint is data and may not name other code. "
-        f"If you trust it, pass the config again with -c, or add --trust-checkpoint"
+def module_may_be_named(module_name: str) -> bool:
+    """The check made before a checkpoint's ``package.module:Name`` is imported."""
+    return _library(module_name) or is_project_module(module_name)
+
+
+def object_may_be_named(target: object) -> bool:
+    """The check made on what a name resolved to: where it is defined."""
+    module_name = getattr(target, "__module__", None) or ""
+    if module_name.split(".")[0] == TEMPLATE_CLASSES:
+        return inspect.isclass(target) and is_project_module(module_name)
+    return callable(target) and (_library(module_name) or is_project_module(module_name))
+
+
+def untrusted_error(key: str, name: str, source: str) -> UntrustedName:
+    return UntrustedName(
+        f"{source}: {key}.type: {name!r} is not defined in {trust_rule().describe()}; a checkpoint is data and may name "
+        f"only those. If you trust this checkpoint, add --trust-checkpoint"
     )
 
 
@@ -73,12 +135,12 @@ def resolve_type(key: str, name: str, source: str, trusted: bool = True) -> Call
     """Find a class or function by name for config key ``key`` (see ``NAMESPACES``).
 
     ``"package.module:Name"`` imports anything importable when ``trusted``; otherwise only what
-    :func:`is_allowed_for_checkpoints` permits.
+    the trust rule (module docstring) allows, decided before the import.
     """
     if ":" in name:
         module_name, _, attr = name.partition(":")
-        if not trusted and not is_allowed_for_checkpoints(module_name):
-            raise _untrusted_error(key, name, source)
+        if not trusted and not module_may_be_named(module_name):
+            raise untrusted_error(key, name, source)
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
@@ -90,18 +152,24 @@ def resolve_type(key: str, name: str, source: str, trusted: bool = True) -> Call
                 f"{source}: {key}.type: module {module_name!r} has no class or function {attr!r}{closest(attr, _public_callables(module))}"
             )
         target = getattr(module, attr)
-        if not trusted and not inspect.isclass(target):
-            raise _untrusted_error(key, name, source)  # a checkpoint builds objects; it does not call functions by path
     else:
         target = _lookup(key, name, source)
-    if not trusted and not is_allowed_for_checkpoints(getattr(target, "__module__", None) or ""):
-        raise _untrusted_error(key, name, source)
+    if not trusted and not object_may_be_named(target):
+        raise untrusted_error(key, name, source)
     return target
+
+
+def namespace_of(key: str) -> tuple[str, ...]:
+    """Where short names of config key ``key`` are looked up (``metrics.2`` -> the metrics modules)."""
+    parts = key.split(".")
+    if "transforms" in parts:
+        return NAMESPACES["transforms"]
+    return NAMESPACES[parts[0]]
 
 
 def _lookup(key: str, name: str, source: str) -> Callable:
     candidates: list[str] = []
-    namespaces = NAMESPACES[key.split(".")[0]]
+    namespaces = namespace_of(key)
     for module_name in namespaces:
         module = importlib.import_module(module_name)
         target = getattr(module, name, None)

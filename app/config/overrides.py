@@ -130,12 +130,38 @@ def _parameters_of(data: dict, key: str, trusted: bool) -> set[str] | None:
 
 
 def parameters(target: Callable) -> set[str] | None:
-    """Names ``target`` accepts as keyword arguments, or None when it takes ``**kwargs``."""
+    """Names ``target`` accepts as keyword arguments, or None when it takes any (``**kwargs``).
+
+    A class whose ``__init__`` takes ``**kwargs`` passes them on to its parent's ``__init__``
+    (``super().__init__(**kwargs)``, the usual way), so its names are its own and its parent's:
+    ``class MyLoader(BaseDataLoader): def __init__(self, data_dir, **kwargs)`` accepts
+    ``data_dir`` and every ``BaseDataLoader`` argument, and a typo is still an error.
+    """
+    if inspect.isclass(target):
+        names: set[str] = set()
+        for cls in target.__mro__:
+            init = cls.__dict__.get("__init__")
+            if init is None:
+                continue
+            if cls is object:
+                return None
+            found = _named_parameters(init, skip_first=True)
+            if found is None:
+                return None
+            names |= found[0]
+            if not found[1]:
+                return names
+        return None
+    found = _named_parameters(target)
+    return None if found is None or found[1] else found[0]
+
+
+def _named_parameters(function: Callable, skip_first: bool = False) -> tuple[set[str], bool] | None:
+    """(keyword-capable parameter names, takes **kwargs), or None when there is no signature."""
     try:
-        signature = inspect.signature(target)
+        params = list(inspect.signature(function).parameters.values())
     except (TypeError, ValueError):
         return None
-    params = signature.parameters.values()
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return None
-    return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    params = params[1:] if skip_first else params
+    named = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return named, any(p.kind is p.VAR_KEYWORD for p in params)

@@ -10,8 +10,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from base.settings import SETTINGS as TRAINER_SCHEMA
-from base.settings import Setting
+from base.settings import SETTINGS, Setting
 
 NoneType = type(None)
 
@@ -51,6 +50,19 @@ SCHEMA: dict[str, Setting] = {
     "trainer": Setting((dict,), {}, "Training-loop settings, see the `trainer.*` keys."),
 }
 
+TRAINER_SCHEMA: dict[str, Setting] = {
+    "type": Setting(
+        (str,),
+        "Trainer",
+        "The Trainer class: the template's `Trainer`, or your subclass by full path `package.module:Name` "
+        "(override `training_step` / `validation_step`).",
+    ),
+    "args": Setting((dict,), {}, "Keyword arguments of your Trainer subclass's own parameters (checked against its signature)."),
+    **SETTINGS,
+}
+"""Every ``trainer.*`` key: the Trainer class and its own arguments, then the engine's typed settings
+(``base/settings.py``), which become :class:`~base.settings.TrainerSettings`."""
+
 LEGACY_KEYS = {
     "n_gpu": "n_gpu is not used here: set device (auto picks the GPU) and launch with torchrun --nproc_per_node=N for N GPUs "
     "(-d 0,1 picks which); the value was ignored",
@@ -83,6 +95,8 @@ NAMESPACES = {
     "metrics": ("model.metric", "torchmetrics", "torchmetrics.classification", "torchmetrics.regression"),
     "optimizer": ("torch.optim",),
     "lr_scheduler": ("torch.optim.lr_scheduler",),
+    "trainer": ("trainer",),
+    "transforms": ("torchvision.transforms.v2",),
 }
 
 
@@ -98,10 +112,23 @@ def with_defaults(data: dict) -> dict:
     return data
 
 
+BUILT_IN_COLUMNS = ("epoch", "loss", "lr", "samples_per_sec", "data_wait")
+"""Columns of every epoch row; ``val_<name>`` and ``lr_group<i>`` too."""
+
+
+def reserved_metric_name(name: str) -> str | None:
+    """Why ``name`` cannot name a metric (it would overwrite a column every row has), or None."""
+    if not name.strip() or name != name.strip() or " " in name:
+        return f"{name!r} is not a column name; use letters, digits and '_'"
+    if name in BUILT_IN_COLUMNS or name.startswith(("val_", "lr_group")):
+        return f"{name!r} would overwrite a column every epoch row has ({', '.join(BUILT_IN_COLUMNS)}, val_*, lr_group*); give the metric another name"
+    return None
+
+
 def metric_name(entry: str | dict) -> str:
     """The name a metric is logged under: its ``name``, else its function or class name."""
     name = entry if isinstance(entry, str) else entry.get("name") or entry["type"]
     return name.rpartition(":")[2]
 
 
-__all__ = ["LEGACY_KEYS", "NAMESPACES", "OBJECT_KEYS", "OBJECT_KEY_DOCS", "REQUIRED", "SCHEMA", "TRAINER_SCHEMA", "metric_name", "with_defaults"]
+__all__ = ["BUILT_IN_COLUMNS", "LEGACY_KEYS", "NAMESPACES", "OBJECT_KEYS", "OBJECT_KEY_DOCS", "REQUIRED", "SCHEMA", "TRAINER_SCHEMA", "metric_name", "reserved_metric_name", "with_defaults"]

@@ -1,0 +1,103 @@
+"""``${key.path}`` references: one number in one place.
+
+A string value that is exactly ``"${key.path}"`` becomes that key's value, whatever its type
+(``"num_classes": "${arch.args.num_classes}"`` is the integer); a reference inside a longer
+string is replaced by the referenced value's text (``"run-${seed}"``), which must then be a
+string, number, boolean or null. List items are named by their index (``${metrics.0.name}``).
+References are resolved after the defaults and the command-line overrides, so
+``arch.args.num_classes=3`` on the command line reaches every key that refers to it, and the
+run's saved config holds the resolved values. ``\\${`` writes a literal ``${``.
+
+An unknown key and a cycle (keys that refer to each other) are one-line errors naming both keys.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from typing import Any
+
+from utils.errors import UserError
+
+REFERENCE = re.compile(r"(?<!\\)\$\{([^{}]*)\}")
+ESCAPED = "\\${"
+
+
+def resolve_references(data: dict, source: str) -> dict:
+    """``data`` with every reference replaced by its value (``data`` itself is not changed)."""
+    resolver = _Resolver(data, source)
+    return resolver.value(data, "")
+
+
+def escape_literals(value: Any) -> Any:
+    """The inverse of resolution for literal text: ``${`` in resolved strings written as ``\\${``,
+    so a saved config reads back as the same values."""
+    if isinstance(value, str):
+        return value.replace("${", ESCAPED)
+    if isinstance(value, dict):
+        return {key: escape_literals(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [escape_literals(item) for item in value]
+    return value
+
+
+class _Resolver:
+    def __init__(self, data: dict, source: str):
+        self.data, self.source = data, source
+        self.done: dict[str, Any] = {}
+        self.active: list[str] = []  # keys being resolved, outermost first: a repeat is a cycle
+
+    def value(self, value: Any, path: str) -> Any:
+        if isinstance(value, dict):
+            return {key: self.value(item, _join(path, key)) for key, item in value.items()}
+        if isinstance(value, list):
+            return [self.value(item, _join(path, str(index))) for index, item in enumerate(value)]
+        if isinstance(value, str) and "${" in value:
+            return self.text(value, path)
+        return value
+
+    def text(self, text: str, path: str) -> Any:
+        whole = REFERENCE.fullmatch(text)
+        if whole:
+            return copy.deepcopy(self.target(whole.group(1), path))
+
+        def substitute(match: re.Match) -> str:
+            found = self.target(match.group(1), path)
+            if isinstance(found, (dict, list)):
+                raise UserError(
+                    f"{self.source}: {path}: ${{{match.group(1)}}} is a {'mapping' if isinstance(found, dict) else 'list'} "
+                    f"and cannot be part of a string; make the value exactly \"${{{match.group(1)}}}\""
+                )
+            return found if isinstance(found, str) else json.dumps(found)
+
+        return REFERENCE.sub(substitute, text).replace(ESCAPED, "${")
+
+    def target(self, reference: str, path: str) -> Any:
+        """The resolved value of the key ``reference`` names, for the value at ``path``."""
+        key = reference.strip()
+        if key in self.done:
+            return self.done[key]
+        if key in self.active:
+            loop = " -> ".join([*self.active[self.active.index(key) :], key])
+            raise UserError(f"{self.source}: {path}: ${{{reference}}} refers back to itself ({loop}); break the cycle")
+        node: Any = self.data
+        for depth, part in enumerate(key.split(".") if key else [""]):
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            elif isinstance(node, list) and part.lstrip("-").isdigit() and -len(node) <= int(part) < len(node):
+                node = node[int(part)]
+            else:
+                where = ".".join(key.split(".")[:depth]) or "the top level"
+                raise UserError(f"{self.source}: {path}: ${{{reference}}} refers to {key!r}, which the config does not have (nothing at {part!r} in {where})")
+        self.active.append(key)
+        try:
+            resolved = self.value(node, key)
+        finally:
+            self.active.pop()
+        self.done[key] = resolved
+        return resolved
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key

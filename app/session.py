@@ -1,0 +1,409 @@
+"""A run's life, from a request to a finished, stopped or failed run directory.
+
+``train.py`` builds a :class:`RunRequest` from its command line; the drivers of runs of runs
+(sweeps, cross-validation) build one per trial or fold, so each of those is an ordinary run
+with every guarantee of a single one. A :class:`Session` then goes through the stages:
+
+1. **check**: the config (trust rule included: what would be refused on resume is refused now),
+   the data, the model, a resume checkpoint's fit, and one pre-flight batch. Errors here leave
+   nothing behind;
+2. **claim**: the run directory is created exclusively (a new run) or locked (a resume);
+3. **train**: epochs, checkpoints; a signal stops at a step with a checkpoint.
+
+What a session claimed is what a failure takes back (:meth:`Session.abandon`).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from app.config import Config, build_loss, build_lr_scheduler, build_metrics, build_optimizer, scheduler_interval
+from app.run_dir import RunDirectory, filesystem_error
+from base.freezing import freeze, matching_modules
+from logger import get_logger, setup_logging
+from logger.manifest import extend_manifest, fingerprint, write_manifest
+from logger.run_log import RunLog
+from trainer import Trainer
+from trainer.parallel import prepare_model
+from trainer.preflight import run_preflight
+from utils import distributed
+from utils.checkpoint import Checkpoint, load_checkpoint, load_weights, run_dir_of
+from utils.device import limit_visible_gpus, select_device
+from utils.errors import UserError
+from utils.seed import seed_everything
+from utils.signals import StopRequest
+
+
+@dataclass
+class RunRequest:
+    """What to run: ``train.py``'s flags, or a driver's in-memory equivalent.
+
+    ``config`` is a file (``-c``); a driver passes ``config_data`` (a config it made, e.g. a trial's)
+    with ``config_source`` naming it in messages. ``run_dir`` claims exactly that new directory
+    (a driver's ``trial-0003``) instead of ``<save_dir>/<name>/<run_id>``.
+    """
+
+    config: str | None = None
+    resume: str | None = None
+    overrides: list[str] = field(default_factory=list)
+    run_id: str | None = None
+    devices: str | None = None
+    trust_checkpoint: bool = False
+    config_data: dict | None = None
+    config_source: str = "config"
+    run_dir: Path | None = None
+    command: str = ""
+    resume_hint: str | None = None
+    """What to print as the way to continue, instead of ``train.py -r ...`` (a driver's own command)."""
+
+    @property
+    def mode(self) -> str:
+        """``new``, ``resume`` or ``finetune``."""
+        has_config = self.config is not None or self.config_data is not None
+        if self.resume is None:
+            return "new"
+        return "finetune" if has_config else "resume"
+
+
+@dataclass
+class Session:
+    """One run: what it has claimed, so a failure can take back exactly that."""
+
+    request: RunRequest
+    stop: StopRequest
+    claim: RunDirectory | None = None
+    trainer: Trainer | None = None
+    config: Config | None = None
+    run_dir: Path | None = None
+    training: bool = False
+
+    def run(self) -> int:
+        """Prepare and train; the exit code (0, or 128 + signal when stopped)."""
+        if self.prepare() is None:
+            return stopped_during_start_up(self.stop)
+        self.training = True
+        self.trainer.train()
+        return self.outcome()
+
+    def prepare(self) -> Path | None:
+        """Check and build everything, then claim the run directory; None if a signal came first."""
+        request = self.request
+        limit_visible_gpus(request.devices)
+        config, checkpoint = load_config(request)
+        self.config = config
+        logger = setup_logging(config.settings.verbosity, int(os.environ.get("RANK", 0)))
+        for note in config.notes:
+            logger.warning(note)
+        device = select_device(config["device"], distributed.launched_by_torchrun(), distributed.local_rank())
+        distributed.init_distributed(device)
+        seed_everything(config["seed"] + distributed.rank())
+        if config.settings.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+        self.trainer = trainer = build_trainer(config, device, self.stop, checkpoint, request.mode, request.resume)
+        if config.settings.preflight:
+            try:
+                run_preflight(trainer)  # before the resume: it must see no restored position, and changes nothing
+            except UserError as exc:
+                raise UserError(f"{config.source}: {exc}") from None
+        if request.mode == "resume":
+            trainer.resume(checkpoint)
+            check_work_left(trainer, request.resume)
+        if distributed.any_process(self.stop.requested):
+            return None
+        run_dir = self.run_dir = self.claim_run_dir(config)
+        try:
+            run = open_run_log(run_dir, config, trainer, request.mode)
+        except OSError as exc:  # a read-only run directory: the first write fails, before anything changed
+            raise filesystem_error("run directory", run_dir, exc, "make it writable to resume there, or start a new run with -r CKPT -c CONFIG") from None
+        run.claim = self.claim  # released when the run log closes, at the end of training
+        trainer.attach_run(run)
+        record_manifest(run_dir, config, trainer, device, request.mode, request.resume, request.command)
+        log_header(config, run_dir, device, trainer, request.mode, self.resume_command())
+        return run_dir
+
+    def claim_run_dir(self, config: Config) -> Path:
+        """Create (new run) or lock (resume) the run directory on rank 0; every rank learns which, or that it failed."""
+        request = self.request
+        outcome: tuple[str, str] = ("", "")
+        if distributed.is_main_process():
+            try:
+                if request.mode == "resume":
+                    self.claim = RunDirectory.open(run_dir_of(request.resume))
+                elif request.run_dir is not None:
+                    self.claim = RunDirectory.create(request.run_dir)
+                else:
+                    self.claim = claim_new_run_dir(config, request.run_id)
+                outcome = ("ok", str(self.claim.path))
+            except UserError as exc:
+                outcome = ("error", str(exc))
+        kind, text = distributed.broadcast_object(outcome)
+        if kind == "error":
+            raise UserError(text) if distributed.is_main_process() else UserError(f"rank 0 could not claim the run directory: {text}")
+        return Path(text)
+
+    def resume_command(self) -> str:
+        if self.request.resume_hint is not None:
+            return self.request.resume_hint
+        last = self.run_dir / "checkpoints" / f"last{self.trainer.checkpoint_suffix}"
+        return resume_command(last, self.request.trust_checkpoint)
+
+    def outcome(self) -> int:
+        trainer, logger = self.trainer, get_logger()
+        folder = self.run_dir / "checkpoints"
+        if trainer.stopped_by:
+            if not trainer.saved_once:
+                self.abandon(stopped=True)
+                logger.warning("stopped by %s before the first step; nothing was trained and the run directory is removed", trainer.stopped_by)
+            else:
+                logger.warning("stopped by %s; resume with: %s", trainer.stopped_by, self.resume_command())
+            return 128 + getattr(signal, trainer.stopped_by).value
+        if trainer.monitor.best_epoch is not None:
+            suffix = trainer.checkpoint_suffix
+            logger.info(
+                "done: best %s %.6g at epoch %d; checkpoints in %s (best%s, last%s)",
+                trainer.monitor.metric,
+                trainer.monitor.best,
+                trainer.monitor.best_epoch,
+                folder,
+                suffix,
+                suffix,
+            )
+        else:
+            logger.info("done: checkpoints in %s", folder)
+        if self.claim is not None:
+            self.claim.release()
+        return 0
+
+    def abandon(self, stopped: bool) -> None:
+        """After a failure or stop: a new run directory with no checkpoint in it goes (unless a
+        failure came after training started: then its train.log tells what happened)."""
+        if self.claim is None:
+            return
+        written = self.trainer is not None and self.trainer.saved_once
+        if not written and (stopped or not self.training):
+            if self.trainer is not None:
+                self.trainer.run.close()
+            self.claim.discard()
+        self.claim.release()
+
+
+def stopped_during_start_up(stop: StopRequest) -> int:
+    name = stop.name or "SIGTERM"
+    print(f"stopped by {name} during start-up; nothing was created", file=sys.stderr)
+    return 128 + getattr(signal, name).value
+
+
+def load_config(request: RunRequest) -> tuple[Config, Checkpoint | None]:
+    """The run's config (and the checkpoint of a resume or fine-tune), checked."""
+    check_run_id(request.run_id)
+    mode = request.mode
+    if request.resume is None and request.config is None and request.config_data is None:
+        raise UserError("give a config with -c CONFIG (a new run) or a checkpoint with -r CHECKPOINT (resume)")
+    if mode == "resume" and request.run_id is not None:
+        raise UserError(f"--run-id: a resume continues the run in {run_dir_of(request.resume)}; to start a new run from its weights, add -c CONFIG")
+    checkpoint = load_checkpoint(request.resume) if request.resume else None
+    if mode != "resume":
+        if request.config_data is not None:
+            config = Config.from_dict(request.config_data, request.config_source, request.overrides)
+        else:
+            config = Config.from_file(request.config, request.overrides)
+        if not request.trust_checkpoint:
+            config.check_checkpoints_resumable()
+        return config, checkpoint
+    checkpoint.require_resumable()
+    if run_dir_of(request.resume) == Path(os.path.abspath(request.resume)).parent:
+        raise UserError(f"-r {request.resume}: to resume, pass the file inside its run's checkpoints/ folder; to start a new run from it, add -c CONFIG")
+    source = f"{request.resume} (its config)"
+    return Config.from_dict(checkpoint.config, source, request.overrides, trusted=request.trust_checkpoint), checkpoint
+
+
+def check_work_left(trainer: Trainer, checkpoint: str) -> None:
+    """A resume with nothing to train is a mistake to say, not a run to open (and append nothing to)."""
+    progress, epochs = trainer.progress, trainer.settings.epochs
+    if progress.start_epoch > epochs:
+        raise UserError(
+            f"trainer.epochs: {checkpoint} has finished epoch {progress.completed_epochs} and trainer.epochs is {epochs}: nothing to train; "
+            f"resume with trainer.epochs={progress.completed_epochs + 1} or more"
+        )
+
+
+def check_run_id(run_id: str | None) -> None:
+    if run_id is None:
+        return
+    plain = run_id.strip() == run_id and run_id and not run_id.startswith(".") and run_id.isprintable()
+    if not plain or "/" in run_id or "\\" in run_id:
+        raise UserError(f"--run-id: {run_id!r} is not a folder name; use letters, digits, '-' or '_'")
+    if len(run_id.encode()) > 255:
+        raise UserError(f"--run-id: too long for a folder name ({len(run_id.encode())} bytes, at most 255); choose a shorter one")
+
+
+def claim_new_run_dir(config: Config, run_id: str | None) -> RunDirectory:
+    """``<save_dir>/<name>/<run_id>``, created; without ``--run-id`` a time stamp, with ``_2``, ``_3`` ... when
+    another run started in the same second."""
+    parent = Path(config.settings.save_dir).expanduser() / config["name"]
+    if run_id is not None:
+        return RunDirectory.create(parent / run_id)
+    stamp = time.strftime("%m%d_%H%M%S")
+    for attempt in range(1, 100):
+        try:
+            return RunDirectory.create(parent / (stamp if attempt == 1 else f"{stamp}_{attempt}"))
+        except UserError as exc:
+            if "--run-id" not in str(exc):
+                raise
+    raise UserError(f"trainer.save_dir: could not find a free run directory name in {parent}; pass --run-id")
+
+
+def build_model(config: Config) -> nn.Module:
+    """``arch``, checked to be a module (a class or function that builds something else is one line)."""
+    model = config.init_obj("arch")
+    if not isinstance(model, nn.Module):
+        raise config.error("arch.type", f"{config['arch']['type']!r} built a {type(model).__name__}, not a torch.nn.Module; name a model class or a function returning one")
+    return model
+
+
+def build_trainer(
+    config: Config,
+    device: torch.device,
+    stop: StopRequest | None = None,
+    checkpoint: Checkpoint | None = None,
+    mode: str = "new",
+    source: str | None = None,
+    model: nn.Module | None = None,
+    settings: object | None = None,
+) -> Trainer:
+    """Everything a run needs, built from the config (``trainer.type``'s class); nothing is written.
+
+    ``model`` (already holding its weights) and ``settings`` replace the config's (``test.py``)."""
+    settings = settings or config.settings
+    data_loader = config.init_obj("data_loader")
+    if callable(getattr(data_loader, "set_seed", None)):
+        data_loader.set_seed(config["seed"])
+    valid_data_loader = data_loader.split_validation() if hasattr(data_loader, "split_validation") else None
+    monitored = settings.monitor_metric
+    if monitored and monitored.startswith("val_") and valid_data_loader is None and not settings.overfit_batches:
+        raise config.error(
+            "trainer.monitor",
+            f"monitors {monitored!r} but the data loader has no validation split; "
+            f"set data_loader.args.validation_split or monitor a training metric",
+        )
+    if model is None:
+        model = build_model(config)
+    if mode == "finetune":
+        matching_modules(model, settings.load_exclude, "trainer.load_exclude")
+        loaded = load_weights(model, checkpoint.weights(ema=settings.ema_evaluate), settings.load_strict, source, settings.load_exclude)
+        for line in loaded.lines():
+            get_logger().info("fine-tuning from %s: %s", source, line)
+    freeze(model, settings.freeze)
+    prepared = prepare_model(model, settings, device)  # before the optimizer: FSDP replaces the parameters
+    optimizer = build_optimizer(config, prepared.module)
+    trainer_class = config.trainer_class()
+    return trainer_class(
+        prepared,
+        build_loss(config),
+        optimizer,
+        settings,
+        device,
+        data_loader,
+        valid_data_loader,
+        metrics=build_metrics(config),
+        lr_scheduler=build_lr_scheduler(config, optimizer),
+        scheduler_interval=scheduler_interval(config),
+        stop=stop,
+        checkpoint_meta={"arch": config["arch"]["type"], "config": config.to_dict()},
+        **config["trainer"]["args"],
+    )
+
+
+def evaluation_settings(config: Config) -> object:
+    """The config's settings for evaluating given weights: one replicated model (no FSDP, no compile),
+    the weights as loaded (no EMA of its own)."""
+    return replace(config.settings, strategy="ddp", compile=False, ema_decay=None, freeze=[], preflight=False)
+
+
+def open_run_log(run_dir: Path, config: Config, trainer: Trainer, mode: str) -> RunLog:
+    if not distributed.is_main_process():
+        return RunLog.off()
+    tensorboard = config.settings.tensorboard
+    if mode == "resume":
+        progress = trainer.progress
+        return RunLog.resume(run_dir, config.to_dict(), progress.completed_epochs, progress.global_step, tensorboard)
+    return RunLog.start(run_dir, config.to_dict(), tensorboard)
+
+
+def record_manifest(run_dir: Path, config: Config, trainer: Trainer, device: torch.device, mode: str, checkpoint: str | None, command: str) -> None:
+    """``manifest.json``: written for a new run, extended by a resume (``logger/manifest.py``); collective under DDP."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
+    devices = distributed.gather_objects(name)
+    if not distributed.is_main_process():
+        return
+    if mode == "resume":
+        extend_manifest(run_dir, command, str(checkpoint), config.digest(), distributed.world_size(), devices)
+    else:
+        data = {"train": fingerprint(trainer.data), "valid": fingerprint(trainer.valid_data)}
+        write_manifest(run_dir, command, config.digest(), distributed.world_size(), devices, config["seed"], data)
+
+
+def launcher() -> str:
+    """How this process was started: ``python``, or ``torchrun ...`` with the same process count."""
+    if not distributed.launched_by_torchrun():
+        return "python"
+    per_node = os.environ.get("LOCAL_WORLD_SIZE", distributed.world_size())
+    nodes = int(os.environ.get("GROUP_WORLD_SIZE", 1))
+    where = f"--nnodes={nodes} --node_rank=N --rdzv_endpoint=HOST:PORT" if nodes > 1 else "--standalone"
+    return f"torchrun {where} --nproc_per_node={per_node}"
+
+
+def resume_command(checkpoint: Path, trusted: bool = False) -> str:
+    """The command that continues this run, with the same launcher and process count."""
+    return f"{launcher()} train.py -r {shlex.quote(str(checkpoint))}" + (" --trust-checkpoint" if trusted else "")
+
+
+def log_header(config: Config, run_dir: Path, device: torch.device, trainer: Trainer, mode: str, resume: str) -> None:
+    """One screen saying what this run is, where it writes, and how to resume it."""
+    module = trainer.model.module
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in module.parameters())
+    world = distributed.world_size()
+    batch = getattr(trainer.data, "batch_size", None)
+    progress = trainer.progress
+    trainer_name = config["trainer"]["type"]
+    lines = [
+        f"experiment   {config['name']} ({config.source}, {mode})",
+        f"run dir      {run_dir}",
+        f"device       {device}, world size {world}, strategy {trainer.model.strategy}"
+        + (f", batch {batch} per process = global batch {batch * world}" if batch else ""),
+        f"model        {config['arch']['type']}: {trainable:,} trainable of {total:,} parameters"
+        + (f" ({', '.join(config.settings.freeze)} frozen)" if config.settings.freeze else ""),
+        f"data         {_size(trainer.data)} training samples, {_size(trainer.valid_data)} validation samples, "
+        f"{trainer.batches_per_epoch} batches per epoch",
+        f"epochs       {progress.start_epoch}..{config.settings.epochs}, monitor {config.settings.monitor}"
+        + ("" if trainer_name == "Trainer" else f", trainer {trainer_name}"),
+        f"resume with  {resume}" + ("" if mode == "resume" else "  (once it is written)"),
+    ]
+    if progress.batch_in_epoch:
+        lines.append(f"resuming     epoch {progress.epoch} at batch {progress.batch_in_epoch:,} of {trainer.batches_per_epoch:,}")
+    get_logger().info("\n  " + "\n  ".join(lines))
+    get_logger().debug("%s", module)
+
+
+def _size(loader) -> str:
+    if loader is None:
+        return "no"
+    if isinstance(getattr(loader, "num_samples", None), int):  # streams know their size from their shard index
+        return f"{loader.num_samples:,}"
+    dataset = getattr(loader, "base_dataset", None) or getattr(loader, "dataset", None) or getattr(getattr(loader, "loader", None), "dataset", None)
+    try:
+        return f"{len(dataset):,}"
+    except TypeError:
+        return "?"
