@@ -21,6 +21,7 @@ if __name__ == "__main__":
     exit_on_signals()  # before the heavy imports: a signal ends the script with 130/143, no traceback, no output file
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,7 +29,7 @@ from pathlib import Path
 import torch
 
 from app.loading import add_loading_arguments, load_trained_model
-from app.prediction_files import PartWriter, RowFormatter, check_output, merge, new_token, part_path
+from app.prediction_files import PartWriter, RowFormatter, claim_output, merge
 from dataflow.epochs import prediction_batches, prediction_share
 from logger import get_logger
 from logger.progress import progress_iter
@@ -45,23 +46,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--split", choices=("test", "val", "train"), default="test", help="which split to predict (default: test)")
     parser.add_argument("--input", help="predict files without labels instead: an image folder, a text file (one sentence per line)")
     parser.add_argument("--force", action="store_true", help="replace an existing --out file")
+    parser.add_argument("--fields", help="comma-separated fields to write (default: all), e.g. prediction or mu,logvar")
     return parser.parse_intermixed_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    token = None
+    claim = None
     try:
-        out = Path(args.out)
-        check_output(out, args.force)
+        if int(os.environ.get("RANK", 0)) == 0:  # rank 0 writes the file: it claims it before any work
+            claim = claim_output(Path(args.out), args.force)
         loaded = load_trained_model(args)
-        token = distributed.broadcast_object(new_token())
-        predict(args, loaded, out, token)
+        predict(args, loaded, claim)
     except Exception as exc:
-        if token is not None:
-            part_path(Path(args.out), distributed.rank(), token).unlink(missing_ok=True)
         return report(exc, distributed.rank())
     finally:
+        if claim is not None:
+            claim.release()
         distributed.cleanup()
     return 0
 
@@ -95,7 +96,7 @@ def sources(args: argparse.Namespace, config):
     return batches, RowFormatter(getattr(loader, "classes", None)), None, True, loader
 
 
-def predict(args: argparse.Namespace, loaded, out: Path, token: str) -> None:
+def predict(args: argparse.Namespace, loaded, claim) -> None:
     config, device = loaded.config, loaded.device
     if device.type == "cpu":
         # CPU kernels may round differently with another number of threads; one per process makes the
@@ -104,22 +105,23 @@ def predict(args: argparse.Namespace, loaded, out: Path, token: str) -> None:
     settings = config.settings
     batches, formatter, total, labelled, loader = sources(args, config)
     read_batch = BatchReader(device, loader, settings.target_key, settings.channels_last)
-    predictor = Predictor(loaded.model, device, settings.amp, read_batch, labelled)
+    fields = [name.strip() for name in args.fields.split(",") if name.strip()] if args.fields else None
+    predictor = Predictor(loaded.model, device, settings.amp, read_batch, labelled, fields)
     show = settings.progress_bar and distributed.is_main_process() and sys.stderr.isatty()
     started = time.perf_counter()
-    part = PartWriter(out, distributed.rank(), token)
+    part = PartWriter(Path(args.out))
     try:
         for batch in predictor.predict(progress_iter(batches, "predict", show, total)):
             part.write(formatter.lines(batch))
-    finally:
         part.close()
-    distributed.barrier()
-    if distributed.is_main_process():
-        rows = merge(out, distributed.world_size(), token)
+        parts = [Path(path) for path in distributed.gather_objects(str(part.path))]
+        rows = distributed.on_main(lambda: merge(claim, parts))  # every rank keeps its part until rank 0 merged it
+    finally:
+        part.discard()
+    if claim is not None:
         elapsed = max(time.perf_counter() - started, 1e-9)
         get_logger().info("predicted %d rows with the %s weights in %.2f s (%.0f samples/s)", rows, loaded.weights, elapsed, rows / elapsed)
-        print(f"wrote {out}")
-    distributed.barrier()
+        print(f"wrote {claim.path}")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@
     torchrun --standalone --nproc_per_node=2 test.py -r CHECKPOINT      the same numbers, in shards
 
 The config comes from inside the checkpoint unless ``-c`` gives another; the data loader is built
-with ``training=False`` (the test split). The checkpoint is read with ``weights_only=True`` and its
+with ``training=False`` (the test split). The batches go through the run's own Trainer class
+(``trainer.type``), so a ``validation_step`` of your own counts here as it did in validation,
+with ``self.epoch`` the checkpoint's epoch. The checkpoint is read with ``weights_only=True`` and its
 config may name only this project's code and the libraries it builds from: it is data and never
 runs other code. No run directory is created; every metric goes to ``<run_dir>/test_metrics.json``
 (or ``--out``), the same for any batch size and any number of processes.
@@ -25,9 +27,8 @@ from pathlib import Path
 
 import torch
 
-from app.config import build_loss, build_metrics
 from app.loading import add_loading_arguments, load_trained_model, output_path, write_text_atomic
-from trainer import Evaluator
+from app.session import build_trainer, evaluation_settings
 from trainer.batches import BatchReader
 from utils import distributed
 from utils.checkpoint import run_dir_of
@@ -61,10 +62,11 @@ def evaluate(args: argparse.Namespace) -> dict:
     export = output_path(args.export, Path("model.pt2"), "--export", force=args.force) if args.export else None
     if export is not None and export.suffix != ".pt2":
         raise UserError(f"--export: {export.name} must end in .pt2 (a torch.export program, loaded with torch.export.load)")
+    trainer = build_trainer(config, device, model=model, settings=evaluation_settings(config))
+    trainer.progress.epoch, trainer.progress.global_step = loaded.checkpoint.epoch or 0, loaded.checkpoint.global_step or 0
     data_loader = config.init_obj("data_loader", training=False)
-    read_batch = BatchReader(device, data_loader, config.settings.target_key, config.settings.channels_last)
-    evaluator = Evaluator(model, build_loss(config), build_metrics(config), device, config.settings.amp, read_batch)
-    results = evaluator.evaluate(data_loader)
+    read_batch = trainer.evaluator.reader = BatchReader(device, data_loader, config.settings.target_key, config.settings.channels_last)
+    results = trainer.evaluate(data_loader)
     samples = len(getattr(data_loader, "base_dataset", data_loader.dataset))
     results = {"checkpoint": str(args.resume), "epoch": loaded.checkpoint.epoch, "weights": loaded.weights, "samples": samples, **results}
     if distributed.is_main_process():

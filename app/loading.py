@@ -60,7 +60,9 @@ def load_trained_model(args: argparse.Namespace) -> Loaded:
     if args.weights == "ema" and not checkpoint.has_ema:
         raise UserError(f"--weights ema: {args.resume} holds no EMA weights (the run had trainer.ema_decay null); use --weights raw")
     use_ema = checkpoint.has_ema and (args.weights == "ema" or (args.weights == "auto" and config.settings.ema_evaluate))
-    model = config.init_obj("arch")
+    from app.session import build_model
+
+    model = build_model(config)
     load_weights(model, checkpoint.weights(ema=use_ema), strict=True, source=str(args.resume))
     model.to(device).eval()
     return Loaded(config, checkpoint, device, model, "ema" if use_ema else "raw")

@@ -110,7 +110,8 @@ class Session:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.benchmark = False
-        self.trainer = trainer = build_trainer(config, device, self.stop, checkpoint, request.mode, request.resume)
+        notes: list[str] = []
+        self.trainer = trainer = build_trainer(config, device, self.stop, checkpoint, request.mode, request.resume, notes=notes)
         if config.settings.preflight:
             try:
                 run_preflight(trainer)  # before the resume: it must see no restored position, and changes nothing
@@ -130,6 +131,8 @@ class Session:
         trainer.attach_run(run)
         record_manifest(run_dir, config, trainer, device, request.mode, request.resume, request.command)
         log_header(config, run_dir, device, trainer, request.mode, self.resume_command())
+        for note in notes:
+            logger.info(note)
         return run_dir
 
     def claim_run_dir(self, config: Config) -> Path:
@@ -281,10 +284,12 @@ def build_trainer(
     source: str | None = None,
     model: nn.Module | None = None,
     settings: object | None = None,
+    notes: list[str] | None = None,
 ) -> Trainer:
     """Everything a run needs, built from the config (``trainer.type``'s class); nothing is written.
 
-    ``model`` (already holding its weights) and ``settings`` replace the config's (``test.py``)."""
+    ``model`` (already holding its weights) and ``settings`` replace the config's (``test.py``);
+    ``notes`` collects what is worth a line in the run's log once it exists (what a fine-tune loaded)."""
     settings = settings or config.settings
     data_loader = config.init_obj("data_loader")
     if callable(getattr(data_loader, "set_seed", None)):
@@ -302,8 +307,7 @@ def build_trainer(
     if mode == "finetune":
         matching_modules(model, settings.load_exclude, "trainer.load_exclude")
         loaded = load_weights(model, checkpoint.weights(ema=settings.ema_evaluate), settings.load_strict, source, settings.load_exclude)
-        for line in loaded.lines():
-            get_logger().info("fine-tuning from %s: %s", source, line)
+        (notes if notes is not None else []).extend(f"fine-tuning from {source}: {line}" for line in loaded.lines())
     freeze(model, settings.freeze)
     prepared = prepare_model(model, settings, device)  # before the optimizer: FSDP replaces the parameters
     optimizer = build_optimizer(config, prepared.module)

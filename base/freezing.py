@@ -30,7 +30,7 @@ def matching_modules(model: nn.Module, prefixes: Sequence[str], key: str) -> lis
         matches = [name for name in names if name == prefix or name.startswith(prefix + ".")]
         if not matches:
             top = [name for name in names if name.count(".") <= 1]
-            raise UserError(f"{key}: the model has no module named {prefix!r} or starting with '{prefix}.'{closest(prefix, top)}")
+            raise UserError(f"{key}: no module is named {prefix!r} or starts with '{prefix}.'{closest(prefix, top)}")
         found += matches
     return sorted(name for name in set(found) if not any(name.startswith(outer + ".") for outer in found))
 

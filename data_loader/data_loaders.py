@@ -12,9 +12,11 @@ import torch
 from torch.utils.data import TensorDataset
 
 from base import BaseDataLoader
+from dataflow.transforms import check_transforms, pipeline, to_normalized_tensor
 from utils.errors import UserError, first_line
 
 DIGITS_TEST_FRACTION = 0.2
+MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 DIGITS_SPLIT_SEED = 20_240_917
 
 
@@ -86,6 +88,9 @@ class MnistDataLoader(BaseDataLoader):
 
     Downloads when missing and ``download`` is true and the machine is online; offline, put the
     four IDX files there yourself. ``training=False`` gives the official 10,000-image test set.
+    ``transforms``: ``{"train": [...], "eval": [...]}`` of augmentations (``dataflow/transforms.py``;
+    default none), followed by the conversion to a float tensor and MNIST's normalisation; the
+    validation split, drawn from the training images, sees the ``eval`` list.
     """
 
     def __init__(
@@ -98,15 +103,25 @@ class MnistDataLoader(BaseDataLoader):
         training: bool = True,
         download: bool = True,
         split_seed: int = 0,
+        transforms: dict | None = None,
         in_memory: bool = False,
         drop_last: bool = False,
     ):
-        from torchvision import datasets, transforms
+        from torchvision import datasets
 
-        transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
+        lists = {"train": [], "eval": [], **check_transforms(transforms)}  # default: the images as they are
+        tail = to_normalized_tensor(MNIST_MEAN, MNIST_STD)
+        eval_transform = pipeline(lists["eval"], tail, "data_loader.args.transforms.eval")
         self.data_dir = data_dir
+        validation_dataset = None
         try:
-            dataset = datasets.MNIST(data_dir, train=training, download=download, transform=transform)
+            if not training:
+                dataset = datasets.MNIST(data_dir, train=False, download=download, transform=eval_transform)
+            else:
+                transform = pipeline(lists["train"], tail, "data_loader.args.transforms.train")
+                dataset = datasets.MNIST(data_dir, train=True, download=download, transform=transform)
+                if lists["train"] != lists["eval"]:  # the validation split sees the evaluation transforms
+                    validation_dataset = datasets.MNIST(data_dir, train=True, download=False, transform=eval_transform)
         except (RuntimeError, OSError) as exc:
             raw = Path(data_dir) / "MNIST" / "raw"
             reason = first_line(exc)
@@ -122,6 +137,7 @@ class MnistDataLoader(BaseDataLoader):
             validation_split,
             num_workers,
             training=training,
+            validation_dataset=validation_dataset,
             split_seed=split_seed,
             in_memory=in_memory,
             drop_last=drop_last,

@@ -19,22 +19,28 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from base import BaseDataLoader
+from dataflow.transforms import check_transforms, pipeline, to_normalized_tensor
 from utils.errors import UserError, first_line
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def image_transforms(image_size: int, mean: Sequence[float], std: Sequence[float], augment: bool):
-    """Training: random resized crop and horizontal flip. Evaluation: resize, then centre crop (ImageNet's 0.875 ratio)."""
-    import torch
-    from torchvision.transforms import v2
+def default_transforms(image_size: int, augment: bool) -> dict[str, list[dict]]:
+    """The transform lists used when ``transforms`` leaves a phase out.
 
-    if augment:
-        resize = [v2.RandomResizedCrop(image_size, scale=(0.5, 1.0), antialias=True), v2.RandomHorizontalFlip()]
-    else:
-        resize = [v2.Resize(round(image_size / 0.875), antialias=True), v2.CenterCrop(image_size)]
-    return v2.Compose([*resize, v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
+    Evaluation: resize to ``image_size`` x ``image_size`` (nothing is cut off; the aspect ratio of
+    a non-square image is not kept). For ImageNet's resize-then-centre-crop, list it yourself:
+    ``"eval": [{"type": "Resize", "args": {"size": 256}}, {"type": "CenterCrop", "args": {"size": 224}}]``.
+    Training: with ``augment``, a random resized crop (50-100% of the area) and a horizontal flip;
+    without, the evaluation list.
+    """
+    resize = [{"type": "Resize", "args": {"size": [image_size, image_size], "antialias": True}}]
+    augmented = [
+        {"type": "RandomResizedCrop", "args": {"size": image_size, "scale": [0.5, 1.0], "antialias": True}},
+        {"type": "RandomHorizontalFlip"},
+    ]
+    return {"train": augmented if augment else resize, "eval": resize}
 
 
 def image_folder(root: Path, transform, data_dir: Path, classes: list[str] | None = None) -> Dataset:
@@ -60,9 +66,13 @@ class ImageFolderDataLoader(BaseDataLoader):
 
     Args:
         data_dir: folder holding ``train/`` and ``val/`` (and optionally ``test/``).
-        image_size: side of the square crop fed to the model.
+        image_size: side of the square images fed to the model (by the default transforms).
         mean, std: per-channel normalisation; the defaults are ImageNet's, which pretrained torchvision models expect.
-        augment: random crops and flips for training (off: the evaluation transform).
+        augment: with the default training transforms, random crops and flips (off: the evaluation transforms).
+        transforms: ``{"train": [...], "eval": [...]}`` of ``torchvision.transforms.v2`` names or
+            ``package.module:Name`` (``dataflow/transforms.py``); a phase left out keeps
+            :func:`default_transforms`. The conversion to a float tensor and ``mean``/``std``
+            normalisation are appended to every list.
         The rest: see :class:`BaseDataLoader` (``validation_split`` does not exist here: ``val/`` is the validation set).
     """
 
@@ -77,14 +87,18 @@ class ImageFolderDataLoader(BaseDataLoader):
         augment: bool = True,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        transforms: dict | None = None,
         in_memory: bool = False,
         drop_last: bool = False,
     ):
         self.data_dir = Path(data_dir)
         if not self.data_dir.is_dir():
             raise UserError(f"data_loader.args.data_dir: {data_dir} is not a folder; point it at a folder holding train/ and val/")
-        eval_transform = self.eval_transform = image_transforms(image_size, mean, std, augment=False)
-        train_transform = image_transforms(image_size, mean, std, augment=augment)
+        lists = {**default_transforms(image_size, augment), **check_transforms(transforms)}
+        tail = to_normalized_tensor(mean, std)
+        key = "data_loader.args.transforms"
+        eval_transform = self.eval_transform = pipeline(lists["eval"], tail, f"{key}.eval")
+        train_transform = pipeline(lists["train"], tail, f"{key}.train")
         train_set = image_folder(self.data_dir / "train", train_transform if training else eval_transform, self.data_dir)
         self.classes = train_set.classes
         self.valid_dataset: Dataset | None = None

@@ -3,5 +3,6 @@
 from model.model import MLP, DigitsCNN, LeNet, Regressor
 from model.text import TextClassifier
 from model.transfer import TransferClassifier
+from model.vae import VAE
 
-__all__ = ["MLP", "DigitsCNN", "LeNet", "Regressor", "TextClassifier", "TransferClassifier"]
+__all__ = ["MLP", "DigitsCNN", "LeNet", "Regressor", "TextClassifier", "TransferClassifier", "VAE"]

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from base import BaseModel
+from base.freezing import freeze as freeze_modules
 from model.layers import Linear
 from utils.checkpoint import clean_state_dict
 from utils.errors import UserError, closest, first_line
@@ -83,9 +84,10 @@ def pretrained_state_dict(backbone: str, weights: str) -> dict:
 class TransferClassifier(BaseModel):
     """A torchvision backbone with a new ``num_classes`` head; see the module docstring for the args.
 
-    Frozen means frozen: frozen parameters get ``requires_grad=False`` (so the optimizer never sees
-    them) and frozen modules stay in eval mode even when the Trainer calls ``model.train()``, so
-    their BatchNorm running statistics and dropout do not change either.
+    Frozen means frozen (``base/freezing.py``, the same mechanism as ``trainer.freeze``, which
+    works for any model): frozen parameters get ``requires_grad=False`` (so the optimizer never
+    sees them) and frozen modules stay in eval mode even when the Trainer calls ``model.train()``,
+    so their BatchNorm running statistics and dropout do not change either.
     """
 
     def __init__(
@@ -125,30 +127,11 @@ class TransferClassifier(BaseModel):
         self.backbone.load_state_dict(state)
 
     def _freeze(self, freeze: str | Sequence[str] | None) -> list[str]:
-        """Turn off gradients under each prefix; returns the frozen module names (kept in eval mode by :meth:`train`)."""
+        """Freeze the modules under each prefix (``base/freezing.py``, the mechanism of ``trainer.freeze``)."""
         if freeze is not None and not isinstance(freeze, (str, list, tuple)):
             raise UserError(f'arch.args.freeze: expected "backbone", a list of module-name prefixes or null, got {freeze!r}')
         prefixes = [freeze] if isinstance(freeze, str) else list(freeze or [])
-        modules = dict(self.named_modules())
-        frozen = []
-        for prefix in prefixes:
-            matches = [name for name in modules if name and (name == prefix or name.startswith(prefix + "."))]
-            if not matches:
-                top = [name for name in modules if name.count(".") <= 1 and name]
-                raise UserError(f"arch.args.freeze: no module is named {prefix!r} or starts with '{prefix}.'{closest(prefix, top)}")
-            # Keep the outermost matches only: freezing a module freezes everything inside it.
-            frozen += [name for name in matches if not any(name.startswith(outer + ".") for outer in matches)]
-        for name in frozen:
-            for parameter in modules[name].parameters():
-                parameter.requires_grad_(False)
-        return sorted(set(frozen))
-
-    def train(self, mode: bool = True) -> TransferClassifier:
-        """Like ``nn.Module.train``, but frozen modules always stay in eval mode."""
-        super().train(mode)
-        for name in self.frozen:
-            self.get_submodule(name).eval()
-        return self
+        return freeze_modules(self, prefixes, key="arch.args.freeze")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.backbone(x)  # (N, 3, H, W) -> (N, F): pooled features, the old head being Identity

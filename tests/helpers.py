@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS_ENV = {"PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"}
@@ -51,7 +52,7 @@ def build_trainer(tmp_path: Path, config: dict, *overrides: str, run_id: str = "
     return session.trainer, run_dir
 
 
-TEST_MODULES = ("user_bugs:", "fault_injection:", "stream_recorder:")
+TEST_MODULES = ("user_bugs:", "user_steps:", "fault_injection:", "stream_recorder:", "benchmarks.")
 """Test modules stand in for a user's code but live in tests/, outside the project's source packages."""
 
 
@@ -110,3 +111,13 @@ def set_key(path: str, value):
         node[last] = value
 
     return change
+
+
+def write_images(folder, count: int, colour: tuple[int, int, int], seed: int) -> None:
+    """``count`` noisy 32x32 PNGs around one colour: two colours make two learnable classes."""
+    folder.mkdir(parents=True)
+    generator = torch.Generator().manual_seed(seed)
+    for index in range(count):
+        noise = torch.randint(-40, 41, (32, 32, 3), generator=generator)
+        pixels = (torch.tensor(colour) + noise).clamp(0, 255).to(torch.uint8).numpy()
+        Image.fromarray(pixels).save(folder / f"{index}.png")

@@ -335,7 +335,7 @@ def mid_epoch_resume(change: Callable[[dict], None] | None, *overrides: str) -> 
 
 
 DICT_LOADER = 'data_loader={type: "user_bugs:DictDigitsDataLoader"}'
-DICT_MODEL = 'arch={type: "user_bugs:ImageKeywordCNN"}'
+DICT_MODEL = 'arch={type: "user_bugs:ImageKeywordCNN", args: {num_classes: 10}}'
 OUTSIDE = "is not defined in this project's source packages"
 
 def x(row: Row) -> Row | pytest.param:
@@ -429,7 +429,7 @@ ROWS = [
         2,
         ("optimizer.args.betas",),
     ),
-    Row("model without parameters", "train", new("arch={type: Identity}"), 2, ("arch", "no trainable parameter")),
+    Row("model without parameters", "train", new("arch={type: Identity, args: {num_classes: 10}}"), 2, ("arch", "no trainable parameter")),
     Row("monitor a matrix", "train", new("trainer.monitor=max val_confusion"), 2, ("trainer.monitor", "matrix")),
     Row(
         "LBFGS needs a closure",
@@ -488,7 +488,7 @@ ROWS = [
     Row(
         "input shape vs model",
         "train",
-        new("arch={type: MLP, args: {in_features: 10}}"),
+        new("arch={type: MLP, args: {in_features: 10, num_classes: 10}}"),
         2,
         ("arch: the model cannot take the data's inputs", "mat1 and mat2 shapes cannot be multiplied"),
     ),
@@ -601,7 +601,7 @@ ROWS = [
     Row(
         "fine-tune another model strictly",
         "train",
-        lambda c: ["-r", c.ckpt(), "-c", c.config(set_key("arch", {"type": "MLP"}))],
+        lambda c: ["-r", c.ckpt(), "-c", c.config(set_key("arch", {"type": "MLP", "args": {"num_classes": 10}}))],
         2,
         ("weights do not match the model",),
     ),
@@ -647,7 +647,7 @@ ROWS = [
     Row(
         "test.py checkpoint of another model",
         "test",
-        evaluate("-c", lambda c: c.config(set_key("arch", {"type": "MLP"}))),
+        evaluate("-c", lambda c: c.config(set_key("arch", {"type": "MLP", "args": {"num_classes": 10}}))),
         2,
         ("weights do not match the model",),
     ),
@@ -1028,7 +1028,7 @@ def processes(tmp_path_factory, finished):
     timestamp = ctx.config(name="timestamp.yaml", replace=[("name: digits_cnn", "name: !!timestamp 2024-01-01")])
     cases["train.py: a config error"] = {"args": ["train.py", "-c", timestamp], "watch": tmp / "saved"}
     cases["train.py: a bug in the user's model"] = {
-        "args": ["train.py", "-c", config, "arch.type=user_bugs:MisspelledArgumentCNN"],
+        "args": ["train.py", "-c", config, "arch.type=user_bugs:MisspelledArgumentCNN", "--trust-checkpoint"],
         "watch": tmp / "saved",
     }
     for case in cases.values():
@@ -1104,7 +1104,7 @@ def test_two_train_py_with_the_same_run_id_one_trains_the_other_exits_2(tmp_path
     config = tiny_config(tmp_path, epochs=3, limit_batches=3)
     config["data_loader"] = {"type": "fault_injection:SleepyDigitsDataLoader", "args": {"batch_size": 64, "delay": 0.005}}
     path = write_config(tmp_path, config)
-    racers = [start("train.py", "-c", path, "--run-id", "same") for _ in range(2)]
+    racers = [start("train.py", "-c", path, "--run-id", "same", "--trust-checkpoint") for _ in range(2)]
     run_dir = tmp_path / "saved" / "digits_cnn" / "same"
     last = run_dir / "checkpoints" / "last.pth"
     deadline = time.monotonic() + 240
@@ -1112,7 +1112,7 @@ def test_two_train_py_with_the_same_run_id_one_trains_the_other_exits_2(tmp_path
         time.sleep(0.05)
     winner = next((r for r in racers if r.poll() is None), None)
     if winner is not None and last.exists():  # the winner is training: resuming its run must wait for it
-        code, err = invoke("train", ["-r", last, "trainer.epochs=3"], capsys)
+        code, err = invoke("train", ["-r", last, "trainer.epochs=3", "--trust-checkpoint"], capsys)
         if winner.poll() is None:
             assert (
                 code == 2
@@ -1150,7 +1150,7 @@ def test_signals_during_start_up_leave_nothing_or_a_resumable_run(tmp_path, fini
     path = write_config(tmp_path, config)
 
     def launch(name: str, **env: str) -> tuple[subprocess.Popen, Path]:
-        return start("train.py", "-c", path, f"trainer.save_dir={tmp_path / name}", env=env), tmp_path / name
+        return start("train.py", "-c", path, f"trainer.save_dir={tmp_path / name}", "--trust-checkpoint", env=env), tmp_path / name
 
     cases = {
         "SIGTERM in the pre-flight": (*launch("a", SIGNAL_AT_BATCH="1", SIGNAL_NAME="SIGTERM"), 143),
@@ -1171,7 +1171,7 @@ def test_signals_during_start_up_leave_nothing_or_a_resumable_run(tmp_path, fini
             assert "nothing was created" in err, (name, err)
             continue
         (resumable,) = save_dir.glob("digits_cnn/*/checkpoints/last.pth")  # else: a run directory one can resume
-        code, err = invoke("train", ["-r", resumable], capsys)
+        code, err = invoke("train", ["-r", resumable, "--trust-checkpoint"], capsys)
         assert code == 0, (name, err)
     code, err = finish(evaluation)
     assert code == 143 and "Traceback" not in err, err

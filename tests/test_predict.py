@@ -99,7 +99,7 @@ def test_ten_times_more_samples_need_less_than_a_fifth_more_memory(tmp_path):
     peaks = {}
     for samples in (2000, 20000):
         out = tmp_path / f"{samples}.jsonl"
-        args = ["-r", str(checkpoint), "--split", "train", "--out", str(out), f"data_loader.args.num_samples={samples}"]
+        args = ["-r", str(checkpoint), "--split", "train", "--out", str(out), f"data_loader.args.num_samples={samples}", "--trust-checkpoint"]
         result = run_script("-c", probe, *args)
         assert result.returncode == 0, result.stderr
         peaks[samples] = int(result.stdout.strip().splitlines()[-1])

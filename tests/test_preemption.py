@@ -23,16 +23,16 @@ pytestmark = pytest.mark.slow  # every test here trains in subprocesses
 
 def experiment(tmp_path: Path, **trainer) -> Path:
     config = tiny_config(tmp_path, epochs=3, **trainer)
-    config["arch"] = {"type": "fault_injection:SignalingDigitsCNN", "args": {"dropout": 0.3}}
+    config["arch"] = {"type": "fault_injection:SignalingDigitsCNN", "args": {"num_classes": 10, "dropout": 0.3}}
     return write_config(tmp_path, config)
 
 
 def train(config: Path, run_id: str, *overrides: str, env: dict | None = None):
-    return run_script("train.py", "-c", str(config), "--run-id", run_id, *overrides, env={**TESTS_ENV, **(env or {})})
+    return run_script("train.py", "-c", str(config), "--run-id", run_id, *overrides, "--trust-checkpoint", env={**TESTS_ENV, **(env or {})})
 
 
 def resume(checkpoint: Path, *overrides: str):
-    return run_script("train.py", "-r", str(checkpoint), *overrides, env=TESTS_ENV)
+    return run_script("train.py", "-r", str(checkpoint), *overrides, "--trust-checkpoint", env=TESTS_ENV)
 
 
 def assert_same_run(a: Path, b: Path) -> None:
@@ -118,7 +118,7 @@ def test_a_signal_to_the_whole_process_group_with_workers_stops_at_a_step_and_re
     stops at a step boundary with a checkpoint (workers leave stops to the main process)."""
     config = experiment(tmp_path)
     overrides = ["data_loader.args.in_memory=false", "data_loader.args.num_workers=2", "trainer.epochs=2", "trainer.log_step=1"]
-    command = [sys.executable, "train.py", "-c", str(config), "--run-id", "group", *overrides]
+    command = [sys.executable, "train.py", "-c", str(config), "--run-id", "group", *overrides, "--trust-checkpoint"]
     env = {**os.environ, **TESTS_ENV, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     log = tmp_path / "saved" / "digits_cnn" / "group" / "train.log"

@@ -492,7 +492,7 @@ def stream_experiment(tmp_path: Path, batch_size: int, epochs: int, **trainer) -
     """configs/digits_stream.json (2 workers, shuffle buffer), small, its batches' ids recorded, under ``tmp_path``."""
     config = json.loads(STREAM_CONFIG.read_text())
     assert config["data_loader"]["args"]["num_workers"] == 2
-    config["arch"] = {"type": "stream_recorder:RecordingDigitsCNN", "args": {"dropout": 0.3}}
+    config["arch"] = {"type": "stream_recorder:RecordingDigitsCNN", "args": {"num_classes": 10, "dropout": 0.3}}
     config["data_loader"]["type"] = "stream_recorder:IdDigitsStreamLoader"
     config["data_loader"]["args"].update(data_dir=str(tmp_path / "shards"), batch_size=batch_size)
     config["trainer"].update(epochs=epochs, save_dir=str(tmp_path / "saved"), tensorboard=False, early_stop=0, **trainer)
@@ -501,7 +501,7 @@ def stream_experiment(tmp_path: Path, batch_size: int, epochs: int, **trainer) -
 
 def launch(*args: str, ids: Path, torchrun: bool = False, **signal_env: str):
     env = {**TESTS_ENV, "RECORD_IDS": str(ids), **signal_env}
-    return run_script(*(TORCHRUN if torchrun else ()), "train.py", *args, env=env, timeout=600)
+    return run_script(*(TORCHRUN if torchrun else ()), "train.py", *args, "--trust-checkpoint", env=env, timeout=600)
 
 
 def files_of(folder: Path) -> dict[str, bytes]:
@@ -587,7 +587,7 @@ def test_every_epoch_trains_on_the_uninterrupted_runs_samples_none_twice(single)
 def test_mid_epoch_resume_with_other_num_workers_is_refused_and_changes_nothing(single):
     snapshot = single["snapshot"]
     before = files_of(snapshot)
-    refused = run_script("train.py", "-r", str(snapshot / "checkpoints" / "last.pth"), "data_loader.args.num_workers=0", env=TESTS_ENV)
+    refused = run_script("train.py", "-r", str(snapshot / "checkpoints" / "last.pth"), "data_loader.args.num_workers=0", "--trust-checkpoint", env=TESTS_ENV)
     assert refused.returncode == 2, refused.stdout + refused.stderr
     lines = refused.stderr.strip().splitlines()
     checkpoint = snapshot / "checkpoints" / "last.pth"
@@ -602,11 +602,11 @@ def test_mid_epoch_resume_with_other_num_workers_is_refused_and_changes_nothing(
 def test_test_py_and_predict_py_read_the_test_shards(single, tmp_path):
     """test.py evaluates every test sample once; predict.py writes them in data set order, agreeing with it."""
     best = str(single["straight"] / "checkpoints" / "best.pth")
-    result = run_script("test.py", "-r", best, "--out", str(tmp_path / "metrics.json"), env=TESTS_ENV)
+    result = run_script("test.py", "-r", best, "--out", str(tmp_path / "metrics.json"), "--trust-checkpoint", env=TESTS_ENV)
     assert result.returncode == 0, result.stdout + result.stderr
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["samples"] == 359 and metrics["accuracy"] > 0.8
-    result = run_script("predict.py", "-r", best, "--out", str(tmp_path / "rows.jsonl"), env=TESTS_ENV)
+    result = run_script("predict.py", "-r", best, "--out", str(tmp_path / "rows.jsonl"), "--trust-checkpoint", env=TESTS_ENV)
     assert result.returncode == 0, result.stdout + result.stderr
     rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
     assert [row["index"] for row in rows] == list(range(359))
@@ -671,7 +671,7 @@ def test_under_torchrun_each_rank_trains_on_its_uninterrupted_samples_and_ranks_
 def test_a_mid_epoch_ddp_checkpoint_resumed_by_one_process_is_refused_and_changes_nothing(ddp):
     snapshot = ddp["snapshot"]
     before = files_of(snapshot)
-    refused = run_script("train.py", "-r", str(snapshot / "checkpoints" / "last.pth"), env=TESTS_ENV)
+    refused = run_script("train.py", "-r", str(snapshot / "checkpoints" / "last.pth"), "--trust-checkpoint", env=TESTS_ENV)
     assert refused.returncode == 2, refused.stdout + refused.stderr
     lines = refused.stderr.strip().splitlines()
     assert len(lines) == 1 and "written mid-epoch by 2 process(es)" in lines[0] and "same number of processes" in lines[0]

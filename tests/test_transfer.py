@@ -7,8 +7,7 @@ import math
 
 import pytest
 import torch
-from helpers import ROOT, run_script
-from PIL import Image
+from helpers import ROOT, run_script, write_images
 
 from app.config import Config, build_loss, build_lr_scheduler, build_metrics, build_optimizer
 from data_loader.image_folder import ImageFolderDataLoader
@@ -24,16 +23,6 @@ OFFLINE = {name: "http://127.0.0.1:9" for name in ("https_proxy", "HTTPS_PROXY",
     "no_proxy": "",
     "NO_PROXY": "",
 }
-
-
-def write_images(folder, count: int, colour: tuple[int, int, int], seed: int) -> None:
-    """``count`` noisy 32x32 PNGs around one colour: two colours make two learnable classes."""
-    folder.mkdir(parents=True)
-    generator = torch.Generator().manual_seed(seed)
-    for index in range(count):
-        noise = torch.randint(-40, 41, (32, 32, 3), generator=generator)
-        pixels = (torch.tensor(colour) + noise).clamp(0, 255).to(torch.uint8).numpy()
-        Image.fromarray(pixels).save(folder / f"{index}.png")
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +101,8 @@ def test_checkpoint_reloads_strictly_and_evaluates_on_test_split(trained):
     checkpoint = load_checkpoint(trained / "best.pth")
     config = Config.from_dict(checkpoint.config, "checkpoint", trusted=False)  # what test.py does, in-process
     model = config.init_obj("arch")
-    assert load_weights(model, checkpoint.weights(), strict=True, source="best.pth") == []
+    loaded = load_weights(model, checkpoint.weights(), strict=True, source="best.pth")
+    assert loaded.missing == loaded.unexpected == loaded.wrong_shape == loaded.excluded == [] and len(loaded.loaded) == len(model.state_dict())
     loader = config.init_obj("data_loader", training=False)
     assert len(loader.dataset) == 8  # test/ (4 per class), not val/ (6 per class)
     results = Evaluator(model.eval(), build_loss(config), build_metrics(config), torch.device("cpu")).evaluate(loader)

@@ -1,13 +1,18 @@
-"""Predictions: a model's outputs over batches, turned into per-sample predictions.
+"""Predictions: a model's outputs over batches, turned into per-sample fields.
 
-What ``output`` and ``prediction`` mean is read off the model's output, once, on the first batch:
+What a tensor output means is read off it, once, on the first batch:
 
 - ``(N, C)`` scores with ``C > 1``: a classifier. ``output`` is the class probabilities: the
   scores themselves when each row already sums to 1, their ``exp`` when they are
   log-probabilities (``log_softmax``, like the digits models), else their ``softmax`` (logits).
   ``prediction`` is the most probable class.
 - ``(N,)`` or ``(N, 1)``: a regression; ``prediction`` and ``output`` are the value.
-- anything else with one row per sample: ``output`` is the row's values, flattened; no prediction.
+- anything else with one row per sample: ``output`` is the row's values; no prediction.
+
+An output that is a dict, a tuple or a namedtuple (a VAE's ``mu`` and ``logvar``) is written
+field by field, as the model returns them: each tensor with one row per sample is a field named
+by its key (a tuple's by its position, ``"0"``, ``"1"``...; nested ones ``"outer.inner"``);
+values without a row per sample (a scalar) are left out, and said so once.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from logger.logger import get_logger
 from trainer.batches import BatchReader, each_batch, run_model
 from trainer.precision import Precision
 from utils.errors import UserError
@@ -27,9 +33,9 @@ from utils.errors import UserError
 @dataclass
 class PredictionBatch:
     index: torch.Tensor  # (n,) int64: each sample's position in the data set
-    output: torch.Tensor  # (n, k) float32 on the CPU
-    prediction: torch.Tensor | None  # (n,) class indices or values
+    fields: dict[str, torch.Tensor]  # name -> (n, ...) on the CPU, in the order they are written
     target: Any | None  # (n,) when the data has targets
+    classes: bool = False  # fields["prediction"] holds class indices (rows get a label)
 
 
 def interpret(output: torch.Tensor) -> str:
@@ -46,12 +52,50 @@ def interpret(output: torch.Tensor) -> str:
     return "logits"
 
 
+def output_fields(output: Any, rows: int, prefix: str = "") -> tuple[dict[str, torch.Tensor], list[str]]:
+    """(fields with one row per sample, names of the values left out) of a structured output."""
+    if isinstance(output, dict):
+        items = [(str(key), value) for key, value in output.items()]
+    elif isinstance(output, tuple) and hasattr(output, "_fields"):
+        items = list(zip(output._fields, output))
+    elif isinstance(output, (tuple, list)):
+        items = [(str(position), value) for position, value in enumerate(output)]
+    else:
+        return {}, [prefix.rstrip(".") or "output"]
+    fields: dict[str, torch.Tensor] = {}
+    skipped: list[str] = []
+    for name, value in items:
+        if isinstance(value, torch.Tensor):
+            if value.dim() > 0 and len(value) == rows:
+                fields[prefix + name] = value.detach().float().cpu() if value.is_floating_point() else value.detach().cpu()
+            else:
+                skipped.append(prefix + name)
+        else:
+            more, left = output_fields(value, rows, f"{prefix}{name}.")
+            fields.update(more)
+            skipped += left
+    return fields, skipped
+
+
 class Predictor:
-    def __init__(self, model: nn.Module, device: torch.device, amp: str | None = None, read_batch: BatchReader | None = None, labelled: bool = True):
+    """Args:
+    fields: the fields to write (``--fields``); None writes every field.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        device: torch.device,
+        amp: str | None = None,
+        read_batch: BatchReader | None = None,
+        labelled: bool = True,
+        fields: list[str] | None = None,
+    ):
         self.model = model
         self.precision = Precision(amp, device)
         self.read_batch = read_batch or BatchReader(device)
         self.labelled = labelled
+        self.wanted = fields
         self.kind: str | None = None
 
     @torch.no_grad()
@@ -65,20 +109,41 @@ class Predictor:
                 inputs, target = self.read_batch.inputs_only(batch), None
             with self.precision.autocast():
                 output = run_model(self.model, inputs)
-            if not isinstance(output, torch.Tensor) or output.dim() == 0 or len(output) != len(index):
-                raise UserError("predict: the model must return a tensor with one row per sample to be written as predictions")
-            yield self._columns(index, output.detach().float().cpu(), target)
+            yield self._select(self._columns(index, output, _cpu(target)))
 
-    def _columns(self, index: torch.Tensor, output: torch.Tensor, target: Any) -> PredictionBatch:
+    def _columns(self, index: torch.Tensor, output: Any, target: Any) -> PredictionBatch:
+        rows = len(index)
+        if not isinstance(output, torch.Tensor):
+            fields, skipped = output_fields(output, rows)
+            if self.kind is None:
+                self.kind = "fields"
+                if skipped:
+                    get_logger().info("predict: left out %s: not one row per sample", skipped)
+            if not fields:
+                raise UserError(f"predict: the model's output ({type(output).__name__}) has no tensor with one row per sample to write")
+            return PredictionBatch(index, fields, target)
+        if output.dim() == 0 or len(output) != rows:
+            raise UserError("predict: the model must return a tensor with one row per sample to be written as predictions")
+        output = output.detach().float().cpu()
         if self.kind is None:
             self.kind = interpret(output)
         if self.kind == "values":
-            values = output.reshape(len(output))
-            return PredictionBatch(index, values.unsqueeze(1), values, _cpu(target))
+            values = output.reshape(rows)
+            return PredictionBatch(index, {"prediction": values, "output": values.unsqueeze(1)}, target)
         if self.kind == "other":
-            return PredictionBatch(index, output.reshape(len(output), -1), None, _cpu(target))
+            return PredictionBatch(index, {"output": output.reshape(rows, -1)}, target)
         probabilities = {"log_probabilities": output.exp(), "probabilities": output, "logits": output.softmax(dim=1)}[self.kind]
-        return PredictionBatch(index, probabilities, output.argmax(dim=1), _cpu(target))
+        return PredictionBatch(index, {"prediction": output.argmax(dim=1), "output": probabilities}, target, classes=True)
+
+    def _select(self, batch: PredictionBatch) -> PredictionBatch:
+        if self.wanted is None:
+            return batch
+        unknown = [name for name in self.wanted if name not in batch.fields]
+        if unknown:
+            raise UserError(f"--fields: the model's predictions have no field {unknown[0]!r}; they have {list(batch.fields)}")
+        batch.fields = {name: batch.fields[name] for name in self.wanted}
+        batch.classes = batch.classes and "prediction" in batch.fields
+        return batch
 
 
 def _cpu(target: Any) -> Any:

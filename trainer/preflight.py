@@ -93,6 +93,7 @@ def _check_batch(trainer: Trainer, batch: Any) -> dict[str, Any]:
     module = trainer.model.module
     module.train()
     trainer._forward_module = module
+    epoch, trainer.progress.epoch = trainer.progress.epoch, trainer.progress.start_epoch  # the step sees the epoch it will train
     try:
         with trainer.precision.autocast():
             if type(trainer).training_step is Trainer.training_step:
@@ -101,6 +102,7 @@ def _check_batch(trainer: Trainer, batch: Any) -> dict[str, Any]:
                 loss, output = _users_step(trainer, inputs, target)
     finally:
         trainer._forward_module = trainer.model.train_forward
+        trainer.progress.epoch = epoch
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.is_floating_point():
         raise UserError(f"loss: it returned {describe(loss)}; a loss must be one floating-point number per batch (e.g. reduce it with .mean())")
     produced = {"loss": loss.item(), **_check_metrics(trainer, output, target)}
@@ -123,7 +125,7 @@ def _template_step(trainer: Trainer, inputs: Any, target: Any) -> tuple[Any, Any
             f"arch: the model cannot take the data's inputs ({describe(inputs)}): {first_line(exc)}{where}; "
             f"make arch.args (input size, channels, classes) fit the data{', or fix that line' if where else ''}"
         ) from None
-    _check_classes(output, target)
+    _check_classes(output, target, getattr(trainer.data, "classes", None))
     try:
         loss = trainer.loss(output, target, inputs)
     except (RuntimeError, ValueError, IndexError) as exc:
@@ -143,13 +145,19 @@ def _users_step(trainer: Trainer, inputs: Any, target: Any) -> tuple[Any, Any]:
     return result
 
 
-def _check_classes(output: Any, target: Any) -> None:
-    """Class indices must be below the number of scores the model gives per sample."""
+def _check_classes(output: Any, target: Any, names: list | None = None) -> None:
+    """Class indices must be below the number of scores the model gives per sample: those of this
+    batch, and every class the data loader knows by name (``classes``), which a batch may not show."""
     if not (isinstance(output, torch.Tensor) and isinstance(target, torch.Tensor)):
         return
     if output.dim() < 2 or not output.is_floating_point() or target.is_floating_point() or target.dim() != output.dim() - 1:
         return
     classes, largest = output.shape[1], int(target.max()) if target.numel() else -1
+    if isinstance(names, (list, tuple)) and len(names) > classes:
+        raise UserError(
+            f"arch.args.num_classes: the data has {len(names)} classes ({', '.join(map(str, names[:5]))}{', ...' if len(names) > 5 else ''}) "
+            f"but the model outputs {classes} scores per sample; set it to {len(names)}"
+        )
     if largest >= classes:
         raise UserError(
             f"arch.args.num_classes: the data has class index {largest} but the model outputs {classes} scores per sample; "

@@ -136,6 +136,13 @@ class Checkpoint:
         return epoch if isinstance(epoch, int) else None
 
     @property
+    def global_step(self) -> int | None:
+        """Optimizer steps done when it was written, when it says."""
+        progress = self.data.get("progress")
+        step = progress.get("global_step") if isinstance(progress, dict) else None
+        return step if isinstance(step, int) else None
+
+    @property
     def has_ema(self) -> bool:
         return isinstance(self.data.get("ema"), dict) and _is_state_dict(self.data["ema"].get("weights"))
 
@@ -217,11 +224,11 @@ class LoadReport:
         def names(keys: list[str]) -> str:
             return f"{len(keys)} {keys[:6]}{' ...' if len(keys) > 6 else ''}" if keys else "none"
 
-        missing = self.missing + [f"{k} (another shape)" for k in self.wrong_shape]
+        shapes = f"; different shapes {self.wrong_shape}" if self.wrong_shape else ""
         return [
             f"loaded {len(self.loaded)} tensors",
             f"excluded (trainer.load_exclude, kept as initialised): {names(self.excluded)}",
-            f"missing (kept as initialised): {names(missing)}",
+            f"missing (kept as initialised): {names(self.missing + self.wrong_shape)}{shapes}",
             f"unexpected (ignored): {names(self.unexpected)}",
         ]
 

@@ -8,10 +8,16 @@ messages (stop flags, RNG states) so that they never wait on the GPU stream.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from datetime import timedelta
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+
+from utils.errors import ReportedByRankZero, UserError
+
+T = TypeVar("T")
 
 _control_group = None
 
@@ -97,6 +103,39 @@ def broadcast_object(obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0, group=_control_group)
     return box[0]
+
+
+def on_main(work: Callable[[], T]) -> T:
+    """``work()`` on rank 0, its result on every rank; a :class:`UserError` there stops every rank
+    (rank 0 reports it, the others exit quietly), so no rank waits for one that has left."""
+    outcome: tuple[str, Any] = ("ok", None)
+    if is_main_process():
+        try:
+            outcome = ("ok", work())
+        except UserError as exc:
+            if not is_distributed():
+                raise
+            outcome = ("error", str(exc))
+    kind, value = broadcast_object(outcome)
+    if kind == "error":
+        raise ReportedByRankZero(value)
+    return value
+
+
+def agree(check: Callable[[], T]) -> T:
+    """``check()`` on every rank; if it raised a :class:`UserError` on any rank, every rank raises
+    (rank 0 reports the first error found, the others exit quietly). For checks whose outcome can
+    differ between ranks (a file one rank reads), so no rank acts on a result another refused."""
+    if not is_distributed():
+        return check()
+    try:
+        result, problem = check(), None
+    except UserError as exc:
+        result, problem = None, str(exc)
+    problems = [p for p in gather_objects(problem) if p is not None]
+    if problems:
+        raise ReportedByRankZero(problem or problems[0]) if rank() else UserError(problems[0])
+    return result
 
 
 def all_reduce_max(value: int) -> int:

@@ -38,6 +38,11 @@ EXIT_USER_ERROR = 2
 EXIT_USER_CODE = 1
 
 
+class ReportedByRankZero(UserError):
+    """An error every process stops for and rank 0 reports: the other ranks exit quietly (exit code
+    2), so a torchrun job prints it once."""
+
+
 class NonFiniteLossError(UserError):
     """The loss became NaN or infinite; training stops before any checkpoint is overwritten."""
 
@@ -47,6 +52,8 @@ def report(exc: BaseException, rank: int = 0) -> int:
     from utils.user_code import format_user_bug, user_frame, user_frame_in_text
 
     prefix = f"[rank {rank}] " if rank else ""
+    if isinstance(exc, ReportedByRankZero) and rank:
+        return EXIT_USER_ERROR
     if isinstance(exc, UserError):
         print(f"{prefix}error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

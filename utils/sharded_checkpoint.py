@@ -212,6 +212,13 @@ class ShardedCheckpoint:
         return progress.get("epoch") if isinstance(progress, dict) else None
 
     @property
+    def global_step(self) -> int | None:
+        """Optimizer steps done when it was written, when it says."""
+        progress = self.data.get("progress")
+        step = progress.get("global_step") if isinstance(progress, dict) else None
+        return step if isinstance(step, int) else None
+
+    @property
     def has_ema(self) -> bool:
         return bool((self.data.get("sharded") or {}).get("ema"))
 

@@ -169,7 +169,7 @@ def trainer_parameters() -> dict[str, None]:
     """The arguments the engine gives every Trainer (a subclass's ``trainer.args`` may not replace them)."""
     from trainer import Trainer
 
-    return dict.fromkeys(inspect.signature(Trainer.__init__).parameters)
+    return dict.fromkeys(parameters(Trainer) or ())
 
 
 def build_loss(config: Config) -> Callable:

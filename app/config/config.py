@@ -14,7 +14,7 @@ from app.config.names import UntrustedName, resolve_type, trust_rule
 from app.config.overrides import apply_override
 from app.config.reading import plain_data_problem, read_config_file
 from app.config.refs import escape_literals, resolve_references
-from app.config.schema import LEGACY_KEYS, OBJECT_KEYS, SCHEMA, TRAINER_SCHEMA, metric_name, reserved_metric_name, with_defaults
+from app.config.schema import LEGACY_KEYS, OBJECT_KEYS, REQUIRED, SCHEMA, TRAINER_SCHEMA, metric_name, reserved_metric_name, with_defaults
 from base.settings import SETTINGS, TrainerSettings, parse_monitor
 from utils.errors import UserError, closest
 
@@ -51,6 +51,9 @@ class Config:
         data = with_defaults(data)
         for text in overrides:
             apply_override(data, text, source, trusted)
+        for key, spec in SCHEMA.items():  # said before a reference to it could be said to dangle
+            if key not in data and spec.default is REQUIRED:
+                raise UserError(f"{source}: {key}: missing; every experiment needs it (see the README configuration reference)")
         return cls(resolve_references(data, source), source, trusted)
 
     def __getitem__(self, key: str) -> Any:

@@ -1,0 +1,262 @@
+"""Files the user or a past run controls, read and written through one place.
+
+- **Errors**: an ``OSError`` (no permission, a read-only file system, a full disk, a file size
+  limit, a name too long, a file where a folder should be) or a decoding error becomes one
+  :class:`~utils.errors.UserError` line naming the file and the fix (:func:`file_error`).
+- **Reading**: :func:`read_text` reads a regular file of bounded size (a link to ``/dev/zero``, a
+  FIFO or a 2 GB file is refused before it is read); :func:`read_json` also checks the kind of
+  value at the top.
+- **Writing**: :func:`replacing` gives a temporary sibling to write and renames it into place
+  when the block ends well (fsynced first), so a reader sees the old file or the new one, never
+  half; the temporary is removed on any exit the process survives. :class:`OutputClaim` makes a
+  file the user named (``--out``) this process's alone: a second process gets one line instead
+  of silently replacing the first one's output, an existing file needs ``force``, and what a
+  killed claimer left behind is swept by the next claim of the same target.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import re
+import secrets
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from utils.errors import UserError
+
+MAX_TEXT_BYTES = 16 << 20
+"""A config or a run's JSON file is small; anything larger is not one."""
+_TEMP = re.compile(r"^\.(.+)\.tmp-(\d+)-[0-9a-f]+$")
+
+
+def describe_os_error(path: Path, exc: OSError, writing: bool = True) -> str:
+    """What went wrong, in words (no errno numbers)."""
+    code = exc.errno
+    if code == errno.ENAMETOOLONG:
+        return "the name is too long for the file system"
+    if code in (errno.ENOTDIR, errno.EEXIST) and not path.is_dir():
+        blocker = next((p for p in [path, *path.parents] if p.exists() and not p.is_dir()), path)
+        return f"{blocker} is a file, not a folder"
+    if code == errno.EROFS:
+        return "the file system is read-only"
+    if code in (errno.EACCES, errno.EPERM):
+        return f"no permission to {'write' if writing else 'read'} there"
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return "the disk is full"
+    if code == errno.EFBIG:
+        return "a file size limit was reached (ulimit -f)"
+    if code == errno.ENOENT:
+        return "no such file or folder"
+    if code == errno.EISDIR:
+        return "it is a folder"
+    return exc.strerror or str(exc)
+
+
+def file_error(key: str, path: Path, exc: OSError, fix: str, writing: bool = True) -> UserError:
+    """An ``OSError`` on ``path`` as one line naming the flag or config key and the fix."""
+    verb = "write" if writing else "read"
+    return UserError(f"{key}: cannot {verb} {path} ({describe_os_error(Path(path), exc, writing)}); {fix}")
+
+
+# -- reading ---------------------------------------------------------------------------------------
+
+
+def read_text(path: Path, key: str, fix: str, max_bytes: int = MAX_TEXT_BYTES) -> str:
+    """The UTF-8 text of a regular file of at most ``max_bytes`` (a byte order mark is dropped)."""
+    path = Path(path)
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            raise UserError(f"{key}: {path} not found; {fix}") from None
+        raise file_error(key, path, exc, fix, writing=False) from None
+    if stat.S_ISDIR(info.st_mode):
+        raise UserError(f"{key}: {path} is a folder, not a file; {fix}")
+    if not stat.S_ISREG(info.st_mode):
+        raise UserError(f"{key}: {path} is not a regular file (a device, a pipe or a socket); {fix}")
+    if info.st_size > max_bytes:
+        raise UserError(f"{key}: {path} is {info.st_size:,} bytes, more than the {max_bytes:,} such a file can be; {fix}")
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(max_bytes + 1)
+    except OSError as exc:
+        raise file_error(key, path, exc, fix, writing=False) from None
+    if len(data) > max_bytes:
+        raise UserError(f"{key}: {path} is more than {max_bytes:,} bytes; {fix}")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{key}: {path} is not UTF-8 text (byte {exc.start}); {fix}") from None
+
+
+def read_json(path: Path, key: str, fix: str, kind: type = dict) -> Any:
+    """A JSON file whose top level is a ``kind`` (a mapping unless said otherwise)."""
+    text = read_text(path, key, fix)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{key}: {path} is not valid JSON (line {exc.lineno} column {exc.colno}: {exc.msg}); {fix}") from None
+    except RecursionError:
+        raise UserError(f"{key}: {path} is nested too deeply; {fix}") from None
+    if not isinstance(value, kind):
+        want = {dict: "a mapping", list: "a list"}.get(kind, kind.__name__)
+        raise UserError(f"{key}: {path} holds {type(value).__name__ if value is not None else 'null'}, not {want}; {fix}")
+    return value
+
+
+# -- writing ---------------------------------------------------------------------------------------
+
+
+def temporary_name(path: Path) -> Path:
+    """A hidden, unique sibling of ``path`` that names its writer's process id."""
+    return path.with_name(f".{path.name[:180]}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def replacing(path: Path, exclusive: bool = False) -> Iterator[Path]:
+    """A temporary sibling of ``path`` to write (see the module docstring). ``exclusive``: never
+    replace an existing ``path`` (``FileExistsError``); the new file appears by a hard link."""
+    path = Path(path)
+    tmp = temporary_name(path)
+    try:
+        yield tmp
+        if exclusive:
+            os.link(tmp, path)
+        else:
+            os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    fsync_dir(path.parent)
+
+
+def write_atomic(path: Path, data: str | bytes, key: str, fix: str) -> None:
+    """``data`` as the whole content of ``path`` (see :func:`replacing`); trouble is one line."""
+    try:
+        with replacing(path) as tmp, open(tmp, "wb") as handle:
+            handle.write(data.encode() if isinstance(data, str) else data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        raise file_error(key, path, exc, fix) from None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: Path, target: str | None = None) -> list[Path]:
+    """Delete temporaries (:func:`temporary_name`) that a killed writer left in ``folder`` (of
+    ``target`` only, when given); never one of a live process."""
+    stale = []
+    with contextlib.suppress(OSError):
+        for path in Path(folder).glob(".*.tmp-*"):
+            match = _TEMP.match(path.name)
+            if match and (target is None or match.group(1) == target[:180]) and path.is_file() and not _alive(int(match.group(2))):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                stale.append(path)
+    return stale
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except OSError:
+        return False
+
+
+class OutputClaim:
+    """A file the user named, claimed for this process until :meth:`release` (see the module docstring).
+
+    The claim is an exclusive ``flock`` on a hidden ``.NAME.claim`` beside the target: it goes
+    away with the process however it ends, so a leftover claim file is stale by definition and
+    the next claimer takes it over, sweeping the temporaries a killed writer left.
+    """
+
+    def __init__(self, path: Path, flag: str, force: bool = False):
+        self.path, self.flag, self.force = Path(path), flag, force
+        self.lock_path = self.path.with_name(f".{self.path.name[:200]}.claim")
+        self._fd: int | None = None
+
+    def __enter__(self) -> OutputClaim:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def acquire(self) -> None:
+        path, flag = self.path, self.flag
+        if path.is_dir():
+            raise UserError(f"{flag}: {path} is a folder; name a file in it")
+        if not path.parent.is_dir():
+            raise UserError(f"{flag}: the folder {path.parent} does not exist; create it first")
+        while True:
+            try:
+                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise file_error(flag, path, exc, f"pass {flag} with a writable place") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise UserError(f"{flag}: {path} is being written by process {holder}; wait for it, or choose another name") from None
+            if _same_file(fd, self.lock_path):
+                break
+            os.close(fd)  # its releaser removed that claim file between our open and flock: claim the new one
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        remove_stale_temporaries(path.parent, path.name)
+        if path.exists() and not self.force:
+            self.release()
+            raise UserError(f"{flag}: {path} exists; pass --force to replace it, or choose another name")
+
+    def publish(self, tmp: Path) -> None:
+        """Make the finished temporary ``tmp`` the target: a rename (``force``), else a link that
+        fails if the target appeared meanwhile."""
+        try:
+            if self.force:
+                os.replace(tmp, self.path)
+            else:
+                os.link(tmp, self.path)
+                tmp.unlink()
+        except FileExistsError:
+            raise UserError(f"{self.flag}: {self.path} appeared while this process wrote it; pass --force to replace it") from None
+        except OSError as exc:
+            raise file_error(self.flag, self.path, exc, f"pass {self.flag} with a writable place") from None
+        fsync_dir(self.path.parent)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                self.lock_path.unlink()
+            os.close(self._fd)
+            self._fd = None
