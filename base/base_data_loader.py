@@ -21,8 +21,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset, TensorDataset
 from torch.utils.data.dataloader import default_collate
 
-from dataflow.epochs import prediction_batches
+from dataflow.epochs import prediction_batches, targets_of
 from dataflow.samplers import EvaluationShardSampler, ResumableDistributedSampler, SampleSeededDataset
+from dataflow.splits import split_indices
 from dataflow.workers import init_worker, track
 from utils import distributed
 from utils.errors import UserError
@@ -37,6 +38,12 @@ class BaseDataLoader(DataLoader):
         batch_size: samples per batch **per process** (the global batch is ``batch_size * world_size``).
         shuffle: shuffle the training split each pass (seeded, see the module docstring).
         validation_split: validation samples: an int is a count, a float a fraction of ``dataset``.
+        folds, fold: instead, fold ``fold`` (0-based) of a ``folds``-fold partition of ``dataset``
+            validates (stratified by class targets; ``dataflow/splits.py``). ``python train.py
+            --folds K`` runs every fold.
+        fold_groups: keep groups together in the folds: the name of a method of the loader
+            returning one group per sample, or of an attribute of ``dataset`` holding them, or a
+            key of the samples (dicts).
         num_workers: DataLoader worker processes.
         collate_fn: how samples become a batch.
         training: False builds an evaluation loader (test split): no shuffle, no split, no padding.
@@ -66,6 +73,9 @@ class BaseDataLoader(DataLoader):
         in_memory: bool = False,
         drop_last: bool = False,
         shard: tuple[int, int] | None = None,
+        folds: int = 0,
+        fold: int = 0,
+        fold_groups: str | None = None,
     ):
         check_loader_counts(batch_size, num_workers)
         self.training = training
@@ -79,8 +89,15 @@ class BaseDataLoader(DataLoader):
             "shard": shard,
         }
         self.valid_subset: Dataset | None = None
-        if training and validation_split:
-            dataset, self.valid_subset = self._split(dataset, validation_dataset or dataset, validation_split, split_seed)
+        self.split: dict | None = None
+        """What chose the validation samples, and their indices in ``dataset`` (a run's ``split.json``)."""
+        if training and (validation_split or folds):
+            targets = targets_of(dataset) if folds else None
+            groups = self._fold_groups(fold_groups, dataset) if folds and fold_groups else None
+            train_idx, valid_idx = self.split_indices(len(dataset), validation_split, split_seed, folds, fold, targets, groups)
+            self.split = {"validation_split": validation_split, "split_seed": split_seed, "folds": folds, "fold": fold,
+                          "fold_groups": fold_groups, "pool": len(dataset), "validation": valid_idx}  # fmt: skip
+            dataset, self.valid_subset = Subset(dataset, train_idx), Subset(validation_dataset or dataset, valid_idx)
         rank, world = shard if shard is not None else (distributed.rank(), distributed.world_size())
         if training:
             sampler: Sampler = ResumableDistributedSampler(dataset, world, rank, self.shuffle, drop_last)
@@ -109,21 +126,31 @@ class BaseDataLoader(DataLoader):
 
     # -- split --------------------------------------------------------------------------------
 
-    @staticmethod
-    def _split(dataset: Dataset, valid_source: Dataset, split: int | float, seed: int) -> tuple[Subset, Subset]:
-        total = len(dataset)
-        if isinstance(split, bool) or not isinstance(split, (int, float)):
-            raise UserError(f"data_loader.args.validation_split: must be a count or a fraction, got {split!r}")
-        count = split if isinstance(split, int) else int(round(total * split))
-        if not (0 < count < total) or (isinstance(split, float) and not 0.0 < split < 1.0):
-            raise UserError(
-                f"data_loader.args.validation_split: {split!r} leaves no training or no validation data "
-                f"from {total} samples; use a fraction in (0, 1) or a count below {total}"
-            )
-        order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
-        valid_idx = sorted(order[:count].tolist())
-        train_idx = sorted(order[count:].tolist())
-        return Subset(dataset, train_idx), Subset(valid_source, valid_idx)
+    split_indices = staticmethod(split_indices)
+    """``split_indices(size, validation_split, split_seed=0, folds=0, fold=0, targets=None, groups=None)``:
+    the sorted (training, validation) indices this class makes of ``size`` samples with these
+    arguments (``dataflow/splits.py``). Call it before ``super().__init__`` to fit something on
+    the training part only (a vocabulary, a scaler): ``data_loader/text.py`` does."""
+
+    def _fold_groups(self, name: str, dataset: Dataset) -> list:
+        """One group per sample of ``dataset`` from ``fold_groups`` (see the class docstring)."""
+        method = getattr(self, name, None)
+        if callable(method):
+            groups = list(method())
+        elif getattr(dataset, name, None) is not None:
+            groups = list(getattr(dataset, name))
+        else:
+            first = dataset[0]
+            if not isinstance(first, dict) or name not in first:
+                raise UserError(
+                    f"data_loader.args.fold_groups: {name!r} is neither a method of {type(self).__name__}, an attribute of its "
+                    f"dataset, nor a key of its samples"
+                )
+            groups = [dataset[i][name] for i in range(len(dataset))]
+        groups = [g.item() if isinstance(g, torch.Tensor) else g for g in groups]
+        if len(groups) != len(dataset):
+            raise UserError(f"data_loader.args.fold_groups: {name!r} gave {len(groups)} groups for {len(dataset)} samples; give one per sample")
+        return groups
 
     def split_validation(self) -> BaseDataLoader | None:
         """The validation loader (evaluation sharding, no shuffle), or None without a split."""

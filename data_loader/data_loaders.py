@@ -46,8 +46,8 @@ def held_out_split(samples: int, test_fraction: float, seed: int, training: bool
 
 class HeldOutDataLoader(BaseDataLoader):
     """A data set in memory with a fixed held-out test split (``training=False``); subclasses name
-    the data set in ``make_dataset(training)``. The arguments are spelled out, not ``**kwargs``, so a
-    config's arguments are checked against them."""
+    the data set in ``make_dataset(training)``. ``folds`` replaces the default ``validation_split``
+    (see :class:`BaseDataLoader`)."""
 
     def make_dataset(self, training: bool) -> TensorDataset:
         raise NotImplementedError
@@ -62,17 +62,23 @@ class HeldOutDataLoader(BaseDataLoader):
         split_seed: int = 0,
         in_memory: bool = False,
         drop_last: bool = False,
+        folds: int = 0,
+        fold: int = 0,
+        fold_groups: str | None = None,
     ):
         super().__init__(
             self.make_dataset(training),
             batch_size,
             shuffle,
-            validation_split,
+            validation_split if not folds else 0.0,
             num_workers,
             training=training,
             split_seed=split_seed,
             in_memory=in_memory,
             drop_last=drop_last,
+            folds=folds,
+            fold=fold,
+            fold_groups=fold_groups,
         )
 
 
@@ -106,6 +112,9 @@ class MnistDataLoader(BaseDataLoader):
         transforms: dict | None = None,
         in_memory: bool = False,
         drop_last: bool = False,
+        folds: int = 0,
+        fold: int = 0,
+        fold_groups: str | None = None,
     ):
         from torchvision import datasets
 
@@ -134,11 +143,14 @@ class MnistDataLoader(BaseDataLoader):
             dataset,
             batch_size,
             shuffle,
-            validation_split,
+            validation_split if not folds else 0.0,
             num_workers,
             training=training,
             validation_dataset=validation_dataset,
             split_seed=split_seed,
             in_memory=in_memory,
             drop_last=drop_last,
+            folds=folds,
+            fold=fold,
+            fold_groups=fold_groups,
         )

@@ -35,11 +35,11 @@ WRITE_SEED = 7
 def digits_splits() -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """``{split: (images, labels, ids)}``, the splits of the in-memory default loader."""
     training = digits_dataset(training=True)
-    train, valid = BaseDataLoader._split(training, training, 0.15, 0)  # the very split DigitsDataLoader makes
+    train, valid = BaseDataLoader.split_indices(len(training), 0.15, 0)  # the very split DigitsDataLoader makes
     test = digits_dataset(training=False)
     images, labels = training.tensors
     splits = {}
-    for name, ids in (("train", torch.tensor(train.indices)), ("valid", torch.tensor(valid.indices))):
+    for name, ids in (("train", torch.tensor(train)), ("valid", torch.tensor(valid))):
         splits[name] = (images[ids], labels[ids], ids)
     splits["test"] = (*test.tensors, torch.arange(len(test)))
     return splits

@@ -73,7 +73,8 @@ class ImageFolderDataLoader(BaseDataLoader):
             ``package.module:Name`` (``dataflow/transforms.py``); a phase left out keeps
             :func:`default_transforms`. The conversion to a float tensor and ``mean``/``std``
             normalisation are appended to every list.
-        The rest: see :class:`BaseDataLoader` (``validation_split`` does not exist here: ``val/`` is the validation set).
+        The rest: see :class:`BaseDataLoader` (``validation_split`` does not exist here: ``val/`` is the
+        validation set, unless ``folds`` partitions ``train/`` into folds).
     """
 
     def __init__(
@@ -90,6 +91,9 @@ class ImageFolderDataLoader(BaseDataLoader):
         transforms: dict | None = None,
         in_memory: bool = False,
         drop_last: bool = False,
+        folds: int = 0,
+        fold: int = 0,
+        fold_groups: str | None = None,
     ):
         self.data_dir = Path(data_dir)
         if not self.data_dir.is_dir():
@@ -102,7 +106,11 @@ class ImageFolderDataLoader(BaseDataLoader):
         train_set = image_folder(self.data_dir / "train", train_transform if training else eval_transform, self.data_dir)
         self.classes = train_set.classes
         self.valid_dataset: Dataset | None = None
-        if training:
+        fold_view = None
+        if training and folds:  # the folds partition train/ (val/ is not used), validating through the eval transforms
+            dataset = train_set
+            fold_view = image_folder(self.data_dir / "train", eval_transform, self.data_dir)
+        elif training:
             dataset = train_set
             self.valid_dataset = image_folder(self.data_dir / "val", eval_transform, self.data_dir, self.classes)
         else:
@@ -114,8 +122,12 @@ class ImageFolderDataLoader(BaseDataLoader):
             shuffle,
             num_workers=num_workers,
             training=training,
+            validation_dataset=fold_view,
             in_memory=in_memory,
             drop_last=drop_last,
+            folds=folds,
+            fold=fold,
+            fold_groups=fold_groups,
         )
 
     def unlabeled_dataset(self, path: str) -> Dataset:
@@ -124,9 +136,10 @@ class ImageFolderDataLoader(BaseDataLoader):
         return ImageFiles(Path(path), self.eval_transform)
 
     def split_validation(self) -> BaseDataLoader | None:
-        """A loader over ``val/`` (evaluation transform, no shuffle), used like a validation split by train.py."""
+        """A loader over ``val/`` (evaluation transform, no shuffle), used like a validation split by
+        train.py; with ``folds``, the validating fold of ``train/``."""
         if self.valid_dataset is None:
-            return None
+            return super().split_validation()
         return BaseDataLoader(self.valid_dataset, training=False, **self.init_kwargs)
 
 

@@ -97,6 +97,7 @@ class TextClassificationDataset(Dataset):
         self.rows = list(rows)
         self.vocab = vocab
         self.classes = list(classes)
+        self.targets = [self.class_to_idx[label] for label, _ in self.rows]  # for stratified folds, without encoding a sentence
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -155,7 +156,8 @@ class TextDataLoader(BaseDataLoader):
         data_dir: folder with ``train.tsv`` and ``test.tsv``; null uses the bundled topics set.
         max_vocab: vocabulary size cap, specials included; ``arch.args.vocab_size`` must be at least this.
         min_freq: words seen fewer times in the training split become ``<unk>``.
-        The rest: see :class:`BaseDataLoader`.
+        The rest: see :class:`BaseDataLoader` (``fold_groups`` is not offered: the vocabulary is fitted
+        on the training part before the data set exists).
     """
 
     def __init__(
@@ -171,17 +173,18 @@ class TextDataLoader(BaseDataLoader):
         drop_last: bool = False,
         max_vocab: int = 2000,
         min_freq: int = 1,
+        folds: int = 0,
+        fold: int = 0,
     ):
         self.data_dir = Path(data_dir) if data_dir else BUNDLED_DIR
         train_rows = read_tsv(self.data_dir / "train.tsv")
-        # The split BaseDataLoader will make (same function, same seed), drawn first so the
-        # vocabulary sees training sentences only.
-        fit_rows = train_rows
-        if validation_split:
-            fit_part, _ = self._split(train_rows, train_rows, validation_split, split_seed)
-            fit_rows = [train_rows[i] for i in fit_part.indices]
-        self.vocab = Vocabulary([text for _, text in fit_rows], max_vocab, min_freq)
         self.classes = sorted({label for label, _ in train_rows})
+        # The split BaseDataLoader will make (same function, same arguments), drawn first so the
+        # vocabulary sees training sentences only; the test loader fits the same vocabulary.
+        targets = [self.classes.index(label) for label, _ in train_rows]
+        validation_split = validation_split if not folds else 0.0  # folds replace the default hold-out
+        fit, _ = self.split_indices(len(train_rows), validation_split, split_seed, folds, fold, targets)
+        self.vocab = Vocabulary([train_rows[i][1] for i in fit], max_vocab, min_freq)
         rows = train_rows if training else read_tsv(self.data_dir / "test.tsv")
         dataset = TextClassificationDataset(rows, self.vocab, self.classes)
         super().__init__(
@@ -195,6 +198,8 @@ class TextDataLoader(BaseDataLoader):
             split_seed=split_seed,
             in_memory=in_memory,
             drop_last=drop_last,
+            folds=folds,
+            fold=fold,
         )
 
     def unlabeled_dataset(self, path: str) -> Sentences:

@@ -20,7 +20,7 @@ from itertools import islice
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from utils.errors import UserError
 
@@ -92,6 +92,38 @@ def prediction_batches(
     for number, batch in enumerate(loader):
         start = share.start + number * batch_size
         yield torch.arange(start, min(start + batch_size, share.stop)), batch
+
+
+TARGET_KEYS = ("label", "labels", "target", "targets", "y")
+"""Where a dict sample or batch holds its target, unless ``trainer.target_key`` says."""
+
+
+def targets_of(dataset: Dataset) -> Any:
+    """Every sample's target, for stratified folds: the dataset's ``targets`` (torchvision's data
+    sets have one; give yours one to save a pass), a ``TensorDataset``'s last tensor, or else each
+    sample's last item (a dict's target key) read one by one."""
+    found = getattr(dataset, "targets", None)
+    if found is not None:
+        return found
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors[-1]
+    if isinstance(dataset, Subset):
+        inner = targets_of(dataset.dataset)
+        return [inner[i] for i in dataset.indices] if inner is not None else None
+    targets = []
+    for index in range(len(dataset)):  # type: ignore[arg-type]
+        sample = dataset[index]
+        if isinstance(sample, dict):
+            key = next((k for k in TARGET_KEYS if k in sample), None)
+            if key is None:
+                return None
+            sample = sample[key]
+        elif isinstance(sample, (tuple, list)) and len(sample) >= 2:
+            sample = sample[-1]
+        else:
+            return None
+        targets.append(sample.item() if isinstance(sample, torch.Tensor) and sample.numel() == 1 else sample)
+    return targets
 
 
 def epochs_of(loader: Any) -> Any:

@@ -20,11 +20,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from dataflow.epochs import TARGET_KEYS
 from utils.errors import UserError
 from utils.nested import map_tensors
 from utils.user_code import user_frame, user_frame_in_text
-
-TARGET_KEYS = ("label", "labels", "target", "targets", "y")
 
 
 def to_device(batch: Any, device: torch.device, non_blocking: bool = False) -> Any:
