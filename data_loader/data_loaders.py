@@ -46,8 +46,7 @@ def held_out_split(samples: int, test_fraction: float, seed: int, training: bool
 
 class HeldOutDataLoader(BaseDataLoader):
     """A data set in memory with a fixed held-out test split (``training=False``); subclasses name
-    the data set in ``make_dataset(training)``. ``folds`` replaces the default ``validation_split``
-    (see :class:`BaseDataLoader`)."""
+    the data set in ``make_dataset(training)``."""
 
     def make_dataset(self, training: bool) -> TensorDataset:
         raise NotImplementedError
@@ -70,7 +69,7 @@ class HeldOutDataLoader(BaseDataLoader):
             self.make_dataset(training),
             batch_size,
             shuffle,
-            validation_split if not folds else 0.0,
+            validation_split,
             num_workers,
             training=training,
             split_seed=split_seed,
@@ -143,7 +142,7 @@ class MnistDataLoader(BaseDataLoader):
             dataset,
             batch_size,
             shuffle,
-            validation_split if not folds else 0.0,
+            validation_split,
             num_workers,
             training=training,
             validation_dataset=validation_dataset,

@@ -182,7 +182,6 @@ class TextDataLoader(BaseDataLoader):
         # The split BaseDataLoader will make (same function, same arguments), drawn first so the
         # vocabulary sees training sentences only; the test loader fits the same vocabulary.
         targets = [self.classes.index(label) for label, _ in train_rows]
-        validation_split = validation_split if not folds else 0.0  # folds replace the default hold-out
         fit, _ = self.split_indices(len(train_rows), validation_split, split_seed, folds, fold, targets)
         self.vocab = Vocabulary([train_rows[i][1] for i in fit], max_vocab, min_freq)
         rows = train_rows if training else read_tsv(self.data_dir / "test.tsv")

@@ -6,7 +6,8 @@ the same samples, and the K folds of a cross-validation are disjoint and cover t
 
 - **hold-out** (``validation_split``): a count, or a fraction of the samples, drawn by a
   permutation from ``split_seed``'s own generator;
-- **K folds** (``folds: K, fold: i``): fold ``i`` validates and the other ``K - 1`` train.
+- **K folds** (``folds: K, fold: i``): fold ``i`` validates and the other ``K - 1`` train
+  (``validation_split`` is then not used, so a loader's default hold-out needs no change).
   Targets that are class indices (integers from 0) are *stratified*: each class's samples, in a
   seeded order, are dealt to the folds in turn, so every fold holds each class within one sample
   of its share, and fold sizes differ by at most one. Other targets (a regression) are dealt
@@ -97,7 +98,7 @@ def split_indices(
     """(training, validation) indices of ``range(size)``: fold ``fold`` of ``folds`` when ``folds`` is
     set, else a hold-out of ``validation_split`` (no validation when it is 0)."""
     if folds:
-        check_folds(folds, fold, validation_split, size)
+        check_folds(folds, fold, size)
         valid = kfold(size, folds, split_seed, targets, groups)[fold]
         chosen = set(valid)
         return [i for i in range(size) if i not in chosen], valid
@@ -106,7 +107,7 @@ def split_indices(
     return holdout_indices(size, validation_split, split_seed)
 
 
-def check_folds(folds: Any, fold: Any, validation_split: Any, size: int) -> None:
+def check_folds(folds: Any, fold: Any, size: int) -> None:
     key = "data_loader.args"
     if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
         raise UserError(f"{key}.folds: must be a whole number of at least 2 (or 0: no folds), got {folds!r}")
@@ -114,5 +115,3 @@ def check_folds(folds: Any, fold: Any, validation_split: Any, size: int) -> None
         raise UserError(f"{key}.folds: {folds} folds of {size} samples leave a fold empty; lower it")
     if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < folds:
         raise UserError(f"{key}.fold: must be from 0 to {folds - 1} (folds are numbered from 0), got {fold!r}")
-    if validation_split:
-        raise UserError(f"{key}.validation_split: {validation_split!r} and folds={folds} both choose the validation samples; set validation_split=0")
