@@ -321,3 +321,28 @@ def test_references_keep_types_follow_overrides_and_name_both_keys_when_wrong(tm
     assert [m["args"]["num_classes"] for m in config["metrics"] if "num_classes" in m.get("args", {})] == [7, 7, 7]
     literal = Config.from_dict({**tiny_config(tmp_path), "name": "a\\${b}"}, "c")
     assert literal["name"] == "a${b}" and Config.from_dict(literal.to_dict(), "again")["name"] == "a${b}"
+
+
+def test_tuple_and_namedtuple_outputs_are_fields_by_position_and_by_name():
+    from collections import namedtuple
+
+    from trainer.predictor import Predictor
+
+    Pair = namedtuple("Pair", ["scores", "embedding"])
+
+    class TwoHeads(torch.nn.Module):
+        def __init__(self, kind):
+            super().__init__()
+            self.kind = kind
+
+        def forward(self, x):
+            scores, embedding = x.sum(dim=1, keepdim=True), x[:, :2]
+            if self.kind == "tuple":
+                return scores, embedding, torch.tensor(1.0)  # a scalar: not one row per sample, left out
+            return Pair(scores, {"first": embedding[:, 0], "pair": embedding})
+
+    batches = [(torch.arange(4), (torch.randn(4, 3), torch.zeros(4))), (torch.arange(4, 6), (torch.randn(2, 3), torch.zeros(2)))]
+    tuple_fields = [b.fields for b in Predictor(TwoHeads("tuple"), torch.device("cpu")).predict(batches)]
+    assert list(tuple_fields[0]) == ["0", "1"] and tuple_fields[1]["1"].shape == (2, 2)
+    named = [b.fields for b in Predictor(TwoHeads("named"), torch.device("cpu"), fields=["embedding.first", "scores"]).predict(batches)]
+    assert list(named[0]) == ["embedding.first", "scores"] and named[0]["embedding.first"].shape == (4,)
