@@ -31,7 +31,7 @@ from app.loading import add_loading_arguments, load_trained_model, output_path, 
 from app.session import build_trainer, evaluation_settings
 from trainer.batches import BatchReader
 from utils import distributed
-from utils.checkpoint import run_dir_of
+from utils.checkpoints import run_dir_of
 from utils.errors import UserError, first_line, report
 
 

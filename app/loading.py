@@ -20,7 +20,7 @@ from app.config import Config
 from app.run_dir import filesystem_error
 from logger import setup_logging
 from utils import distributed
-from utils.checkpoint import Checkpoint, load_checkpoint, load_weights
+from utils.checkpoints import Checkpoint, load_checkpoint, load_weights
 from utils.device import limit_visible_gpus, select_device
 from utils.errors import UserError
 

@@ -36,7 +36,7 @@ from trainer import Trainer
 from trainer.parallel import prepare_model
 from trainer.preflight import run_preflight
 from utils import distributed
-from utils.checkpoint import Checkpoint, load_checkpoint, load_weights, run_dir_of
+from utils.checkpoints import Checkpoint, load_checkpoint, load_weights, run_dir_of
 from utils.device import limit_visible_gpus, select_device
 from utils.errors import UserError
 from utils.seed import seed_everything

@@ -2,26 +2,25 @@
 
 A subclass supplies ``_train_epoch`` and ``_valid_epoch`` and names its stateful parts
 (``state_parts`` / ``rank_parts``); this class runs epochs, logs each epoch's row, keeps the
-monitor, and writes checkpoints assembled from those parts (``base/training_state.py``), so that
-``-r last.pth`` continues a run bit for bit on CPU.
+monitor, and asks its checkpoint store (``utils/checkpoints/``: files or DCP snapshots, chosen
+once by whoever builds the trainer) to save, link and prune checkpoints of those parts and to
+restore them, so that ``-r last.pth`` continues a run bit for bit on CPU.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from base.progress import Monitor, Progress
 from base.settings import TrainerSettings
-from base.training_state import RngState, Stateful, capture, capture_sharded, restore
+from base.training_state import RngState
 from logger.logger import get_logger
 from logger.run_log import RunLog
 from utils import distributed
-from utils.checkpoint import link_atomic, prune_epoch_checkpoints, remove_stale_temporaries, save_atomic
-from utils.sharded_checkpoint import point, remove_unreferenced, save_snapshot
+from utils.checkpoints import Stateful, open_store, restore
 from utils.signals import StopRequest
 
 
@@ -33,8 +32,10 @@ class BaseTrainer(ABC):
         run: RunLog | None = None,
         stop: StopRequest | None = None,
         checkpoint_meta: dict | None = None,
+        store: Any = None,
     ):
         self.settings = settings
+        self.store = store or open_store("files")
         self.device = device
         self.logger = get_logger()
         self.run = run or RunLog.off()
@@ -57,8 +58,9 @@ class BaseTrainer(ABC):
         return {"rng": RngState()}
 
     def resume(self, checkpoint: Any) -> None:
-        """Continue the run ``checkpoint`` describes (checked in memory; see ``base/training_state.py``)."""
-        restore(self, checkpoint)
+        """Continue the run ``checkpoint`` describes (checked and loaded in memory, part by part)."""
+        self.store.accepts(checkpoint)
+        restore(checkpoint, self.state_parts(), self.rank_parts(), distributed.world_size(), distributed.rank())
         self.saved_once = True
         reset = self.settings.early_stop_reset
         if reset or (reset is None and self.monitor.stopped_early):
@@ -68,11 +70,9 @@ class BaseTrainer(ABC):
 
     def attach_run(self, run: RunLog) -> None:
         """Where logs, metrics and checkpoints go, once the run directory exists (and is locked: what a
-        killed writer left half-written there is swept)."""
+        killed writer left half-written there is swept). A collective call."""
         self.run = run
-        if run.checkpoint_dir is not None:
-            remove_stale_temporaries(run.checkpoint_dir)
-            remove_unreferenced(run.checkpoint_dir)
+        self.store.attach(run.checkpoint_dir)
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -136,52 +136,29 @@ class BaseTrainer(ABC):
 
     # -- checkpoints --------------------------------------------------------------------------
 
-    sharded = False
-    """True when the weights are sharded (FSDP): checkpoints are DCP snapshots (``last.dcp``), not files."""
-
     @property
     def checkpoint_suffix(self) -> str:
-        return ".dcp" if self.sharded else ".pth"
+        return self.store.suffix
 
     def save_last(self) -> None:
-        """Write ``last`` atomically; every rank takes part (rank 0 alone writes a file checkpoint)."""
-        folder = self.run.checkpoint_dir
-        if self.sharded:
-            sharded, shared, own = capture_sharded(self, self.checkpoint_meta)
-            save_snapshot(Path(distributed.broadcast_object(str(folder))) / "last.dcp", sharded, shared, own)
-        else:
-            state = capture(self, self.checkpoint_meta)
-            if folder is not None:
-                save_atomic(state, folder / "last.pth")
+        """Write ``last`` atomically; every rank takes part."""
+        mid_epoch = self.progress.batch_in_epoch > 0
+        self.store.save("last", self.checkpoint_meta, self.state_parts(), self.rank_parts(), mid_epoch)
         self.saved_once = True
-        if folder is not None:
-            if self.progress.batch_in_epoch:
-                last = folder / f"last{self.checkpoint_suffix}"
-                self.logger.info("saved %s (epoch %d, batch %d)", last, self.progress.epoch, self.progress.batch_in_epoch)
+        last = self.store.path("last")
+        if last is not None and mid_epoch and distributed.is_main_process():
+            self.logger.info("saved %s (epoch %d, batch %d)", last, self.progress.epoch, self.progress.batch_in_epoch)
         distributed.barrier()
 
     def save_epoch_checkpoints(self, epoch: int, improved: bool) -> None:
         self.progress.epoch, self.progress.batch_in_epoch = epoch, 0
         self.save_last()
-        folder = self.run.checkpoint_dir
-        if folder is None:
-            return
-        suffix = self.checkpoint_suffix
-        last = folder / f"last{suffix}"
         if improved:
-            self._copy_checkpoint(last, folder / f"best{suffix}")
-            self.logger.info("new best %s %.6g: saved %s", self.monitor.metric, self.monitor.best, folder / f"best{suffix}")
+            self.store.link("last", "best")
+            if self.store.path("best") is not None:
+                self.logger.info("new best %s %.6g: saved %s", self.monitor.metric, self.monitor.best, self.store.path("best"))
         period = self.settings.save_period
         if period and epoch % period == 0:
-            self._copy_checkpoint(last, folder / f"epoch-{epoch}{suffix}")
-            for path in prune_epoch_checkpoints(folder, self.settings.keep_last, suffix):
+            self.store.link("last", f"epoch-{epoch}")
+            for path in self.store.prune(self.settings.keep_last):
                 self.logger.debug("removed old checkpoint %s", path)
-            if self.sharded:
-                remove_unreferenced(folder)
-
-    def _copy_checkpoint(self, last: Path, target: Path) -> None:
-        """``target`` holds what ``last`` holds: a hard link to the file, or a link to the same snapshot."""
-        if self.sharded:
-            point(target, last.resolve())
-        else:
-            link_atomic(last, target)

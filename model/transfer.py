@@ -27,7 +27,7 @@ from torch import nn
 from base import BaseModel
 from base.freezing import freeze as freeze_modules
 from model.layers import Linear
-from utils.checkpoint import clean_state_dict
+from utils.checkpoints import clean_state_dict
 from utils.errors import UserError, closest, first_line
 
 

@@ -71,6 +71,15 @@ def last_checkpoint(run_dir: Path, name: str = "last.pth") -> dict:
     return torch.load(run_dir / "checkpoints" / name, weights_only=True, map_location="cpu")
 
 
+def save_crafted(state: dict, path: Path) -> None:
+    """Save a checkpoint edited as a stranger would craft one: its checksums made to match again
+    (they catch damage, not forgery; what a crafted checkpoint may do is the trust rule's job)."""
+    from utils.checkpoints.files import with_checksums
+
+    state = {key: value for key, value in state.items() if key != "checksums"}
+    torch.save(with_checksums(state) if state.get("version", 0) >= 3 else state, path)
+
+
 def seeded_random(request) -> random.Random:
     """A ``random.Random`` for a test that picks random moments; its seed is printed, so a failure
     can be replayed with ``TEST_SEED=<seed>``."""

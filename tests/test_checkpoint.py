@@ -15,7 +15,7 @@ import pytest
 import torch
 from helpers import ROOT, build_trainer, metric_rows, run_script, tiny_config, write_config
 
-from utils.checkpoint import clean_state_dict, load_checkpoint
+from utils.checkpoints import VERSION, clean_state_dict, load_checkpoint
 from utils.errors import UserError
 
 SCHEDULERS = [
@@ -229,5 +229,5 @@ def test_a_format_1_checkpoint_is_evaluated_and_fine_tuned_but_not_resumed(tmp_p
     assert json.loads((tmp_path / "m.json").read_text())["epoch"] == 4
     resumed = run_script("train.py", "-r", str(path))
     assert resumed.returncode == 2 and resumed.stderr.count("\n") == 1
-    assert "checkpoint format version 1, and this code resumes version 2; fine-tune from it with -r FILE -c CONFIG" in resumed.stderr
+    assert f"checkpoint format version 1, and this code resumes version {VERSION}; fine-tune from it with -r FILE -c CONFIG" in resumed.stderr
     assert sorted(p.name for p in run_dir.rglob("*")) == ["checkpoints", "last.pth"]  # nothing written

@@ -23,7 +23,7 @@ import pytest
 import torch
 from helpers import ROOT, TESTS_ENV, kill_tree, metric_rows, run_script, tiny_config, write_config
 
-from utils.checkpoint import load_checkpoint
+from utils.checkpoints import load_checkpoint
 from utils.errors import UserError
 
 pytestmark = pytest.mark.slow

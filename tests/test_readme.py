@@ -23,7 +23,8 @@ import train
 from data_loader.data_loaders import digits_dataset
 from logger.logger import close_log_files
 
-SECTION = re.search(r"^## Write your own\n(.*?)^## ", (ROOT / "README.md").read_text(), re.DOTALL | re.MULTILINE).group(1)
+MANUAL = ROOT / "TEMPLATE.md" if (ROOT / "TEMPLATE.md").exists() else ROOT / "README.md"  # a new project keeps the manual as TEMPLATE.md
+SECTION = re.search(r"^## Write your own\n(.*?)^## ", MANUAL.read_text(), re.DOTALL | re.MULTILINE).group(1)
 BLOCKS = re.findall(r"^```(\w+)\n(.*?)^```", SECTION, re.DOTALL | re.MULTILINE)
 
 

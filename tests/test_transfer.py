@@ -14,7 +14,7 @@ from data_loader.image_folder import ImageFolderDataLoader
 from model.transfer import TransferClassifier
 from trainer.evaluator import Evaluator
 from trainer.metrics import MetricSet
-from utils.checkpoint import load_checkpoint, load_weights
+from utils.checkpoints import load_checkpoint, load_weights
 from utils.errors import UserError
 
 FROZEN = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.")  # configs/transfer.json's freeze list, torchvision names

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT, metric_rows, tiny_config, write_config, write_images
+from helpers import ROOT, metric_rows, save_crafted, tiny_config, write_config, write_images
 from PIL import Image
 
 import predict
@@ -187,7 +187,7 @@ def test_a_model_named_by_function_trains_then_tests_predicts_and_resumes_with_n
     state = torch.load(checkpoints / "last.pth", weights_only=True)
     marker = tmp_path / "ran"
     state["config"]["loss"] = {"type": "os:system", "args": {"command": f"touch {marker}"}}
-    torch.save(state, checkpoints / "evil.pth")
+    save_crafted(state, checkpoints / "evil.pth")
     for script, extra in (("train", []), ("test", ["--out", tmp_path / "e.json"]), ("predict", ["--out", tmp_path / "e.jsonl"])):
         assert run(script, "-r", checkpoints / "evil.pth", *extra) == 2
         err = capsys.readouterr().err
@@ -205,7 +205,7 @@ def test_a_checkpoint_naming_a_data_or_test_folder_imports_nothing(tmp_path, cap
     for name in ("tests.user_steps:nll_plus_input_energy", "data.downloaded.loader:Loader", "saved.x:y", "benchmarks.overhead:SyntheticDataLoader"):
         state = torch.load(last, weights_only=True)
         state["config"]["loss"] = {"type": name}
-        torch.save(state, last.with_name("named.pth"))
+        save_crafted(state, last.with_name("named.pth"))
         modules = set(sys.modules)
         assert run("test", "-r", last.with_name("named.pth"), "--out", tmp_path / "m.json") == 2
         assert "is not defined in this project's source packages" in capsys.readouterr().err

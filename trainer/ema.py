@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from utils.checkpoint import clean_state_dict
+from utils.checkpoints import clean_state_dict
 from utils.errors import UserError
 
 
@@ -73,6 +73,14 @@ class EMA:
     def state_dict(self) -> dict:
         self.check_follows()
         return {"decay": self.decay, "weights": {name: t.detach().cpu() for name, t in zip(self.names, self.averages)}}
+
+    def dcp_state_dict(self) -> dict:
+        """The averages themselves (sharded like the weights under FSDP), filled in place by a DCP load."""
+        self.check_follows()
+        return {"decay": self.decay, "weights": dict(zip(self.names, self.averages))}
+
+    def load_dcp_state_dict(self, state: dict) -> None:
+        """The averages were loaded in place; nothing more to do."""
 
     def load_state_dict(self, state: dict | None) -> None:
         if state is None:

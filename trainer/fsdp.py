@@ -8,22 +8,19 @@ every child of the root that has parameters), then the root; ``trainer.amp`` bec
 ``MixedPrecisionPolicy`` (bf16 or fp16 compute, fp32 gradient reduction),
 ``trainer.fsdp_reshard_after_forward`` and ``trainer.fsdp_cpu_offload`` are passed on.
 
-:class:`ShardedWeights` is the weights, optimizer and EMA state as one DCP state dict: shards
-on save (nothing gathered), and on load any number of processes, sharded or not.
+Checkpoints of a sharded model are DCP snapshots: the weights', optimizer's and EMA's parts give
+their tensors as DCP wants them (``base/training_state.py``, ``trainer/ema.py``), and the
+snapshot store writes every process's shards (``utils/checkpoints/snapshots.py``).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from base.settings import TrainerSettings
-from utils.sharded_checkpoint import load_into
-
-if TYPE_CHECKING:
-    from trainer.ema import EMA
 
 PRECISION = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -53,30 +50,3 @@ def shard_model(model: nn.Module, settings: TrainerSettings, device: torch.devic
     for name in names:
         fully_shard(modules[name], **options)  # names checked by prepare_model
     fully_shard(model, **options)
-
-
-class ShardedWeights:
-    """The ``model``, ``optimizer`` and ``ema`` parts of a sharded checkpoint, saved and loaded together."""
-
-    def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer, ema: EMA | None):
-        self.module, self.optimizer, self.ema = module, optimizer, ema
-
-    def state_dict(self) -> dict:
-        """DCP's state: DTensor shards under FSDP, whole tensors otherwise (names without wrapper prefixes)."""
-        from torch.distributed.checkpoint.state_dict import get_state_dict
-
-        model, optimizer = get_state_dict(self.module, self.optimizer)  # creates the optimizer state if it has none yet
-        state = {"model": model, "optimizer": optimizer}
-        if self.ema is not None:
-            state["ema"] = {"weights": dict(zip(self.ema.names, self.ema.averages))}  # the averages themselves
-        return state
-
-    def load(self, folder: Any, with_ema: bool) -> None:
-        """Load the snapshot in ``folder``, resharded to this run's processes."""
-        from torch.distributed.checkpoint.state_dict import set_state_dict
-
-        state = self.state_dict()
-        if not with_ema:
-            state.pop("ema", None)
-        load_into(state, folder)  # the EMA averages are filled in place
-        set_state_dict(self.module, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])

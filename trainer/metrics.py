@@ -8,8 +8,8 @@ Two kinds of metric, both updated on the device:
 - **metric objects** with ``update(output, target)``, ``compute()`` and ``reset()``: torchmetrics
   classes (macro F1, AUROC, R², a confusion matrix...) or your own. They see every sample, so
   their epoch value does not depend on the batch size; torchmetrics objects sync their state over
-  DDP processes inside ``compute()``. Their state travels in mid-epoch checkpoints (torchmetrics'
-  ``metric_state``, or the object's own ``state_dict``/``load_state_dict``).
+  DDP processes inside ``compute()``. Their state travels in mid-epoch checkpoints through their
+  own ``state_dict``/``load_state_dict`` (a torchmetrics object's states made persistent).
 
 Batches are measured in groups (``trainer/metric_groups.py``): each batch's output and target
 are copied into buffers, and the metrics run once per group of up to 64 batches. The values do
@@ -26,23 +26,19 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
 from typing import Any
 
 import torch
 
+from logger.logger import get_logger
 from trainer.metric_groups import BatchGroup, plain
 from utils import distributed
 from utils.errors import UserError
+from utils.nested import map_tensors
 
 
 def is_metric_object(metric: Any) -> bool:
     return all(callable(getattr(metric, name, None)) for name in ("update", "compute", "reset"))
-
-
-def _torchmetrics_metric(metric: Any) -> bool:
-    module = sys.modules.get("torchmetrics")  # never imported just to ask
-    return module is not None and isinstance(metric, module.Metric)
 
 
 def batch_size(target: Any) -> int:
@@ -146,22 +142,24 @@ class MetricSet:
         return {key: value for name in self.order for key, value in values[name].items()}
 
     def state_dict(self) -> dict:
-        """Mid-epoch state as plain tensors on the CPU (what ``torch.load(weights_only=True)`` reads)."""
+        """Mid-epoch state as plain tensors on the CPU (what ``torch.load(weights_only=True)`` reads).
+
+        A metric object's state is its own ``state_dict()``; a torchmetrics object's states are made
+        part of it first (``persistent(True)``, its public switch)."""
         group = self._group if self._group is not None and self._group.rows else None
         if group is not None and not all(map(plain, group.templates)):
             self.flush()  # a checkpoint holds plain data only (weights_only): the group is measured before any state is taken
             group = None
         objects = {}
         for name, obj in self.objects.items():
-            if _torchmetrics_metric(obj):
-                states = {k: [t.cpu() for t in v] if isinstance(v, list) else v.cpu() for k, v in obj.metric_state.items()}
-                objects[name] = {"metric_state": states, "updates": obj._update_count}
-            elif callable(getattr(obj, "state_dict", None)):
-                objects[name] = {"state_dict": obj.state_dict()}
+            if callable(getattr(obj, "persistent", None)):
+                obj.persistent(True)
+            if callable(getattr(obj, "state_dict", None)):
+                objects[name] = map_tensors(dict(obj.state_dict()), torch.Tensor.cpu)
         return {"sums": torch.stack(self.sums).cpu() if self.sums else None, "count": self.count, "objects": objects, "group": group.state_dict() if group else None}
 
-    def load_state_dict(self, state: dict) -> list[str]:
-        """Restore a mid-epoch state; returns the names of objects that could not be restored."""
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a mid-epoch state; a metric object that keeps no state_dict is said to restart its count."""
         if self.sums:
             for total, saved in zip(self.sums, state["sums"].to(self.device)):
                 total.copy_(saved)
@@ -171,16 +169,18 @@ class MetricSet:
             saved = state["objects"].get(name)
             if saved is None:
                 lost.append(name)
-            elif "metric_state" in saved:
-                for key, value in saved["metric_state"].items():
-                    setattr(obj, key, [t.to(self.device) for t in value] if isinstance(value, list) else value.to(self.device))
-                obj._update_count = saved["updates"]
-                obj._computed = None
-            else:
-                obj.load_state_dict(saved["state_dict"])
-        group = state.get("group")  # absent in checkpoints of 2026-11
+                continue
+            if callable(getattr(obj, "persistent", None)):
+                obj.persistent(True)
+            obj.load_state_dict(map_tensors(saved, lambda t: t.to(self.device)))
+        if lost and (self.count or state.get("group")):
+            get_logger().warning(
+                "metrics: %s kept no state_dict, so this epoch's value counts only the batches after the resume; "
+                "give the metric state_dict/load_state_dict (torchmetrics classes have them)",
+                ", ".join(lost),
+            )
+        group = state["group"]
         self._group = BatchGroup.from_state(group, self.device) if group else None
-        return lost
 
 
 def flatten(name: str, value: Any) -> dict[str, Any]:

@@ -47,8 +47,15 @@ class PreparedModel:
         self.module.train(mode)
 
     @property
-    def sharded(self) -> bool:
+    def collective_forward(self) -> bool:
+        """Whether every forward is a collective (FSDP gathers the weights it computes with)."""
         return self.strategy == "fsdp"
+
+    @property
+    def checkpoint_store(self) -> str:
+        """The checkpoint store this strategy needs: DCP snapshots when each process holds a shard of
+        the weights (FSDP), else files (``utils/checkpoints/``)."""
+        return "snapshots" if self.strategy == "fsdp" else "files"
 
 
 def prepare_model(model: nn.Module | PreparedModel, settings: TrainerSettings, device: torch.device) -> PreparedModel:

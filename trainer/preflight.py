@@ -210,7 +210,7 @@ def _metric_failure(name: str, exc: Exception, output: Any, target: Any) -> Exce
 def _check_optimizer(trainer: Trainer) -> None:
     """One step of the optimizer's class with its settings, on a stand-in parameter per group."""
     optimizer = trainer.optimizer
-    if trainer.sharded or not optimizer.param_groups:
+    if not optimizer.param_groups:
         return
     groups = []
     for group in optimizer.param_groups:

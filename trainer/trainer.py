@@ -34,20 +34,20 @@ from torch import nn
 
 from base import BaseTrainer
 from base.settings import TrainerSettings
-from base.training_state import ModelWeights, Stateful, TypedState
+from base.training_state import DataPosition, ModelWeights, OptimizerState
 from dataflow.epochs import epochs_of
 from logger.logger import get_logger
 from logger.progress import progress_bar, progress_enabled
 from trainer.batches import BatchReader, next_batch, run_model
 from trainer.ema import EMA
 from trainer.evaluator import Evaluator
-from trainer.fsdp import ShardedWeights
 from trainer.loss import Loss
 from trainer.metrics import LossTracker, MetricSet, batch_size
 from trainer.parallel import PreparedModel, prepare_model
 from trainer.precision import NO_CONTEXT, Precision
 from trainer.schedule import Schedule
 from utils import distributed
+from utils.checkpoints import Stateful, open_store
 from utils.errors import NonFiniteLossError, UserError
 from utils.nested import map_tensors
 
@@ -69,9 +69,8 @@ class Trainer(BaseTrainer):
         scheduler_interval: str = "epoch",
         **base: Any,
     ):
-        super().__init__(settings, device, **base)
         self.model = prepare_model(model, settings, device)
-        self.sharded = self.model.sharded
+        super().__init__(settings, device, store=open_store(self.model.checkpoint_store), **base)
         self.loss = Loss(criterion, device)
         self.criterion = self.loss.criterion
         self._forward_module: Any = self.model.train_forward  # what self.forward calls in this phase
@@ -101,8 +100,8 @@ class Trainer(BaseTrainer):
             self.model.eval_forward, self.loss, valid_metrics, device, settings.amp, self.read_batch, self.show_progress, step=self.validation_step
         )
         source = self.data if settings.overfit_batches else self.valid_data
-        # Sharded weights are gathered in every forward, a collective: every process evaluates as many batches.
-        self.valid_steps = distributed.all_reduce_max(source.batches_per_epoch) if self.sharded and source is not None else None
+        # When a forward is a collective (FSDP gathers weights), every process evaluates as many batches.
+        self.valid_steps = distributed.all_reduce_max(source.batches_per_epoch) if self.model.collective_forward and source is not None else None
         self.data_wait_hinted = False
         self.profiler: Any = None
         self.profile_from: int | None = None  # the step this process began profiling at
@@ -155,18 +154,14 @@ class Trainer(BaseTrainer):
         return {
             **super().state_parts(),
             "model": ModelWeights(self.model.module),
-            "optimizer": TypedState(self.optimizer, "optimizer"),
+            "optimizer": OptimizerState(self.optimizer, self.model.module),
             "lr_scheduler": self.schedule,
             "precision": self.precision,
             "ema": self.ema or _NoEMA(),
         }
 
-    def sharded_weights(self) -> ShardedWeights:
-        """The weights, optimizer and EMA state as one DCP state (sharded checkpoints, ``trainer/fsdp.py``)."""
-        return ShardedWeights(self.model.module, self.optimizer, self.ema)
-
     def rank_parts(self) -> dict[str, Stateful]:
-        return {**super().rank_parts(), "data": self.data, "losses": self.losses, "train_metrics": self.train_metrics}
+        return {**super().rank_parts(), "data": DataPosition(self.data, self.progress), "losses": self.losses, "train_metrics": self.train_metrics}
 
     # -- training -------------------------------------------------------------------------------
 
@@ -237,6 +232,8 @@ class Trainer(BaseTrainer):
         self._check_losses(epoch)
         elapsed = max(time.perf_counter() - started, 1e-9)
         row = {"loss": self.losses.epoch_loss(self.device), **self.train_metrics.compute()}
+        self.losses.reset()  # the epoch's state is in its row: checkpoints from here on hold an empty one
+        self.train_metrics.reset()
         seen = distributed.all_reduce_sum(torch.tensor([float(samples)], device=self.device)).item()
         row.update(samples_per_sec=round(seen / elapsed, 2), data_wait=round(data_wait / elapsed, 4))
         self._hint_data_wait(row["data_wait"])

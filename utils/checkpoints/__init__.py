@@ -1,0 +1,61 @@
+"""Checkpoints: one store interface, two implementations, chosen once per run.
+
+- :class:`~utils.checkpoints.files.FileStore`: one ``.pth`` per checkpoint (single process, DDP);
+- :class:`~utils.checkpoints.snapshots.SnapshotStore`: DCP snapshots, every process writing its
+  shards (FSDP).
+
+The engine asks its store to ``save`` a checkpoint from its parts, ``link`` one name to another
+(``best`` to ``last``), ``prune`` old ``epoch-N`` ones, and whether it ``accepts`` a checkpoint
+to resume; :func:`load_checkpoint` reads either kind for ``-r``, and
+:func:`~utils.checkpoints.state.restore` loads the parts back. Nothing outside this package asks
+which kind it is. A checkpoint is data: everything is read with ``torch.load(weights_only=True)``
+(DCP's metadata through an allow-list), and every part is checked against its checksum.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from utils.checkpoints.files import FileCheckpoint, FileStore, read_file_checkpoint
+from utils.checkpoints.state import FORMAT, VERSION, Checkpoint, DcpStateful, Stateful, restore, run_dir_of
+from utils.checkpoints.weights import LoadReport, clean_state_dict, load_weights
+from utils.errors import UserError
+
+
+def open_store(kind: str) -> Any:
+    """The store of a run: ``"files"`` or ``"snapshots"`` (the strategy says which, ``trainer/parallel.py``)."""
+    if kind == "snapshots":
+        from utils.checkpoints.snapshots import SnapshotStore
+
+        return SnapshotStore()
+    return FileStore()
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """A ``.pth`` file or a ``.dcp`` snapshot given to ``-r``, read safely; problems are one line."""
+    path = Path(path)
+    if path.is_dir():
+        from utils.checkpoints.snapshots import SnapshotCheckpoint, is_snapshot
+
+        if is_snapshot(path.resolve()):
+            return SnapshotCheckpoint(path)
+        raise UserError(f"{path}: a folder, not a checkpoint; pass a .pth file (or a .dcp sharded checkpoint) from a run's checkpoints/ folder")
+    return read_file_checkpoint(path)
+
+
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "Checkpoint",
+    "DcpStateful",
+    "FileCheckpoint",
+    "LoadReport",
+    "Stateful",
+    "clean_state_dict",
+    "load_checkpoint",
+    "load_weights",
+    "open_store",
+    "restore",
+    "run_dir_of",
+]
