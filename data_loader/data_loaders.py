@@ -6,8 +6,11 @@ shuffling, sharding and the in-memory path. ``training=False`` gives the test sp
 
 from __future__ import annotations
 
+import gzip
+import importlib.util
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
@@ -26,14 +29,23 @@ def digits_dataset(training: bool) -> TensorDataset:
     A fixed permutation (its own seed, independent of the run seed) holds out 20% as the test
     split, so ``test.py`` measures samples that training and validation never saw.
     """
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (N, 1, 8, 8) in [0, 1]
+    table = torch.from_numpy(scikit_learn_csv("digits.csv.gz"))  # what sklearn.datasets.load_digits reads
+    images = table[:, :-1].to(torch.float32).view(-1, 1, 8, 8) / 16.0  # (N, 1, 8, 8) in [0, 1]
     images = (images - 0.3) / 0.4
-    labels = torch.tensor(digits.target, dtype=torch.int64)
+    labels = table[:, -1].to(torch.int64)
     chosen = held_out_split(len(labels), DIGITS_TEST_FRACTION, DIGITS_SPLIT_SEED, training)
     return TensorDataset(images[chosen], labels[chosen])
+
+
+def scikit_learn_csv(name: str) -> np.ndarray:
+    """One of the data files scikit-learn ships (``sklearn/datasets/data/``), read as its loaders read
+    it but without importing scikit-learn, whose import (with SciPy) was most of a small run's start-up."""
+    spec = importlib.util.find_spec("sklearn")
+    path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / name if spec else None
+    if path is None or not path.is_file():
+        raise UserError(f"data_loader: scikit-learn's {name} is not installed here; install scikit-learn (pip install scikit-learn)")
+    with gzip.open(path, "rt") as handle:
+        return np.loadtxt(handle, delimiter=",")
 
 
 def held_out_split(samples: int, test_fraction: float, seed: int, training: bool) -> torch.Tensor:

@@ -13,11 +13,12 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shlex
 import socket
 import subprocess
+import sys
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,25 @@ def environment() -> dict[str, Any]:
         "cudnn": torch.backends.cudnn.version() if cuda else None,
         "hostname": socket.gethostname(),
         "platform": platform.platform(),
-        "packages": dict(sorted((d.metadata["Name"].lower(), d.version) for d in metadata.distributions() if d.metadata["Name"])),
+        "packages": installed_packages(),
     }
+
+
+def installed_packages() -> dict[str, str]:
+    """Every installed distribution's version, by normalised name, from the names of the
+    ``*.dist-info`` folders on the path (``name-version.dist-info``): reading each package's
+    metadata instead cost a third of a second of every run's start."""
+    found: dict[str, str] = {}
+    for entry in sys.path:
+        try:
+            folders = [p for p in Path(entry or ".").iterdir() if p.suffix in (".dist-info", ".egg-info")]
+        except OSError:
+            continue
+        for folder in folders:
+            name, _, version = folder.stem.partition("-")
+            if name and version:
+                found.setdefault(re.sub(r"[-_.]+", "-", name).lower(), version.split("-")[0])
+    return dict(sorted(found.items()))
 
 
 def command_line(script: str, argv: list[str]) -> str:

@@ -9,11 +9,17 @@ along the batch dimension):
   tensors, never Python numbers, so the sums stay on the device.
 - **metric objects** with ``update(output, target)``, ``compute()`` and ``reset()``, such as
   torchmetrics' classes or :class:`Accuracy` below: they keep counts, so the epoch value is
-  exact and independent of how the samples were batched or sharded.
+  exact and independent of how the samples were batched or sharded. ``compute()`` reduces over
+  DDP processes (torchmetrics does it inside; :class:`Accuracy` shows how by hand), and
+  ``state_dict``/``load_state_dict`` carry a mid-epoch state through a checkpoint.
+
+This module imports no torchmetrics: a run whose metrics are these does not pay its import
+(seconds, with torchvision and SciPy); a torchmetrics class named in the config is imported then.
 """
 
 import torch
-import torchmetrics
+
+from utils import distributed
 
 
 def accuracy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -31,23 +37,34 @@ def top_k_acc(output: torch.Tensor, target: torch.Tensor, k: int = 3) -> torch.T
     return ((output > target_score).sum(dim=1) < k).float().mean()
 
 
-class Accuracy(torchmetrics.Metric):
+class Accuracy:
     """Accuracy from exact counts: correct predictions over samples, divided once, in float64.
 
-    The same value for any batch size and any number of processes (torchmetrics sums the counts
-    over DDP processes), equal to ``correct / samples`` computed from a predictions file.
+    The same value for any batch size and any number of processes (the counts are summed over DDP
+    processes in :meth:`compute`, a collective every process calls), equal to ``correct / samples``
+    computed from a predictions file.
     """
 
-    full_state_update = False
-
     def __init__(self) -> None:
-        super().__init__()
-        self.add_state("correct", torch.tensor(0), dist_reduce_fx="sum")
-        self.add_state("total", torch.tensor(0), dist_reduce_fx="sum")
+        self.counts = torch.zeros(2, dtype=torch.int64)  # correct, samples
+
+    def to(self, device: torch.device) -> "Accuracy":
+        self.counts = self.counts.to(device)
+        return self
 
     def update(self, output: torch.Tensor, target: torch.Tensor) -> None:
-        self.correct += (output.argmax(dim=1) == target).sum()
-        self.total += target.numel()
+        self.counts[0] += (output.argmax(dim=1) == target).sum()
+        self.counts[1] += target.numel()
 
     def compute(self) -> torch.Tensor:
-        return self.correct.double() / self.total if self.device.type != "mps" else self.correct.float() / self.total
+        correct, samples = distributed.all_reduce_sum(self.counts.clone()).tolist()
+        return torch.tensor(correct / samples if samples else float("nan"), dtype=torch.float64)
+
+    def reset(self) -> None:
+        self.counts.zero_()
+
+    def state_dict(self) -> dict:
+        return {"counts": self.counts}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.counts.copy_(state["counts"])
