@@ -30,7 +30,7 @@ import torch
 
 from app.loading import add_loading_arguments, load_trained_model
 from app.prediction_files import PartWriter, RowFormatter, claim_output, merge
-from dataflow.epochs import prediction_batches, prediction_share
+from dataflow.epochs import ceil_div, prediction_batches, prediction_share
 from logger import get_logger
 from logger.progress import progress_iter
 from trainer.batches import BatchReader
@@ -81,7 +81,7 @@ def sources(args: argparse.Namespace, config):
         share = prediction_share(len(dataset), loader.batch_size, rank, world)
         batches = prediction_batches(dataset, loader.batch_size, loader.collate_fn, rank, world)
         formatter = RowFormatter(getattr(loader, "classes", None), dataset.ids, dataset.id_key)
-        return batches, formatter, -(-len(share) // loader.batch_size), False, loader
+        return batches, formatter, ceil_div(len(share), loader.batch_size), False, loader
     if args.split == "test":
         loader = config.init_obj("data_loader", training=False)
     else:

@@ -22,17 +22,19 @@ if __name__ == "__main__":
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 import torch
 
-from app.loading import add_loading_arguments, load_trained_model, output_path, write_text_atomic
+from app.loading import add_loading_arguments, load_trained_model
 from app.session import build_trainer, evaluation_settings
 from trainer.batches import BatchReader
 from utils import distributed
 from utils.checkpoints import run_dir_of
 from utils.errors import UserError, first_line, report
+from utils.files import OutputClaim, file_error, temporary_name
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -46,22 +48,44 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    claims: list[OutputClaim] = []
     try:
-        evaluate(args)
+        if int(os.environ.get("RANK", 0)) == 0:  # rank 0 writes the results: it claims them before any work
+            claims = claim_outputs(args)
+        evaluate(args, *claims)
     except Exception as exc:
         return report(exc, distributed.rank())
     finally:
+        for claim in claims:
+            claim.release()
         distributed.cleanup()
     return 0
 
 
-def evaluate(args: argparse.Namespace) -> dict:
+def claim_outputs(args: argparse.Namespace) -> list[OutputClaim]:
+    """The metrics file (``--out``, or the run's own ``test_metrics.json``, replaced freely) and the
+    ``--export`` file, each this process's until it ends; a file you named needs ``--force`` to be replaced."""
+    if args.export and Path(args.export).is_dir():
+        raise UserError(f"--export: {args.export} is a folder; name a file, e.g. {Path(args.export) / 'model.pt2'}")
+    if args.export and Path(args.export).suffix != ".pt2":
+        raise UserError(f"--export: {Path(args.export).name} must end in .pt2 (a torch.export program, loaded with torch.export.load)")
+    out = Path(args.out) if args.out else run_dir_of(args.resume) / "test_metrics.json"
+    claims = [OutputClaim(out, "--out", force=args.force or not args.out)]
+    if args.export:
+        claims.append(OutputClaim(Path(args.export), "--export", force=args.force))
+    try:
+        for claim in claims:
+            claim.acquire()
+    except BaseException:
+        for claim in claims:
+            claim.release()
+        raise
+    return claims
+
+
+def evaluate(args: argparse.Namespace, out: OutputClaim | None = None, export: OutputClaim | None = None) -> dict:
     loaded = load_trained_model(args)
     config, device, model = loaded.config, loaded.device, loaded.model
-    out = output_path(args.out, run_dir_of(args.resume) / "test_metrics.json", force=args.force)
-    export = output_path(args.export, Path("model.pt2"), "--export", force=args.force) if args.export else None
-    if export is not None and export.suffix != ".pt2":
-        raise UserError(f"--export: {export.name} must end in .pt2 (a torch.export program, loaded with torch.export.load)")
     trainer = build_trainer(config, device, model=model, settings=evaluation_settings(config))
     trainer.progress.epoch, trainer.progress.global_step = loaded.checkpoint.epoch or 0, loaded.checkpoint.global_step or 0
     data_loader = config.init_obj("data_loader", training=False)
@@ -73,14 +97,25 @@ def evaluate(args: argparse.Namespace) -> dict:
         shown = {key: value for key, value in results.items() if not isinstance(value, list)}
         width = max(len(key) for key in shown)
         print("\n".join(f"{key:<{width}}  {value:.6g}" if isinstance(value, float) else f"{key:<{width}}  {value}" for key, value in shown.items()))
-        write_text_atomic(out, json.dumps(results, indent=2) + "\n")
-        print(f"wrote {out}")
+        publish(out, (json.dumps(results, indent=2) + "\n").encode())
+        print(f"wrote {out.path}")
         if export is not None:
             export_model(model, read_batch, data_loader, export)
     return results
 
 
-def export_model(model: torch.nn.Module, read_batch: BatchReader, data_loader, path: Path) -> None:
+def publish(claim: OutputClaim, data: bytes) -> None:
+    tmp = temporary_name(claim.path)
+    try:
+        tmp.write_bytes(data)
+        claim.publish(tmp)
+    except OSError as exc:
+        raise file_error(claim.flag, claim.path, exc, f"pass {claim.flag} with a writable place") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def export_model(model: torch.nn.Module, read_batch: BatchReader, data_loader, claim: OutputClaim) -> None:
     """Save the whole model as a ``torch.export`` program: load it with
     ``torch.export.load(path).module()`` and call it, no code of this project needed.
 
@@ -98,14 +133,14 @@ def export_model(model: torch.nn.Module, read_batch: BatchReader, data_loader, p
         program = torch.export.export(model.eval(), args, kwargs or None, dynamic_shapes=shapes)
     except Exception as exc:  # torch.export's own errors name the unsupported construct
         raise UserError(f"--export: torch.export could not trace {type(model).__name__}: {first_line(exc)}") from None
-    tmp = path.with_name(f".{path.name}.tmp")
+    path, tmp = claim.path, temporary_name(claim.path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         torch.export.save(program, str(tmp))
-        tmp.replace(path)
+        claim.publish(tmp)
     except OSError as exc:
+        raise file_error("--export", path, exc, "pass --export with a writable place") from None
+    finally:
         tmp.unlink(missing_ok=True)
-        raise UserError(f"--export: cannot write {path} ({exc.strerror}); pass --export with a writable place") from None
     print(f"exported {path} (load with torch.export.load({str(path)!r}).module())")
 
 

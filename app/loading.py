@@ -11,13 +11,11 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from app.config import Config
-from app.run_dir import filesystem_error
 from logger import setup_logging
 from utils import distributed
 from utils.checkpoints import Checkpoint, load_checkpoint, load_weights
@@ -66,26 +64,3 @@ def load_trained_model(args: argparse.Namespace) -> Loaded:
     load_weights(model, checkpoint.weights(ema=use_ema), strict=True, source=str(args.resume))
     model.to(device).eval()
     return Loaded(config, checkpoint, device, model, "ema" if use_ema else "raw")
-
-
-def output_path(out: str | None, default: Path, flag: str = "--out", force: bool = False) -> Path:
-    """Where to write a result: ``out`` or ``default``. A folder is a user error, and so is a file
-    you named that exists, unless ``force`` (the default file is this script's own, replaced freely)."""
-    path = Path(out) if out else default
-    if path.is_dir():
-        raise UserError(f"{flag}: {path} is a folder; name a file, e.g. {path / default.name}")
-    if out and path.exists() and not force:
-        raise UserError(f"{flag}: {path} exists; pass --force to replace it, or choose another name")
-    return path
-
-
-def write_text_atomic(path: Path, text: str, flag: str = "--out") -> None:
-    """Write ``text`` through a temporary file and a rename; filesystem trouble is one line."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise filesystem_error(flag, path, exc, f"pass {flag} with a writable place") from None

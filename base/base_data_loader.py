@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset, TensorDataset
 from torch.utils.data.dataloader import default_collate
 
-from dataflow.epochs import prediction_batches, targets_of
+from dataflow.epochs import epoch_length, prediction_batches, targets_of
 from dataflow.samplers import EvaluationShardSampler, ResumableDistributedSampler, SampleSeededDataset
 from dataflow.splits import split_indices
 from dataflow.workers import init_worker, track
@@ -201,8 +201,7 @@ class BaseDataLoader(DataLoader):
         if overfit_batches:
             self.sampler.shuffle = False
         per_pass = self.batches_per_pass()
-        count = min(overfit_batches, per_pass) if overfit_batches else (len_epoch or per_pass)
-        self.batches_per_epoch = min(count, limit_batches) if limit_batches else count
+        self.batches_per_epoch = epoch_length(per_pass, len_epoch, overfit_batches, limit_batches)
         if self.batches_per_epoch < 1 and self.training:
             if len(self.sampler.dataset) == 0:
                 raise UserError("data_loader: the training split has no samples; check the data (and validation_split)")

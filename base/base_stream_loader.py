@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data.dataloader import default_collate
 
 from base.base_data_loader import check_loader_counts
-from dataflow.epochs import prediction_share
+from dataflow.epochs import epoch_length, prediction_share
 from dataflow.shard_index import ShardSpec, accepts_start, check_count, hold_out, list_shards, reader_name, shard_counts
 from dataflow.stream_plan import (
     RankPlan,
@@ -204,8 +204,7 @@ class BaseStreamLoader:
                 f"data_loader.args.batch_size: {self.num_samples} training samples over {self.world} process(es) give no batch of "
                 f"{self.batch_size} per process; lower batch_size, turn off drop_last, or use fewer processes"
             )
-        count = min(overfit_batches, per_pass) if overfit_batches else (len_epoch or per_pass)
-        self.batches_per_epoch = min(count, limit_batches) if limit_batches else count
+        self.batches_per_epoch = epoch_length(per_pass, len_epoch, overfit_batches, limit_batches)
         plan = self._training_plan(0)
         get_logger().info(
             "stream: %s training samples in %d shards; per process %d batches of %d per pass from %d stream(s); "

@@ -25,6 +25,18 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from utils.errors import UserError
 
 
+def epoch_length(per_pass: int, len_epoch: int | None, overfit_batches: int, limit_batches: int) -> int:
+    """Batches per epoch: one pass, or ``len_epoch`` batches of passes one after another, or the
+    first ``overfit_batches`` (debugging); at most ``limit_batches`` when set."""
+    count = min(overfit_batches, per_pass) if overfit_batches else (len_epoch or per_pass)
+    return min(count, limit_batches) if limit_batches else count
+
+
+def ceil_div(count: int, size: int) -> int:
+    """Batches of ``size`` holding ``count`` items (the last one may be partial)."""
+    return -(-count // size)
+
+
 class PlainEpochs:
     """Epochs over any sized iterable: passes one after another, ``len_epoch`` batches when set."""
 
@@ -42,8 +54,7 @@ class PlainEpochs:
                 raise UserError("data_loader: a loader without a length needs trainer.len_epoch (batches per epoch)") from None
             per_pass = len_epoch
         self._overfit = overfit_batches
-        count = min(overfit_batches, per_pass) if overfit_batches else (len_epoch or per_pass)
-        self.batches_per_epoch = min(count, limit_batches) if limit_batches else count
+        self.batches_per_epoch = epoch_length(per_pass, len_epoch, overfit_batches, limit_batches)
 
     def epoch_batches(self, epoch: int, start: int = 0) -> Iterator[Any]:
         sampler = getattr(self.loader, "sampler", None)
@@ -78,7 +89,7 @@ def prediction_share(samples: int, batch_size: int, rank: int, world: int) -> ra
     """The samples process ``rank`` predicts: a contiguous run of whole batches of the one-process
     batching (batch ``b`` is samples ``b*B .. b*B+B-1``), so every batch is the one a single
     process would see, and the processes' rows, concatenated in rank order, are in data set order."""
-    batches = -(-samples // batch_size)
+    batches = ceil_div(samples, batch_size)
     first, last = batches * rank // world, batches * (rank + 1) // world
     return range(first * batch_size, min(last * batch_size, samples))
 

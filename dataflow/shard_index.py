@@ -14,8 +14,6 @@ from __future__ import annotations
 import glob
 import inspect
 import json
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ import torch
 
 from logger.logger import get_logger
 from utils.errors import UserError
+from utils.files import write_atomic
 
 ShardSpec = str | Path | Sequence[str | Path]
 INDEX_NAME = "index.json"
@@ -74,21 +73,9 @@ def _read_index(path: Path, reader: str) -> dict:
 def _write_index(path: Path, data: dict) -> None:
     """Replace ``path`` atomically; a folder that is not writable keeps no index (a note at debug level)."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        get_logger().debug("shard index not written to %s (%s): counts are kept in memory", path, exc.strerror)
-        return
-    try:
-        with os.fdopen(fd, "w") as file:
-            json.dump(data, file, indent=1, sort_keys=True)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        get_logger().debug("shard index not written to %s (%s): counts are kept in memory", path, exc.strerror)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        write_atomic(path, json.dumps(data, indent=1, sort_keys=True), "data_loader", "")
+    except UserError as exc:
+        get_logger().debug("shard index not written (%s): counts are kept in memory", exc)
 
 
 def list_shards(spec: ShardSpec) -> list[Path]:

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from utils.files import write_atomic
 from utils.nested import leaves
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -155,6 +156,4 @@ def extend_manifest(run_dir: Path, command: str, checkpoint: str, config_hash: s
 
 
 def _write(path: Path, manifest: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
-    tmp.replace(path)
+    write_atomic(path, json.dumps(manifest, indent=2, default=str) + "\n", "run directory", "make it writable")

@@ -6,6 +6,8 @@ import json
 import math
 from pathlib import Path
 
+from utils.files import write_atomic
+
 
 class MetricsFile:
     """Appends epoch rows, one line each, written and flushed at once."""
@@ -44,6 +46,4 @@ class MetricsFile:
             return
         with open(superseded, "a", encoding="utf-8") as handle:
             handle.writelines(json.dumps(row) + "\n" for row in rows if row["epoch"] > last_epoch)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(json.dumps(row) + "\n" for row in kept))
-        tmp.replace(path)
+        write_atomic(path, "".join(json.dumps(row) + "\n" for row in kept), "run directory", "make it writable")

@@ -56,6 +56,11 @@ class Accuracy:
         self.counts[0] += (output.argmax(dim=1) == target).sum()
         self.counts[1] += target.numel()
 
+    def __call__(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Count the batch and return its own accuracy, as torchmetrics' objects do when called."""
+        self.update(output, target)
+        return (output.argmax(dim=1) == target).double().mean()
+
     def compute(self) -> torch.Tensor:
         correct, samples = distributed.all_reduce_sum(self.counts.clone()).tolist()
         return torch.tensor(correct / samples if samples else float("nan"), dtype=torch.float64)

@@ -21,8 +21,7 @@ import torch
 from torch import nn
 
 from base.settings import TrainerSettings
-
-PRECISION = {"bf16": torch.bfloat16, "fp16": torch.float16}
+from trainer.precision import AMP_DTYPES
 
 
 def shard_model(model: nn.Module, settings: TrainerSettings, device: torch.device) -> None:
@@ -40,7 +39,7 @@ def shard_model(model: nn.Module, settings: TrainerSettings, device: torch.devic
 
     options: dict[str, Any] = {"reshard_after_forward": settings.fsdp_reshard_after_forward}
     if settings.amp:
-        options["mp_policy"] = MixedPrecisionPolicy(param_dtype=PRECISION[settings.amp], reduce_dtype=torch.float32)
+        options["mp_policy"] = MixedPrecisionPolicy(param_dtype=AMP_DTYPES[settings.amp], reduce_dtype=torch.float32)
     if settings.fsdp_cpu_offload:
         options["offload_policy"] = CPUOffloadPolicy(pin_memory=device.type == "cuda")
     modules = dict(model.named_modules())

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from dataflow.epochs import ceil_div
 from trainer.batches import next_batch, run_model
 from trainer.metrics import flatten
 from utils.errors import UserError, first_line
@@ -238,7 +239,7 @@ def _check_schedule(trainer: Trainer) -> None:
     if scheduler is None:
         return
     total = getattr(scheduler, "total_steps", None)
-    steps = trainer.settings.epochs * -(-trainer.batches_per_epoch // trainer.settings.accumulate_steps)
+    steps = trainer.settings.epochs * ceil_div(trainer.batches_per_epoch, trainer.settings.accumulate_steps)
     if trainer.schedule.interval == "step" and isinstance(total, int) and total < steps:
         raise UserError(
             f"lr_scheduler.args.total_steps: {type(scheduler).__name__} is set for {total} steps but the run takes {steps} "

@@ -27,7 +27,7 @@ from utils import distributed
 from utils.checkpoints.checksum import checksum
 from utils.checkpoints.state import FORMAT, VERSION, Checkpoint, Stateful, header
 from utils.errors import UserError, first_line
-from utils.files import fsync_dir, remove_stale_temporaries, temporary_name
+from utils.files import remove_stale_temporaries, replacing
 
 
 def write_error(path: Path, exc: OSError) -> UserError:
@@ -42,17 +42,13 @@ def write_error(path: Path, exc: OSError) -> UserError:
 def _replacing(path: Path) -> Iterator[Path]:
     """``utils.files.replacing`` with a checkpoint's error message (torch's zip writer reports a
     failed write as a RuntimeError without its errno)."""
-    tmp = temporary_name(path)
     try:
-        yield tmp
-        os.replace(tmp, path)
+        with replacing(path) as tmp:
+            yield tmp
     except OSError as exc:
         raise write_error(path, exc) from None
     except RuntimeError:
         raise write_error(path, OSError(errno.ENOSPC, "the write failed")) from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
 
 
 def save_atomic(state: Any, path: Path) -> None:
