@@ -39,7 +39,7 @@ def digits_dataset(training: bool) -> TensorDataset:
 
 def scikit_learn_csv(name: str) -> np.ndarray:
     """One of the data files scikit-learn ships (``sklearn/datasets/data/``), read as its loaders read
-    it but without importing scikit-learn, whose import (with SciPy) was most of a small run's start-up."""
+    it but without importing scikit-learn, whose import (with SciPy) would be most of a small run's start-up."""
     spec = importlib.util.find_spec("sklearn")
     path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / name if spec else None
     if path is None or not path.is_file():

@@ -46,7 +46,7 @@ def environment() -> dict[str, Any]:
 def installed_packages() -> dict[str, str]:
     """Every installed distribution's version, by normalised name, from the names of the
     ``*.dist-info`` folders on the path (``name-version.dist-info``): reading each package's
-    metadata instead cost a third of a second of every run's start."""
+    metadata would cost a noticeable share of every run's start."""
     found: dict[str, str] = {}
     for entry in sys.path:
         try:

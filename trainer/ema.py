@@ -35,8 +35,8 @@ class EMA:
             # of the averages (a DTensor has no sharding rule for ``_foreach_copy_``, and a local
             # update is the same numbers with no dispatch through DTensor). The weights' views are
             # detached and share their memory, which the optimizer updates in place, so the update
-            # needs no ``no_grad`` block either: its enter and exit were a third of the EMA's cost
-            # in a small model's step. A weight whose ``.data`` is replaced after this point is no
+            # needs no ``no_grad`` block either (a block's enter and exit cost more than the small
+            # model's update itself). A weight whose ``.data`` is replaced after this point is no
             # longer followed; :meth:`check_follows` says so before any use of the averages.
             self.followed = [_local(p.detach()) for p in self.params]
             self.local_averages = [_local(a) for a in self.averages]

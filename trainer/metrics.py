@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from logger.logger import get_logger
-from trainer.metric_groups import BatchGroup, plain
+from trainer.metric_groups import BatchGroup, Layout, capacity_for, plain
 from utils import distributed
 from utils.errors import UserError
 from utils.nested import map_tensors
@@ -80,30 +80,33 @@ class MetricSet:
         return MetricSet({name: objects[name] if name in objects else self.functions[name] for name in self.order}, self.device)
 
     def update(self, output: Any, target: Any, size: int) -> None:
-        """One batch of ``size`` samples (``output`` detached); everything stays on the device."""
+        """One batch of ``size`` samples (``output`` detached); everything stays on the device.
+
+        The batch joins the open group when it can (``trainer/metric_groups.py``), which is
+        measured when full; a batch that cannot be gathered ends the group and is measured alone.
+        """
         if not self.order:
             return
         group = self._group
-        if group is not None and group.add_pair(output, target):
+        if group is not None and group.add_same_shape(output, target):  # the common case, two copies
             if group.full:
                 self.flush()
             return
-        layout = BatchGroup.layout(output, target, size)
-        if group is not None and group.rows and (layout is None or not group.fits(layout[0], size)):
+        layout = Layout.of(output, target, size)
+        if group is not None and group.rows and (layout is None or not group.fits(layout, size)):
             self.flush()
         if layout is None:
             self._measure(output, target, size)
             return
-        key, templates, tensors, n_output = layout
         if group is None or not group.rows:  # a group starts: its size depends on this batch only
-            capacity = BatchGroup.capacity_for(tensors, size)
+            capacity = capacity_for(layout, size)
             if capacity < 2 * size:  # too large to gather: no copy
                 self._measure(output, target, size)
                 return
-            if group is None or not group.reusable(key, capacity):
-                group = self._group = BatchGroup(key, templates, n_output, capacity, tensors)
+            if group is None or not group.reusable(layout, capacity):
+                group = self._group = BatchGroup(layout, capacity)
             group.begin(size, capacity)
-        group.add(tensors, size)
+        group.add(layout.tensors, size)
         if group.full:
             self.flush()
 
