@@ -1,0 +1,62 @@
+"""The layers hold: each folder imports only the ones below it, utils/ imports no project folder,
+only the checkpoint store knows whether checkpoints are sharded, and a run pays only for the
+libraries it uses."""
+
+from __future__ import annotations
+
+import ast
+import json
+
+from helpers import ROOT, run_script, tiny_config, write_config
+
+LAYERS = ["utils", "logger", "dataflow", "base", "trainer", "app"]
+"""Bottom to top: a folder may import the folders before it in this list, never after."""
+USER_CODE = ["model", "data_loader"]
+"""The user's code may import the engine (base, trainer, dataflow, utils), and the app imports it only by name."""
+
+
+def imports_of(folder: str) -> dict[str, set[str]]:
+    """{project folder imported: the files importing it} for every file under ``folder``."""
+    folders = set(LAYERS) | set(USER_CODE)
+    found: dict[str, set[str]] = {}
+    for path in (ROOT / folder).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
+            for name in names:
+                top = name.split(".")[0]
+                if top in folders and top != folder:
+                    found.setdefault(top, set()).add(str(path.relative_to(ROOT)))
+    return found
+
+
+def test_each_layer_imports_only_the_layers_below_it():
+    for position, folder in enumerate(LAYERS):
+        above = set(LAYERS[position + 1 :]) | set(USER_CODE)
+        wrong = {target: files for target, files in imports_of(folder).items() if target in above}
+        assert not wrong, f"{folder}/ imports {wrong}"
+    assert imports_of("utils") == {}, "utils/ holds leaf helpers: it imports no project folder"
+    for folder in USER_CODE:
+        assert "app" not in imports_of(folder), f"{folder}/ imports the app"
+
+
+def test_only_the_checkpoint_store_asks_whether_checkpoints_are_sharded():
+    asked = []
+    for path in ROOT.rglob("*.py"):
+        relative = path.relative_to(ROOT)
+        if relative.parts[0] in (".venv", "tests") or relative.parts[:2] == ("utils", "checkpoints"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            name = node.attr if isinstance(node, ast.Attribute) else node.id if isinstance(node, ast.Name) else ""
+            if "sharded" in name.lower():
+                asked.append(f"{relative}:{node.lineno} {name}")
+    assert not asked, asked
+
+
+def test_a_run_with_plain_metrics_imports_neither_dcp_nor_torchmetrics(tmp_path):
+    config = tiny_config(tmp_path, epochs=1, limit_batches=1)
+    config["metrics"] = ["accuracy", {"type": "Accuracy", "name": "exact"}, {"type": "top_k_acc", "args": {"k": 3}}]
+    path = write_config(tmp_path, config)
+    probe = "import sys, json, train; code = train.main(sys.argv[1:]); print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('torchmetrics', 'sklearn', 'scipy') or m.startswith('torch.distributed.checkpoint')))); sys.exit(code)"
+    result = run_script("-c", probe, "-c", str(path), "--run-id", "plain")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
