@@ -233,23 +233,26 @@ def test_new_project_is_clean_green_and_trains(tmp_path):
     assert {"data_loader/data_loaders.py", "data_loader/__init__.py", "model/model.py", "model/__init__.py"} <= named
     assert all((target / rel).is_file() for rel in named), named
 
-    # Its own test suite passes in the current environment; this module skips there.
+    # A few of its own tests pass in the current environment (the layers, every shipped config, the
+    # manual's snippets, this module, which skips there): the copy stands alone. The template's suite
+    # runs them here already; a copy differs only in what new_project.py writes or leaves out.
     env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"} | {"PYTHONPATH": str(target)}
+    chosen = ["tests/test_structure.py", "tests/test_readme.py", "tests/test_new_project.py", "tests/test_config.py::test_every_shipped_config_loads_validates_and_builds"]
     nested = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-m", "not slow", "-x", "-p", "no:cacheprovider", f"--basetemp={tmp_path / 'nested'}"],
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", f"--basetemp={tmp_path / 'nested'}", *chosen],
         cwd=target,
         env=env,
         capture_output=True,
         text=True,
-        timeout=1800,  # the template's whole non-slow suite, on a busy 2-core machine
+        timeout=600,
     )
     assert nested.returncode == 0, nested.stdout[-3000:] + nested.stderr[-2000:]
-    assert "new_project.py stays in the template" in nested.stdout
+    assert "new_project.py stays in the template" in nested.stdout and " passed" in nested.stdout
 
     # And it trains.
     runs = tmp_path / "runs"
     trained = run_script(
-        "train.py", "-c", "config.json", "trainer.epochs=1", f"trainer.save_dir={runs}", "trainer.tensorboard=false", "--run-id", "first",
+        "train.py", "-c", "config.json", "trainer.epochs=1", "trainer.limit_batches=3", f"trainer.save_dir={runs}", "--run-id", "first",
         cwd=target, env={"PYTHONPATH": str(target)},
     )  # fmt: skip
     assert trained.returncode == 0, trained.stderr[-3000:]
