@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from app.config import Config, build_loss, build_lr_scheduler, build_metrics, build_optimizer, scheduler_interval
+from app.history import ResumeGuard, RunHistory
 from app.run_dir import RunDirectory, filesystem_error
 from base.freezing import freeze, matching_modules
 from logger import get_logger, setup_logging
@@ -85,6 +86,8 @@ class Session:
     config: Config | None = None
     run_dir: Path | None = None
     training: bool = False
+    history: RunHistory | None = None
+    guard: ResumeGuard | None = None  # a resumed run directory as it was, put back if the resume fails before training
 
     def run(self) -> int:
         """Prepare and train; the exit code (0, or 128 + signal when stopped)."""
@@ -118,18 +121,20 @@ class Session:
             except UserError as exc:
                 raise UserError(f"{config.source}: {exc}") from None
         if request.mode == "resume":
-            trainer.resume(checkpoint)
+            distributed.agree(lambda: trainer.resume(checkpoint))  # a rank that cannot restore its part stops every rank
             check_work_left(trainer, request.resume)
+            if distributed.is_main_process():
+                self.history = RunHistory.read(run_dir_of(request.resume), request.resume)
         if distributed.any_process(self.stop.requested):
             return None
         run_dir = self.run_dir = self.claim_run_dir(config)
         try:
-            run = open_run_log(run_dir, config, trainer, request.mode)
-        except OSError as exc:  # a read-only run directory: the first write fails, before anything changed
+            run = open_run_log(run_dir, config, trainer, request.mode, self.history)
+        except OSError as exc:  # a write the checks could not foresee (a full disk): the guard puts things back
             raise filesystem_error("run directory", run_dir, exc, "make it writable to resume there, or start a new run with -r CKPT -c CONFIG") from None
         run.claim = self.claim  # released when the run log closes, at the end of training
         trainer.attach_run(run)
-        record_manifest(run_dir, config, trainer, device, request.mode, request.resume, request.command)
+        record_manifest(run_dir, config, trainer, device, request.mode, request.resume, request.command, self.history)
         log_header(config, run_dir, device, trainer, request.mode, self.resume_command())
         for note in notes:
             logger.info(note)
@@ -142,7 +147,11 @@ class Session:
         if distributed.is_main_process():
             try:
                 if request.mode == "resume":
-                    self.claim = RunDirectory.open(run_dir_of(request.resume))
+                    folder = run_dir_of(request.resume)
+                    lock = folder / ".lock"
+                    before = lock.read_bytes() if lock.is_file() else None
+                    self.claim = RunDirectory.open(folder)
+                    self.guard = ResumeGuard(folder, before)
                 elif request.run_dir is not None:
                     self.claim = RunDirectory.create(request.run_dir)
                 else:
@@ -192,6 +201,12 @@ class Session:
         """After a failure or stop: a new run directory with no checkpoint in it goes (unless a
         failure came after training started: then its train.log tells what happened)."""
         if self.claim is None:
+            return
+        if self.guard is not None and not self.training:
+            if self.trainer is not None:
+                self.trainer.run.close()
+            self.guard.roll_back()
+            self.claim.release()
             return
         written = self.trainer is not None and self.trainer.saved_once
         if not written and (stopped or not self.training):
@@ -335,24 +350,26 @@ def evaluation_settings(config: Config) -> object:
     return replace(config.settings, strategy="ddp", compile=False, ema_decay=None, freeze=[], preflight=False)
 
 
-def open_run_log(run_dir: Path, config: Config, trainer: Trainer, mode: str) -> RunLog:
+def open_run_log(run_dir: Path, config: Config, trainer: Trainer, mode: str, history: RunHistory | None = None) -> RunLog:
     if not distributed.is_main_process():
         return RunLog.off()
     tensorboard = config.settings.tensorboard
     if mode == "resume":
         progress = trainer.progress
-        return RunLog.resume(run_dir, config.to_dict(), progress.completed_epochs, progress.global_step, tensorboard)
+        return RunLog.resume(run_dir, config.to_dict(), history.config, progress.completed_epochs, progress.global_step, tensorboard)
     return RunLog.start(run_dir, config.to_dict(), tensorboard)
 
 
-def record_manifest(run_dir: Path, config: Config, trainer: Trainer, device: torch.device, mode: str, checkpoint: str | None, command: str) -> None:
+def record_manifest(
+    run_dir: Path, config: Config, trainer: Trainer, device: torch.device, mode: str, checkpoint: str | None, command: str, history: RunHistory | None = None
+) -> None:
     """``manifest.json``: written for a new run, extended by a resume (``logger/manifest.py``); collective under DDP."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
     devices = distributed.gather_objects(name)
     if not distributed.is_main_process():
         return
     if mode == "resume":
-        extend_manifest(run_dir, command, str(checkpoint), config.digest(), distributed.world_size(), devices)
+        extend_manifest(run_dir, history.manifest, command, str(checkpoint), config.digest(), distributed.world_size(), devices)
     else:
         data = {"train": fingerprint(trainer.data), "valid": fingerprint(trainer.valid_data)}
         write_manifest(run_dir, command, config.digest(), distributed.world_size(), devices, config["seed"], data)

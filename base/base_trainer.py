@@ -83,6 +83,7 @@ class BaseTrainer(ABC):
     def train(self) -> None:
         """Run the remaining epochs; SIGINT/SIGTERM checkpoint and stop (``stopped_by``)."""
         installed = self.stop.install() if not self.stop.installed else None
+        self.store.sweep()
         try:
             for epoch in self.epochs:
                 if self.stop_agreed():

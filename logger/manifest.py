@@ -135,10 +135,15 @@ def write_manifest(run_dir: Path, command: str, config_hash: str, world_size: in
     _write(run_dir / "manifest.json", manifest)
 
 
-def extend_manifest(run_dir: Path, command: str, checkpoint: str, config_hash: str, world_size: int, devices: list[str]) -> None:
-    """Record a resume: when, how, from which checkpoint, with which code and config."""
+def extend_manifest(
+    run_dir: Path, manifest: dict | None, command: str, checkpoint: str, config_hash: str, world_size: int, devices: list[str]
+) -> None:
+    """Record a resume: when, how, from which checkpoint, with which code and config (``manifest`` is
+    the run's ``manifest.json``, read beforehand)."""
     path = run_dir / "manifest.json"
-    manifest = json.loads(path.read_text()) if path.exists() else {"resumes": []}
+    manifest = dict(manifest) if manifest is not None else {"resumes": []}
+    if not isinstance(manifest.get("resumes"), list):
+        manifest["resumes"] = []
     number = len(manifest.setdefault("resumes", [])) + 1
     manifest["resumes"].append(
         {

@@ -44,11 +44,12 @@ class RunLog:
         return cls(run_dir, tensorboard)
 
     @classmethod
-    def resume(cls, run_dir: Path, config: dict, completed_epochs: int, global_step: int, tensorboard: bool) -> RunLog:
-        """Continue the run in ``run_dir`` after a checkpoint of ``completed_epochs`` epochs and ``global_step`` steps."""
+    def resume(cls, run_dir: Path, config: dict, saved_config: dict | None, completed_epochs: int, global_step: int, tensorboard: bool) -> RunLog:
+        """Continue the run in ``run_dir`` after a checkpoint of ``completed_epochs`` epochs and ``global_step``
+        steps; ``saved_config`` is its ``config.json``, read beforehand (``app/history.py``)."""
         saved = run_dir / "config.json"
-        if not saved.exists() or json.loads(saved.read_text()) != config:
-            if saved.exists():
+        if saved_config != config:
+            if saved_config is not None:
                 number = 1 + len(list(run_dir.glob("config-resume-*.json")))
                 saved = run_dir / f"config-resume-{number}.json"
             saved.write_text(json.dumps(config, indent=2) + "\n")

@@ -297,7 +297,8 @@ def test_metrics_file_moves_rows_after_the_resumed_epoch_aside_and_survives_a_to
     MetricsFile(path).append({"epoch": 3, "loss": 0.25})
     assert [(row["epoch"], row["loss"]) for row in MetricsFile.read(path)] == [(1, 1.0), (2, 0.5), (3, 0.25)]
     assert all(json.loads(line) for line in path.read_text().splitlines())
-    assert [(row["epoch"], row["loss"]) for row in MetricsFile.read(tmp_path / "superseded.jsonl")] == [(3, 1 / 3)]  # kept, not lost
+    moved = [json.loads(line) for line in (tmp_path / "superseded.jsonl").read_text().splitlines()]
+    assert moved == [{"epoch": 3, "loss": 1 / 3, "val_loss": None}, {"torn_line": '{"epoch": 4, "lo'}]  # kept, not lost
 
 
 def test_a_resumed_writer_replaces_what_came_after_the_checkpoint(tmp_path):

@@ -96,10 +96,14 @@ class FileStore:
         self.folder: Path | None = None
 
     def attach(self, folder: Path | None) -> None:
-        """Where checkpoints go (None on other ranks); what a killed writer left half-written is swept."""
+        """Where checkpoints go (None on other ranks)."""
         self.folder = folder
-        if folder is not None:
-            remove_stale_temporaries(folder)
+
+    def sweep(self) -> None:
+        """Remove what a killed writer left half-written (when training starts, so a resume that fails
+        before then changes nothing)."""
+        if self.folder is not None:
+            remove_stale_temporaries(self.folder)
 
     def path(self, name: str) -> Path | None:
         return self.folder / f"{name}{self.suffix}" if self.folder is not None else None

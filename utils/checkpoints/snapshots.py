@@ -198,6 +198,9 @@ class SnapshotStore:
         """Rank 0's checkpoint folder, known on every rank (each writes its shards there); a collective."""
         folder = distributed.broadcast_object(str(folder) if folder is not None else None)
         self.folder = Path(folder) if folder is not None else None
+
+    def sweep(self) -> None:
+        """Remove snapshots no link points to and temporaries a killed writer left (when training starts)."""
         if self.folder is not None and distributed.is_main_process():
             remove_stale_temporaries(self.folder)
             remove_unreferenced(self.folder)

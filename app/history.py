@@ -1,0 +1,105 @@
+"""A run directory's history, read strictly before a resume touches it, and put back if the resume fails.
+
+A resume appends to a run's history (``train.log``, ``metrics.jsonl``, ``manifest.json``,
+TensorBoard events, a ``config-resume-N.json``). Before anything is written:
+
+- :meth:`RunHistory.read` reads ``config.json``, ``manifest.json`` and ``metrics.jsonl`` strictly
+  (not JSON, not a mapping, a folder in their place, a damaged row: one line naming the file and
+  the fix) and checks that the run directory and its ``checkpoints/`` can be written to;
+- :class:`ResumeGuard` notes what the run directory holds. If the resume fails before training
+  starts (a full disk, a peer that is lost, a signal), every file it added is removed and every
+  file it changed gets its bytes back, so a failed resume leaves the run directory as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from logger.logger import close_log_files
+from logger.metrics_file import DamagedHistory, MetricsFile
+from utils.errors import UserError
+from utils.files import read_json, read_text
+
+REWRITTEN = ("config.json", "manifest.json", "metrics.jsonl", "metrics.superseded.jsonl", ".lock")
+"""Files a resume may replace or append to that are small enough to keep a copy of."""
+
+
+@dataclass
+class RunHistory:
+    run_dir: Path
+    config: dict | None
+    manifest: dict | None
+    rows: list[dict]
+
+    @classmethod
+    def read(cls, run_dir: Path, checkpoint: str) -> RunHistory:
+        fix = f"repair it, or start a new run from the checkpoint with -r {checkpoint} -c CONFIG"
+        files = {name: run_dir / name for name in ("config.json", "manifest.json", "metrics.jsonl")}
+        config = read_json(files["config.json"], "run directory", fix) if _present(files["config.json"]) else None
+        manifest = read_json(files["manifest.json"], "run directory", fix) if _present(files["manifest.json"]) else None
+        rows: list[dict] = []
+        if _present(files["metrics.jsonl"]):
+            try:
+                rows = MetricsFile.split(read_text(files["metrics.jsonl"], "run directory", fix, max_bytes=1 << 30))[0]
+            except DamagedHistory as exc:
+                raise UserError(f"run directory: {files['metrics.jsonl']} is damaged ({exc}); {fix}") from None
+        for folder in (run_dir, run_dir / "checkpoints"):
+            if folder.exists() and not os.access(folder, os.W_OK | os.X_OK):
+                raise UserError(f"run directory: cannot write in {folder} ({_why(folder)}); make it writable to resume there, or {fix.split(', or ')[1]}")
+        for name in ("train.log", "metrics.jsonl", "manifest.json"):
+            if (run_dir / name).is_file() and not os.access(run_dir / name, os.W_OK):
+                raise UserError(f"run directory: cannot write {run_dir / name} (no permission); make it writable to resume there")
+        return cls(run_dir, config, manifest, rows)
+
+
+def _present(path: Path) -> bool:
+    """Whether ``path`` exists (as anything: a folder in a file's place is for the reader to refuse)."""
+    return os.path.lexists(path)
+
+
+def _why(folder: Path) -> str:
+    with contextlib.suppress(OSError):
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+            return "the file system is read-only"
+    return "no permission to write there"
+
+
+class ResumeGuard:
+    """What a run directory holds before a resume starts writing, to put back if it fails (see the module docstring)."""
+
+    def __init__(self, run_dir: Path, lock: bytes | None):
+        """Taken once the run directory is locked; ``lock`` is what its lock file held before."""
+        self.run_dir = run_dir
+        self.files: dict[str, tuple[int, bytes | None]] = {}
+        for path in run_dir.iterdir():
+            if path.is_file() and not path.is_symlink():
+                size = path.stat().st_size
+                self.files[path.name] = (size, path.read_bytes() if path.name in REWRITTEN or size < (1 << 20) else None)
+        if lock is not None:
+            self.files[".lock"] = (len(lock), lock)
+        else:
+            self.files.pop(".lock", None)
+        checkpoints = run_dir / "checkpoints"
+        self.checkpoints = set(os.listdir(checkpoints)) if checkpoints.is_dir() else set()
+
+    def roll_back(self) -> None:
+        """Remove what the resume added and give back what it changed (best effort, never raises)."""
+        close_log_files()  # train.log is written through a handler: closed before it is cut back
+        for path in list(self.run_dir.iterdir()):
+            with contextlib.suppress(OSError):
+                if path.is_file() and path.name not in self.files:
+                    path.unlink()
+                elif path.is_file():
+                    size, data = self.files[path.name]
+                    if data is not None and path.read_bytes() != data:
+                        path.write_bytes(data)
+                    elif data is None and path.stat().st_size != size:
+                        os.truncate(path, size)  # append-only (train.log, events): cut back to what it was
+        checkpoints = self.run_dir / "checkpoints"
+        if checkpoints.is_dir():
+            for name in set(os.listdir(checkpoints)) - self.checkpoints:
+                with contextlib.suppress(OSError):
+                    (checkpoints / name).unlink()
