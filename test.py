@@ -65,9 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 def claim_outputs(args: argparse.Namespace) -> list[OutputClaim]:
     """The metrics file (``--out``, or the run's own ``test_metrics.json``, replaced freely) and the
     ``--export`` file, each this process's until it ends; a file you named needs ``--force`` to be replaced."""
-    if args.export and Path(args.export).is_dir():
-        raise UserError(f"--export: {args.export} is a folder; name a file, e.g. {Path(args.export) / 'model.pt2'}")
-    if args.export and Path(args.export).suffix != ".pt2":
+    if args.export and Path(args.export).suffix != ".pt2" and not _is_folder(Path(args.export)):
         raise UserError(f"--export: {Path(args.export).name} must end in .pt2 (a torch.export program, loaded with torch.export.load)")
     out = Path(args.out) if args.out else run_dir_of(args.resume) / "test_metrics.json"
     claims = [OutputClaim(out, "--out", force=args.force or not args.out)]
@@ -81,6 +79,13 @@ def claim_outputs(args: argparse.Namespace) -> list[OutputClaim]:
             claim.release()
         raise
     return claims
+
+
+def _is_folder(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:
+        return False  # a name too long: the claim says so
 
 
 def evaluate(args: argparse.Namespace, out: OutputClaim | None = None, export: OutputClaim | None = None) -> dict:

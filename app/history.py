@@ -38,14 +38,14 @@ class RunHistory:
     def read(cls, run_dir: Path, checkpoint: str) -> RunHistory:
         fix = f"repair it, or start a new run from the checkpoint with -r {checkpoint} -c CONFIG"
         files = {name: run_dir / name for name in ("config.json", "manifest.json", "metrics.jsonl")}
-        config = read_json(files["config.json"], "run directory", fix) if _present(files["config.json"]) else None
-        manifest = read_json(files["manifest.json"], "run directory", fix) if _present(files["manifest.json"]) else None
+        config = read_json(files["config.json"], "run's config", fix) if _present(files["config.json"]) else None
+        manifest = read_json(files["manifest.json"], "run's manifest", fix) if _present(files["manifest.json"]) else None
         rows: list[dict] = []
         if _present(files["metrics.jsonl"]):
             try:
-                rows = MetricsFile.split(read_text(files["metrics.jsonl"], "run directory", fix, max_bytes=1 << 30))[0]
+                rows = MetricsFile.split(read_text(files["metrics.jsonl"], "run's metrics", fix, max_bytes=1 << 30))[0]
             except DamagedHistory as exc:
-                raise UserError(f"run directory: {files['metrics.jsonl']} is damaged ({exc}); {fix}") from None
+                raise UserError(f"{files['metrics.jsonl']}: damaged ({exc}); {fix}") from None
         for folder in (run_dir, run_dir / "checkpoints"):
             if folder.exists() and not os.access(folder, os.W_OK | os.X_OK):
                 raise UserError(f"run directory: cannot write in {folder} ({_why(folder)}); make it writable to resume there, or {fix.split(', or ')[1]}")

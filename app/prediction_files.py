@@ -45,7 +45,11 @@ FORMATS = (".jsonl", ".csv", ".npz", ".pt")
 
 def claim_output(path: Path, force: bool) -> OutputClaim:
     """Refuse, before any work, an output that cannot be written as asked; else claim it."""
-    if path.is_dir():
+    try:
+        folder = path.is_dir()
+    except OSError as exc:
+        raise file_error("--out", path, exc, "pass --out with a shorter name in a writable place") from None
+    if folder:
         raise UserError(f"--out: {path} is a folder; name a file, e.g. {path / 'predictions.jsonl'}")
     if path.suffix not in FORMATS:
         raise UserError(f"--out: {path.name} has no known extension; use one of {', '.join(FORMATS)}")

@@ -307,6 +307,8 @@ def build_trainer(
     ``notes`` collects what is worth a line in the run's log once it exists (what a fine-tune loaded)."""
     settings = settings or config.settings
     data_loader = config.init_obj("data_loader")
+    if not (callable(getattr(data_loader, "epoch_batches", None)) or hasattr(data_loader, "__iter__")):
+        raise config.error("data_loader.type", f"{config['data_loader']['type']!r} built a {type(data_loader).__name__}, which gives no batches; name a data loader")
     if callable(getattr(data_loader, "set_seed", None)):
         data_loader.set_seed(config["seed"])
     valid_data_loader = data_loader.split_validation() if hasattr(data_loader, "split_validation") else None

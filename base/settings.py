@@ -15,6 +15,7 @@ import types
 import typing
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 Check = Callable[[Any], "str | None"]  # a value -> the problem with it ("must be at least 1"), or None
@@ -80,7 +81,14 @@ def folder_problem(value: str) -> str | None:
     if not value.strip():
         return "must name a folder, got an empty string"
     too_long = [part for part in value.split("/") if len(part.encode()) > 255]
-    return f"the folder name {too_long[0][:40]!r}... is too long (at most 255 bytes)" if too_long else None
+    if too_long:
+        return f"the folder name {too_long[0][:40]!r}... is too long (at most 255 bytes)"
+    if value.startswith("~"):
+        try:
+            Path(value).expanduser()
+        except RuntimeError:  # ~name of a user this machine does not have
+            return f"{value.split('/')[0]!r} names no user of this machine; write the folder's path out"
+    return None
 
 
 def non_empty(value: str) -> str | None:

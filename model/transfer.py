@@ -51,7 +51,10 @@ def last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
 
 def pretrained_state_dict(backbone: str, weights: str) -> dict:
     """A torchvision ``state_dict`` from a file, or from torchvision's weights registry by name."""
-    path = Path(weights).expanduser()
+    try:
+        path = Path(weights).expanduser()
+    except RuntimeError:  # ~name of a user this machine does not have
+        raise UserError(f"arch.args.weights: {weights.split('/')[0]!r} names no user of this machine; write the file's path out") from None
     if path.is_file():
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)

@@ -129,7 +129,7 @@ def _template_step(trainer: Trainer, inputs: Any, target: Any) -> tuple[Any, Any
     _check_classes(output, target, getattr(trainer.data, "classes", None))
     try:
         loss = trainer.loss(output, target, inputs)
-    except (RuntimeError, ValueError, IndexError) as exc:
+    except (RuntimeError, ValueError, IndexError, TypeError) as exc:
         if user_frame(exc) is not None and not SHAPE_WORDS.search(str(exc)):
             raise
         raise UserError(f"loss: it cannot take the model's output ({describe(output)}) and the target ({describe(target)}): {first_line(exc)}") from None

@@ -67,46 +67,47 @@ def file_error(key: str, path: Path, exc: OSError, fix: str, writing: bool = Tru
 # -- reading ---------------------------------------------------------------------------------------
 
 
-def read_text(path: Path, key: str, fix: str, max_bytes: int = MAX_TEXT_BYTES) -> str:
-    """The UTF-8 text of a regular file of at most ``max_bytes`` (a byte order mark is dropped)."""
+def read_text(path: Path, what: str, fix: str, max_bytes: int = MAX_TEXT_BYTES) -> str:
+    """The UTF-8 text of ``what`` (a regular file of at most ``max_bytes``; a byte order mark is
+    dropped); every problem is one line starting with the path and ending with ``fix``."""
     path = Path(path)
     try:
         info = os.stat(path)
     except OSError as exc:
         if exc.errno == errno.ENOENT:
-            raise UserError(f"{key}: {path} not found; {fix}") from None
-        raise file_error(key, path, exc, fix, writing=False) from None
+            raise UserError(f"{path}: {what} not found; {fix}") from None
+        raise UserError(f"{path}: cannot read {what} ({describe_os_error(path, exc, writing=False)}); {fix}") from None
     if stat.S_ISDIR(info.st_mode):
-        raise UserError(f"{key}: {path} is a folder, not a file; {fix}")
+        raise UserError(f"{path}: a folder, not a {what}; {fix}")
     if not stat.S_ISREG(info.st_mode):
-        raise UserError(f"{key}: {path} is not a regular file (a device, a pipe or a socket); {fix}")
+        raise UserError(f"{path}: not a regular file (a device, a pipe or a socket), not a {what}; {fix}")
     if info.st_size > max_bytes:
-        raise UserError(f"{key}: {path} is {info.st_size:,} bytes, more than the {max_bytes:,} such a file can be; {fix}")
+        raise UserError(f"{path}: {info.st_size:,} bytes, more than a {what} can be ({max_bytes:,}); {fix}")
     try:
         with open(path, "rb") as handle:
             data = handle.read(max_bytes + 1)
     except OSError as exc:
-        raise file_error(key, path, exc, fix, writing=False) from None
+        raise UserError(f"{path}: cannot read {what} ({describe_os_error(path, exc, writing=False)}); {fix}") from None
     if len(data) > max_bytes:
-        raise UserError(f"{key}: {path} is more than {max_bytes:,} bytes; {fix}")
+        raise UserError(f"{path}: more than {max_bytes:,} bytes, more than a {what} can be; {fix}")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise UserError(f"{key}: {path} is not UTF-8 text (byte {exc.start}); {fix}") from None
+        raise UserError(f"{path}: not a text file (it is not UTF-8: byte {exc.start}); {fix}") from None
 
 
-def read_json(path: Path, key: str, fix: str, kind: type = dict) -> Any:
+def read_json(path: Path, what: str, fix: str, kind: type = dict) -> Any:
     """A JSON file whose top level is a ``kind`` (a mapping unless said otherwise)."""
-    text = read_text(path, key, fix)
+    text = read_text(path, what, fix)
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise UserError(f"{key}: {path} is not valid JSON (line {exc.lineno} column {exc.colno}: {exc.msg}); {fix}") from None
+        raise UserError(f"{path}: not valid JSON (line {exc.lineno} column {exc.colno}: {exc.msg}); {fix}") from None
     except RecursionError:
-        raise UserError(f"{key}: {path} is nested too deeply; {fix}") from None
+        raise UserError(f"{path}: nested too deeply; {fix}") from None
     if not isinstance(value, kind):
         want = {dict: "a mapping", list: "a list"}.get(kind, kind.__name__)
-        raise UserError(f"{key}: {path} holds {type(value).__name__ if value is not None else 'null'}, not {want}; {fix}")
+        raise UserError(f"{path}: holds {type(value).__name__ if value is not None else 'null'}, not {want}; {fix}")
     return value
 
 
@@ -212,6 +213,13 @@ class OutputClaim:
         self.release()
 
     def acquire(self) -> None:
+        try:
+            self._acquire()
+        except OSError as exc:  # a name too long, a folder without permission
+            self.release()
+            raise file_error(self.flag, self.path, exc, f"pass {self.flag} with a writable place") from None
+
+    def _acquire(self) -> None:
         path, flag = self.path, self.flag
         if path.is_dir():
             raise UserError(f"{flag}: {path} is a folder; name a file in it")

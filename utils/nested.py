@@ -29,3 +29,43 @@ def leaves(value: Any) -> list[Any]:
     if isinstance(value, (list, tuple)):
         return [leaf for item in value for leaf in leaves(item)]
     return [value]
+
+
+MAX_DEPTH = 100
+MAX_VALUES = 1_000_000
+
+
+def shape_problem(value: Any) -> str | None:
+    """Why ``value`` (dicts, lists and tuples) is too deep or too large to be a config or a checkpoint,
+    or None, found without recursion and without expanding shared references: YAML aliases, or a
+    pickle's memo in a checkpoint, can make a few lines stand for billions of values ("billion
+    laughs"), and every later walk would expand them."""
+    measured: dict[int, tuple[int, int]] = {}  # id -> (values, depth) of each container, counted once
+    on_path: set[int] = set()
+    stack: list[tuple[Any, bool, str]] = [(value, False, "")]
+    while stack:
+        node, children_done, where = stack.pop()
+        if not isinstance(node, (dict, list, tuple)):
+            continue
+        key = id(node)
+        items = list(node.items()) if isinstance(node, dict) else list(enumerate(node))
+        if children_done:
+            on_path.discard(key)
+            inner = [measured[id(i)] if isinstance(i, (dict, list, tuple)) else (1, 0) for _, i in items]
+            size, depth = 1 + sum(n for n, _ in inner), 1 + max((d for _, d in inner), default=0)
+            if size > MAX_VALUES:
+                return f"it expands to more than {MAX_VALUES:,} values (shared references repeated, as YAML aliases or a crafted file make)"
+            if depth > MAX_DEPTH:
+                return f"it is nested more than {MAX_DEPTH} levels deep"
+            measured[key] = (size, depth)
+            continue
+        if key in measured:
+            continue
+        if key in on_path:
+            return f"{where or 'the top level'} contains itself (a YAML alias inside its own value)"
+        if len(on_path) >= MAX_DEPTH:
+            return f"it is nested more than {MAX_DEPTH} levels deep"
+        on_path.add(key)
+        stack.append((node, True, where))
+        stack.extend((item, False, f"{where}.{name}" if where else str(name)) for name, item in items)
+    return None

@@ -178,9 +178,10 @@ def build_loss(config: Config) -> Callable:
     if isinstance(node, str):
         node = {"type": node}
     target = resolve_type("loss", node["type"], config.source, config.trusted)
-    if inspect.isclass(target):
-        return build(config, "loss", node)
-    return build_partial(config, "loss", node)
+    loss = build(config, "loss", node) if inspect.isclass(target) else build_partial(config, "loss", node)
+    if not callable(loss):
+        raise config.error("loss.type", f"{node['type']!r} built a {type(loss).__name__}, which cannot be called as loss(output, target)")
+    return loss
 
 
 def build_metrics(config: Config) -> dict[str, Any]:
@@ -220,14 +221,24 @@ def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
     rest = [p for name, p in named if name not in taken]
     if rest:
         groups.insert(0, {"params": rest})
-    return build(config, "optimizer", config["optimizer"], groups)
+    return built_as(config, "optimizer", build(config, "optimizer", config["optimizer"], groups), torch.optim.Optimizer, "a torch.optim.Optimizer")
 
 
 def build_lr_scheduler(config: Config, optimizer: torch.optim.Optimizer) -> Any:
     """The LR scheduler, or None when ``lr_scheduler`` is null."""
     if config["lr_scheduler"] is None:
         return None
-    return build(config, "lr_scheduler", config["lr_scheduler"], optimizer)
+    scheduler = build(config, "lr_scheduler", config["lr_scheduler"], optimizer)
+    if not all(callable(getattr(scheduler, name, None)) for name in ("step", "state_dict", "load_state_dict")):
+        raise config.error("lr_scheduler.type", f"{config['lr_scheduler']['type']!r} built a {type(scheduler).__name__}, not a learning-rate scheduler (step, state_dict); name one from torch.optim.lr_scheduler")
+    return scheduler
+
+
+def built_as(config: Config, key: str, obj: Any, kind: type, described: str) -> Any:
+    """``obj`` when it is a ``kind``; else one line naming ``key`` (a name that builds something else)."""
+    if not isinstance(obj, kind):
+        raise config.error(f"{key}.type", f"{config[key]['type']!r} built a {type(obj).__name__}, not {described}; name one")
+    return obj
 
 
 def scheduler_interval(config: Config) -> str:

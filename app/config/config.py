@@ -12,7 +12,7 @@ from typing import Any
 from app.config import building
 from app.config.names import UntrustedName, resolve_type, trust_rule
 from app.config.overrides import apply_override
-from app.config.reading import plain_data_problem, read_config_file
+from app.config.reading import check_shape, plain_data_problem, read_config_file
 from app.config.refs import escape_literals, resolve_references
 from app.config.schema import LEGACY_KEYS, OBJECT_KEYS, REQUIRED, SCHEMA, TRAINER_SCHEMA, metric_name, reserved_metric_name, with_defaults
 from base.settings import SETTINGS, TrainerSettings, parse_monitor
@@ -45,6 +45,7 @@ class Config:
         """Defaults, then the overrides in order (left to right), then ``${references}``, then validation."""
         if not isinstance(data, dict):
             raise UserError(f"{source}: the config must be a mapping of keys (name, arch, ...), got {type(data).__name__}")
+        check_shape(data, source)  # before anything walks it: a checkpoint's config may be built to exhaust
         found = plain_data_problem(data)
         if found:
             raise UserError(f"{source}: {found[0]}: {found[1]}")

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from app.config.names import closest, resolve_type
-from app.config.reading import load_yaml
+from app.config.reading import check_shape, load_yaml
 from app.config.schema import NAMESPACES, OBJECT_KEYS, SCHEMA, TRAINER_SCHEMA
 from utils.errors import UserError
 
@@ -45,6 +45,7 @@ def apply_override(data: dict, text: str, source: str = "command line", trusted:
         parts, value, add = parse_override(text)
     except UserError as exc:
         raise UserError(f"{source}: {exc}") from None
+    check_shape(value, f"{source}: override {text[:60]!r}")
     where = f"{source}: override {text!r}"
     node: Any = data
     for depth, part in enumerate(parts):

@@ -16,6 +16,8 @@ from typing import Any
 import yaml
 
 from utils.errors import UserError
+from utils.files import read_text
+from utils.nested import shape_problem
 
 
 class ConfigLoader(yaml.SafeLoader):
@@ -81,21 +83,13 @@ def plain_data_problem(value: Any, path: str = "", inside: frozenset = frozenset
 
 
 def read_config_file(path: str | Path) -> dict:
-    """Read a ``.json``, ``.yaml`` or ``.yml`` config as plain data."""
+    """Read a ``.json``, ``.yaml`` or ``.yml`` config as plain data (a regular file of bounded size,
+    of bounded depth and expanded size: see :func:`shape_problem`)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".json", ".yaml", ".yml"):
         raise UserError(f"{path}: a config must be a .json, .yaml or .yml file")
-    if path.is_dir():
-        raise UserError(f"{path}: a folder, not a config file; pass a .json or .yaml file with -c")
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # a byte order mark some editors write is not part of the config
-    except FileNotFoundError:
-        raise UserError(f"{path}: config file not found; pass an existing file with -c") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not a text file (it is not UTF-8); pass a .json or .yaml config with -c") from None
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read config file ({exc.strerror}); pass a readable file with -c") from None
+    text = read_text(path, "config file", "pass an existing file with -c")
     try:
         data = json.loads(text) if suffix == ".json" else load_yaml(text)
     except json.JSONDecodeError as exc:
@@ -109,4 +103,11 @@ def read_config_file(path: str | Path) -> dict:
         raise UserError(f"{path}: nested too deeply to be a config") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: the top level of a config must be a mapping of keys (name, arch, data_loader, ...)")
+    check_shape(data, str(path))
     return data
+
+
+def check_shape(value: Any, source: str) -> None:
+    problem = shape_problem(value)
+    if problem:
+        raise UserError(f"{source}: not a usable config: {problem}; write the values out")

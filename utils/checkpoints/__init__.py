@@ -21,6 +21,7 @@ from utils.checkpoints.files import FileCheckpoint, FileStore, read_file_checkpo
 from utils.checkpoints.state import FORMAT, VERSION, Checkpoint, DcpStateful, Stateful, restore, run_dir_of
 from utils.checkpoints.weights import LoadReport, clean_state_dict, load_weights
 from utils.errors import UserError
+from utils.files import describe_os_error
 
 
 def open_store(kind: str) -> Any:
@@ -35,6 +36,13 @@ def open_store(kind: str) -> Any:
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """A ``.pth`` file or a ``.dcp`` snapshot given to ``-r``, read safely; problems are one line."""
     path = Path(path)
+    try:
+        return _load(path)
+    except OSError as exc:  # a name too long, a folder without permission, a file gone meanwhile
+        raise UserError(f"{path}: cannot read the checkpoint ({describe_os_error(path, exc, writing=False)}); pass a readable file with -r") from None
+
+
+def _load(path: Path) -> Checkpoint:
     if path.is_dir():
         from utils.checkpoints.snapshots import SnapshotCheckpoint, is_snapshot
 

@@ -28,6 +28,7 @@ from utils.checkpoints.checksum import checksum
 from utils.checkpoints.state import FORMAT, VERSION, Checkpoint, Stateful, header
 from utils.errors import UserError, first_line
 from utils.files import remove_stale_temporaries, replacing
+from utils.nested import shape_problem
 
 
 def write_error(path: Path, exc: OSError) -> UserError:
@@ -185,6 +186,9 @@ def read_file_checkpoint(path: Path) -> FileCheckpoint:
             data = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as exc:  # noqa: BLE001 - weights_only runs no code: any failure means the bytes are not a checkpoint
         raise UserError(f"{path}: not a readable checkpoint (truncated, corrupted or not saved by torch: {first_line(exc, 160)})") from None
+    problem = shape_problem(data)
+    if problem:  # before anything walks it: a file can be built so that a walk never ends
+        raise UserError(f"{path}: not a usable checkpoint ({problem})")
     if not isinstance(data, dict) or not (data.get("format") == FORMAT or _is_state_dict(data) or _is_state_dict(data.get("model"))):
         raise UserError(f"{path}: not a checkpoint of this template (no '{FORMAT}' marker); pass a file from a run's checkpoints/ folder")
     checkpoint = FileCheckpoint(path, data)

@@ -43,6 +43,7 @@ from utils.checkpoints.files import epoch_checkpoints, save_atomic, verify_check
 from utils.checkpoints.state import FORMAT, VERSION, Checkpoint, DcpStateful, Stateful, header
 from utils.errors import UserError, first_line
 from utils.files import fsync_dir, remove_stale_temporaries, temporary_name
+from utils.nested import shape_problem
 
 SNAPSHOTS = "snapshots"
 META = "meta.pt"
@@ -174,6 +175,9 @@ def read_plain(path: Path) -> dict:
         raise UserError(f"{path}: not a readable part of a sharded checkpoint ({first_line(exc, 160)})") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: not a part of a sharded checkpoint of this template")
+    problem = shape_problem(data)
+    if problem:
+        raise UserError(f"{path}: not a usable part of a sharded checkpoint ({problem})")
     return data
 
 
