@@ -71,6 +71,7 @@ class Shards:
 
     paths: list[Path]
     counts: list[int]
+    contents: list[str]  # a hash of each shard's bytes (``dataflow/shard_index.py``)
 
     def __len__(self) -> int:
         return sum(self.counts)
@@ -143,7 +144,8 @@ class BaseStreamLoader:
         if validation_split:
             paths, valid = hold_out(paths, validation_split, split_seed, bool(valid))
         self.valid_shards = valid if training else []
-        self.dataset = Shards(paths, shard_counts(paths, self._count, reader_name(self._read)))
+        indexed = shard_counts(paths, self._count, reader_name(self._read))
+        self.dataset = Shards(paths, [samples for samples, _ in indexed], [content for _, content in indexed])
         self.seed = 0
         self.batches_per_epoch = 0
         self._len_epoch: int | None = None
@@ -374,11 +376,11 @@ class BaseStreamLoader:
 
     def fingerprint(self) -> dict:
         """The data's identity for the run manifest (``logger/manifest.py``), without reading a sample."""
-        return {"samples": self.num_samples, "hash": self._digest(), "of": f"{len(self.dataset.paths)} shard names and sample counts"}
+        return {"samples": self.num_samples, "hash": self._digest(), "of": f"{len(self.dataset.paths)} shards' names, sample counts and contents"}
 
     def _digest(self) -> str:
-        """Names and sample counts of the shards: a resume mid-pass needs the same data."""
-        listing = [[path.name, count] for path, count in zip(self.dataset.paths, self.dataset.counts)]
+        """Names, sample counts and contents of the shards: a resume mid-pass needs the same data."""
+        listing = [[path.name, count, content] for path, count, content in zip(self.dataset.paths, self.dataset.counts, self.dataset.contents)]
         return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
 
     def _check_same(self, state: dict) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import torch
 
 from base import BaseDataLoader, BaseStreamLoader
 from data_loader.data_loaders import digits_dataset
-from utils.errors import UserError
+from utils.errors import UserError, first_line
 
 SPLITS = ("train", "valid", "test")
 SHARD_WEIGHTS = {"train": (1, 4, 2, 3, 2, 5, 3), "valid": (2, 1), "test": (1, 3, 2)}
@@ -111,10 +112,21 @@ class DigitsStreamLoader(BaseStreamLoader):
 
     def read_shard(self, path: Path, start: int = 0) -> Iterator[tuple[torch.Tensor, int]]:
         """``(image, label)`` samples from sample ``start`` on (slicing the arrays skips cheaply)."""
-        with np.load(path) as shard:
-            images, labels = torch.from_numpy(shard["images"][start:]), shard["labels"][start:].tolist()
-        yield from zip(images, labels)
+        images, labels = read_arrays(path)
+        yield from zip(torch.from_numpy(images[start:]), labels[start:].tolist())
 
     def count_samples(self, path: Path) -> int:
-        with np.load(path) as shard:
-            return len(shard["labels"])
+        return len(read_arrays(path)[1])
+
+
+def read_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A shard's ``images`` and ``labels``; a damaged or foreign file is a data error naming it, not a
+    bug of this loader's: a truncated download, an empty file, arrays under other names."""
+    try:
+        with np.load(path, allow_pickle=False) as shard:
+            images, labels = shard["images"], shard["labels"]
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        raise UserError(f"data_loader: {path} is not a readable digits shard ({type(exc).__name__}: {first_line(exc, 120)}); replace or remove it") from None
+    if images.ndim != 4 or labels.ndim != 1 or len(images) != len(labels):
+        raise UserError(f"data_loader: {path} is not a digits shard (images {images.shape}, labels {labels.shape}); replace or remove it")
+    return images, labels

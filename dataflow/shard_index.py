@@ -4,14 +4,18 @@ Every process must know every shard's sample count before the first batch: the p
 (``dataflow/stream_plan.py``) is arithmetic on those counts, done alike on every rank. Counting means
 reading a shard to its end, so the counts are cached per folder in ``index.json``, keyed by the
 file's name, size and modification time (a changed file is counted again) and by the reader's
-name (another reader may yield other samples). The file is replaced atomically (processes that
-start together each write the same content); where the folder is not writable, counting happens
-in memory at every start instead.
+name (another reader may yield other samples). Each entry also keeps a hash of the file's bytes
+(taken when it is counted) and of its first and last 64 KiB (checked at every start, so a file
+rewritten with the same size and time is noticed too): a mid-epoch resume compares contents,
+not names and counts. The file is replaced atomically (processes that start together each
+write the same content); where the folder is not writable, counting happens in memory at every
+start instead.
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import inspect
 import json
 from collections.abc import Callable, Sequence
@@ -26,36 +30,51 @@ from utils.files import write_atomic
 
 ShardSpec = str | Path | Sequence[str | Path]
 INDEX_NAME = "index.json"
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2
 
 
-def shard_counts(paths: Sequence[Path], count: Callable[[Path], int], reader: str) -> list[int]:
-    """The sample count of each of ``paths`` (in their order), from or into each folder's index."""
-    counts: dict[Path, int] = {}
+def shard_counts(paths: Sequence[Path], count: Callable[[Path], int], reader: str) -> list[tuple[int, str]]:
+    """The sample count and content hash of each of ``paths`` (in their order), from or into each folder's index."""
+    found: dict[Path, tuple[int, str]] = {}
     folders: dict[Path, list[Path]] = {}
     for path in paths:
         folders.setdefault(path.parent, []).append(path)
     for folder, members in folders.items():
-        counts.update(_folder_counts(folder, members, count, reader))
-    return [counts[path] for path in paths]
+        found.update(_folder_counts(folder, members, count, reader))
+    return [found[path] for path in paths]
 
 
-def _folder_counts(folder: Path, paths: list[Path], count: Callable[[Path], int], reader: str) -> dict[Path, int]:
+def _folder_counts(folder: Path, paths: list[Path], count: Callable[[Path], int], reader: str) -> dict[Path, tuple[int, str]]:
     index_path = folder / INDEX_NAME
     entries = _read_index(index_path, reader)
-    counts, changed = {}, False
+    found, changed = {}, False
     for path in paths:
         stat = path.stat()
+        ends = _hash(path, ends_only=True)
         entry = entries.get(path.name)
-        if entry and entry.get("size") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns:
-            counts[path] = int(entry["samples"])
+        if entry and (entry.get("size"), entry.get("mtime_ns"), entry.get("ends")) == (stat.st_size, stat.st_mtime_ns, ends) and entry.get("sha256"):
+            found[path] = (int(entry["samples"]), entry["sha256"])
             continue
-        counts[path] = int(count(path))
-        entries[path.name] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "samples": counts[path]}
+        found[path] = (int(count(path)), _hash(path))
+        entries[path.name] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "samples": found[path][0], "sha256": found[path][1], "ends": ends}
         changed = True
     if changed:
         _write_index(index_path, {"format": INDEX_FORMAT, "reader": reader, "shards": entries})
-    return counts
+    return found
+
+
+def _hash(path: Path, ends_only: bool = False) -> str:
+    """SHA-256 of a file's bytes (``ends_only``: of its first and last 64 KiB, cheap enough for every start)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        if ends_only:
+            digest.update(handle.read(1 << 16))
+            handle.seek(max(0, path.stat().st_size - (1 << 16)))
+            digest.update(handle.read(1 << 16))
+        else:
+            while chunk := handle.read(1 << 22):
+                digest.update(chunk)
+    return digest.hexdigest()[:32]
 
 
 def _read_index(path: Path, reader: str) -> dict:

@@ -61,6 +61,9 @@ def next_batch(batches: Iterator[Any]) -> Any:
         return next(batches)
     except StopIteration:
         raise
+    except UserError as exc:  # from a DataLoader worker it comes back with the worker's traceback as text
+        message = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
+        raise UserError(message.split("UserError: ", 1)[-1]) from None
     except Exception as exc:
         if user_frame(exc) is not None or user_frame_in_text(exc) is not None:
             raise
