@@ -15,7 +15,7 @@ a rename, and an existing one is replaced only with ``--force``.
 
 from __future__ import annotations
 
-from utils.signals import exit_on_signals
+from utils.signals import exit_on_signals, watch_launcher
 
 if __name__ == "__main__":
     exit_on_signals()  # before the heavy imports: a signal ends the script with 130/143, no traceback, no output file
@@ -52,6 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if distributed.launched_by_torchrun():
+        watch_launcher()
     claim = None
     try:
         if int(os.environ.get("RANK", 0)) == 0:  # rank 0 writes the file: it claims it before any work
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         loaded = load_trained_model(args)
         predict(args, loaded, claim)
     except Exception as exc:
-        return report(exc, distributed.rank())
+        return report(exc, distributed.rank(), distributed.is_distributed())
     finally:
         if claim is not None:
             claim.release()

@@ -15,7 +15,7 @@ runs other code. No run directory is created; every metric goes to ``<run_dir>/t
 
 from __future__ import annotations
 
-from utils.signals import exit_on_signals
+from utils.signals import exit_on_signals, watch_launcher
 
 if __name__ == "__main__":
     exit_on_signals()  # before the heavy imports: a signal ends the script with 130/143, no traceback, nothing written
@@ -48,13 +48,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if distributed.launched_by_torchrun():
+        watch_launcher()
     claims: list[OutputClaim] = []
     try:
         if int(os.environ.get("RANK", 0)) == 0:  # rank 0 writes the results: it claims them before any work
             claims = claim_outputs(args)
         evaluate(args, *claims)
     except Exception as exc:
-        return report(exc, distributed.rank())
+        return report(exc, distributed.rank(), distributed.is_distributed())
     finally:
         for claim in claims:
             claim.release()

@@ -17,18 +17,19 @@ from utils.signals import StopRequest
 
 STOP = StopRequest()
 if __name__ == "__main__":
-    STOP.install()  # before the heavy imports: a signal during start-up is a clean stop, not a traceback
+    STOP.install(mode="exit")  # before the heavy imports: a signal during them ends the process, nothing made
 
 import argparse
 import logging
 import signal
 import sys
 
-from app.session import RunRequest, Session
+from app.session import RunRequest, Session, stopped_during_start_up
 from logger.logger import log_to_files
 from logger.manifest import command_line
 from utils import distributed
-from utils.errors import UserError, report
+from utils.errors import UserError, peer_lost, report
+from utils.signals import StartupStopped, watch_launcher
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -61,10 +62,18 @@ def request_of(args: argparse.Namespace, argv: list[str]) -> RunRequest:
 def main(argv: list[str] | None = None) -> int:
     if not STOP.installed:
         STOP.install()
+    STOP.mode = "raise"  # while the run starts, a signal stops it at once (utils/signals.py)
+    if distributed.launched_by_torchrun():
+        watch_launcher()
     argv = sys.argv[1:] if argv is None else argv
     session = Session(request_of(parse_args(argv), argv), STOP)
+    lost = False  # another process of the run is gone: nobody to wait for on the way out
     try:
         return session.run()
+    except StartupStopped as stopped:
+        session.abandon(stopped=True)
+        STOP.signum = stopped.signum
+        return stopped_during_start_up(STOP)
     except KeyboardInterrupt:
         session.abandon(stopped=True)
         print("error: interrupted twice; stopped at once", file=sys.stderr)
@@ -73,10 +82,13 @@ def main(argv: list[str] | None = None) -> int:
         session.abandon(stopped=False)
         if isinstance(exc, UserError) and session.claim is not None:  # this run's train.log, never an earlier run's
             log_to_files(logging.ERROR, f"error: {exc}")
-        return report(exc, distributed.rank())
+        lost = peer_lost(exc)
+        if lost and session.trainer is not None and session.trainer.saved_once:
+            logging.getLogger("template").warning("the last checkpoint is intact; resume with: %s", session.resume_command())
+        return report(exc, distributed.rank(), distributed.is_distributed())
     finally:
         STOP.restore()
-        distributed.cleanup()
+        distributed.cleanup(wait=not lost)
 
 
 if __name__ == "__main__":

@@ -58,19 +58,21 @@ def init_distributed(device: torch.device) -> None:
     _control_group = dist.new_group(backend="gloo") if backend != "gloo" else None
 
 
-def cleanup() -> None:
+def cleanup(wait: bool = True) -> None:
     """Leave the process group: every rank meets at a barrier first, then destroys it.
 
     Destroying gloo while another rank still talks to it aborts processes now and then at exit
     ("terminate called without an active exception", SIGABRT). The barrier waits at most a minute:
-    a rank that failed alone must not hang the others (torchrun then reports the failure).
+    a rank that failed alone must not hang the others (torchrun then reports the failure); when a
+    peer is known to be gone (``wait`` False), nobody would come, so there is no barrier.
     """
     global _control_group
     if is_distributed():
-        try:
-            dist.monitored_barrier(group=_control_group, timeout=timedelta(seconds=60))
-        except RuntimeError:
-            pass  # a rank did not come: it failed, and torchrun says so
+        if wait:
+            try:
+                dist.monitored_barrier(group=_control_group, timeout=timedelta(seconds=60))
+            except RuntimeError:
+                pass  # a rank did not come: it failed, and torchrun says so
         dist.destroy_process_group()
     _control_group = None
 

@@ -1,16 +1,36 @@
-"""SIGINT/SIGTERM become a polite stop request: finish the step, checkpoint, exit.
+"""SIGINT/SIGTERM: a stop at once while a run starts, a polite stop once it has a run directory.
 
-Clusters send SIGTERM before preemption; Ctrl-C sends SIGINT. A second SIGINT stops at once.
+Clusters send SIGTERM before preemption; Ctrl-C sends SIGINT. What a signal does depends on how
+far the run is (:attr:`StopRequest.mode`):
+
+- ``"exit"``, while the entry script imports its libraries: nothing exists yet, so the process
+  says so and exits at once (128 + signal);
+- ``"raise"``, while the run is checked and built (a config read from a slow disk, a data set
+  loaded, the pre-flight): :class:`StartupStopped` is raised at once, and the entry script takes
+  back whatever was made (nothing is claimed before this phase ends);
+- ``"polite"``, once the run directory is about to be claimed and while training: the request is
+  noted, the step finishes, a checkpoint is written and the run exits. A second SIGINT stops at once.
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import threading
+
+
+class StartupStopped(BaseException):
+    """A signal arrived while the run was starting: it stops before anything is claimed."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 class StopRequest:
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.mode = "polite"
         self._previous: dict[int, object] = {}
 
     @property
@@ -21,11 +41,12 @@ class StopRequest:
     def requested(self) -> bool:
         return self.signum is not None
 
-    def install(self) -> StopRequest:
+    def install(self, mode: str = "polite") -> StopRequest:
         """Catch SIGINT/SIGTERM from now on (a request received before is forgotten)."""
-        self.signum = None
+        self.signum, self.mode = None, mode
         for signum in (signal.SIGINT, signal.SIGTERM):
-            self._previous[signum] = signal.signal(signum, self._handle)
+            previous = signal.signal(signum, self._handle)
+            self._previous.setdefault(signum, previous)
         return self
 
     def restore(self) -> None:
@@ -34,6 +55,12 @@ class StopRequest:
         self._previous.clear()
 
     def _handle(self, signum: int, frame) -> None:
+        if self.mode == "exit":
+            os.write(2, f"stopped by {signal.Signals(signum).name} during start-up; nothing was created\n".encode())
+            os._exit(128 + signum)
+        if self.mode == "raise":
+            self.signum = signum
+            raise StartupStopped(signum)
         if self.signum == signal.SIGINT and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signum = signum
@@ -41,6 +68,27 @@ class StopRequest:
     @property
     def name(self) -> str:
         return signal.Signals(self.signum).name if self.signum else ""
+
+
+def watch_launcher(grace: float = 60.0, interval: float = 1.0) -> None:
+    """Under a launcher (torchrun), stop when the launcher is gone: a worker whose launcher was
+    killed would otherwise stay, idle and holding its GPU. It is sent SIGTERM (a checkpoint at the
+    next step), and if it has not ended ``grace`` seconds later (waiting on a peer that is gone),
+    it ends at once. A daemon thread; a no-op when the parent is init already."""
+    parent = os.getppid()
+    if parent <= 1:
+        return
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            threading.Event().wait(interval)
+        os.write(2, b"the launcher of this process is gone; stopping (a checkpoint at the next step)\n")
+        os.kill(os.getpid(), signal.SIGTERM)
+        threading.Event().wait(grace)
+        os.write(2, f"stopped: the launcher is gone and the run did not end within {grace:.0f} s\n".encode())
+        os._exit(128 + signal.SIGTERM)
+
+    threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
 
 
 def exit_on_signals() -> None:
