@@ -17,12 +17,16 @@ Only the standard library is used, so this runs before any virtual environment e
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import re
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 from utils.errors import EXIT_USER_ERROR, UserError
+from utils.files import describe_os_error
 
 TEMPLATE = Path(__file__).resolve().parent
 
@@ -101,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         target = Path(args.target).expanduser().resolve()
         name = project_name(args.name, target)
         written = create_project(TEMPLATE, target, name, args.force)
+    except RuntimeError:  # expanduser: ~name of a user this machine does not have
+        print(f"error: {args.target}: names no user of this machine; write the folder's path out", file=sys.stderr)
+        return EXIT_USER_ERROR
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
@@ -128,9 +135,18 @@ def _clean(name: str) -> str:
 def create_project(template: Path, target: Path, name: str, force: bool = False) -> list[PurePosixPath]:
     """Copy ``template`` into ``target`` as project ``name``; returns the paths written (relative).
 
-    Every check runs before the first write, so a refusal leaves the disk untouched.
+    Every check runs before the first write, so a refusal leaves the disk untouched. A new project
+    is written into a hidden folder beside the target and renamed into place, so a failure (a full
+    disk, a read-only file system) leaves nothing; with ``--force``, what was added is removed and
+    what was overwritten gets its old content back. File-system trouble is one line.
     """
-    template, target = template.resolve(), target.resolve()
+    try:
+        return _create(template.resolve(), target.resolve(), name, force)
+    except OSError as exc:
+        raise UserError(f"{target}: cannot write the project ({describe_os_error(target, exc)}); choose a writable folder with free space") from None
+
+
+def _create(template: Path, target: Path, name: str, force: bool) -> list[PurePosixPath]:
     check_target(template, target, force)
     copies = template_files(template)
     generated = {
@@ -141,17 +157,51 @@ def create_project(template: Path, target: Path, name: str, force: bool = False)
         PurePosixPath("saved/.gitkeep"): "",
     }
     written = [*copies, *generated]
-    if force:
+    if force and target.is_dir() and any(target.iterdir()):
         check_overwrites(target, written)
+        with undone_on_failure(target, written):
+            write_files(template, target, copies, generated)
+        return written
+    staging = target.with_name(f".{target.name[:200]}.new-{os.getpid()}")
+    try:
+        staging.mkdir(parents=True)
+        write_files(template, staging, copies, generated)
+        os.rename(staging, target)  # atomic; replaces the target only if it is an empty folder
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return written
+
+
+def write_files(template: Path, root: Path, copies: list[PurePosixPath], generated: dict[PurePosixPath, str]) -> None:
     for rel in copies:
-        destination = target.joinpath(rel)
+        destination = root.joinpath(rel)
         destination.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(template.joinpath(rel), destination)  # content and permission bits (.ci/run stays executable)
     for rel, text in generated.items():
-        destination = target.joinpath(rel)
+        destination = root.joinpath(rel)
         destination.parent.mkdir(parents=True, exist_ok=True)
         destination.write_text(text)
-    return written
+
+
+@contextlib.contextmanager
+def undone_on_failure(target: Path, paths: list[PurePosixPath]) -> Iterator[None]:
+    """With --force: if writing fails, files it added go, files it overwrote get their content back."""
+    before = {rel: target.joinpath(rel).read_bytes() for rel in paths if target.joinpath(rel).is_file()}
+    folders = {path for rel in paths for path in target.joinpath(rel).parents if not path.exists()}
+    try:
+        yield
+    except BaseException:
+        for rel in paths:
+            path = target.joinpath(rel)
+            with contextlib.suppress(OSError):
+                if rel in before:
+                    path.write_bytes(before[rel])
+                elif path.exists():
+                    path.unlink()
+        for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
 
 
 def check_target(template: Path, target: Path, force: bool) -> None:

@@ -116,10 +116,7 @@ class Session:
         notes: list[str] = []
         self.trainer = trainer = build_trainer(config, device, self.stop, checkpoint, request.mode, request.resume, notes=notes)
         if config.settings.preflight:
-            try:
-                run_preflight(trainer)  # before the resume: it must see no restored position, and changes nothing
-            except UserError as exc:
-                raise UserError(f"{config.source}: {exc}") from None
+            distributed.agree(lambda: preflight(trainer, config.source))  # each rank checks its own batch; any refusal stops all
         if request.mode == "resume":
             distributed.agree(lambda: trainer.resume(checkpoint))  # a rank that cannot restore its part stops every rank
             check_work_left(trainer, request.resume)
@@ -215,6 +212,15 @@ class Session:
                 self.trainer.run.close()
             self.claim.discard()
         self.claim.release()
+
+
+def preflight(trainer: Trainer, source: str) -> None:
+    """The pre-flight batch (``trainer/preflight.py``), before the resume: it must see no restored
+    position, and it changes nothing."""
+    try:
+        run_preflight(trainer)
+    except UserError as exc:
+        raise UserError(f"{source}: {exc}") from None
 
 
 def stopped_during_start_up(stop: StopRequest) -> int:
