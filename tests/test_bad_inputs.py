@@ -80,6 +80,8 @@ def tree(root: Path) -> dict[str, tuple]:
                 found[key] = ("link", os.readlink(path))
             elif path.is_dir():
                 found[key] = ("dir",)
+            elif not path.is_file():  # a named pipe: reading it would wait for a writer
+                found[key] = ("special", path.stat().st_mode)
             else:
                 data = path.read_bytes()
                 found[key] = (len(data), hashlib.sha256(data).hexdigest())
@@ -332,6 +334,90 @@ def mid_epoch_resume(change: Callable[[dict], None] | None, *overrides: str) -> 
         return ["-r", path, *overrides, "--trust-checkpoint"]  # its model is a test module (fault_injection)
 
     return args
+
+
+# -- inputs built to exhaust, damaged histories and shards (issue "hardening, round 3") -----------------
+
+LONG = "x" * 300  # a file name longer than any file system takes
+LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{b}: &{b} [{', '.join([f'*{a}'] * 10)}]\n" for a, b in zip("abcdefgh", "bcdefghi")
+)  # nine lines standing for 10**9 values
+OVERRIDE_BOMB = "name=[&a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1], &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a], &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b], &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c], &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d], [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]]"
+
+
+def nested(depth: int) -> list:
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def shared(levels: int) -> list:
+    """A list standing for 2**levels values through shared references (what a pickle's memo keeps).
+    A checkpoint holding one is crafted as version 2: signing it (version 3) would expand it."""
+    value: list = ["x"]
+    for _ in range(levels):
+        value = [value, value]
+    return value
+
+
+def config_link(target: str) -> Callable[[Ctx], list]:
+    def args(c: Ctx) -> list:
+        link = c.tmp / "linked.yaml"
+        os.symlink(target, link)
+        return ["-c", link]
+
+    return args
+
+
+def fifo_config(c: Ctx) -> list:
+    path = c.tmp / "pipe.yaml"
+    os.mkfifo(path)  # reading it would wait for a writer forever
+    return ["-c", path]
+
+
+def damaged_history(name: str, content: bytes | None) -> Callable[[Ctx], list]:
+    """A resume of a copy of the finished run whose ``name`` holds ``content`` (None: a folder)."""
+
+    def args(c: Ctx) -> list:
+        run = c.run()
+        path = run / name
+        path.unlink()
+        if content is None:
+            path.mkdir()
+        else:
+            path.write_bytes(content)
+        return ["-r", run / "checkpoints" / "last.pth", "trainer.epochs=3"]
+
+    return args
+
+
+def damaged_shard(damage: Callable[[Path], None]) -> Callable[[Ctx], list]:
+    """configs/digits_stream.json, in the main process, with one of its shards damaged."""
+
+    def args(c: Ctx) -> list:
+        from data_loader.digit_shards import write_digits_shards
+
+        folder = c.tmp / "shards"
+        write_digits_shards(folder)
+        damage(folder / "train" / "shard-00003.npz")
+        config = ROOT / "configs" / "digits_stream.json"
+        return ["-c", config, f"data_loader.args.data_dir={folder}", "data_loader.args.num_workers=0", f"trainer.save_dir={c.tmp / 'saved'}"]
+
+    return args
+
+
+def truncated(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:200])
+
+
+def rekeyed(path: Path) -> None:
+    import numpy as np
+
+    with np.load(path) as shard:
+        arrays = {"pixels": shard["images"], "labels": shard["labels"]}
+    with open(path, "wb") as handle:
+        np.savez(handle, **arrays)
 
 
 DICT_LOADER = 'data_loader={type: "user_bugs:DictDigitsDataLoader"}'
@@ -724,6 +810,43 @@ ROWS = [
         2,
         ("not a readable checkpoint",),
     ),
+    # -- inputs built to exhaust: bounded before anything walks them -----------------------------------
+    Row("yaml billion laughs", "train", file_at("laughs.yaml", LAUGHS.encode()), 2, ("expands to more than 1,000,000 values",)),
+    Row("json nested 3000 deep", "train", file_at("deep.json", ('{"name": ' + "[" * 3000 + "]" * 3000 + "}").encode()), 2, ("nested too deeply",)),
+    Row("yaml nested 500 deep", "train", file_at("deep.yaml", ("name: " + "[" * 500 + "]" * 500 + "\n").encode()), 2, ("nested",)),
+    Row("config linked to /dev/zero", "train", config_link("/dev/zero"), 2, ("not a regular file",)),
+    Row("config that is a named pipe", "train", fifo_config, 2, ("not a regular file",)),
+    Row("override with aliases to 10**6", "train", new(OVERRIDE_BOMB), 2, ("override", "expands to more than")),
+    Row("checkpoint config of shared references", "train", crafted(lambda s: s.update(version=2, config={**s["config"], "name": shared(40)})), 2, ("not a usable checkpoint", "expands")),
+    Row("checkpoint config nested 200 deep", "test", crafted(lambda s: s.update(version=2, config={**s["config"], "name": nested(200)})), 2, ("not a usable checkpoint", "nested")),
+    # -- names the file system refuses, and objects of the wrong kind -----------------------------------
+    Row("-c name too long", "train", lambda c: ["-c", c.tmp / f"{LONG}.json"], 2, ("name is too long",)),
+    Row("-r name too long", "train", lambda c: ["-r", c.tmp / f"{LONG}.pth"], 2, ("name is too long",)),
+    Row("test.py -r name too long", "test", lambda c: ["-r", c.tmp / f"{LONG}.pth"], 2, ("name is too long",)),
+    Row("predict.py --out name too long", "predict", predicting("--out", lambda c: c.tmp / f"{LONG}.jsonl"), 2, ("--out", "name is too long")),
+    Row("test.py --export name too long", "test", evaluate("--export", lambda c: c.tmp / f"{LONG}.pt2"), 2, ("--export", "name is too long")),
+    Row("test.py --out name too long", "test", evaluate("--out", lambda c: c.tmp / f"{LONG}.json"), 2, ("--out", "name is too long")),
+    Row("save_dir of a user that does not exist", "train", new("trainer.save_dir=~nosuchuser_x/runs"), 2, ("trainer.save_dir", "names no user")),
+    Row("arch names a function returning a number", "train", new("metrics=[accuracy]", "arch={type: 'torch.nn.init:calculate_gain', args: {nonlinearity: relu}}"), 2, ("arch.type", "not a torch.nn.Module")),
+    Row("optimizer names a module", "train", new("optimizer={type: 'torch.nn:Identity'}"), 2, ("optimizer.type", "not a torch.optim.Optimizer")),
+    Row("data loader names a module", "train", new("data_loader={type: 'torch.nn:Identity'}"), 2, ("data_loader.type", "gives no batches")),
+    Row("loss that takes one argument", "train", new("loss={type: 'torch.nn:Identity'}"), 2, ("loss: it cannot take",)),
+    # -- silently wrong before: now refused ---------------------------------------------------------------
+    Row("metric named loss", "train", new("metrics=[{type: accuracy, name: loss}]"), 2, ("metrics.0.name", "'loss' would overwrite")),
+    Row("metric named val_accuracy", "train", new("metrics=[{type: accuracy, name: val_accuracy}]"), 2, ("metrics.0.name", "'val_accuracy'")),
+    Row("resume with --run-id", "train", resume("--run-id", "other"), 2, ("--run-id", "a resume continues")),
+    # -- resuming a damaged run directory: one line, and the directory as it was ----------------------------
+    Row("resume: config.json is not JSON", "train", damaged_history("config.json", b"{oops"), 2, ("config.json", "not valid JSON")),
+    Row("resume: config.json is a list", "train", damaged_history("config.json", b"[1, 2]"), 2, ("config.json", "holds list, not a mapping")),
+    Row("resume: config.json is a folder", "train", damaged_history("config.json", None), 2, ("config.json", "a folder")),
+    Row("resume: manifest.json is not JSON", "train", damaged_history("manifest.json", b"\x00\x01"), 2, ("manifest.json",)),
+    Row("resume: manifest.json is a list", "train", damaged_history("manifest.json", b"[]"), 2, ("manifest.json", "not a mapping")),
+    Row("resume: a row's epoch is a string", "train", damaged_history("metrics.jsonl", b'{"epoch": "1", "loss": 1.0}\n'), 2, ("metrics.jsonl", "epoch '1'")),
+    Row("resume: a row is not JSON", "train", damaged_history("metrics.jsonl", b'{"epoch": 1}\nnot json\n{"epoch": 2}\n'), 2, ("metrics.jsonl", "line 2 is not JSON")),
+    # -- a damaged shard of the shipped stream loader is a data error naming it ------------------------------
+    Row("stream: a truncated shard", "train", damaged_shard(truncated), 2, ("shard-00003.npz", "not a readable digits shard")),
+    Row("stream: an empty shard", "train", damaged_shard(lambda p: p.write_bytes(b"")), 2, ("shard-00003.npz", "not a readable digits shard")),
+    Row("stream: a shard with other arrays", "train", damaged_shard(rekeyed), 2, ("shard-00003.npz", "not a readable digits shard", "images")),
     # -- bugs in the user's own code: a traceback into the user's line, exit code 1 --------------------
     Row("model __init__ biass=True", "train", new("arch.type=user_bugs:MisspelledArgumentCNN"), 1, bug="biass"),
     Row("model forward NameError", "train", new("arch.type=user_bugs:NameErrorCNN"), 1, bug="temperature"),
