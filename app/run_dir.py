@@ -10,31 +10,15 @@ non-folder ``save_dir``, a name too long) is a one-line :class:`UserError`.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 import shutil
 from pathlib import Path
 
 from utils.errors import UserError
+from utils.files import file_error
 
 LOCK_FILE = ".lock"
-
-
-def filesystem_error(key: str, path: Path, exc: OSError, fix: str) -> UserError:
-    """An OSError on ``path`` as one line naming the config key or flag to change."""
-    if exc.errno == errno.ENAMETOOLONG:
-        problem = "the name is too long for the filesystem"
-    elif exc.errno in (errno.ENOTDIR, errno.EEXIST) and not path.is_dir():
-        blocker = next((p for p in [path, *path.parents] if p.exists() and not p.is_dir()), path)
-        problem = f"{blocker} is a file, not a folder"
-    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        problem = "no permission to write there" if exc.errno != errno.EROFS else "the filesystem is read-only"
-    elif exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        problem = "the disk is full"
-    else:
-        problem = exc.strerror or str(exc)
-    return UserError(f"{key}: cannot write {path} ({problem}); {fix}")
 
 
 def lock_holder(path: Path) -> str | None:
@@ -73,13 +57,13 @@ class RunDirectory:
             made = [folder for folder in reversed([path, *path.parents]) if not folder.exists()]
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise filesystem_error("trainer.save_dir", path, exc, "choose a writable trainer.save_dir (or shorter names)") from None
+            raise file_error("trainer.save_dir", path, exc, "choose a writable trainer.save_dir (or shorter names)") from None
         claim = cls(path.with_name(f".{path.name[:200]}.new-{os.getpid()}"), True, made)
         try:
             os.mkdir(claim.path)
         except OSError as exc:
             claim.discard()
-            raise filesystem_error("trainer.save_dir", path, exc, "choose a writable trainer.save_dir (or shorter names)") from None
+            raise file_error("trainer.save_dir", path, exc, "choose a writable trainer.save_dir (or shorter names)") from None
         claim._take_lock()
         if path.exists():  # rename would also replace an empty folder: an existing run directory is never reused
             claim.discard()
@@ -90,7 +74,7 @@ class RunDirectory:
             claim.discard()
             if path.is_dir():
                 raise cls._taken(path) from None
-            raise filesystem_error("trainer.save_dir", path, exc, "choose another trainer.save_dir or --run-id") from None
+            raise file_error("trainer.save_dir", path, exc, "choose another trainer.save_dir or --run-id") from None
         claim.path = path
         return claim
 
@@ -117,7 +101,7 @@ class RunDirectory:
         except OSError as exc:
             if self.created:
                 self.discard()
-            raise filesystem_error("run directory", self.path, exc, "make the run directory writable to train in it") from None
+            raise file_error("run directory", self.path, exc, "make the run directory writable to train in it") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

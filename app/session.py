@@ -28,7 +28,7 @@ from torch import nn
 
 from app.config import Config, build_loss, build_lr_scheduler, build_metrics, build_optimizer, scheduler_interval
 from app.history import ResumeGuard, RunHistory
-from app.run_dir import RunDirectory, filesystem_error
+from app.run_dir import RunDirectory
 from base.freezing import freeze, matching_modules
 from logger import get_logger, setup_logging
 from logger.manifest import extend_manifest, fingerprint, write_manifest
@@ -40,6 +40,7 @@ from utils import distributed
 from utils.checkpoints import Checkpoint, load_checkpoint, load_weights, run_dir_of
 from utils.device import limit_visible_gpus, select_device
 from utils.errors import UserError
+from utils.files import file_error
 from utils.seed import seed_everything
 from utils.signals import StopRequest
 
@@ -129,7 +130,7 @@ class Session:
         try:
             run = open_run_log(run_dir, config, trainer, request.mode, self.history)
         except OSError as exc:  # a write the checks could not foresee (a full disk): the guard puts things back
-            raise filesystem_error("run directory", run_dir, exc, "make it writable to resume there, or start a new run with -r CKPT -c CONFIG") from None
+            raise file_error("run directory", run_dir, exc, "make it writable to resume there, or start a new run with -r CKPT -c CONFIG") from None
         run.claim = self.claim  # released when the run log closes, at the end of training
         trainer.attach_run(run)
         record_manifest(run_dir, config, trainer, device, request.mode, request.resume, request.command, self.history)

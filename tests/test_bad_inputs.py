@@ -1148,6 +1148,39 @@ def processes(tmp_path_factory, finished):
         "preexec": file_size_limit(size // 2),
         "watch": full,
     }
+    checkpoints_ro = copy("checkpoints_ro")
+    make_read_only(checkpoints_ro / "checkpoints")
+    cases["train.py -r with its checkpoints folder read-only"] = {
+        "args": ["train.py", "-r", checkpoints_ro / "checkpoints" / "last.pth", "trainer.epochs=3"],
+        "preexec": read_only,
+        "watch": checkpoints_ro,
+    }
+    starting = copy("limit_at_start")
+    cases["train.py -r when the first history write hits a size limit"] = {
+        "args": ["train.py", "-r", starting / "checkpoints" / "last.pth", "trainer.epochs=3"],
+        "preexec": file_size_limit(64),  # the lock's few bytes fit; the resumed config does not
+        "watch": starting,
+    }
+    (tmp / "fsize").mkdir()
+    cases["predict.py under a file size limit"] = {
+        "args": ["predict.py", "-r", finished / "checkpoints" / "last.pth", "--out", tmp / "fsize" / "p.jsonl"],
+        "preexec": file_size_limit(2000),
+        "watch": tmp / "fsize",
+    }
+    (tmp / "ro_export").mkdir()
+    make_read_only(tmp / "ro_export")
+    cases["test.py --export into a read-only folder"] = {
+        "args": ["test.py", "-r", finished / "checkpoints" / "last.pth", "--out", tmp / "m.json", "--export", tmp / "ro_export" / "m.pt2"],
+        "preexec": read_only,
+        "watch": tmp / "ro_export",
+    }
+    (tmp / "ro_project").mkdir()
+    make_read_only(tmp / "ro_project")
+    cases["new_project.py into a read-only folder"] = {
+        "args": ["new_project.py", tmp / "ro_project" / "P"],
+        "preexec": read_only,
+        "watch": tmp / "ro_project",
+    }
     timestamp = ctx.config(name="timestamp.yaml", replace=[("name: digits_cnn", "name: !!timestamp 2024-01-01")])
     cases["train.py: a config error"] = {"args": ["train.py", "-c", timestamp], "watch": tmp / "saved"}
     cases["train.py: a bug in the user's model"] = {
@@ -1191,6 +1224,23 @@ def test_read_only_places_are_one_line_and_stay_as_they_were(processes, name, ex
     assert "no permission" in err or "read-only" in err, err
     changed.pop(".lock", None)  # the lock names its holder: the one file a claim writes, and no part of the run's history
     assert not changed, changed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("train.py -r with its checkpoints folder read-only", "cannot write in"),
+        ("train.py -r when the first history write hits a size limit", "file size limit"),
+        ("predict.py under a file size limit", "--out: cannot write"),
+        ("test.py --export into a read-only folder", "--export: cannot write"),
+        ("new_project.py into a read-only folder", "cannot write the project"),
+    ],
+)
+def test_files_that_cannot_be_written_are_one_line_and_nothing_is_left_or_changed(processes, name, expected):
+    code, err, changed = outcome(processes[name])
+    assert code == 2 and one_error_line(err) and expected in err, err[-3000:]
+    assert not changed, changed  # no history changed, no temporary or half-written file left, the lock as it was
 
 
 @pytest.mark.slow

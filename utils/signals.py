@@ -10,6 +10,9 @@ far the run is (:attr:`StopRequest.mode`):
   back whatever was made (nothing is claimed before this phase ends);
 - ``"polite"``, once the run directory is about to be claimed and while training: the request is
   noted, the step finishes, a checkpoint is written and the run exits. A second SIGINT stops at once.
+
+Once a signal has stopped the run at once, later ones are ignored (``"ignore"``), so the clean-up
+that takes back what was made is not cut short.
 """
 
 from __future__ import annotations
@@ -58,10 +61,13 @@ class StopRequest:
         if self.mode == "exit":
             os.write(2, f"stopped by {signal.Signals(signum).name} during start-up; nothing was created\n".encode())
             os._exit(128 + signum)
+        if self.mode == "ignore":  # already stopping at once: the clean-up is not interrupted again
+            return
         if self.mode == "raise":
-            self.signum = signum
+            self.signum, self.mode = signum, "ignore"
             raise StartupStopped(signum)
         if self.signum == signal.SIGINT and signum == signal.SIGINT:
+            self.mode = "ignore"
             raise KeyboardInterrupt
         self.signum = signum
 
