@@ -15,7 +15,7 @@ a rename, and an existing one is replaced only with ``--force``.
 
 from __future__ import annotations
 
-from utils.signals import exit_on_signals, watch_launcher
+from utils.signals import exit_on_signals, exit_quietly, watch_launcher
 
 if __name__ == "__main__":
     exit_on_signals()  # before the heavy imports: a signal ends the script with 130/143, no traceback, no output file
@@ -127,4 +127,8 @@ def predict(args: argparse.Namespace, loaded, claim) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        code = main()
+    except SystemExit as stopped:  # a signal (exit_on_signals)
+        code = stopped.code
+    exit_quietly(code)

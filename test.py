@@ -15,7 +15,7 @@ runs other code. No run directory is created; every metric goes to ``<run_dir>/t
 
 from __future__ import annotations
 
-from utils.signals import exit_on_signals, watch_launcher
+from utils.signals import exit_on_signals, exit_quietly, watch_launcher
 
 if __name__ == "__main__":
     exit_on_signals()  # before the heavy imports: a signal ends the script with 130/143, no traceback, nothing written
@@ -23,7 +23,6 @@ if __name__ == "__main__":
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 import torch
@@ -152,4 +151,8 @@ def export_model(model: torch.nn.Module, read_batch: BatchReader, data_loader, c
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        code = main()
+    except SystemExit as stopped:  # a signal (exit_on_signals)
+        code = stopped.code
+    exit_quietly(code)

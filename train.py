@@ -29,7 +29,7 @@ from logger.logger import log_to_files
 from logger.manifest import command_line
 from utils import distributed
 from utils.errors import UserError, peer_lost, report
-from utils.signals import StartupStopped, watch_launcher
+from utils.signals import StartupStopped, exit_quietly, watch_launcher
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -59,7 +59,9 @@ def request_of(args: argparse.Namespace, argv: list[str]) -> RunRequest:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, restore_signals: bool = True) -> int:
+    """Train; the exit code. ``restore_signals``: give SIGINT/SIGTERM back to whoever had them (a
+    caller in the same process); the script itself keeps them, so a signal while it exits changes nothing."""
     if not STOP.installed:
         STOP.install()
     STOP.mode = "raise"  # while the run starts, a signal stops it at once (utils/signals.py)
@@ -87,9 +89,10 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger("template").warning("the last checkpoint is intact; resume with: %s", session.resume_command())
         return report(exc, distributed.rank(), distributed.is_distributed())
     finally:
-        STOP.restore()
         distributed.cleanup(wait=not lost)
+        if restore_signals:
+            STOP.restore()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_quietly(main(restore_signals=False))

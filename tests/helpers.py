@@ -71,6 +71,18 @@ def last_checkpoint(run_dir: Path, name: str = "last.pth") -> dict:
     return torch.load(run_dir / "checkpoints" / name, weights_only=True, map_location="cpu")
 
 
+def entry_point(script: str):
+    """The ``main`` of an entry script loaded by path (``test`` is also a stdlib package)."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(f"{script[:-3]}_entry", ROOT / script)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as an import would: dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module.main
+
+
 def save_crafted(state: dict, path: Path) -> None:
     """Save a checkpoint edited as a stranger would craft one: its checksums made to match again
     (they catch damage, not forgery; what a crafted checkpoint may do is the trust rule's job)."""

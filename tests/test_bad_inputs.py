@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
-import importlib.util
 import json
 import os
 import resource
@@ -35,7 +34,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import ROOT, TESTS_ENV, save_crafted, set_key, tiny_config, write_config
+from helpers import ROOT, TESTS_ENV, entry_point, save_crafted, set_key, tiny_config, write_config
 
 import predict
 import train
@@ -44,15 +43,6 @@ from logger.logger import close_log_files
 
 USER_BUGS = ROOT / "tests" / "user_bugs.py"
 THREADS = {"OMP_NUM_THREADS": "1"}
-
-
-def entry_point(script: str) -> Callable[[list[str]], int]:
-    """The ``main`` of an entry script loaded by path (``test`` is also a stdlib package)."""
-    spec = importlib.util.spec_from_file_location(f"{script[:-3]}_entry", ROOT / script)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # as an import would: dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module.main
 
 
 MAINS = {"train": train.main, "test": entry_point("test.py"), "predict": predict.main}

@@ -107,3 +107,12 @@ def exit_on_signals() -> None:
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, leave)
+
+
+def exit_quietly(code: int) -> None:
+    """End the script with ``code``, ignoring SIGINT/SIGTERM from here on: Python gives signals
+    their default action back while it shuts down, so a second Ctrl-C during those moments would
+    kill the process with a traceback-less but wrong status instead of the one it was leaving with."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+    raise SystemExit(code)
