@@ -24,6 +24,8 @@ import torch
 from helpers import ROOT, TESTS_ENV, kill_tree, metric_rows, run_script, tiny_config, write_config
 
 from utils.checkpoints import load_checkpoint
+from utils.checkpoints.files import with_checksums
+from utils.checkpoints.snapshots import file_checksum
 from utils.errors import UserError
 
 pytestmark = pytest.mark.slow
@@ -143,6 +145,13 @@ def test_sigkill_while_saving_every_step_leaves_the_previous_snapshot_loadable(t
     assert set((last.parent / "snapshots").iterdir()) <= linked  # what the kill left half-written is gone
 
 
+def resign(snapshot: Path) -> None:
+    """Make a snapshot's checksums match its edited ``.metadata``, as a crafted one would."""
+    meta = torch.load(snapshot / "meta.pt", weights_only=True)
+    meta["files"][".metadata"] = file_checksum(snapshot / ".metadata")
+    torch.save(with_checksums({k: v for k, v in meta.items() if k != "checksums"}), snapshot / "meta.pt")
+
+
 def test_a_snapshot_naming_os_system_is_refused_and_runs_nothing(runs, tmp_path):
     _, saved = runs
     evil = tmp_path / "evil.dcp"
@@ -154,6 +163,30 @@ def test_a_snapshot_naming_os_system_is_refused_and_runs_nothing(runs, tmp_path)
             return os.system, (f"touch {marker}",)
 
     (evil / ".metadata").write_bytes(pickle.dumps(Payload()))
+    resign(evil)  # crafted, not damaged: the checksums say nothing, the allow-list must
     with pytest.raises(UserError, match=r"refused posix.system|not part of a DCP"):
         load_checkpoint(evil).weights()
     assert not marker.exists()
+
+
+def test_a_damaged_snapshot_is_one_line_naming_its_part_before_anything_is_allocated(runs, tmp_path):
+    _, saved = runs
+    snapshot = tmp_path / "snapshot"
+    shutil.copytree((saved / "fsdp" / "checkpoints" / "last.dcp").resolve(), snapshot)
+    shard = snapshot / "__1_0.distcp"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one flipped bit in the second process's shards: DCP itself would load it
+    shard.write_bytes(bytes(data))
+    with pytest.raises(UserError, match=r"the part '__1_0.distcp' does not match its checksum"):
+        load_checkpoint(snapshot)
+    shutil.rmtree(snapshot)
+    shutil.copytree((saved / "fsdp" / "checkpoints" / "last.dcp").resolve(), snapshot)
+    metadata = pickle.loads((snapshot / ".metadata").read_bytes())
+    name = next(key for key, item in metadata.state_dict_metadata.items() if hasattr(item, "size") and key.startswith("model."))
+    metadata.state_dict_metadata[name].size = torch.Size([1 << 20, 1 << 20])  # 4 TB of float32 claimed
+    (snapshot / ".metadata").write_bytes(pickle.dumps(metadata))
+    with pytest.raises(UserError, match=r"the part '.metadata' does not match its checksum"):
+        load_checkpoint(snapshot)
+    resign(snapshot)  # crafted, not damaged: the metadata's claims are checked against the files
+    with pytest.raises(UserError, match=r"a damaged snapshot \(its metadata claims 4,398,046,511,104 bytes"):
+        load_checkpoint(snapshot).weights()

@@ -7,7 +7,8 @@ snapshot folder ``checkpoints/snapshots/<id>/`` holding:
   ``dcp_state_dict()`` (the weights, the optimizer state and the EMA weights), each process
   writing its own shards (nothing is gathered to one process);
 - ``meta.pt``: the header, the other shared parts (progress, monitor, scheduler, precision),
-  which parts are in DCP, the checksum of every DCP file, and the checksums of its own parts;
+  which parts are in DCP, the checksum of every DCP file (``.metadata`` too), and the checksums
+  of its own parts;
 - ``rank-<r>.pt``: each process's own parts (RNG states, data position, running epoch state).
 
 A snapshot is complete before the link moves to it, and the link moves with one ``rename``, so a
@@ -231,6 +232,8 @@ class SnapshotStore:
                 raise
             raise UserError(f"{link}: could not write the sharded checkpoint ({first_line(exc, 160, last=True)}); the previous one is intact") from None
         mine = {path.name: file_checksum(path) for path in folder.glob(f"__{distributed.rank()}_*.distcp")}
+        if distributed.is_main_process():
+            mine[".metadata"] = file_checksum(folder / ".metadata")
         save_atomic(with_checksums({key: part.state_dict() for key, part in own.items()}), folder / f"rank-{distributed.rank()}.pt")
         files = {name: crc for sums in distributed.gather_objects(mine) for name, crc in sums.items()}
         if distributed.is_main_process():
