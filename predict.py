@@ -4,13 +4,16 @@
     python predict.py -r CHECKPOINT --split val --out val.csv               the validation split (or train)
     python predict.py -r CHECKPOINT --input new_images/ --out new.jsonl     files without labels
     torchrun --standalone --nproc_per_node=2 predict.py -r CHECKPOINT --out p.npz   the same file, in shards
+    python predict.py -r CV_RUN_DIR --out p.jsonl [--fold I]    a cross-validation's fold ensemble (or fold I)
 
 The model and its weights are those ``test.py`` evaluates (EMA weights when the run kept them;
 ``--weights raw`` for the trained ones). Formats by extension: ``.jsonl``, ``.csv``, ``.npz``,
 ``.pt`` (see ``app/prediction_files.py`` for the columns). Under torchrun every process predicts
 a contiguous run of whole batches and the rows are merged in order, so the file is byte for byte
 the one a single process writes; nothing is held in memory but a batch. The file appears through
-a rename, and an existing one is replaced only with ``--force``.
+a rename, and an existing one is replaced only with ``--force``. A cross-validation's ensemble
+(the mean of its folds' best models, ``trainer/ensemble.py``) predicts the test split or
+``--input``; the validation and training splits differ by fold, so they need ``--fold I``.
 """
 
 from __future__ import annotations
@@ -59,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         if int(os.environ.get("RANK", 0)) == 0:  # rank 0 writes the file: it claims it before any work
             claim = claim_output(Path(args.out), args.force)
         loaded = load_trained_model(args)
+        if loaded.folds is not None and args.split != "test" and not args.input:
+            raise UserError(f"--split {args.split}: each fold of {args.resume} has its own {args.split} split; pick one with --fold I")
         predict(args, loaded, claim)
     except Exception as exc:
         return report(exc, distributed.rank(), distributed.is_distributed())

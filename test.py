@@ -2,6 +2,7 @@
 
     python test.py -r saved/<name>/<run_id>/checkpoints/best.pth [-c CONFIG] [--out FILE] [key=value ...]
     python test.py -r CHECKPOINT --export model.pt2
+    python test.py -r CV_RUN_DIR [--fold I]      a cross-validation's fold ensemble (or fold I's best model)
     torchrun --standalone --nproc_per_node=2 test.py -r CHECKPOINT      the same numbers, in shards
 
 The config comes from inside the checkpoint unless ``-c`` gives another; the data loader is built
@@ -10,7 +11,9 @@ with ``training=False`` (the test split). The batches go through the run's own T
 with ``self.epoch`` the checkpoint's epoch. The checkpoint is read with ``weights_only=True`` and its
 config may name only this project's code and the libraries it builds from: it is data and never
 runs other code. No run directory is created; every metric goes to ``<run_dir>/test_metrics.json``
-(or ``--out``), the same for any batch size and any number of processes.
+(or ``--out``), the same for any batch size and any number of processes. For a cross-validation
+(``train.py --folds K``) the model is the mean of the folds' best models (``trainer/ensemble.py``)
+and the metrics go to ``CV_RUN_DIR/test_metrics.json``; with ``--fold I`` to that fold's folder.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from app.cv import folds_of, is_cv_dir
 from app.loading import add_loading_arguments, load_trained_model
 from app.session import build_trainer, evaluation_settings
 from trainer.batches import BatchReader
@@ -68,7 +72,7 @@ def claim_outputs(args: argparse.Namespace) -> list[OutputClaim]:
     ``--export`` file, each this process's until it ends; a file you named needs ``--force`` to be replaced."""
     if args.export and Path(args.export).suffix != ".pt2" and not _is_folder(Path(args.export)):
         raise UserError(f"--export: {Path(args.export).name} must end in .pt2 (a torch.export program, loaded with torch.export.load)")
-    out = Path(args.out) if args.out else run_dir_of(args.resume) / "test_metrics.json"
+    out = Path(args.out) if args.out else default_out(args)
     claims = [OutputClaim(out, "--out", force=args.force or not args.out)]
     if args.export:
         claims.append(OutputClaim(Path(args.export), "--export", force=args.force))
@@ -80,6 +84,15 @@ def claim_outputs(args: argparse.Namespace) -> list[OutputClaim]:
             claim.release()
         raise
     return claims
+
+
+def default_out(args: argparse.Namespace) -> Path:
+    """``test_metrics.json`` in the run directory evaluated: a CV's own (its ensemble) or a fold's (``--fold``)."""
+    if is_cv_dir(args.resume):
+        folder = Path(args.resume)
+        folds_of(folder, args.fold)
+        return (folder / f"fold-{args.fold}" if args.fold is not None else folder) / "test_metrics.json"
+    return run_dir_of(args.resume) / "test_metrics.json"
 
 
 def _is_folder(path: Path) -> bool:
@@ -98,11 +111,22 @@ def evaluate(args: argparse.Namespace, out: OutputClaim | None = None, export: O
     read_batch = trainer.evaluator.reader = BatchReader(device, data_loader, config.settings.target_key, config.settings.channels_last)
     results = trainer.evaluate(data_loader)
     samples = len(getattr(data_loader, "base_dataset", data_loader.dataset))
-    results = {"checkpoint": str(args.resume), "epoch": loaded.checkpoint.epoch, "weights": loaded.weights, "samples": samples, **results}
+    source = {"checkpoint": str(args.resume), "epoch": loaded.checkpoint.epoch}
+    if loaded.folds is not None:  # an ensemble: the CV directory, and which folds' best models it averages
+        source = {"checkpoint": str(args.resume), "folds": loaded.folds, "epochs": loaded.epochs}
+    results = {**source, "weights": loaded.weights, "samples": samples, **results}
     if distributed.is_main_process():
         shown = {key: value for key, value in results.items() if not isinstance(value, list)}
         width = max(len(key) for key in shown)
-        print("\n".join(f"{key:<{width}}  {value:.6g}" if isinstance(value, float) else f"{key:<{width}}  {value}" for key, value in shown.items()))
+        print(
+            "\n".join(
+                f"{key:<{width}}  {value:.6g}" if isinstance(value, float) else f"{key:<{width}}  {value}" for key, value in shown.items()
+            )
+        )
+        if loaded.folds is not None:
+            print(
+                f"the mean of {len(loaded.folds)} folds' best models (folds {', '.join(map(str, loaded.folds))}; epochs {', '.join(map(str, loaded.epochs))})"
+            )
         publish(out, (json.dumps(results, indent=2) + "\n").encode())
         print(f"wrote {out.path}")
         if export is not None:

@@ -24,11 +24,12 @@ import logging
 import signal
 import sys
 
+from app.cv import cross_validate, is_cv_dir
 from app.session import RunRequest, Session, stopped_during_start_up
 from logger.logger import log_to_files
 from logger.manifest import command_line
 from utils import distributed
-from utils.errors import UserError, peer_lost, report
+from utils.errors import UserError, first_line, peer_lost, report
 from utils.signals import StartupStopped, exit_quietly, watch_launcher
 
 
@@ -39,8 +40,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("-d", "--device", dest="devices", help="GPU indices to make visible, e.g. 0,1 (sets CUDA_VISIBLE_DEVICES)")
     parser.add_argument("--run-id", help="name of the run directory (default: a timestamp)")
     parser.add_argument(
-        "--trust-checkpoint", action="store_true", help="let a checkpoint's config name code outside this project (and this run's checkpoints do so)"
+        "--trust-checkpoint",
+        action="store_true",
+        help="let a checkpoint's config name code outside this project (and this run's checkpoints do so)",
     )
+    parser.add_argument("--folds", type=int, metavar="K", help="K-fold cross-validation: train every fold as one run (a CV run directory)")
     parser.add_argument(
         "overrides", nargs="*", metavar="key.path=value", help="config overrides, e.g. trainer.epochs=3 (+key=value adds a key)"
     )
@@ -68,20 +72,23 @@ def main(argv: list[str] | None = None, restore_signals: bool = True) -> int:
     if distributed.launched_by_torchrun():
         watch_launcher()
     argv = sys.argv[1:] if argv is None else argv
-    session = Session(request_of(parse_args(argv), argv), STOP)
+    args = parse_args(argv)
+    session = Session(request_of(args, argv), STOP)
     lost = False  # another process of the run is gone: nobody to wait for on the way out
     try:
+        if args.folds is not None or (args.resume is not None and args.config is None and is_cv_dir(args.resume)):
+            return cross_validate(session.request, args.folds, STOP)  # a run of runs: each fold its own Session
         return session.run()
     except StartupStopped as stopped:
         session.abandon(stopped=True)
         STOP.signum = stopped.signum
         return stopped_during_start_up(STOP)
     except KeyboardInterrupt:
-        session.abandon(stopped=True)
+        session.abandon(stopped=True, reason="interrupted twice")
         print("error: interrupted twice; stopped at once", file=sys.stderr)
         return 128 + signal.SIGINT
     except Exception as exc:
-        session.abandon(stopped=False)
+        session.abandon(stopped=False, reason=first_line(exc))
         if isinstance(exc, UserError) and session.claim is not None:  # this run's train.log, never an earlier run's
             log_to_files(logging.ERROR, f"error: {exc}")
         lost = peer_lost(exc)

@@ -4,6 +4,9 @@ The config comes from inside the checkpoint (resolved under the checkpoint trust
 ``app/config/names.py``) unless ``-c`` passes one; the model is rebuilt from it and loaded with
 the weights evaluation uses: the EMA weights when the run kept them and ``trainer.ema_evaluate``
 is on, unless ``--weights raw`` asks for the trained weights themselves.
+
+``-r CV_RUN_DIR`` (a cross-validation, ``app/cv.py``) loads each fold's best checkpoint and
+answers with their mean (``trainer/ensemble.py``); ``--fold i`` takes fold ``i`` alone.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -30,6 +34,7 @@ def add_loading_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-d", "--device", dest="devices", help="GPU indices to make visible, e.g. 0")
     parser.add_argument("--weights", choices=("auto", "ema", "raw"), default="auto", help="EMA or raw weights (auto: as the run validated)")
     parser.add_argument("--trust-checkpoint", action="store_true", help="let a checkpoint's config name code outside this project")
+    parser.add_argument("--fold", type=int, metavar="I", help="with -r CV_RUN_DIR: fold I's best model instead of the folds' ensemble")
     parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
 
 
@@ -41,26 +46,66 @@ class Loaded:
     model: nn.Module
     weights: str
     """``"ema"`` or ``"raw"``: which weights the model holds."""
+    folds: list[int] | None = None
+    """The folds whose models ``model`` averages (a cross-validation's ensemble), or None."""
+    epochs: list[int | None] | None = None
+    """The epoch of each fold's checkpoint in the ensemble."""
 
 
 def load_trained_model(args: argparse.Namespace) -> Loaded:
+    from app.cv import is_cv_dir
+
+    if is_cv_dir(args.resume):
+        return load_folds(args)
+    if args.fold is not None:
+        raise UserError(f"--fold: {args.resume} is not a cross-validation's run directory; --fold picks one of its folds")
+    return load_one(args, args.resume)
+
+
+def load_folds(args: argparse.Namespace) -> Loaded:
+    """Every fold's best model as one ensemble (or fold ``--fold`` alone)."""
+    from app.cv import folds_of
+    from trainer.ensemble import Ensemble
+
+    folder = Path(args.resume)
+    folds = folds_of(folder, args.fold)
+    chosen = [args.fold] if args.fold is not None else list(range(folds))
+    loaded = [load_one(args, best_checkpoint(folder / f"fold-{fold}", fold)) for fold in chosen]
+    if len(loaded) == 1:
+        return loaded[0]
+    ensemble = Ensemble([one.model for one in loaded]).to(loaded[0].device).eval()
+    weights = {one.weights for one in loaded}
+    epochs = [one.checkpoint.epoch for one in loaded]
+    return Loaded(
+        loaded[0].config, loaded[0].checkpoint, loaded[0].device, ensemble, "/".join(sorted(weights)), folds=chosen, epochs=epochs
+    )
+
+
+def best_checkpoint(folder: Path, fold: int) -> str:
+    for name in ("best.pth", "best.dcp", "last.pth", "last.dcp"):
+        if (folder / "checkpoints" / name).exists():
+            return str(folder / "checkpoints" / name)
+    raise UserError(f"{folder}: fold {fold} has no checkpoint yet; continue the cross-validation with train.py -r {folder.parent}")
+
+
+def load_one(args: argparse.Namespace, path: str) -> Loaded:
     limit_visible_gpus(args.devices)
-    checkpoint = load_checkpoint(args.resume)
+    checkpoint = load_checkpoint(path)
     if args.config:
         config = Config.from_file(args.config, args.overrides)
     elif checkpoint.config is None:
-        raise UserError(f"{args.resume}: a weights file without a config; pass the run's config with -c CONFIG")
+        raise UserError(f"{path}: a weights file without a config; pass the run's config with -c CONFIG")
     else:
-        config = Config.from_dict(checkpoint.config, f"{args.resume} (its config)", args.overrides, trusted=args.trust_checkpoint)
+        config = Config.from_dict(checkpoint.config, f"{path} (its config)", args.overrides, trusted=args.trust_checkpoint)
     setup_logging(config.settings.verbosity, int(os.environ.get("RANK", 0)))
     device = select_device(config["device"], distributed.launched_by_torchrun(), distributed.local_rank())
     distributed.init_distributed(device)
     if args.weights == "ema" and not checkpoint.has_ema:
-        raise UserError(f"--weights ema: {args.resume} holds no EMA weights (the run had trainer.ema_decay null); use --weights raw")
+        raise UserError(f"--weights ema: {path} holds no EMA weights (the run had trainer.ema_decay null); use --weights raw")
     use_ema = checkpoint.has_ema and (args.weights == "ema" or (args.weights == "auto" and config.settings.ema_evaluate))
     from app.session import build_model
 
     model = build_model(config)
-    load_weights(model, checkpoint.weights(ema=use_ema), strict=True, source=str(args.resume))
+    load_weights(model, checkpoint.weights(ema=use_ema), strict=True, source=str(path))
     model.to(device).eval()
     return Loaded(config, checkpoint, device, model, "ema" if use_ema else "raw")

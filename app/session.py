@@ -15,6 +15,7 @@ What a session claimed is what a failure takes back (:meth:`Session.abandon`).
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
@@ -31,7 +32,7 @@ from app.history import ResumeGuard, RunHistory
 from app.run_dir import RunDirectory
 from base.freezing import freeze, matching_modules
 from logger import get_logger, setup_logging
-from logger.manifest import extend_manifest, fingerprint, write_manifest
+from logger.manifest import extend_manifest, fingerprint, record_end, write_manifest
 from logger.run_log import RunLog
 from trainer import Trainer
 from trainer.parallel import prepare_model
@@ -40,7 +41,7 @@ from utils import distributed
 from utils.checkpoints import Checkpoint, load_checkpoint, load_weights, run_dir_of
 from utils.device import limit_visible_gpus, select_device
 from utils.errors import UserError
-from utils.files import file_error
+from utils.files import file_error, write_atomic
 from utils.seed import seed_everything
 from utils.signals import StopRequest
 
@@ -62,6 +63,8 @@ class RunRequest:
     trust_checkpoint: bool = False
     config_data: dict | None = None
     config_source: str = "config"
+    config_trusted: bool = True
+    """False for ``config_data`` read back from a file a run wrote (a CV's ``cv.json``): data, as a checkpoint's config is."""
     run_dir: Path | None = None
     command: str = ""
     resume_hint: str | None = None
@@ -130,10 +133,15 @@ class Session:
         try:
             run = open_run_log(run_dir, config, trainer, request.mode, self.history)
         except OSError as exc:  # a write the checks could not foresee (a full disk): the guard puts things back
-            raise file_error("run directory", run_dir, exc, "make it writable to resume there, or start a new run with -r CKPT -c CONFIG") from None
+            raise file_error(
+                "run directory", run_dir, exc, "make it writable to resume there, or start a new run with -r CKPT -c CONFIG"
+            ) from None
         run.claim = self.claim  # released when the run log closes, at the end of training
         trainer.attach_run(run)
         record_manifest(run_dir, config, trainer, device, request.mode, request.resume, request.command, self.history)
+        split = getattr(trainer.data, "split", None)  # which samples validate (BaseDataLoader): checkable, and comparable between folds
+        if split is not None and request.mode != "resume" and distributed.is_main_process():
+            write_atomic(run_dir / "split.json", json.dumps(split) + "\n", "run directory", "make it writable")
         log_header(config, run_dir, device, trainer, request.mode, self.resume_command())
         for note in notes:
             logger.info(note)
@@ -175,10 +183,14 @@ class Session:
         if trainer.stopped_by:
             if not trainer.saved_once:
                 self.abandon(stopped=True)
-                logger.warning("stopped by %s before the first step; nothing was trained and the run directory is removed", trainer.stopped_by)
+                logger.warning(
+                    "stopped by %s before the first step; nothing was trained and the run directory is removed", trainer.stopped_by
+                )
             else:
+                self.record_end("stopped", f"stopped by {trainer.stopped_by}")
                 logger.warning("stopped by %s; resume with: %s", trainer.stopped_by, self.resume_command())
             return 128 + getattr(signal, trainer.stopped_by).value
+        self.record_end("finished", trainer.ended_by or ("early stop" if trainer.monitor.should_stop else "every epoch trained"))
         if trainer.monitor.best_epoch is not None:
             suffix = trainer.checkpoint_suffix
             logger.info(
@@ -196,9 +208,15 @@ class Session:
             self.claim.release()
         return 0
 
-    def abandon(self, stopped: bool) -> None:
+    def record_end(self, state: str, reason: str) -> None:
+        """How this session ended, in ``manifest.json`` (rank 0; ``runs.py`` reads it)."""
+        if distributed.is_main_process() and self.run_dir is not None and self.trainer is not None:
+            record_end(self.run_dir, state, self.trainer.progress.completed_epochs, reason)
+
+    def abandon(self, stopped: bool, reason: str = "") -> None:
         """After a failure or stop: a new run directory with no checkpoint in it goes (unless a
-        failure came after training started: then its train.log tells what happened)."""
+        failure came after training started: then its train.log tells what happened, and its
+        manifest that it failed, with ``reason``)."""
         if self.claim is None:
             return
         if self.guard is not None and not self.training:
@@ -212,6 +230,8 @@ class Session:
             if self.trainer is not None:
                 self.trainer.run.close()
             self.claim.discard()
+        elif self.training:
+            self.record_end("stopped" if stopped else "failed", reason or ("stopped" if stopped else "an error"))
         self.claim.release()
 
 
@@ -237,11 +257,13 @@ def load_config(request: RunRequest) -> tuple[Config, Checkpoint | None]:
     if request.resume is None and request.config is None and request.config_data is None:
         raise UserError("give a config with -c CONFIG (a new run) or a checkpoint with -r CHECKPOINT (resume)")
     if mode == "resume" and request.run_id is not None:
-        raise UserError(f"--run-id: a resume continues the run in {run_dir_of(request.resume)}; to start a new run from its weights, add -c CONFIG")
+        raise UserError(
+            f"--run-id: a resume continues the run in {run_dir_of(request.resume)}; to start a new run from its weights, add -c CONFIG"
+        )
     checkpoint = load_checkpoint(request.resume) if request.resume else None
     if mode != "resume":
         if request.config_data is not None:
-            config = Config.from_dict(request.config_data, request.config_source, request.overrides)
+            config = Config.from_dict(request.config_data, request.config_source, request.overrides, trusted=request.config_trusted)
         else:
             config = Config.from_file(request.config, request.overrides)
         if not request.trust_checkpoint:
@@ -249,7 +271,9 @@ def load_config(request: RunRequest) -> tuple[Config, Checkpoint | None]:
         return config, checkpoint
     checkpoint.require_resumable()
     if run_dir_of(request.resume) == Path(os.path.abspath(request.resume)).parent:
-        raise UserError(f"-r {request.resume}: to resume, pass the file inside its run's checkpoints/ folder; to start a new run from it, add -c CONFIG")
+        raise UserError(
+            f"-r {request.resume}: to resume, pass the file inside its run's checkpoints/ folder; to start a new run from it, add -c CONFIG"
+        )
     source = f"{request.resume} (its config)"
     return Config.from_dict(checkpoint.config, source, request.overrides, trusted=request.trust_checkpoint), checkpoint
 
@@ -294,7 +318,10 @@ def build_model(config: Config) -> nn.Module:
     """``arch``, checked to be a module (a class or function that builds something else is one line)."""
     model = config.init_obj("arch")
     if not isinstance(model, nn.Module):
-        raise config.error("arch.type", f"{config['arch']['type']!r} built a {type(model).__name__}, not a torch.nn.Module; name a model class or a function returning one")
+        raise config.error(
+            "arch.type",
+            f"{config['arch']['type']!r} built a {type(model).__name__}, not a torch.nn.Module; name a model class or a function returning one",
+        )
     return model
 
 
@@ -316,7 +343,10 @@ def build_trainer(
     settings = settings or config.settings
     data_loader = config.init_obj("data_loader")
     if not (callable(getattr(data_loader, "epoch_batches", None)) or hasattr(data_loader, "__iter__")):
-        raise config.error("data_loader.type", f"{config['data_loader']['type']!r} built a {type(data_loader).__name__}, which gives no batches; name a data loader")
+        raise config.error(
+            "data_loader.type",
+            f"{config['data_loader']['type']!r} built a {type(data_loader).__name__}, which gives no batches; name a data loader",
+        )
     if callable(getattr(data_loader, "set_seed", None)):
         data_loader.set_seed(config["seed"])
     valid_data_loader = data_loader.split_validation() if hasattr(data_loader, "split_validation") else None
@@ -371,7 +401,14 @@ def open_run_log(run_dir: Path, config: Config, trainer: Trainer, mode: str, his
 
 
 def record_manifest(
-    run_dir: Path, config: Config, trainer: Trainer, device: torch.device, mode: str, checkpoint: str | None, command: str, history: RunHistory | None = None
+    run_dir: Path,
+    config: Config,
+    trainer: Trainer,
+    device: torch.device,
+    mode: str,
+    checkpoint: str | None,
+    command: str,
+    history: RunHistory | None = None,
 ) -> None:
     """``manifest.json``: written for a new run, extended by a resume (``logger/manifest.py``); collective under DDP."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
@@ -433,7 +470,11 @@ def _size(loader) -> str:
         return "no"
     if isinstance(getattr(loader, "num_samples", None), int):  # streams know their size from their shard index
         return f"{loader.num_samples:,}"
-    dataset = getattr(loader, "base_dataset", None) or getattr(loader, "dataset", None) or getattr(getattr(loader, "loader", None), "dataset", None)
+    dataset = (
+        getattr(loader, "base_dataset", None)
+        or getattr(loader, "dataset", None)
+        or getattr(getattr(loader, "loader", None), "dataset", None)
+    )
     try:
         return f"{len(dataset):,}"
     except TypeError:

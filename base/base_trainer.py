@@ -10,6 +10,7 @@ restore them, so that ``-r last.pth`` continues a run bit for bit on CPU.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -45,6 +46,10 @@ class BaseTrainer(ABC):
         self.stop = stop or StopRequest()
         self.stopped_by: str | None = None
         self.saved_once = False  # a checkpoint of this run exists (a resumed run starts with one)
+        self.epoch_end: list[Callable[[dict], str | None]] = []
+        """Called with each finished epoch's row, after its checkpoint is written (a sweep's pruner, a
+        tracker); a returned reason ends training there (``ended_by``). Every rank must return the same."""
+        self.ended_by: str | None = None
         self.distributed = distributed.is_distributed()
 
     # -- stateful parts -----------------------------------------------------------------------
@@ -96,6 +101,11 @@ class BaseTrainer(ABC):
                 self._after_epoch(row)
                 self.run.log_epoch(row, self.progress.global_step)
                 self.save_epoch_checkpoints(epoch, improved)
+                reasons = [reason for hook in self.epoch_end if (reason := hook(row))]
+                if reasons:
+                    self.ended_by = reasons[0]
+                    self.logger.info("training ends after epoch %d: %s", epoch, self.ended_by)
+                    break
                 if self.monitor.should_stop:
                     self.logger.info(
                         "early stop: %s did not improve for %d epochs (best %.6g at epoch %s)",

@@ -8,7 +8,7 @@ the same samples, and the K folds of a cross-validation are disjoint and cover t
   permutation from ``split_seed``'s own generator;
 - **K folds** (``folds: K, fold: i``): fold ``i`` validates and the other ``K - 1`` train
   (``validation_split`` is then not used, so a loader's default hold-out needs no change).
-  Targets that are class indices (integers from 0) are *stratified*: each class's samples, in a
+  Targets that are class labels (integers from 0, or names) are *stratified*: each class's samples, in a
   seeded order, are dealt to the folds in turn, so every fold holds each class within one sample
   of its share, and fold sizes differ by at most one. Other targets (a regression) are dealt
   plainly. With groups (``fold_groups``), whole groups go to the fold with the fewest samples so
@@ -39,14 +39,19 @@ def holdout_indices(size: int, validation_split: int | float, seed: int) -> tupl
     return sorted(order[count:].tolist()), sorted(order[:count].tolist())
 
 
-def class_indices(targets: Any) -> list[int] | None:
-    """``targets`` as a list of class indices, or None when they are not (floats, vectors, strings)."""
+def class_indices(targets: Any) -> list | None:
+    """``targets`` as a list of class labels (whole numbers from 0, or names), or None when they are
+    not classes (floats, vectors, a mixture): those folds are dealt plainly."""
     if isinstance(targets, torch.Tensor):
+        if targets.dim() == 2 and targets.shape[1] == 1:
+            targets = targets[:, 0]  # one label per row, as a column
         if targets.dim() != 1 or targets.is_floating_point() or targets.dtype == torch.bool:
             return None
         values = targets.tolist()
     elif isinstance(targets, Sequence) and not isinstance(targets, str):
         values = list(targets)
+        if all(isinstance(v, str) for v in values):
+            return values or None
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
             return None
     else:
@@ -74,7 +79,7 @@ def kfold(size: int, folds: int, seed: int, targets: Any = None, groups: Sequenc
     classes = class_indices(targets) if targets is not None else None
     if classes is None:
         classes = [0] * size
-    by_class: dict[int, list[int]] = {}
+    by_class: dict[Any, list[int]] = {}
     for index, label in enumerate(classes):
         by_class.setdefault(label, []).append(index)
     offset = 0

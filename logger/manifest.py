@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from utils.errors import UserError
 from utils.files import write_atomic
 from utils.nested import leaves
 
@@ -158,6 +159,28 @@ def extend_manifest(
         }
     )
     _write(path, manifest)
+
+
+def record_end(run_dir: Path, state: str, epoch: int | None, reason: str) -> None:
+    """How this session of the run ended, on its entry (the run's, or its latest resume's):
+    ``{"state": "finished" | "stopped" | "failed", "at", "epoch", "reason"}``. A session without
+    one that no process holds any more was killed (``runs.py`` says "failed"). Best effort: a
+    manifest that cannot be read or written here is left as it is (the run's outcome is not changed
+    by its record)."""
+    path = run_dir / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if not isinstance(manifest, dict):
+        return
+    resumes = manifest.get("resumes")
+    session = resumes[-1] if isinstance(resumes, list) and resumes and isinstance(resumes[-1], dict) else manifest
+    session["ended"] = {"state": state, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "epoch": epoch, "reason": reason}
+    try:
+        _write(path, manifest)
+    except UserError:
+        pass
 
 
 def _write(path: Path, manifest: dict) -> None:

@@ -4,6 +4,8 @@ Tests use it to interrupt a run at an exact, randomly chosen point without timin
 ``SIGNAL_AT_BATCH=N`` (1-based count of training forward passes in this process; the pre-flight
 check's forward pass is the first, so training batch ``k`` is pass ``k + 1``) and
 ``SIGNAL_NAME=SIGTERM|SIGINT|SIGKILL``; with ``SIGNAL_RANK`` only that torchrun rank signals.
+``SIGNAL_COUNT=process`` counts the passes of every model this process builds (a cross-validation
+builds one per fold), so a signal can land inside a later fold.
 Without the variables it is exactly ``DigitsCNN``; counting consumes no random numbers.
 """
 
@@ -28,10 +30,14 @@ class SignalingDigitsCNN(DigitsCNN):
         if rank is not None and rank != os.environ.get("RANK", "0"):
             self.at = 0
 
+    passes_in_process = 0
+
     def forward(self, x):
         if self.training:
             self.calls += 1
-            if self.calls == self.at:
+            SignalingDigitsCNN.passes_in_process += 1
+            count = SignalingDigitsCNN.passes_in_process if os.environ.get("SIGNAL_COUNT") == "process" else self.calls
+            if count == self.at:
                 os.kill(os.getpid(), getattr(signal, os.environ.get("SIGNAL_NAME", "SIGTERM")))
         return super().forward(x)
 

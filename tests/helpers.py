@@ -3,6 +3,7 @@ what a run wrote. Import them with ``from helpers import ...`` (pytest puts ``te
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -142,3 +143,35 @@ def write_images(folder, count: int, colour: tuple[int, int, int], seed: int) ->
         noise = torch.randint(-40, 41, (32, 32, 3), generator=generator)
         pixels = (torch.tensor(colour) + noise).clamp(0, 255).to(torch.uint8).numpy()
         Image.fromarray(pixels).save(folder / f"{index}.png")
+
+
+def tree(root: Path) -> dict[str, tuple]:
+    """Every entry under ``root`` (hidden ones too): folders, links, and files by size and hash."""
+    found: dict[str, tuple] = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(folder) / name
+            key = str(path.relative_to(root))
+            if path.is_symlink():
+                found[key] = ("link", os.readlink(path))
+            elif path.is_dir():
+                found[key] = ("dir",)
+            elif not path.is_file():  # a named pipe: reading it would wait for a writer
+                found[key] = ("special", path.stat().st_mode)
+            else:
+                data = path.read_bytes()
+                found[key] = (len(data), hashlib.sha256(data).hexdigest())
+    return found
+
+
+def changes(before: dict, after: dict) -> dict[str, str]:
+    """What differs between two ``tree`` snapshots, for assertion messages."""
+    found = {}
+    for key in sorted(set(before) | set(after)):
+        if key not in before:
+            found[key] = "added"
+        elif key not in after:
+            found[key] = "removed"
+        elif before[key] != after[key]:
+            found[key] = "changed"
+    return found

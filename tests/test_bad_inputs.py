@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import hashlib
 import json
 import os
 import resource
@@ -34,7 +33,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import ROOT, TESTS_ENV, entry_point, save_crafted, set_key, tiny_config, write_config
+from helpers import ROOT, TESTS_ENV, changes, entry_point, save_crafted, set_key, tiny_config, tree, write_config
 
 import predict
 import train
@@ -57,38 +56,6 @@ def bug_at(marker: str) -> str:
 
 
 # -- what a directory holds, byte for byte ----------------------------------------------------------
-
-
-def tree(root: Path) -> dict[str, tuple]:
-    """Every entry under ``root`` (hidden ones too): folders, links, and files by size and hash."""
-    found: dict[str, tuple] = {}
-    for folder, dirs, files in os.walk(root):
-        for name in dirs + files:
-            path = Path(folder) / name
-            key = str(path.relative_to(root))
-            if path.is_symlink():
-                found[key] = ("link", os.readlink(path))
-            elif path.is_dir():
-                found[key] = ("dir",)
-            elif not path.is_file():  # a named pipe: reading it would wait for a writer
-                found[key] = ("special", path.stat().st_mode)
-            else:
-                data = path.read_bytes()
-                found[key] = (len(data), hashlib.sha256(data).hexdigest())
-    return found
-
-
-def changes(before: dict, after: dict) -> dict[str, str]:
-    """What differs between two ``tree`` snapshots, for assertion messages."""
-    found = {}
-    for key in sorted(set(before) | set(after)):
-        if key not in before:
-            found[key] = "added"
-        elif key not in after:
-            found[key] = "removed"
-        elif before[key] != after[key]:
-            found[key] = "changed"
-    return found
 
 
 # -- one finished run and one stopped mid-epoch, shared (rows work on copies) ------------------------

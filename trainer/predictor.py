@@ -45,9 +45,9 @@ def interpret(output: torch.Tensor) -> str:
     if output.dim() != 2 or not output.is_floating_point():
         return "other"
     scores = output.float()
-    if torch.allclose(scores.logsumexp(dim=1), torch.zeros(len(scores)), atol=1e-3):
+    if torch.allclose(scores.logsumexp(dim=1), torch.zeros_like(scores[:, 0]), atol=1e-3):
         return "log_probabilities"
-    if (scores >= 0).all() and torch.allclose(scores.sum(dim=1), torch.ones(len(scores)), atol=1e-3):
+    if (scores >= 0).all() and torch.allclose(scores.sum(dim=1), torch.ones_like(scores[:, 0]), atol=1e-3):
         return "probabilities"
     return "logits"
 

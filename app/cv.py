@@ -1,0 +1,267 @@
+"""K-fold cross-validation as one run: ``python train.py -c CONFIG --folds K``.
+
+A *run of runs*: the CV run directory ``<save_dir>/<name>/<run_id>/`` holds
+
+- ``cv.json``: the number of folds, the resolved config every fold starts from, the command;
+- ``fold-0/`` ... ``fold-{K-1}/``: ordinary run directories, each made by the same lifecycle as a
+  single run (``app/session.py``: checks, an exclusive claim, checkpoints, exact resume), whose
+  config is the CV's with ``data_loader.args.folds: K`` and ``data_loader.args.fold: i``;
+- ``cv_summary.json``: per fold, the best epoch (``trainer.monitor``; the last epoch when it is
+  ``off``) and every validation value there; across the folds, the mean, the standard deviation
+  (of the folds' values, ``ddof=0``), the minimum and the maximum of each. Rewritten atomically
+  after each fold, and read back by a resume to know which folds are done.
+
+The folds run one after another in this process (under torchrun, each on every process). A fold
+stopped by a signal or a crash is continued by ``python train.py -r CV_RUN_DIR`` exactly where it
+stopped, mid-epoch included, then the folds left; a CV whose folds are all done is one line. A fold
+folder without any checkpoint (killed before its first one) holds nothing worth keeping and starts over.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from app.config import Config
+from app.run_dir import RunDirectory, lock_holder
+from app.run_records import best_row, read_run
+from app.session import RunRequest, Session, claim_new_run_dir, launcher
+from logger.logger import get_logger, setup_logging
+from utils import distributed
+from utils.device import limit_visible_gpus, select_device
+from utils.errors import UserError, first_line
+from utils.files import read_json, write_atomic
+from utils.signals import StartupStopped, StopRequest
+
+CV_FILE = "cv.json"
+SUMMARY = "cv_summary.json"
+
+
+def is_cv_dir(path: str | Path) -> bool:
+    try:
+        return (Path(path) / CV_FILE).is_file()
+    except OSError:
+        return False
+
+
+def folds_of(folder: Path, fold: int | None = None) -> int:
+    """How many folds the CV in ``folder`` has (its ``cv.json``); ``fold``, when given, must be one of them."""
+    data = read_json(folder / CV_FILE, "cross-validation description", "it is not a cross-validation's run directory")
+    folds = data.get("folds")
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise UserError(f"{folder / CV_FILE}: damaged (folds {folds!r}); it is not a cross-validation this code can read")
+    if fold is not None and not 0 <= fold < folds:
+        raise UserError(f"--fold: {fold} is not a fold of {folder} (0 to {folds - 1})")
+    return folds
+
+
+@dataclass
+class CrossValidation:
+    folder: Path
+    folds: int
+    config: dict
+    trusted: bool
+    """``--trust-checkpoint``: the folds' checkpoints may name code outside the project."""
+    config_trusted: bool = True
+    """The config came from ``-c`` (code the user chose), not from a ``cv.json`` read back (data)."""
+    claim: RunDirectory | None = None
+
+    @classmethod
+    def start(cls, request: RunRequest, folds: Any, command: str) -> CrossValidation:
+        """A new CV: its config checked, its run directory claimed (rank 0) and described in ``cv.json``."""
+        if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+            raise UserError(f"--folds: must be a whole number of at least 2, got {folds!r}")
+        if request.resume is not None:
+            raise UserError("--folds: a cross-validation starts from a config (-c); to continue one, run train.py -r CV_RUN_DIR")
+        config = Config.from_file(request.config, request.overrides)
+        if not request.trust_checkpoint:
+            config.check_checkpoints_resumable()
+        fold_config(config.to_dict(), folds, 0, str(request.config), True)  # the loader takes folds: said now, not at fold 0
+        join_process_group(config["device"], request.devices)  # under torchrun, rank 0 alone claims the CV's directory
+        claim, folder = None, None
+        if distributed.is_main_process():
+            claim = claim_new_run_dir(config, request.run_id)
+            folder = claim.path
+            description = {"folds": folds, "config": config.to_dict(), "trust_checkpoint": request.trust_checkpoint, "command": command}
+            write_atomic(folder / CV_FILE, json.dumps(description, indent=2) + "\n", "run directory", "make it writable")
+        folder = Path(distributed.broadcast_object(str(folder) if folder else None))
+        return cls(folder, folds, config.to_dict(), request.trust_checkpoint, True, claim)
+
+    @classmethod
+    def open(cls, folder: Path, trust_checkpoint: bool, devices: str | None = None) -> CrossValidation:
+        """A CV to continue: ``cv.json`` read strictly, the CV run directory locked (rank 0)."""
+        fix = "it is not a cross-validation this code can continue"
+        data = read_json(folder / CV_FILE, "cross-validation description", fix)
+        folds, config = data.get("folds"), data.get("config")
+        if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2 or not isinstance(config, dict):
+            raise UserError(f"{folder / CV_FILE}: damaged (folds {folds!r}, config {type(config).__name__}); {fix}")
+        join_process_group(config.get("device", "auto"), devices)
+        claim = RunDirectory.open(folder) if distributed.is_main_process() else None
+        # cv.json is data, as a checkpoint is: its "trust_checkpoint" is never trust itself; the
+        # resume command the CV printed repeats --trust-checkpoint when the CV was started with it.
+        return cls(folder, folds, config, trust_checkpoint, trust_checkpoint, claim)
+
+    def resume_command(self) -> str:
+        return f"{launcher()} train.py -r {self.folder}" + (" --trust-checkpoint" if self.trusted else "")
+
+    def done(self) -> dict[int, dict]:
+        """The folds ``cv_summary.json`` says are finished, by number."""
+        path = self.folder / SUMMARY
+        if not path.exists():
+            return {}
+        summary = read_json(path, "cross-validation summary", "repair it, or remove it to train its folds again")
+        return {
+            entry["fold"]: entry for entry in summary.get("per_fold", []) if isinstance(entry, dict) and isinstance(entry.get("fold"), int)
+        }
+
+    def run(self, stop: StopRequest) -> int:
+        """Train the folds not done yet, one after another; 0, or the exit code of a fold that stopped."""
+        finished = distributed.broadcast_object(self.done() if distributed.is_main_process() else None)
+        if len(finished) == self.folds:
+            raise UserError(f"{self.folder}: all {self.folds} folds are finished ({SUMMARY}); nothing to train")
+        for fold in range(self.folds):
+            if fold in finished:
+                continue
+            stop.mode = "raise"  # while the fold starts, a signal stops it at once (its Session claims politely)
+            code = self.run_fold(fold, stop)
+            if code != 0:
+                return code
+            if distributed.is_main_process():
+                finished[fold] = fold_result(self.folder / f"fold-{fold}", fold)
+                self.write_summary(finished)
+        if distributed.is_main_process():
+            get_logger().info("cross-validation of %d folds: %s\n%s", self.folds, self.folder / SUMMARY, table(summarize(finished)))
+        return 0
+
+    def run_fold(self, fold: int, stop: StopRequest) -> int:
+        folder = self.folder / f"fold-{fold}"
+        last = distributed.broadcast_object(latest_checkpoint(folder) if distributed.is_main_process() else None)
+        common = {"trust_checkpoint": self.trusted, "resume_hint": self.resume_command()}
+        if last is not None:
+            request = RunRequest(resume=str(last), command=self.resume_command(), **common)
+        else:
+            source = f"{self.folder / CV_FILE} (fold {fold} of {self.folds})"
+            data = fold_config(self.config, self.folds, fold, source, self.config_trusted)
+            request = RunRequest(
+                config_data=data,
+                config_source=source,
+                config_trusted=self.config_trusted,
+                run_dir=folder,
+                command=self.resume_command(),
+                **common,
+            )
+        get_logger().info("fold %d of %d: %s", fold, self.folds, "resuming " + str(last) if last else "starting")
+        session = Session(request, stop)
+        try:
+            return session.run()
+        except (KeyboardInterrupt, StartupStopped):
+            session.abandon(stopped=True, reason="stopped while starting")
+            raise
+        except BaseException as exc:
+            session.abandon(stopped=False, reason=first_line(exc))
+            raise
+
+    def write_summary(self, finished: dict[int, dict]) -> None:
+        summary = summarize(finished)
+        summary["folds"] = self.folds
+        write_atomic(self.folder / SUMMARY, json.dumps(summary, indent=2) + "\n", "run directory", "make it writable")
+
+
+def join_process_group(device: object, devices: str | None) -> None:
+    """Under torchrun, join the process group before anything is claimed (each fold's Session
+    finds it joined); a plain ``python train.py`` has none."""
+    limit_visible_gpus(devices)
+    distributed.init_distributed(select_device(device, distributed.launched_by_torchrun(), distributed.local_rank()))
+
+
+def fold_config(config: dict, folds: int, fold: int, source: str, trusted: bool) -> dict:
+    """The CV's config for fold ``fold``: its data loader makes fold ``fold`` of ``folds`` the validation set."""
+    data = json.loads(json.dumps(config))
+    args = data["data_loader"].setdefault("args", {})
+    args.update(folds=folds, fold=fold)
+    from app.config.names import resolve_type
+    from app.config.overrides import parameters
+
+    takes = parameters(resolve_type("data_loader", data["data_loader"]["type"], source, trusted))
+    if takes is not None and not {"folds", "fold"} <= takes:
+        raise UserError(
+            f"--folds: {data['data_loader']['type']} takes no folds/fold arguments; subclass BaseDataLoader (a map-style data set) to cross-validate"
+        )
+    return data
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """A fold's ``last`` checkpoint to resume, or None (a fold folder without one is removed: nothing in it is worth keeping)."""
+    if not folder.exists():
+        return None
+    for name in ("last.pth", "last.dcp"):
+        if (folder / "checkpoints" / name).exists():
+            return folder / "checkpoints" / name
+    if lock_holder(folder) is None:
+        shutil.rmtree(folder, ignore_errors=True)
+    return None
+
+
+def fold_result(folder: Path, fold: int) -> dict:
+    """The fold's best epoch (by its monitor; the last when it monitors nothing) and its validation values there."""
+    record = read_run(folder)
+    best = best_row(record.rows, record.monitor)
+    if best is None:
+        raise UserError(f"{folder}: the fold finished without an epoch in metrics.jsonl; remove the folder to train the fold again")
+    values = {key: value for key, value in best.items() if key.startswith("val_")}
+    return {"fold": fold, "run_dir": folder.name, "best_epoch": best["epoch"], "monitor": record.monitor, "metrics": values}
+
+
+def summarize(finished: dict[int, dict]) -> dict:
+    """Per fold and across folds (mean, std with ddof=0, min, max of every numeric validation value)."""
+    per_fold = [finished[fold] for fold in sorted(finished)]
+    names = [key for key, value in per_fold[0]["metrics"].items() if isinstance(value, (int, float))] if per_fold else []
+    across = {}
+    for name in names:
+        values = [entry["metrics"][name] for entry in per_fold if isinstance(entry["metrics"].get(name), (int, float))]
+        if values:
+            across[name] = {"mean": statistics.fmean(values), "std": statistics.pstdev(values), "min": min(values), "max": max(values)}
+    return {"per_fold": per_fold, "across": across}
+
+
+def table(summary: dict) -> str:
+    """The summary as a console table: a row per fold, then mean and standard deviation."""
+    names = list(summary["across"])
+    lines = ["  " + f"{'fold':>6} {'epoch':>6} " + " ".join(f"{name:>14}" for name in names)]
+    for entry in summary["per_fold"]:
+        values = " ".join(f"{entry['metrics'].get(name, float('nan')):14.6g}" for name in names)
+        lines.append(f"  {entry['fold']:>6} {entry['best_epoch']:>6} {values}")
+    lines.append(f"  {'mean':>6} {'':>6} " + " ".join(f"{summary['across'][name]['mean']:14.6g}" for name in names))
+    lines.append(f"  {'std':>6} {'':>6} " + " ".join(f"{summary['across'][name]['std']:14.6g}" for name in names))
+    return "\n".join(lines)
+
+
+def cross_validate(request: RunRequest, folds: int | None, stop: StopRequest) -> int:
+    """``train.py -c CONFIG --folds K`` (a new CV) or ``train.py -r CV_RUN_DIR`` (continue one); the exit code."""
+    if folds is not None:
+        cv = CrossValidation.start(request, folds, request.command)
+    else:
+        cv = CrossValidation.open(Path(request.resume), request.trust_checkpoint, request.devices)
+    verbosity = cv.config.get("trainer", {}).get("verbosity", 1)
+    setup_logging(verbosity if verbosity in (0, 1, 2) else 1, int(os.environ.get("RANK", 0)))
+    stop.mode = "polite"
+    new = folds is not None
+    try:
+        if distributed.is_main_process():
+            get_logger().info("cross-validation: %d folds in %s; continue with: %s", cv.folds, cv.folder, cv.resume_command())
+        code = cv.run(stop)
+    except BaseException:
+        if new and cv.claim is not None and not any(cv.folder.glob("fold-*")):
+            cv.claim.discard()  # nothing was trained: the new CV run directory goes, as a single run's would
+        raise
+    finally:
+        if cv.claim is not None:
+            cv.claim.release()
+    if code != 0 and new and cv.claim is not None and not any(cv.folder.glob("fold-*")):
+        cv.claim.discard()
+    return code

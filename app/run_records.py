@@ -1,0 +1,169 @@
+"""What a finished, stopped or running run directory says about itself, read without changing it.
+
+``runs.py`` lists runs from these records, a cross-validation summarises its folds with
+:func:`best_row`, and a sweep reads its trials' results the same way. Everything comes from the
+files every run writes: ``config.json`` (what was asked), ``metrics.jsonl`` (one row per epoch),
+``manifest.json`` (how each session of the run ended: ``logger/manifest.py``'s ``record_end``) and
+the run directory's lock (``app/run_dir.py``: a process holds it while the run trains).
+
+A run's **state** is that of its latest session:
+
+- ``running``: a process holds the run directory's lock;
+- ``finished``: it trained every epoch, stopped early on its monitor, or a driver (a pruner) ended it;
+- ``stopped``: a signal stopped it at a checkpoint; ``train.py -r .../last.pth`` continues it;
+- ``failed``: an error ended it, or its process died without a word (killed, out of memory):
+  nobody holds the lock and the session recorded no end. Its ``last`` checkpoint, if any, resumes it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from app.run_dir import lock_holder
+from logger.metrics_file import DamagedHistory, MetricsFile
+from utils.errors import UserError
+
+STATES = ("running", "finished", "stopped", "failed")
+MAX_DEPTH = 6
+"""How deep below a folder :func:`find_run_dirs` looks (``save_dir/name/run_id/fold-i`` is 3)."""
+
+
+def best_row(rows: list[dict], monitor: Any) -> dict | None:
+    """The row a monitor (``"min val_loss"``) picks: the first with the best finite value; the last
+    row when the monitor is ``off`` or names a value no row has. None without rows."""
+    if not rows:
+        return None
+    mode, _, metric = str(monitor).partition(" ")
+    best, best_value = None, None
+    if mode in ("min", "max") and metric:
+        for row in rows:
+            value = row.get(metric)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                continue
+            if best_value is None or (value < best_value if mode == "min" else value > best_value):
+                best, best_value = row, value
+    return best if best is not None else rows[-1]
+
+
+@dataclass
+class RunRecord:
+    path: Path
+    config: dict
+    rows: list[dict]
+    manifest: dict
+    state: str
+    ended: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return str(self.config.get("name", ""))
+
+    @property
+    def monitor(self) -> str:
+        trainer = self.config.get("trainer")
+        return str(trainer.get("monitor", "off")) if isinstance(trainer, dict) else "off"
+
+    @property
+    def epochs_planned(self) -> Any:
+        trainer = self.config.get("trainer")
+        return trainer.get("epochs") if isinstance(trainer, dict) else None
+
+    def best(self) -> tuple[str | None, Any, Any]:
+        """(monitored metric, its best value, that epoch); (None, None, None) when nothing is monitored or no epoch ended."""
+        mode, _, metric = self.monitor.partition(" ")
+        row = best_row(self.rows, self.monitor)
+        if mode not in ("min", "max") or row is None or metric not in row:
+            return (metric or None), None, None
+        return metric, row[metric], row["epoch"]
+
+
+def read_run(path: Path) -> RunRecord:
+    """A run directory's record; a file that cannot be read is a :class:`UserError` naming it."""
+    config = _json(path / "config.json")
+    manifest = _json(path / "manifest.json") if (path / "manifest.json").exists() else {}
+    try:
+        rows = MetricsFile.read(path / "metrics.jsonl") if (path / "metrics.jsonl").exists() else []
+    except DamagedHistory as exc:
+        raise UserError(f"{path / 'metrics.jsonl'}: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path / 'metrics.jsonl'}: cannot be read ({exc})") from None
+    ended = last_session(manifest).get("ended")
+    ended = ended if isinstance(ended, dict) else {}
+    if lock_holder(path) is not None:
+        state = "running"
+    elif ended.get("state") in STATES:
+        state = ended["state"]
+    else:
+        state = "failed"
+    return RunRecord(path, config, rows, manifest, state, ended)
+
+
+def last_session(manifest: dict) -> dict:
+    """The manifest entry of the run's latest session: its latest resume, or the run itself."""
+    resumes = manifest.get("resumes")
+    if isinstance(resumes, list) and resumes and isinstance(resumes[-1], dict):
+        return resumes[-1]
+    return manifest
+
+
+def _json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot be read ({exc.strerror if isinstance(exc, OSError) else exc})") from None
+    except (ValueError, RecursionError) as exc:
+        raise UserError(f"{path}: not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: holds a {type(data).__name__}, not an object")
+    return data
+
+
+def is_run_dir(path: Path) -> bool:
+    try:
+        return (path / "config.json").is_file() and ((path / "manifest.json").is_file() or (path / "metrics.jsonl").is_file())
+    except OSError:
+        return False
+
+
+def find_run_dirs(folder: Path) -> list[Path]:
+    """Every run directory at or below ``folder`` (a cross-validation's folds and a sweep's trials
+    included), in path order; hidden folders (a claim being made) and links are not entered."""
+    if is_run_dir(folder):
+        return [folder]
+    found: list[Path] = []
+    base_depth = len(folder.parts)
+    for root, dirs, _files in os.walk(folder, followlinks=False):
+        here = Path(root)
+        dirs[:] = sorted(name for name in dirs if not name.startswith("."))
+        if len(here.parts) - base_depth >= MAX_DEPTH:
+            dirs[:] = []
+        kept = []
+        for name in dirs:
+            if is_run_dir(here / name):
+                found.append(here / name)
+            else:
+                kept.append(name)
+        dirs[:] = kept
+    return sorted(found)
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists stay values (compared as a whole)."""
+    if isinstance(value, dict) and value:
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(flatten(item, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): value}
+
+
+def differing_keys(configs: list[dict]) -> list[str]:
+    """The dotted config keys whose values are not the same in every config (absent counts as a value)."""
+    flat = [flatten(config) for config in configs]
+    keys = sorted({key for one in flat for key in one})
+    return [key for key in keys if len({(key in one, json.dumps(one.get(key), sort_keys=True, default=str)) for one in flat}) > 1]
