@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from app.run_dir import RunDirectory, lock_holder
 from app.run_records import best_row, read_run
 from app.session import RunRequest, Session, claim_new_run_dir, launcher
 from logger.logger import get_logger, setup_logging
+from logger.trackers import close_parent, open_parent
 from utils import distributed
 from utils.device import limit_visible_gpus, select_device
 from utils.errors import UserError, first_line
@@ -70,22 +72,36 @@ class CrossValidation:
     config_trusted: bool = True
     """The config came from ``-c`` (code the user chose), not from a ``cv.json`` read back (data)."""
     claim: RunDirectory | None = None
+    after_fold: Callable[[int, dict | None], str | None] | None = None
+    """Called on every rank after each finished fold with the summary so far (rank 0; None elsewhere);
+    a returned reason ends the cross-validation there (a sweep's pruner), every rank the same."""
+    ended_by: str | None = None
+    hint: str | None = None
+    """How to continue, when a driver (a sweep) runs this CV: its own command."""
+    tracker_parent: dict | None = None
+    """A driver's parent tracker run (a sweep's, ``logger.trackers.open_parent``) that the CV's own parent run links to."""
+    folds_parent: dict | None = None
+    """The CV's parent tracker run, opened when a fold first starts (rank 0): every fold's trackers link to it."""
 
     @classmethod
     def start(cls, request: RunRequest, folds: Any, command: str) -> CrossValidation:
-        """A new CV: its config checked, its run directory claimed (rank 0) and described in ``cv.json``."""
+        """A new CV: its config checked, its run directory claimed (rank 0; ``request.run_dir`` when a
+        driver names it) and described in ``cv.json``."""
         if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
             raise UserError(f"--folds: must be a whole number of at least 2, got {folds!r}")
         if request.resume is not None:
             raise UserError("--folds: a cross-validation starts from a config (-c); to continue one, run train.py -r CV_RUN_DIR")
-        config = Config.from_file(request.config, request.overrides)
+        if request.config_data is not None:
+            config = Config.from_dict(request.config_data, request.config_source, request.overrides)
+        else:
+            config = Config.from_file(request.config, request.overrides)
         if not request.trust_checkpoint:
             config.check_checkpoints_resumable()
-        fold_config(config.to_dict(), folds, 0, str(request.config), True)  # the loader takes folds: said now, not at fold 0
+        fold_config(config.to_dict(), folds, 0, str(request.config or request.config_source), True)  # the loader takes folds: said now, not at fold 0
         join_process_group(config["device"], request.devices)  # under torchrun, rank 0 alone claims the CV's directory
         claim, folder = None, None
         if distributed.is_main_process():
-            claim = claim_new_run_dir(config, request.run_id)
+            claim = RunDirectory.create(request.run_dir) if request.run_dir is not None else claim_new_run_dir(config, request.run_id)
             folder = claim.path
             description = {"folds": folds, "config": config.to_dict(), "trust_checkpoint": request.trust_checkpoint, "command": command}
             write_atomic(folder / CV_FILE, json.dumps(description, indent=2) + "\n", "run directory", "make it writable")
@@ -107,6 +123,8 @@ class CrossValidation:
         return cls(folder, folds, config, trust_checkpoint, trust_checkpoint, claim)
 
     def resume_command(self) -> str:
+        if self.hint is not None:
+            return self.hint
         return f"{launcher()} train.py -r {self.folder}" + (" --trust-checkpoint" if self.trusted else "")
 
     def done(self) -> dict[int, dict]:
@@ -120,7 +138,33 @@ class CrossValidation:
         }
 
     def run(self, stop: StopRequest) -> int:
-        """Train the folds not done yet, one after another; 0, or the exit code of a fold that stopped."""
+        """Train the folds not done yet, one after another; 0, or the exit code of a fold that stopped.
+        The CV's parent tracker run, once a fold opened it, then records how the CV ended."""
+        state = "failed"
+        try:
+            code = self.run_folds(stop)
+            state = "finished" if code == 0 else "stopped"
+            return code
+        except (KeyboardInterrupt, StartupStopped):
+            state = "stopped"
+            raise
+        finally:
+            if self.folds_parent is not None:
+                if not any(self.folder.glob("fold-*")):
+                    state = "discarded"  # nothing was trained: a new CV's directory goes, and its parent run with it
+                files = [path for path in (self.folder / CV_FILE, self.folder / SUMMARY) if path.exists()]
+                close_parent(self.folds_parent, state, self.statistics(), files)
+
+    def statistics(self) -> dict[str, float]:
+        """The folds' statistics so far for the parent tracker run: ``val_loss_mean``, ``val_loss_std``, ..."""
+        try:
+            across = summarize(self.done())["across"]
+        except UserError:
+            return {}
+        return {f"{name}_{stat}": value for name, stats in across.items() for stat, value in stats.items()}
+
+    def run_folds(self, stop: StopRequest) -> int:
+        """:meth:`run` without the parent tracker run's end."""
         finished = distributed.broadcast_object(self.done() if distributed.is_main_process() else None)
         if len(finished) == self.folds:
             raise UserError(f"{self.folder}: all {self.folds} folds are finished ({SUMMARY}); nothing to train")
@@ -134,6 +178,12 @@ class CrossValidation:
             if distributed.is_main_process():
                 finished[fold] = fold_result(self.folder / f"fold-{fold}", fold)
                 self.write_summary(finished)
+            if self.after_fold is not None and fold < self.folds - 1:
+                reason = self.after_fold(fold, summarize(finished) if distributed.is_main_process() else None)
+                if reason:
+                    self.ended_by = reason
+                    get_logger().info("cross-validation ends after fold %d: %s", fold, reason)
+                    return 0
         if distributed.is_main_process():
             get_logger().info("cross-validation of %d folds: %s\n%s", self.folds, self.folder / SUMMARY, table(summarize(finished)))
         return 0
@@ -141,7 +191,9 @@ class CrossValidation:
     def run_fold(self, fold: int, stop: StopRequest) -> int:
         folder = self.folder / f"fold-{fold}"
         last = distributed.broadcast_object(latest_checkpoint(folder) if distributed.is_main_process() else None)
-        common = {"trust_checkpoint": self.trusted, "resume_hint": self.resume_command()}
+        if self.folds_parent is None and distributed.is_main_process():
+            self.folds_parent = open_parent("cv", self.folder, self.config, parent=self.tracker_parent)
+        common = {"trust_checkpoint": self.trusted, "resume_hint": self.resume_command(), "tracker_parent": self.folds_parent}
         if last is not None:
             request = RunRequest(resume=str(last), command=self.resume_command(), **common)
         else:
@@ -247,10 +299,14 @@ def cross_validate(request: RunRequest, folds: int | None, stop: StopRequest) ->
         cv = CrossValidation.start(request, folds, request.command)
     else:
         cv = CrossValidation.open(Path(request.resume), request.trust_checkpoint, request.devices)
+    return run_cross_validation(cv, stop, new=folds is not None)
+
+
+def run_cross_validation(cv: CrossValidation, stop: StopRequest, new: bool) -> int:
+    """Train ``cv``'s folds left; a new CV's directory goes again if no fold was started (as a single run's would)."""
     verbosity = cv.config.get("trainer", {}).get("verbosity", 1)
     setup_logging(verbosity if verbosity in (0, 1, 2) else 1, int(os.environ.get("RANK", 0)))
     stop.mode = "polite"
-    new = folds is not None
     try:
         if distributed.is_main_process():
             get_logger().info("cross-validation: %d folds in %s; continue with: %s", cv.folds, cv.folder, cv.resume_command())

@@ -31,6 +31,8 @@ from utils.errors import UserError
 STATES = ("running", "finished", "stopped", "failed")
 MAX_DEPTH = 6
 """How deep below a folder :func:`find_run_dirs` looks (``save_dir/name/run_id/fold-i`` is 3)."""
+TRACKER_STORES = ("mlartifacts", "mlruns")
+"""MLflow's artifact and file stores in a save dir: they hold copies of runs' files, not runs."""
 
 
 def best_row(rows: list[dict], monitor: Any) -> dict | None:
@@ -132,14 +134,14 @@ def is_run_dir(path: Path) -> bool:
 
 def find_run_dirs(folder: Path) -> list[Path]:
     """Every run directory at or below ``folder`` (a cross-validation's folds and a sweep's trials
-    included), in path order; hidden folders (a claim being made) and links are not entered."""
+    included), in path order; hidden folders (a claim being made), MLflow's stores and links are not entered."""
     if is_run_dir(folder):
         return [folder]
     found: list[Path] = []
     base_depth = len(folder.parts)
     for root, dirs, _files in os.walk(folder, followlinks=False):
         here = Path(root)
-        dirs[:] = sorted(name for name in dirs if not name.startswith("."))
+        dirs[:] = sorted(name for name in dirs if not name.startswith(".") and name not in TRACKER_STORES)
         if len(here.parts) - base_depth >= MAX_DEPTH:
             dirs[:] = []
         kept = []

@@ -34,6 +34,7 @@ from base.freezing import freeze, matching_modules
 from logger import get_logger, setup_logging
 from logger.manifest import extend_manifest, fingerprint, record_end, write_manifest
 from logger.run_log import RunLog
+from logger.trackers import EXTRAS, RunInfo, Trackers, TrackerSettings, missing_extras
 from trainer import Trainer
 from trainer.parallel import prepare_model
 from trainer.preflight import run_preflight
@@ -69,6 +70,10 @@ class RunRequest:
     command: str = ""
     resume_hint: str | None = None
     """What to print as the way to continue, instead of ``train.py -r ...`` (a driver's own command)."""
+    tracker_parent: dict | None = None
+    """The parent tracker run of a driver's runs (``logger.trackers.open_parent``): this run's trackers link to it."""
+    epoch_end: list = field(default_factory=list)
+    """Callables given each finished epoch's row on every rank (a sweep's pruner): ``BaseTrainer.epoch_end``."""
 
     @property
     def mode(self) -> str:
@@ -106,6 +111,7 @@ class Session:
         request = self.request
         limit_visible_gpus(request.devices)
         config, checkpoint = load_config(request)
+        check_trackers_installed(config)
         self.config = config
         logger = setup_logging(config.settings.verbosity, int(os.environ.get("RANK", 0)))
         for note in config.notes:
@@ -119,6 +125,7 @@ class Session:
             torch.backends.cudnn.benchmark = False
         notes: list[str] = []
         self.trainer = trainer = build_trainer(config, device, self.stop, checkpoint, request.mode, request.resume, notes=notes)
+        trainer.epoch_end.extend(request.epoch_end)
         if config.settings.preflight:
             distributed.agree(lambda: preflight(trainer, config.source))  # each rank checks its own batch; any refusal stops all
         if request.mode == "resume":
@@ -131,13 +138,15 @@ class Session:
             return None
         run_dir = self.run_dir = self.claim_run_dir(config)
         try:
-            run = open_run_log(run_dir, config, trainer, request.mode, self.history)
+            trackers = open_trackers(config, run_dir, request, checkpoint, trainer, self.history)
+            run = open_run_log(run_dir, config, trainer, request.mode, self.history, trackers)
         except OSError as exc:  # a write the checks could not foresee (a full disk): the guard puts things back
             raise file_error(
                 "run directory", run_dir, exc, "make it writable to resume there, or start a new run with -r CKPT -c CONFIG"
             ) from None
         run.claim = self.claim  # released when the run log closes, at the end of training
         trainer.attach_run(run)
+        trainer.epoch_end.insert(0, run.epoch_saved)  # trackers get each epoch once its checkpoint is written
         record_manifest(run_dir, config, trainer, device, request.mode, request.resume, request.command, self.history)
         split = getattr(trainer.data, "split", None)  # which samples validate (BaseDataLoader): checkable, and comparable between folds
         if split is not None and request.mode != "resume" and distributed.is_main_process():
@@ -212,6 +221,7 @@ class Session:
         """How this session ended, in ``manifest.json`` (rank 0; ``runs.py`` reads it)."""
         if distributed.is_main_process() and self.run_dir is not None and self.trainer is not None:
             record_end(self.run_dir, state, self.trainer.progress.completed_epochs, reason)
+            self.trainer.run.end(state)  # after the manifest records the end: the trackers keep it as it is
 
     def abandon(self, stopped: bool, reason: str = "") -> None:
         """After a failure or stop: a new run directory with no checkpoint in it goes (unless a
@@ -229,6 +239,7 @@ class Session:
         if not written and (stopped or not self.training):
             if self.trainer is not None:
                 self.trainer.run.close()
+                self.trainer.run.end("discarded")  # before the folder goes: a tracker may still write in it
             self.claim.discard()
         elif self.training:
             self.record_end("stopped" if stopped else "failed", reason or ("stopped" if stopped else "an error"))
@@ -276,6 +287,16 @@ def load_config(request: RunRequest) -> tuple[Config, Checkpoint | None]:
         )
     source = f"{request.resume} (its config)"
     return Config.from_dict(checkpoint.config, source, request.overrides, trusted=request.trust_checkpoint), checkpoint
+
+
+def check_trackers_installed(config: Config) -> None:
+    """A tracker named in ``logger.trackers`` must be installed: said at start, before anything is written."""
+    missing = missing_extras(config["logger"]["trackers"])
+    if missing:
+        extra = EXTRAS[missing[0]]
+        raise config.error(
+            "logger.trackers", f"{missing[0]!r} is not installed; install it with pip install -e '.[{extra}]', or leave it out of logger.trackers"
+        )
 
 
 def check_work_left(trainer: Trainer, checkpoint: str) -> None:
@@ -390,14 +411,34 @@ def evaluation_settings(config: Config) -> object:
     return replace(config.settings, strategy="ddp", compile=False, ema_decay=None, freeze=[], preflight=False)
 
 
-def open_run_log(run_dir: Path, config: Config, trainer: Trainer, mode: str, history: RunHistory | None = None) -> RunLog:
+def open_run_log(
+    run_dir: Path, config: Config, trainer: Trainer, mode: str, history: RunHistory | None = None, trackers: Trackers | None = None
+) -> RunLog:
     if not distributed.is_main_process():
         return RunLog.off()
-    tensorboard = config.settings.tensorboard
+    tensorboard = config.settings.tensorboard and "tensorboard" in config["logger"]["trackers"]  # written when both allow it
     if mode == "resume":
         progress = trainer.progress
-        return RunLog.resume(run_dir, config.to_dict(), history.config, progress.completed_epochs, progress.global_step, tensorboard)
-    return RunLog.start(run_dir, config.to_dict(), tensorboard)
+        return RunLog.resume(run_dir, config.to_dict(), history.config, progress.completed_epochs, progress.global_step, tensorboard, trackers)
+    return RunLog.start(run_dir, config.to_dict(), tensorboard, trackers)
+
+
+def open_trackers(
+    config: Config, run_dir: Path, request: RunRequest, checkpoint: Checkpoint | None, trainer: Trainer, history: RunHistory | None
+) -> Trackers:
+    """The run's experiment trackers (rank 0; they start with training): a resume continues the tracker
+    runs it names (``trackers.json``, else its checkpoint) and sends them what they lack of
+    ``metrics.jsonl``; a fine-tune names the runs of the checkpoint it starts from; a driver's run links to its parent."""
+    settings = TrackerSettings.from_config(config.to_dict())
+    if not settings.names or not distributed.is_main_process():
+        return Trackers.off()
+    kept = checkpoint.data.get("trackers") if checkpoint is not None and checkpoint.is_run else None
+    kept = kept if isinstance(kept, dict) else None
+    source = {"checkpoint": str(request.resume), "trackers": kept} if request.mode == "finetune" else None
+    done = trainer.progress.completed_epochs
+    rows = [row for row in history.rows if row["epoch"] <= done] if history is not None and request.mode == "resume" else []
+    run = RunInfo(run_dir, config.to_dict(), request.mode, request.tracker_parent, source, completed_epochs=done)
+    return Trackers(settings, run, kept if request.mode == "resume" else None, rows)
 
 
 def record_manifest(

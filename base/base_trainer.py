@@ -89,6 +89,7 @@ class BaseTrainer(ABC):
         """Run the remaining epochs; SIGINT/SIGTERM checkpoint and stop (``stopped_by``)."""
         installed = self.stop.install() if not self.stop.installed else None
         self.store.sweep()
+        self.run.begin()
         try:
             for epoch in self.epochs:
                 if self.stop_agreed():
@@ -154,7 +155,8 @@ class BaseTrainer(ABC):
     def save_last(self) -> None:
         """Write ``last`` atomically; every rank takes part."""
         mid_epoch = self.progress.batch_in_epoch > 0
-        self.store.save("last", self.checkpoint_meta, self.state_parts(), self.rank_parts(), mid_epoch)
+        meta = {**self.checkpoint_meta, **self.run.checkpoint_meta()}  # the tracker runs' ids, once they exist
+        self.store.save("last", meta, self.state_parts(), self.rank_parts(), mid_epoch)
         self.saved_once = True
         last = self.store.path("last")
         if last is not None and mid_epoch and distributed.is_main_process():

@@ -1,11 +1,17 @@
 """Everything a run writes besides checkpoints: ``config.json``, ``train.log``, ``metrics.jsonl``
-and TensorBoard events, in a run directory that ``app/run_dir.py`` has claimed, on rank 0 only.
+and TensorBoard events, in a run directory that ``app/run_dir.py`` has claimed, on rank 0 only;
+and what it sends to experiment trackers (MLflow, W&B: ``logger/trackers/``).
 
 Other ranks (and a Trainer without a run directory) get :meth:`RunLog.off`, whose methods do
 nothing, so callers never test ranks. A resumed run appends: ``config.json`` is never replaced
 (a resume whose config differs writes ``config-resume-<N>.json`` beside it), rows of
 ``metrics.jsonl`` after the checkpoint move to ``metrics.superseded.jsonl``, and TensorBoard
 events after the checkpoint's step are purged.
+
+Trackers start when training does (:meth:`RunLog.begin`), get each epoch's row once its
+checkpoint is written (:meth:`RunLog.epoch_saved`, a ``trainer.epoch_end`` hook) and the step
+scalars (:meth:`RunLog.log_scalars`), and are ended by the session with how the run ended
+(:meth:`RunLog.end`). Nothing they do can fail the run.
 """
 
 from __future__ import annotations
@@ -18,14 +24,16 @@ from typing import Any
 from logger.logger import add_log_file, get_logger
 from logger.metrics_file import MetricsFile
 from logger.tensorboard import TensorboardWriter
+from logger.trackers import Trackers
 
 
 class RunLog:
-    def __init__(self, run_dir: Path | None, tensorboard: bool = False, purge_step: int | None = None):
+    def __init__(self, run_dir: Path | None, tensorboard: bool = False, purge_step: int | None = None, trackers: Trackers | None = None):
         self.run_dir = run_dir
         self.claim: Any = None  # the run directory's lock (app/run_dir.py), given up by close()
         self.metrics: MetricsFile | None = None
         self.tensorboard = TensorboardWriter(None, False)
+        self.trackers = trackers or Trackers.off()
         if run_dir is None:
             return
         (run_dir / "checkpoints").mkdir(exist_ok=True)
@@ -38,13 +46,22 @@ class RunLog:
         return cls(None)
 
     @classmethod
-    def start(cls, run_dir: Path, config: dict, tensorboard: bool) -> RunLog:
+    def start(cls, run_dir: Path, config: dict, tensorboard: bool, trackers: Trackers | None = None) -> RunLog:
         """A new run in its new directory: the resolved config, then the log files."""
         (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        return cls(run_dir, tensorboard)
+        return cls(run_dir, tensorboard, trackers=trackers)
 
     @classmethod
-    def resume(cls, run_dir: Path, config: dict, saved_config: dict | None, completed_epochs: int, global_step: int, tensorboard: bool) -> RunLog:
+    def resume(
+        cls,
+        run_dir: Path,
+        config: dict,
+        saved_config: dict | None,
+        completed_epochs: int,
+        global_step: int,
+        tensorboard: bool,
+        trackers: Trackers | None = None,
+    ) -> RunLog:
         """Continue the run in ``run_dir`` after a checkpoint of ``completed_epochs`` epochs and ``global_step``
         steps; ``saved_config`` is its ``config.json``, read beforehand (``app/history.py``)."""
         saved = run_dir / "config.json"
@@ -55,7 +72,7 @@ class RunLog:
             saved.write_text(json.dumps(config, indent=2) + "\n")
             get_logger().info("the resumed config differs from the run's config.json: saved as %s", saved.name)
         MetricsFile.keep_epochs(run_dir / "metrics.jsonl", completed_epochs, run_dir / "metrics.superseded.jsonl")
-        return cls(run_dir, tensorboard, purge_step=global_step + 1)
+        return cls(run_dir, tensorboard, purge_step=global_step + 1, trackers=trackers)
 
     @property
     def checkpoint_dir(self) -> Path | None:
@@ -76,6 +93,30 @@ class RunLog:
                 scalars[tag] = value
         self.tensorboard.add_scalars(scalars, step)
         self.tensorboard.flush()
+
+    def log_scalars(self, values: dict[str, float], step: int) -> None:
+        """Scalars of one optimizer step (``train/step_loss``, ...): TensorBoard and the trackers."""
+        self.tensorboard.add_scalars(values, step)
+        self.trackers.log_step(values, step)
+
+    def begin(self) -> None:
+        """Training starts: the trackers open their runs (in the background)."""
+        self.trackers.start()
+
+    def epoch_saved(self, row: dict) -> None:
+        """An epoch's row, once its checkpoint is written, to the trackers (a ``trainer.epoch_end`` hook:
+        a tracker never holds an epoch that a resume trains again)."""
+        self.trackers.log_epoch(row)
+
+    def checkpoint_meta(self) -> dict:
+        """What a checkpoint keeps of this log: the tracker runs' ids (plain data), when there are any."""
+        ids = self.trackers.ids()
+        return {"trackers": ids} if ids else {}
+
+    def end(self, state: str) -> None:
+        """How this session ended (``finished``, ``stopped``, ``failed``; ``discarded`` when the run
+        directory goes): the trackers send what is left and finish, in a bounded time."""
+        self.trackers.end(state)
 
     def close(self) -> None:
         """Close the event file and flush ``train.log``; safe to call twice.

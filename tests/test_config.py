@@ -32,7 +32,8 @@ from trainer import Evaluator
 from utils.errors import EXIT_USER_ERROR, UserError
 
 THREADS = {"OMP_NUM_THREADS": "1"}  # the test machine's cores are shared; one thread avoids oversubscription
-SHIPPED = sorted([ROOT / "config.json", *(p for ext in ("json", "yaml", "yml") for p in (ROOT / "configs").glob(f"*.{ext}"))])
+SHIPPED = sorted([ROOT / "config.json", *(p for ext in ("json", "yaml", "yml") for p in (ROOT / "configs").glob(f"*.{ext}") if not p.stem.endswith("_space"))])
+"""The shipped run configs; ``configs/*_space.yaml`` are sweep search spaces (``tests/test_sweeps.py`` reads them)."""
 
 
 def config_from(tmp_path: Path, data: dict, name: str = "config.json", overrides: tuple[str, ...] = ()) -> Config:

@@ -1,6 +1,6 @@
 """The layers hold: each folder imports only the ones below it, utils/ imports no project folder,
 only the checkpoint store knows whether checkpoints are sharded, and a run pays only for the
-libraries it uses."""
+libraries it uses (a run naming no experiment tracker imports neither MLflow nor W&B)."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def test_a_run_with_plain_metrics_imports_neither_dcp_nor_torchmetrics(tmp_path)
     config = tiny_config(tmp_path, epochs=1, limit_batches=1)
     config["metrics"] = ["accuracy", {"type": "Accuracy", "name": "exact"}, {"type": "top_k_acc", "args": {"k": 3}}]
     path = write_config(tmp_path, config)
-    probe = "import sys, json, train; code = train.main(sys.argv[1:]); print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('torchmetrics', 'sklearn', 'scipy') or m.startswith('torch.distributed.checkpoint')))); sys.exit(code)"
+    probe = "import sys, json, train; code = train.main(sys.argv[1:]); print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('torchmetrics', 'sklearn', 'scipy', 'mlflow', 'wandb') or m.startswith('torch.distributed.checkpoint')))); sys.exit(code)"
     result = run_script("-c", probe, "-c", str(path), "--run-id", "plain")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []

@@ -37,7 +37,7 @@ def test_a_run_directory_holds_everything_the_readme_lists(digits_run):
     assert listed | {"val_loss", "val_accuracy", "val_top_k_acc", "val_f1", "val_auroc", "val_confusion"} == set(rows[0])
     assert list(run_dir.glob("events.out.tfevents.*"))
     assert json.loads((run_dir / "manifest.json").read_text())["config_hash"]
-    assert {p.name for p in run_dir.iterdir()} <= {"config.json", "manifest.json", "git.diff", "train.log", "metrics.jsonl", "checkpoints", ".lock"} | {
+    assert {p.name for p in run_dir.iterdir()} <= {"config.json", "manifest.json", "git.diff", "train.log", "metrics.jsonl", "split.json", "checkpoints", ".lock"} | {
         p.name for p in run_dir.glob("events.out.tfevents.*")
     }
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.pth", "epoch-2.pth", "last.pth"]

@@ -249,7 +249,7 @@ class Trainer(BaseTrainer):
         if step % self.settings.log_step == 0:
             mean = self._check_losses(epoch)
             rate = samples * distributed.world_size() / max(time.perf_counter() - started, 1e-9)
-            self.run.tensorboard.add_scalars({"train/step_loss": mean, "train/step_samples_per_sec": rate}, step)
+            self.run.log_scalars({"train/step_loss": mean, "train/step_samples_per_sec": rate}, step)
             if self.show_progress:
                 bar.set_postfix(loss=f"{mean:.4f}", samples_s=f"{rate:,.0f}")
             else:

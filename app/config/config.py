@@ -14,7 +14,18 @@ from app.config.names import UntrustedName, resolve_type, trust_rule
 from app.config.overrides import apply_override
 from app.config.reading import check_shape, plain_data_problem, read_config_file
 from app.config.refs import escape_literals, resolve_references
-from app.config.schema import LEGACY_KEYS, OBJECT_KEYS, REQUIRED, SCHEMA, TRAINER_SCHEMA, metric_name, reserved_metric_name, with_defaults
+from app.config.schema import (
+    LEGACY_KEYS,
+    OBJECT_KEYS,
+    REQUIRED,
+    SCHEMA,
+    SECTIONS,
+    TRAINER_SCHEMA,
+    metric_name,
+    reserved_metric_name,
+    section_of,
+    with_defaults,
+)
 from base.settings import SETTINGS, TrainerSettings, parse_monitor
 from utils.errors import UserError, closest
 
@@ -154,6 +165,14 @@ class Config:
             problem = TRAINER_SCHEMA[key].problem(value)
             if problem:
                 raise self.error(f"trainer.{key}", problem)
+        for path, schema in SECTIONS.items():  # logger, logger.mlflow, ...: each checked as a mapping by the one above it
+            section = section_of(data, path)
+            for key, value in section.items() if isinstance(section, dict) else ():
+                if key not in schema:
+                    raise self.error(f"{path}.{key}", f"unknown key{closest(key, schema, f'{path}.') or f'; {path} takes {sorted(schema)}'}")
+                problem = schema[key].problem(value)
+                if problem:
+                    raise self.error(f"{path}.{key}", problem)
         self._check_trainer_class()
         for key in ("arch", "data_loader", "optimizer", "lr_scheduler", "loss"):
             if isinstance(data[key], dict):

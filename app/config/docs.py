@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from app.config.schema import NAMESPACES, OBJECT_KEY_DOCS, REQUIRED, SCHEMA, TRAINER_SCHEMA
+from app.config.schema import NAMESPACES, OBJECT_KEY_DOCS, REQUIRED, SCHEMA, SECTIONS, TRAINER_SCHEMA
 from base.settings import Setting, type_names
 
 
@@ -18,6 +18,7 @@ def reference_markdown() -> str:
     """The key tables: every top-level and ``trainer.*`` key, object-node keys, and lookup modules."""
     rows = [("", key, spec) for key, spec in SCHEMA.items()]
     rows += [("trainer.", key, spec) for key, spec in TRAINER_SCHEMA.items()]
+    rows += [(f"{path}.", key, spec) for path, schema in SECTIONS.items() for key, spec in schema.items()]
     lines = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
     lines += [f"| `{prefix}{key}` | {type_names(spec.types)} | {_default(spec)} | {spec.doc} |" for prefix, key, spec in rows]
     lines += ["", "Object nodes (`arch`, `data_loader`, `loss`, `metrics` entries, `optimizer`, `lr_scheduler`):", ""]

@@ -14,7 +14,7 @@ import yaml
 
 from app.config.names import closest, resolve_type
 from app.config.reading import check_shape, load_yaml
-from app.config.schema import NAMESPACES, OBJECT_KEYS, SCHEMA, TRAINER_SCHEMA
+from app.config.schema import NAMESPACES, OBJECT_KEYS, SCHEMA, SECTIONS, TRAINER_SCHEMA
 from utils.errors import UserError
 
 
@@ -82,6 +82,8 @@ def is_documented(data: dict, parts: list[str], trusted: bool = True) -> bool:
         return head in SCHEMA
     if head == "trainer":
         return len(parts) == 2 and parts[1] in TRAINER_SCHEMA
+    if ".".join(parts[:-1]) in SECTIONS:
+        return parts[-1] in SECTIONS[".".join(parts[:-1])]
     if head not in OBJECT_KEYS or head == "metrics":
         return False
     if len(parts) == 2:
@@ -105,6 +107,8 @@ def _hint(data: dict, parents: list[str], part: str, trusted: bool) -> str:
             return f"; did you mean 'trainer.{part}'?"
     elif parents == ["trainer"]:
         candidates |= set(TRAINER_SCHEMA)
+    elif ".".join(parents) in SECTIONS:
+        candidates |= set(SECTIONS[".".join(parents)])
     elif len(parents) == 1 and parents[0] in OBJECT_KEYS:
         candidates |= OBJECT_KEYS[parents[0]]
     elif len(parents) == 2 and parents[1] == "args" and parents[0] in NAMESPACES:

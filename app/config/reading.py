@@ -82,14 +82,15 @@ def plain_data_problem(value: Any, path: str = "", inside: frozenset = frozenset
     return where, f"{type(value).__name__} values are not plain data (YAML tags such as !!timestamp, !!set or !!binary); write a string, number, list or mapping"
 
 
-def read_config_file(path: str | Path) -> dict:
-    """Read a ``.json``, ``.yaml`` or ``.yml`` config as plain data (a regular file of bounded size,
-    of bounded depth and expanded size: see :func:`shape_problem`)."""
+def read_config_file(path: str | Path, kind: str = "config", flag: str = "-c", keys: str = "name, arch, data_loader, ...") -> dict:
+    """Read a ``.json``, ``.yaml`` or ``.yml`` config (or another file of that kind: a sweep's search
+    space) as plain data: a regular file of bounded size, of bounded depth and expanded size (see
+    :func:`shape_problem`). ``kind``, ``flag`` and ``keys`` only word the errors."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".json", ".yaml", ".yml"):
-        raise UserError(f"{path}: a config must be a .json, .yaml or .yml file")
-    text = read_text(path, "config file", "pass an existing file with -c")
+        raise UserError(f"{path}: a {kind} must be a .json, .yaml or .yml file")
+    text = read_text(path, f"{kind} file", f"pass an existing file with {flag}")
     try:
         data = json.loads(text) if suffix == ".json" else load_yaml(text)
     except json.JSONDecodeError as exc:
@@ -100,9 +101,9 @@ def read_config_file(path: str | Path) -> dict:
         problem = str(getattr(exc, "problem", None) or exc).splitlines()[0]
         raise UserError(f"{path}: invalid YAML{where}: {problem}; fix the syntax there") from None
     except RecursionError:
-        raise UserError(f"{path}: nested too deeply to be a config") from None
+        raise UserError(f"{path}: nested too deeply to be a {kind}") from None
     if not isinstance(data, dict):
-        raise UserError(f"{path}: the top level of a config must be a mapping of keys (name, arch, data_loader, ...)")
+        raise UserError(f"{path}: the top level of a {kind} must be a mapping of keys ({keys})")
     check_shape(data, str(path))
     return data
 

@@ -11,6 +11,8 @@ import copy
 from typing import Any
 
 from base.settings import SETTINGS, Setting
+from logger.trackers.settings import TRACKERS
+from utils.errors import closest
 
 NoneType = type(None)
 
@@ -35,6 +37,25 @@ def _seed(value: int) -> str | None:
     return None if 0 <= value < 2**63 else f"must be between 0 and 2**63 - 1, got {value}"
 
 
+def _trackers(value: list) -> str | None:
+    for item in value:
+        if not isinstance(item, str):
+            return f"must be a list of tracker names ({', '.join(TRACKERS)}), got {item!r} in it"
+        if item not in TRACKERS:
+            return f"unknown tracker {item!r}{closest(item, TRACKERS) or ''}; the trackers are {', '.join(TRACKERS)}"
+    if len(set(value)) != len(value):
+        return f"names a tracker twice: {value!r}"
+    return None
+
+
+def _not_empty(value: str) -> str | None:
+    return None if value.strip() else "must not be empty (null: the default)"
+
+
+def _seconds(value: float) -> str | None:
+    return None if value > 0 else f"must be a positive number of seconds, got {value}"
+
+
 SCHEMA: dict[str, Setting] = {
     "name": Setting((str,), "experiment", "Experiment name; runs go to `<save_dir>/<name>/<run_id>/`.", _folder_name),
     "seed": Setting((int,), 0, "Seeds Python, NumPy and torch once; epoch e's data order depends only on seed and e.", _seed),
@@ -48,7 +69,50 @@ SCHEMA: dict[str, Setting] = {
     "optimizer": Setting((dict,), REQUIRED, "`{type, args, param_groups}` from `torch.optim`; gets trainable parameters only."),
     "lr_scheduler": Setting((dict, NoneType), None, "`{type, args, interval}` from `torch.optim.lr_scheduler`, or null."),
     "trainer": Setting((dict,), {}, "Training-loop settings, see the `trainer.*` keys."),
+    "logger": Setting((dict,), {}, "Experiment trackers (TensorBoard, MLflow, Weights & Biases), see the `logger.*` keys."),
 }
+
+MLFLOW_SCHEMA: dict[str, Setting] = {
+    "tracking_uri": Setting(
+        (str, NoneType),
+        None,
+        "MLflow's store: any tracking URI (`http://host:5000`, `sqlite:///path.db`, `databricks`); "
+        "null: `$MLFLOW_TRACKING_URI` when set, else `sqlite:///<save_dir>/mlflow.db` (artifacts in `<save_dir>/mlartifacts`).",
+        _not_empty,
+    ),
+    "experiment": Setting((str, NoneType), None, "MLflow experiment name (null: the config's `name`).", _not_empty),
+}
+
+WANDB_SCHEMA: dict[str, Setting] = {
+    "project": Setting((str, NoneType), None, "W&B project (null: the config's `name`).", _not_empty),
+    "entity": Setting((str, NoneType), None, "W&B entity, a user or team (null: your default one).", _not_empty),
+    "mode": Setting(
+        (str, NoneType),
+        None,
+        '`"offline"` (files in the run directory; `wandb sync` uploads them), `"online"` or `"disabled"`; '
+        'null: `$WANDB_MODE` when set, else `"offline"`.',
+        choices=("offline", "online", "disabled", None),
+    ),
+}
+
+LOGGER_SCHEMA: dict[str, Setting] = {
+    "trackers": Setting(
+        (list,),
+        ["tensorboard"],
+        "Where a run is tracked besides `train.log` and `metrics.jsonl`: any of `tensorboard`, `mlflow` (`pip install -e .[mlflow]`), "
+        "`wandb` (`pip install -e .[wandb]`). TensorBoard writes when it is listed and `trainer.tensorboard` is true.",
+        _trackers,
+    ),
+    "mlflow": Setting((dict,), {key: spec.default for key, spec in MLFLOW_SCHEMA.items()}, "MLflow's settings, see the `logger.mlflow.*` keys."),
+    "wandb": Setting((dict,), {key: spec.default for key, spec in WANDB_SCHEMA.items()}, "W&B's settings, see the `logger.wandb.*` keys."),
+    "log_checkpoints": Setting((bool,), False, "Also upload the best checkpoint file to MLflow and W&B at the end (its path is always logged)."),
+    "finish_timeout": Setting(
+        (float,), 60, "Seconds the end of a run waits for trackers to send what is left; a tracker still busy then is left with a warning.", _seconds
+    ),
+}
+
+SECTIONS: dict[str, dict[str, Setting]] = {"logger": LOGGER_SCHEMA, "logger.mlflow": MLFLOW_SCHEMA, "logger.wandb": WANDB_SCHEMA}
+"""Mappings of documented keys below the top level (besides ``trainer``), by their dotted path."""
 
 TRAINER_SCHEMA: dict[str, Setting] = {
     "type": Setting(
@@ -109,7 +173,20 @@ def with_defaults(data: dict) -> dict:
     if isinstance(data.get("trainer"), dict):
         for key, spec in TRAINER_SCHEMA.items():
             data["trainer"].setdefault(key, copy.deepcopy(spec.default))
+    for path, schema in SECTIONS.items():
+        section = section_of(data, path)
+        if isinstance(section, dict):
+            for key, spec in schema.items():
+                section.setdefault(key, copy.deepcopy(spec.default))
     return data
+
+
+def section_of(data: dict, path: str) -> object:
+    """The value at a dotted ``path`` of ``data`` (None when a part is missing or not a mapping)."""
+    node: object = data
+    for part in path.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
 
 
 BUILT_IN_COLUMNS = ("epoch", "loss", "lr", "samples_per_sec", "data_wait")
@@ -131,4 +208,4 @@ def metric_name(entry: str | dict) -> str:
     return name.rpartition(":")[2]
 
 
-__all__ = ["BUILT_IN_COLUMNS", "LEGACY_KEYS", "NAMESPACES", "OBJECT_KEYS", "OBJECT_KEY_DOCS", "REQUIRED", "SCHEMA", "TRAINER_SCHEMA", "metric_name", "reserved_metric_name", "with_defaults"]
+__all__ = ["BUILT_IN_COLUMNS", "LEGACY_KEYS", "LOGGER_SCHEMA", "NAMESPACES", "OBJECT_KEYS", "OBJECT_KEY_DOCS", "REQUIRED", "SCHEMA", "SECTIONS", "TRAINER_SCHEMA", "metric_name", "reserved_metric_name", "section_of", "with_defaults"]
