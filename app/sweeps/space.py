@@ -1,0 +1,296 @@
+"""A sweep's search space file (``--space``), checked like a config before anything is created.
+
+.. code-block:: yaml
+
+    trials: 12          # the study's total, across all workers and restarts (--trials overrides it)
+    sampler: tpe        # tpe | random | grid (grid: choices only; trials defaults to the grid's size)
+    pruner: median      # median | hyperband | none; or {type: median, args: {n_startup_trials: 3}}
+    seed: 0             # the sampler's seed (default: the config's seed)
+    heartbeat: 60       # seconds between a running trial's heartbeats in the storage (0: off)
+    params:
+      optimizer.args.lr: {low: 1.0e-4, high: 1.0e-1, log: true}
+      arch.args.dropout: {choices: [0.0, 0.25, 0.5]}
+      data_loader.args.batch_size: {low: 16, high: 128, step: 16}
+
+A parameter is a config key path (as on the command line) and one of: ``{low, high}`` with
+optional ``log: true`` or ``step`` (whole numbers for ``low`` and ``high`` make an integer
+parameter, unless the config's value there is a float), or ``{choices: [...]}`` (numbers,
+strings, booleans or null). Each is Optuna's own
+distribution (``FloatDistribution``, ``IntDistribution``, ``CategoricalDistribution``); a sampler's
+and a pruner's ``args`` are the Optuna class's own keyword arguments.
+
+The space is data: nothing in it names code. Every key path must be one the config accepts
+(the same check, with the same did-you-mean, as an override), and every value the space can give
+is put through the config's checks once before the sweep starts.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from app.config import Config, read_config_file
+from utils.errors import UserError, closest
+
+SAMPLERS = ("tpe", "random", "grid")
+PRUNERS = ("median", "hyperband", "none")
+TOP_KEYS = ("trials", "sampler", "pruner", "seed", "heartbeat", "params")
+RANGE_KEYS = ("low", "high", "log", "step")
+MAX_GRID = 100_000
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class Param:
+    """One dimension: ``kind`` is ``"float"``, ``"int"`` or ``"choices"``."""
+
+    key: str
+    kind: str
+    low: Any = None
+    high: Any = None
+    log: bool = False
+    step: Any = None
+    choices: tuple = ()
+
+    def distribution(self):
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+        if self.kind == "choices":
+            return CategoricalDistribution(list(self.choices))
+        if self.kind == "int":
+            return IntDistribution(self.low, self.high, log=self.log, step=self.step or 1)
+        return FloatDistribution(self.low, self.high, log=self.log, step=self.step)
+
+    def examples(self) -> list:
+        """The values that show whether the config accepts this parameter (its ends, or every choice)."""
+        return list(self.choices) if self.kind == "choices" else [self.low, self.high]
+
+    def as_data(self) -> dict:
+        if self.kind == "choices":
+            return {"choices": list(self.choices)}
+        data: dict[str, Any] = {"low": self.low, "high": self.high}
+        if self.log:
+            data["log"] = True
+        if self.step is not None:
+            data["step"] = self.step
+        return data
+
+
+@dataclass(frozen=True)
+class Space:
+    source: str
+    trials: int
+    sampler: str
+    sampler_args: dict
+    pruner: str
+    pruner_args: dict
+    seed: int
+    heartbeat: int
+    params: tuple[Param, ...]
+
+    def identity(self) -> dict:
+        """What makes two runs of ``sweep.py`` the same sweep (the total may grow; see ``app/sweeps/study.py``)."""
+        return {
+            "sampler": {"type": self.sampler, "args": self.sampler_args},
+            "pruner": {"type": self.pruner, "args": self.pruner_args},
+            "seed": self.seed,
+            "params": {param.key: param.as_data() for param in self.params},
+        }
+
+    def grid(self) -> list[dict]:
+        """Every combination of the choices, in the space's order (``sampler: grid``)."""
+        return [dict(zip((p.key for p in self.params), values)) for values in itertools.product(*(p.choices for p in self.params))]
+
+    def overrides(self, values: dict) -> list[str]:
+        """A trial's values as config overrides (``key=<JSON>``; the config reader takes JSON scalars)."""
+        return [f"{key}={json.dumps(value)}" for key, value in values.items()]
+
+    def make_sampler(self, slot: int):
+        """The Optuna sampler for trial ``slot``, seeded by ``seed`` and the slot: the same history
+        gives the same suggestion whichever worker asks (two workers never share one random stream)."""
+        import optuna
+
+        seed = self.seed * 1_000_003 + slot
+        if self.sampler == "tpe":
+            return optuna.samplers.TPESampler(**{"seed": seed, **self.sampler_args})
+        return optuna.samplers.RandomSampler(**{"seed": seed, **self.sampler_args})  # random; grid trials have fixed values
+
+    def make_pruner(self, epochs: int):
+        import optuna
+
+        if self.pruner == "median":
+            return optuna.pruners.MedianPruner(**self.pruner_args)
+        if self.pruner == "hyperband":
+            return optuna.pruners.HyperbandPruner(**{"min_resource": 1, "max_resource": max(1, epochs), **self.pruner_args})
+        return optuna.pruners.NopPruner()
+
+
+def read_space(path: str | Path, trials: int | None, base: Config, config_path: str, overrides: list[str]) -> Space:
+    """Read and check ``--space`` (see the module docstring); every error is one line naming the key."""
+    source = str(path)
+    data = read_config_file(path, kind="search space", flag="--space", keys=", ".join(TOP_KEYS))
+    for key in data:
+        if key not in TOP_KEYS:
+            raise UserError(f"{source}: unknown key {key!r}{closest(key, TOP_KEYS)}; a space has {', '.join(TOP_KEYS)}")
+    params = tuple(_as_config_type(param, base.to_dict()) for param in _params(source, data.get("params")))
+    sampler, sampler_args = _kind(source, "sampler", data.get("sampler", "tpe"), SAMPLERS)
+    pruner, pruner_args = _kind(source, "pruner", data.get("pruner", "median"), PRUNERS)
+    if sampler == "grid":
+        bad = [param.key for param in params if param.kind != "choices"]
+        if bad:
+            raise UserError(f"{source}: sampler grid takes choices only; params.{bad[0]} is a range: give it choices: [...]")
+        if sampler_args:
+            raise UserError(f"{source}: sampler grid takes no args")
+    seed = data.get("seed", base["seed"])
+    if not _whole(seed) or seed < 0:
+        raise UserError(f"{source}: seed: must be a whole number from 0, got {seed!r}")
+    heartbeat = data.get("heartbeat", 60)
+    if not _whole(heartbeat) or heartbeat < 0:
+        raise UserError(f"{source}: heartbeat: must be whole seconds (0: off), got {heartbeat!r}")
+    grid_size = math.prod(len(param.choices) for param in params) if sampler == "grid" else None
+    if grid_size is not None and grid_size > MAX_GRID:
+        raise UserError(f"{source}: the grid has {grid_size} points, more than {MAX_GRID}; use sampler tpe or random")
+    total = _trials(source, trials if trials is not None else data.get("trials", grid_size), trials is not None, grid_size)
+    space = Space(source, total, sampler, sampler_args, pruner, pruner_args, seed, heartbeat, params)
+    _check_against_config(space, base, config_path, overrides)
+    return space
+
+
+def _trials(source: str, value: Any, from_flag: bool, grid_size: int | None) -> int:
+    where = "--trials" if from_flag else f"{source}: trials"
+    if value is None:
+        raise UserError(f"{source}: trials: missing; give the study's total number of trials (trials: 20), or pass --trials N")
+    if not _whole(value) or value < 1:
+        raise UserError(f"{where}: must be a whole number of at least 1, got {value!r}")
+    if grid_size is not None and value > grid_size:
+        raise UserError(f"{where}: {value} trials, but the grid has only {grid_size} points; lower it (or leave it out: the whole grid)")
+    return value
+
+
+def _kind(source: str, key: str, value: Any, allowed: tuple[str, ...]) -> tuple[str, dict]:
+    """``"tpe"`` or ``{type: tpe, args: {...}}`` -> (type, args), the args checked against the Optuna class."""
+    args: Any = {}
+    if isinstance(value, dict):
+        unknown = [k for k in value if k not in ("type", "args")]
+        if unknown:
+            raise UserError(f"{source}: {key}.{unknown[0]}: unknown{closest(unknown[0], ('type', 'args'), key + '.')}; write {{type, args}}")
+        value, args = value.get("type"), value.get("args", {})
+        if not isinstance(args, dict):
+            raise UserError(f"{source}: {key}.args: must be a mapping of keyword arguments, got {type(args).__name__}")
+    if value not in allowed:
+        raise UserError(f"{source}: {key}: {value!r} is not one of {', '.join(allowed)}{closest(str(value), allowed)}")
+    target = _optuna_class(key, value)
+    if target is not None and args:
+        accepted = set(inspect.signature(target).parameters) - {"self", "seed"}
+        for name in args:
+            if name not in accepted:
+                raise UserError(f"{source}: {key}.args.{name}: {target.__name__} takes no such argument{closest(name, accepted, key + '.args.')}")
+        try:
+            json.dumps(args)
+        except (TypeError, ValueError):
+            raise UserError(f"{source}: {key}.args: must be plain values") from None
+    return value, args
+
+
+def _optuna_class(key: str, name: str):
+    import optuna
+
+    classes = {
+        ("sampler", "tpe"): optuna.samplers.TPESampler,
+        ("sampler", "random"): optuna.samplers.RandomSampler,
+        ("pruner", "median"): optuna.pruners.MedianPruner,
+        ("pruner", "hyperband"): optuna.pruners.HyperbandPruner,
+    }
+    return classes.get((key, name))
+
+
+def _params(source: str, params: Any) -> tuple[Param, ...]:
+    if not isinstance(params, dict) or not params:
+        raise UserError(f"{source}: params: give the keys to search, e.g. params: {{optimizer.args.lr: {{low: 1.0e-4, high: 0.1, log: true}}}}")
+    return tuple(_param(source, key, spec) for key, spec in params.items())
+
+
+def _param(source: str, key: str, spec: Any) -> Param:
+    where = f"{source}: params.{key}"
+    if not isinstance(spec, dict):
+        raise UserError(f"{where}: must be {{low, high}} (with log or step) or {{choices: [...]}}, got {spec!r}")
+    if "choices" in spec:
+        extra = [k for k in spec if k != "choices"]
+        if extra:
+            raise UserError(f"{where}: choices cannot be combined with {extra[0]}")
+        choices = spec["choices"]
+        if not isinstance(choices, list) or not choices:
+            raise UserError(f"{where}.choices: must be a non-empty list")
+        for choice in choices:
+            if choice is not None and not isinstance(choice, (str, bool, int, float)):
+                raise UserError(f"{where}.choices: {choice!r} is not a number, string, boolean or null (Optuna's categorical values)")
+            if isinstance(choice, float) and not math.isfinite(choice):
+                raise UserError(f"{where}.choices: {choice!r} is not a finite number")
+        if len({json.dumps(choice) for choice in choices}) != len(choices):
+            raise UserError(f"{where}.choices: a value is listed twice")
+        return Param(key, "choices", choices=tuple(choices))
+    for name in spec:
+        if name not in RANGE_KEYS:
+            raise UserError(f"{where}: unknown key {name!r}{closest(name, (*RANGE_KEYS, 'choices'), '')}; a range has low, high, log, step")
+    low, high, log, step = spec.get("low"), spec.get("high"), spec.get("log", False), spec.get("step")
+    for name, value in (("low", low), ("high", high)):
+        if value is None:
+            raise UserError(f"{where}.{name}: missing; a range needs low and high")
+        if not _number(value):
+            raise UserError(f"{where}.{name}: must be a finite number, got {value!r}")
+    if not isinstance(log, bool):
+        raise UserError(f"{where}.log: must be true or false, got {log!r}")
+    if not low < high:
+        raise UserError(f"{where}: low ({low}) must be below high ({high})")
+    if log and low <= 0:
+        raise UserError(f"{where}: log: true needs low above 0, got {low}")
+    if log and step is not None:
+        raise UserError(f"{where}: log and step cannot be combined (Optuna samples one or the other)")
+    integer = _whole(low) and _whole(high) and (step is None or _whole(step))
+    if step is not None and (not _number(step) or step <= 0):
+        raise UserError(f"{where}.step: must be a positive number, got {step!r}")
+    if integer:
+        return Param(key, "int", low, high, log, step)
+    return Param(key, "float", float(low), float(high), log, float(step) if step is not None else None)
+
+
+def _as_config_type(param: Param, config: dict) -> Param:
+    """``{low: 0, high: 1}`` for a key whose config value is a float (a dropout) is a float range, not {0, 1}."""
+    node: Any = config
+    for part in param.key.split("."):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.lstrip("-").isdigit() and -len(node) <= int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return param
+    if param.kind == "int" and isinstance(node, float):
+        return Param(param.key, "float", float(param.low), float(param.high), param.log, float(param.step) if param.step is not None else None)
+    return param
+
+
+def _check_against_config(space: Space, base: Config, config_path: str, overrides: list[str]) -> None:
+    """Each parameter at its ends (or each choice) through the config's own checks, so a key the
+    config does not take, or a value of the wrong type, is said now and not in trial 7."""
+    data = read_config_file(config_path)
+    for param in space.params:
+        for value in param.examples():
+            try:
+                Config.from_dict(data, config_path, [*overrides, *space.overrides({param.key: value})])
+            except UserError as exc:
+                raise UserError(f"{space.source}: params.{param.key} = {value!r}: {exc}") from None
+    mode, metric = base.monitor()
+    if metric is None:
+        raise UserError(f"{config_path}: trainer.monitor is off; a sweep optimises the monitored value: set trainer.monitor, e.g. 'max val_accuracy'")
