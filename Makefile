@@ -31,7 +31,7 @@ fix: install
 	$(VENV)/bin/ruff check --fix .
 
 test: install lint
-	$(PY) -m pytest -q -n auto --maxprocesses=4
+	$(PY) -m pytest -q -n auto --maxprocesses=4 --dist loadscope
 
 clean-runs:
 	rm -rf saved/*/

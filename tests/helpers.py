@@ -4,6 +4,7 @@ what a run wrote. Import them with ``from helpers import ...`` (pytest puts ``te
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import random
@@ -28,9 +29,50 @@ def run_script(*args: str, cwd: Path = ROOT, env: dict | None = None, timeout: i
     return subprocess.run([sys.executable, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
-def tiny_config(tmp_path: Path, **trainer) -> dict:
-    """The default digits experiment, shrunk to run in seconds, writing under ``tmp_path``."""
+_MAINS: dict = {}
+
+
+def run_here(script: str, *args, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python <script> <args>`` run in this process (``main(argv)``): what :func:`run_script`
+    returns, for tests that check what a script does, not what a process does (signals, kills,
+    torchrun, limits): a new process costs 3-5 s of imports on the test machine's 2 cores."""
+    import contextlib
+    import io
+
+    from logger.logger import close_log_files
+
+    if script not in _MAINS:
+        _MAINS[script] = entry_point(script) if script in ("test.py", "predict.py") else importlib.import_module(script[:-3]).main
+    main = _MAINS[script]
+    argv = [str(arg) for arg in args]
+    before = {key: os.environ.get(key) for key in (env or {})}
+    os.environ.update(env or {})
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.chdir(ROOT), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(argv)
+            except SystemExit as exc:  # argparse
+                code = exc.code if isinstance(exc.code, int) else 2
+    finally:
+        close_log_files()
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return subprocess.CompletedProcess([script, *argv], code, out.getvalue(), err.getvalue())
+
+
+def tiny_config(tmp_path: Path, full_metrics: bool = False, **trainer) -> dict:
+    """The default digits experiment, shrunk to run in seconds, writing under ``tmp_path``.
+
+    Its metrics are the template's own (accuracy, top-k) unless ``full_metrics``: importing
+    torchmetrics costs every process 2 s (it imports torchvision and scipy), and the tests of
+    torchmetrics metrics (state across resume, DDP sync, test.py) ask for them."""
     config = json.loads((ROOT / "config.json").read_text())
+    if not full_metrics:
+        config["metrics"] = [metric for metric in config["metrics"] if "torchmetrics" not in str(metric.get("type"))]
     config["trainer"].update({"epochs": 2, "save_dir": str(tmp_path / "saved"), "tensorboard": False, "early_stop": 0}, **trainer)
     config["data_loader"]["args"]["batch_size"] = 64
     return config

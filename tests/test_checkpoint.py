@@ -13,7 +13,7 @@ import time
 
 import pytest
 import torch
-from helpers import ROOT, build_trainer, metric_rows, run_script, tiny_config, write_config
+from helpers import ROOT, build_trainer, metric_rows, run_here, run_script, tiny_config, write_config
 
 from utils.checkpoints import VERSION, clean_state_dict, load_checkpoint
 from utils.errors import UserError
@@ -74,7 +74,7 @@ def test_sigkill_at_any_moment_leaves_a_loadable_last_checkpoint(tmp_path, rng):
         assert state["progress"]["global_step"] >= step_before
     progress = state["progress"]
     one_more = progress["epoch"] + (0 if progress["batch_in_epoch"] else 1)  # finish the epoch it was in, or train one more
-    resumed = run_script("train.py", "-r", str(last), f"trainer.epochs={one_more}")
+    resumed = run_here("train.py", "-r", str(last), f"trainer.epochs={one_more}")
     assert resumed.returncode == 0, resumed.stderr  # the stale temporary file is swept
     assert not list(last.parent.glob(".*tmp*"))
 
@@ -143,7 +143,7 @@ def test_fine_tuning_takes_weights_only_into_a_new_run(tmp_path, finished_run):
     config = tiny_config(tmp_path, epochs=1)
     config["optimizer"] = {"type": "SGD", "args": {"lr": 0.0}}  # lr 0: the weights must stay the checkpoint's
     path = write_config(tmp_path, config, "finetune.json")
-    result = run_script("train.py", "-r", str(source), "-c", str(path), "--run-id", "tuned")
+    result = run_here("train.py", "-r", str(source), "-c", str(path), "--run-id", "tuned")
     assert result.returncode == 0, result.stderr
     tuned = torch.load(tmp_path / "saved" / "digits_cnn" / "tuned" / "checkpoints" / "last.pth", weights_only=True)
     original = torch.load(source, weights_only=True)
@@ -159,11 +159,11 @@ def test_fine_tuning_names_mismatched_weights_and_strict_is_configurable(tmp_pat
     config["arch"]["args"]["num_classes"] = 12  # a head of another shape
     config["metrics"] = ["accuracy"]
     path = write_config(tmp_path, config, "five.json")
-    strict = run_script("train.py", "-r", str(source), "-c", str(path), "--run-id", "strict")
+    strict = run_here("train.py", "-r", str(source), "-c", str(path), "--run-id", "strict")
     assert strict.returncode == 2
     assert "different shapes ['fc2.weight', 'fc2.bias']" in strict.stderr and "trainer.load_strict=false" in strict.stderr
     assert not (tmp_path / "saved").exists()
-    loose = run_script("train.py", "-r", str(source), "-c", str(path), "--run-id", "loose", "trainer.load_strict=false")
+    loose = run_here("train.py", "-r", str(source), "-c", str(path), "--run-id", "loose", "trainer.load_strict=false")
     assert loose.returncode == 0, loose.stderr
     assert "different shapes ['fc2.weight', 'fc2.bias']" in loose.stdout
     tuned = torch.load(tmp_path / "saved" / "digits_cnn" / "loose" / "checkpoints" / "last.pth", weights_only=True)
@@ -174,7 +174,7 @@ def test_fine_tuning_names_mismatched_weights_and_strict_is_configurable(tmp_pat
 @pytest.mark.slow
 def test_export_runs_without_this_code(tmp_path, finished_run):
     exported = tmp_path / "model.pt2"
-    result = run_script(
+    result = run_here(
         "test.py", "-r", str(finished_run / "checkpoints" / "best.pth"), "--export", str(exported), "--out", str(tmp_path / "m.json")
     )
     assert result.returncode == 0, result.stderr
@@ -224,10 +224,10 @@ def test_a_format_1_checkpoint_is_evaluated_and_fine_tuned_but_not_resumed(tmp_p
     (run_dir / "checkpoints").mkdir(parents=True)
     path = run_dir / "checkpoints" / "last.pth"
     torch.save(old, path)
-    tested = run_script("test.py", "-r", str(path), "--out", str(tmp_path / "m.json"))
+    tested = run_here("test.py", "-r", str(path), "--out", str(tmp_path / "m.json"))
     assert tested.returncode == 0, tested.stderr
     assert json.loads((tmp_path / "m.json").read_text())["epoch"] == 4
-    resumed = run_script("train.py", "-r", str(path))
+    resumed = run_here("train.py", "-r", str(path))
     assert resumed.returncode == 2 and resumed.stderr.count("\n") == 1
     assert f"checkpoint format version 1, and this code resumes version {VERSION}; fine-tune from it with -r FILE -c CONFIG" in resumed.stderr
     assert sorted(p.name for p in run_dir.rglob("*")) == ["checkpoints", "last.pth"]  # nothing written

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from helpers import ROOT, TIMING_KEYS, run_script, set_key, tiny_config, write_config
+from helpers import ROOT, TIMING_KEYS, run_here, run_script, set_key, tiny_config, write_config
 
 import train
 from app.config import (
@@ -378,7 +378,7 @@ def test_overrides_land_in_the_saved_config_and_checkpoint(tmp_path):
         "lr_scheduler=null",
         "seed=7",
     ]
-    result = run_script("train.py", "--run-id", "r", "-c", str(path), *overrides, env=THREADS)
+    result = run_here("train.py", "--run-id", "r", "-c", str(path), *overrides, env=THREADS)
     assert result.returncode == 0, result.stderr
     run_dir = tmp_path / "saved" / "digits_cnn" / "r"
     saved = json.loads((run_dir / "config.json").read_text())

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT, run_script, tiny_config, write_config
+from helpers import ROOT, run_here, run_script, tiny_config, write_config
 
 pytestmark = pytest.mark.slow
 ENV = {"PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", "OMP_NUM_THREADS": "1"}
@@ -26,7 +26,7 @@ TORCHRUN = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
 
 
 def experiment(tmp_path: Path, batch_size: int, dropout: float = 0.0, **trainer) -> Path:
-    config = tiny_config(tmp_path, epochs=2, **trainer)
+    config = tiny_config(tmp_path, full_metrics=True, epochs=2, **trainer)  # torchmetrics states sync across ranks
     config["arch"] = {"type": "fault_injection:SignalingDigitsCNN", "args": {"num_classes": 10, "dropout": dropout}}
     config["optimizer"] = {"type": "SGD", "args": {"lr": 0.05, "momentum": 0.9}}
     # 1,438 - 157 = 1,281 training samples: drop_last keeps 1,280 both ways; 157 validation
@@ -57,7 +57,7 @@ def ddp_run(tmp_path_factory):
 
 def test_two_processes_of_batch_b_equal_one_process_of_batch_2b(tmp_path, ddp_run):
     ddp_dir, _ = ddp_run
-    single = run_script("train.py", "-c", str(experiment(tmp_path, 64)), "--run-id", "single", "--trust-checkpoint", env=ENV)
+    single = run_here("train.py", "-c", str(experiment(tmp_path, 64)), "--run-id", "single", "--trust-checkpoint", env=ENV)
     assert single.returncode == 0, single.stderr
     single_dir = tmp_path / "saved" / "digits_cnn" / "single"
     a, b = last(ddp_dir), last(single_dir)
@@ -103,7 +103,7 @@ def test_only_rank_zero_writes(ddp_run):
 
 def test_ddp_checkpoint_resumes_in_a_single_process(ddp_run):
     ddp_dir, _ = ddp_run
-    resumed = run_script("train.py", "-r", str(ddp_dir / "checkpoints" / "last.pth"), "trainer.epochs=3", "--trust-checkpoint", env=ENV)
+    resumed = run_here("train.py", "-r", str(ddp_dir / "checkpoints" / "last.pth"), "trainer.epochs=3", "--trust-checkpoint", env=ENV)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming with 1" in resumed.stdout
     assert [row["epoch"] for row in rows(ddp_dir)] == [1, 2, 3]

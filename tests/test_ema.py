@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from helpers import build_trainer, last_checkpoint, metric_rows, run_script, tiny_config, write_config
+from helpers import build_trainer, last_checkpoint, metric_rows, run_here, tiny_config, write_config
 
 from trainer.ema import EMA
 
@@ -71,12 +71,12 @@ def ema_runs(tmp_path_factory):
     config = tiny_config(tmp_path, epochs=4, limit_batches=5, ema_decay=0.8, ema_warmup=True)
     config["arch"]["args"]["dropout"] = 0.3
     path = write_config(tmp_path, config)
-    straight = run_script("train.py", "-c", str(path), "--run-id", "straight")
+    straight = run_here("train.py", "-c", str(path), "--run-id", "straight")
     assert straight.returncode == 0, straight.stderr
-    first = run_script("train.py", "-c", str(path), "--run-id", "split", "trainer.epochs=2")
+    first = run_here("train.py", "-c", str(path), "--run-id", "split", "trainer.epochs=2")
     assert first.returncode == 0, first.stderr
     split = tmp_path / "saved" / "digits_cnn" / "split"
-    second = run_script("train.py", "-r", str(split / "checkpoints" / "last.pth"), "trainer.epochs=4")
+    second = run_here("train.py", "-r", str(split / "checkpoints" / "last.pth"), "trainer.epochs=4")
     assert second.returncode == 0, second.stderr
     return tmp_path / "saved" / "digits_cnn" / "straight", split
 
@@ -110,10 +110,10 @@ def test_test_py_evaluates_the_ema_weights_unless_asked_for_the_raw_ones(ema_run
         model.load_state_dict({**state["model"], **(state["ema"]["weights"] if weights == "ema" else {})})
         with torch.no_grad():
             accuracies[weights] = (model.eval()(images).argmax(1) == labels).sum().item() / len(labels)
-        result = run_script("test.py", "-r", str(checkpoint), "--weights", weights, "--out", str(tmp_path / f"{weights}.json"))
+        result = run_here("test.py", "-r", str(checkpoint), "--weights", weights, "--out", str(tmp_path / f"{weights}.json"))
         assert result.returncode == 0, result.stderr
         reported = json.loads((tmp_path / f"{weights}.json").read_text())
         assert reported["weights"] == weights and reported["accuracy"] == accuracies[weights]
-    auto = run_script("test.py", "-r", str(checkpoint), "--out", str(tmp_path / "auto.json"))
+    auto = run_here("test.py", "-r", str(checkpoint), "--out", str(tmp_path / "auto.json"))
     assert auto.returncode == 0 and json.loads((tmp_path / "auto.json").read_text())["accuracy"] == accuracies["ema"]
     assert accuracies["ema"] != accuracies["raw"]  # a decay of 0.8 over 20 steps leaves the average elsewhere

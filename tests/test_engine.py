@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from helpers import ROOT, build_trainer, metric_rows, run_script, tiny_config, write_config
+from helpers import ROOT, build_trainer, metric_rows, run_here, tiny_config, write_config
 
 MLP = {"type": "MLP", "args": {"in_features": 64, "hidden": 32, "num_classes": 10, "dropout": 0.0}}
 
@@ -130,7 +130,7 @@ def test_non_finite_loss_stops_with_epoch_and_step_and_keeps_last_checkpoint(tmp
     config = mlp_config(tmp_path, epochs=3)
     config["loss"] = {"type": "fault_injection:NanLossAfter", "args": {"at": 28}}  # the pre-flight's loss is call 1
     path = write_config(tmp_path, config)
-    result = run_script("train.py", "-c", str(path), "--run-id", "nan", "--trust-checkpoint", env={"PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"})
+    result = run_here("train.py", "-c", str(path), "--run-id", "nan", "--trust-checkpoint", env={"PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"})
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("error: non-finite loss (nan) in epoch 2 at optimizer step 27")
     assert "Traceback" not in result.stderr

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT, TESTS_ENV, kill_tree, metric_rows, run_script, tiny_config, write_config
+from helpers import ROOT, TESTS_ENV, kill_tree, metric_rows, run_here, run_script, tiny_config, write_config
 
 from utils.checkpoints import load_checkpoint
 from utils.checkpoints.files import with_checksums
@@ -56,9 +56,9 @@ def runs(tmp_path_factory):
     for run_id, strategy in (("ddp", "ddp"), ("fsdp", "fsdp")):
         result = torchrun("-c", str(config), "--run-id", run_id, f"trainer.strategy={strategy}")
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    split = torchrun("-c", str(config), "--run-id", "split", "trainer.strategy=fsdp", "trainer.epochs=1")
-    assert split.returncode == 0, split.stderr[-3000:]
-    resumed = torchrun("-r", str(tmp_path / "saved" / "digits_cnn" / "split" / "checkpoints" / "last.dcp"), "trainer.epochs=2")
+    saved = tmp_path / "saved" / "digits_cnn"
+    shutil.copytree(saved / "fsdp", saved / "split", symlinks=True)  # its first epoch, resumed: the run as a preemption leaves it
+    resumed = torchrun("-r", str(saved / "split" / "checkpoints" / "epoch-1.dcp"), "trainer.epochs=2")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     return tmp_path, tmp_path / "saved" / "digits_cnn"
 
@@ -97,12 +97,12 @@ def test_the_snapshot_layout_and_links(runs):
 def test_a_two_process_checkpoint_resumes_in_one_process_and_test_py_reads_it(runs):
     tmp_path, saved = runs
     shutil.copytree(saved / "fsdp", saved / "single", symlinks=True)
-    resumed = run_script("train.py", "-r", str(saved / "single" / "checkpoints" / "epoch-1.dcp"), "trainer.epochs=2", env=ENV)
+    resumed = run_here("train.py", "-r", str(saved / "single" / "checkpoints" / "epoch-1.dcp"), "trainer.epochs=2", env=ENV)
     assert resumed.returncode == 0, resumed.stderr
     assert "checkpoint written by 2 process(es), resuming with 1" in resumed.stdout
     assert [row["epoch"] for row in metric_rows(saved / "single")] == [1, 2]
     out = tmp_path / "test.json"
-    tested = run_script("test.py", "-r", str(saved / "fsdp" / "checkpoints" / "best.dcp"), "--out", str(out), env=ENV)
+    tested = run_here("test.py", "-r", str(saved / "fsdp" / "checkpoints" / "best.dcp"), "--out", str(out), env=ENV)
     assert tested.returncode == 0, tested.stderr
     assert '"samples": 359' in out.read_text()
 
@@ -110,15 +110,16 @@ def test_a_two_process_checkpoint_resumes_in_one_process_and_test_py_reads_it(ru
 def test_dcp_to_torch_output_loads_with_weights_only_and_is_accepted(runs):
     tmp_path, saved = runs
     snapshot, converted = saved / "fsdp" / "checkpoints" / "last.dcp", tmp_path / "converted.pth"
-    result = run_script("-m", "torch.distributed.checkpoint.format_utils", "dcp_to_torch", str(snapshot), str(converted))
-    assert result.returncode == 0, result.stderr
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    dcp_to_torch_save(snapshot, converted)  # what `python -m torch.distributed.checkpoint.format_utils dcp_to_torch` runs
     state = torch.load(converted, weights_only=True)
     original = weights(snapshot)
     assert all(torch.equal(state["model"][key], value) for key, value in original.items())
     config = saved / "fsdp" / "config.json"
-    tested = run_script("test.py", "-r", str(converted), "-c", str(config), "--out", str(tmp_path / "c.json"), env=ENV)
+    tested = run_here("test.py", "-r", str(converted), "-c", str(config), "--out", str(tmp_path / "c.json"), env=ENV)
     assert tested.returncode == 0, tested.stderr
-    tuned = run_script("train.py", "-r", str(converted), "-c", str(config), "--run-id", "tuned", "trainer.epochs=1", env=ENV)
+    tuned = run_here("train.py", "-r", str(converted), "-c", str(config), "--run-id", "tuned", "trainer.epochs=1", env=ENV)
     assert tuned.returncode == 0, tuned.stderr
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT, run_script, tiny_config, write_config
+from helpers import ROOT, run_here, tiny_config, write_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from app.run_dir import RunDirectory
@@ -93,10 +93,10 @@ def run_on_terminal(*args: str, env: dict) -> tuple[int, str, str]:
 def runs(tmp_path_factory) -> dict:
     """Train 2 epochs (output not a terminal), then resume to 4 epochs on a terminal with images and histograms on."""
     tmp_path = tmp_path_factory.mktemp("logging")
-    config = tiny_config(tmp_path, epochs=2, tensorboard=True, log_step=LOG_STEP, keep_last=0)
+    config = tiny_config(tmp_path, full_metrics=True, epochs=2, tensorboard=True, log_step=LOG_STEP, keep_last=0)
     path = write_config(tmp_path, config)
     run_dir = tmp_path / "saved" / "digits_cnn" / "run"
-    first = run_script("train.py", "--run-id", "run", "-c", str(path), env=THREADS)
+    first = run_here("train.py", "--run-id", "run", "-c", str(path), env=THREADS)
     assert first.returncode == 0, first.stderr
     after_first = {
         "events": read_events(run_dir),

@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 import torchmetrics
-from helpers import build_trainer, metric_rows, run_script, tiny_config
+from helpers import build_trainer, metric_rows, run_here, run_script, tiny_config
 
 from base.progress import Monitor
 from model.metric import Accuracy, accuracy
@@ -199,7 +199,7 @@ def test_batches_that_cannot_be_joined_safely_are_measured_one_by_one():
 
 
 def test_training_and_validation_have_separate_metric_objects(tmp_path):
-    trainer, _ = build_trainer(tmp_path, tiny_config(tmp_path, epochs=1, limit_batches=2))
+    trainer, _ = build_trainer(tmp_path, tiny_config(tmp_path, full_metrics=True, epochs=1, limit_batches=2))
     train_objects, valid_objects = trainer.train_metrics.objects, trainer.evaluator.metrics.objects
     assert set(train_objects) == set(valid_objects) == {"accuracy", "f1", "auroc", "confusion"}
     assert all(train_objects[name] is not valid_objects[name] for name in train_objects)
@@ -216,7 +216,7 @@ def test_a_tie_is_not_an_improvement_and_nan_never_is():
 @pytest.fixture(scope="module")
 def digits_checkpoint(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("metrics")
-    trainer, run_dir = build_trainer(tmp_path, tiny_config(tmp_path, epochs=2))
+    trainer, run_dir = build_trainer(tmp_path, tiny_config(tmp_path, full_metrics=True, epochs=2))
     trainer.train()
     return tmp_path, run_dir / "checkpoints" / "best.pth"
 
@@ -233,7 +233,7 @@ def test_test_py_f1_and_auroc_are_the_same_for_any_batch_size_and_equal_scikit_l
     reported = {}
     for batch in (1, 7, 64):
         out = tmp_path / f"b{batch}.json"
-        result = run_script("test.py", "-r", str(checkpoint), "--out", str(out), f"data_loader.args.batch_size={batch}")
+        result = run_here("test.py", "-r", str(checkpoint), "--out", str(out), f"data_loader.args.batch_size={batch}")
         assert result.returncode == 0, result.stderr
         reported[batch] = json.loads(out.read_text())
     assert {b: (r["f1"], r["auroc"], r["accuracy"], r["confusion"]) for b, r in reported.items()}.keys() == {1, 7, 64}
@@ -253,7 +253,7 @@ def test_test_py_f1_and_auroc_are_the_same_for_any_batch_size_and_equal_scikit_l
 def test_test_py_under_torchrun_reports_what_one_process_reports(digits_checkpoint):
     tmp_path, checkpoint = digits_checkpoint
     one, two = tmp_path / "one.json", tmp_path / "two.json"
-    assert run_script("test.py", "-r", str(checkpoint), "--out", str(one)).returncode == 0
+    assert run_here("test.py", "-r", str(checkpoint), "--out", str(one)).returncode == 0
     result = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "test.py", "-r", str(checkpoint), "--out", str(two))
     assert result.returncode == 0, result.stderr
     a, b = json.loads(one.read_text()), json.loads(two.read_text())
@@ -268,15 +268,15 @@ def test_the_regression_example_trains_and_reports_r2(tmp_path):
 
     from data_loader.diabetes import diabetes_dataset
 
-    result = run_script("train.py", "-c", "configs/diabetes.json", "--run-id", "r", f"trainer.save_dir={tmp_path}", "trainer.epochs=15")
+    result = run_here("train.py", "-c", "configs/diabetes.json", "--run-id", "r", f"trainer.save_dir={tmp_path}", "trainer.epochs=15")
     assert result.returncode == 0, result.stderr
     run_dir = tmp_path / "diabetes_regression" / "r"
     rows = metric_rows(run_dir)
     assert {"mae", "r2", "val_mae", "val_r2"} <= set(rows[0])
     predictions = tmp_path / "p.npz"
-    predicted = run_script("predict.py", "-r", str(run_dir / "checkpoints" / "best.pth"), "--out", str(predictions))
+    predicted = run_here("predict.py", "-r", str(run_dir / "checkpoints" / "best.pth"), "--out", str(predictions))
     assert predicted.returncode == 0, predicted.stderr
-    tested = run_script("test.py", "-r", str(run_dir / "checkpoints" / "best.pth"), "--out", str(tmp_path / "t.json"))
+    tested = run_here("test.py", "-r", str(run_dir / "checkpoints" / "best.pth"), "--out", str(tmp_path / "t.json"))
     assert tested.returncode == 0, tested.stderr
     reported = json.loads((tmp_path / "t.json").read_text())
     import numpy as np

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, run_script
+from helpers import ROOT, run_here, run_script
 
 from utils.errors import EXIT_USER_ERROR, UserError
 
@@ -135,7 +135,7 @@ def test_refuses_a_non_empty_folder_and_touches_nothing(tmp_path):
     write_tree(target, {"notes.txt": "my notes\n", "model/model.py": "# my model\n"})
     before = snapshot(target)
 
-    result = run_script("new_project.py", str(target))
+    result = run_here("new_project.py", str(target))
 
     assert result.returncode == EXIT_USER_ERROR, result.stderr
     lines = result.stderr.strip().splitlines()
@@ -149,7 +149,7 @@ def test_force_adds_template_files_and_keeps_the_users(tmp_path):
     write_tree(target, {"notes.txt": "my notes\n", "model/my_model.py": "# mine\n", "config.json": "{}", "saved/exp/run/train.log": "x\n"})
     mine = {rel: (target / rel).read_bytes() for rel in ("notes.txt", "model/my_model.py", "saved/exp/run/train.log")}
 
-    result = run_script("new_project.py", str(target), "--force", "--name", "mine")
+    result = run_here("new_project.py", str(target), "--force", "--name", "mine")
 
     assert result.returncode == 0, result.stderr
     assert all((target / rel).read_bytes() == data for rel, data in mine.items())
@@ -204,7 +204,7 @@ def test_help_says_force_never_deletes(capsys):
 @pytest.mark.slow
 def test_new_project_is_clean_green_and_trains(tmp_path):
     target = tmp_path / "MyProject"
-    made = run_script("new_project.py", str(target))
+    made = run_here("new_project.py", str(target))
     assert made.returncode == 0, made.stderr
 
     copied = files_under(target)

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import build_trainer, run_script, tiny_config
+from helpers import build_trainer, run_here, run_script, tiny_config
 
 from app.prediction_files import read_predictions
 
@@ -25,7 +25,7 @@ def digits(tmp_path_factory):
     files = {}
     for suffix in (".jsonl", ".csv", ".npz", ".pt"):
         files[suffix] = tmp_path / f"predictions{suffix}"
-        result = run_script("predict.py", "-r", str(checkpoint), "--out", str(files[suffix]))
+        result = run_here("predict.py", "-r", str(checkpoint), "--out", str(files[suffix]))
         assert result.returncode == 0, result.stderr
     assert "samples/s" in result.stdout  # the throughput is logged
     return tmp_path, checkpoint, files
@@ -37,7 +37,7 @@ def test_359_rows_in_index_order_whose_accuracy_equals_test_py(digits):
     assert [row["index"] for row in rows] == list(range(359))
     assert set(rows[0]) == {"index", "target", "prediction", "output"}
     assert all(len(row["output"]) == 10 and abs(sum(row["output"]) - 1) < 1e-5 for row in rows)  # log-probabilities became probabilities
-    tested = run_script("test.py", "-r", str(checkpoint), "--out", str(tmp_path / "test.json"))
+    tested = run_here("test.py", "-r", str(checkpoint), "--out", str(tmp_path / "test.json"))
     assert tested.returncode == 0, tested.stderr
     accuracy = sum(row["prediction"] == row["target"] for row in rows) / len(rows)
     assert accuracy == json.loads((tmp_path / "test.json").read_text())["accuracy"]
@@ -77,11 +77,11 @@ def test_an_existing_file_needs_force_and_bad_outputs_are_one_line_errors(digits
         (tmp_path / "p.parquet", "no known extension; use one of .jsonl, .csv, .npz, .pt"),
         (tmp_path / "missing" / "p.csv", "does not exist; create it first"),
     ):
-        result = run_script("predict.py", "-r", str(checkpoint), "--out", str(out))
+        result = run_here("predict.py", "-r", str(checkpoint), "--out", str(out))
         assert result.returncode == 2 and result.stderr.startswith("error: --out: ") and expected in result.stderr, result.stderr
         assert result.stderr.count("\n") == 1
     assert files[".csv"].read_bytes() == before
-    forced = run_script("predict.py", "-r", str(checkpoint), "--out", str(files[".csv"]), "--force", "--split", "val")
+    forced = run_here("predict.py", "-r", str(checkpoint), "--out", str(files[".csv"]), "--force", "--split", "val")
     assert forced.returncode == 0, forced.stderr
     assert len(read_predictions(files[".csv"])) == 216  # the validation split
 

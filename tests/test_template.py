@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT, run_script, tiny_config, write_config
+from helpers import ROOT, run_here, run_script, tiny_config, write_config
 
 from data_loader.data_loaders import DigitsDataLoader, digits_dataset
 from model.metric import accuracy
@@ -20,7 +20,7 @@ from trainer import Evaluator
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("digits")
-    config = write_config(tmp_path, tiny_config(tmp_path, epochs=3, save_period=2, tensorboard=True))
+    config = write_config(tmp_path, tiny_config(tmp_path, full_metrics=True, epochs=3, save_period=2, tensorboard=True))
     result = run_script("train.py", "-c", str(config), "--run-id", "e2e")
     assert result.returncode == 0, result.stderr
     return tmp_path / "saved" / "digits_cnn" / "e2e", result
@@ -47,13 +47,13 @@ def test_a_run_directory_holds_everything_the_readme_lists(digits_run):
 def test_test_py_evaluates_the_held_out_split_without_a_new_run(digits_run, tmp_path):
     run_dir, _ = digits_run
     before = sorted(p.name for p in run_dir.parent.iterdir())
-    result = run_script("test.py", "-r", str(run_dir / "checkpoints" / "best.pth"))
+    result = run_here("test.py", "-r", str(run_dir / "checkpoints" / "best.pth"))
     assert result.returncode == 0, result.stderr
     metrics = json.loads((run_dir / "test_metrics.json").read_text())
     assert metrics["samples"] == 359 and 0.5 < metrics["accuracy"] <= 1.0
     assert sorted(p.name for p in run_dir.parent.iterdir()) == before
     out = tmp_path / "elsewhere.json"
-    assert run_script("test.py", "-r", str(run_dir / "checkpoints" / "last.pth"), "--out", str(out)).returncode == 0
+    assert run_here("test.py", "-r", str(run_dir / "checkpoints" / "last.pth"), "--out", str(out)).returncode == 0
     assert json.loads(out.read_text())["epoch"] == 3
 
 
@@ -117,10 +117,10 @@ def test_mnist_config_trains_on_generated_idx_files(tmp_path):
     config["trainer"].update(save_dir=str(tmp_path / "saved"), epochs=2, tensorboard=False)
     path = write_config(tmp_path, config)
     overrides = (f"data_loader.args.data_dir={tmp_path / 'data'}", "data_loader.args.download=false", "data_loader.args.num_workers=0")
-    result = run_script("train.py", "-c", str(path), "--run-id", "idx", *overrides)
+    result = run_here("train.py", "-c", str(path), "--run-id", "idx", *overrides)
     assert result.returncode == 0, result.stderr
     assert "108 training samples, 12 validation samples" in result.stdout
-    test = run_script("test.py", "-r", str(tmp_path / "saved" / "mnist_lenet" / "idx" / "checkpoints" / "last.pth"), *overrides)
+    test = run_here("test.py", "-r", str(tmp_path / "saved" / "mnist_lenet" / "idx" / "checkpoints" / "last.pth"), *overrides)
     assert test.returncode == 0, test.stderr
     assert json.loads((tmp_path / "saved" / "mnist_lenet" / "idx" / "test_metrics.json").read_text())["samples"] == 40
 
@@ -130,7 +130,7 @@ def test_missing_mnist_offline_is_a_one_line_error(tmp_path):
     config = json.loads((ROOT / "configs" / "mnist.json").read_text())
     config["trainer"]["save_dir"] = str(tmp_path / "saved")
     path = write_config(tmp_path, config)
-    result = run_script("train.py", "-c", str(path), f"data_loader.args.data_dir={tmp_path / 'nothing'}", "data_loader.args.download=false")
+    result = run_here("train.py", "-c", str(path), f"data_loader.args.data_dir={tmp_path / 'nothing'}", "data_loader.args.download=false")
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
     assert "data_loader.args.data_dir: MNIST is not in" in result.stderr
@@ -166,7 +166,7 @@ def test_a_pytorch_template_config_runs_once_its_classes_are_ported(tmp_path):
     data = make_mnist(tmp_path)
     path = write_config(tmp_path, PYTORCH_TEMPLATE_CONFIG)
     overrides = ("arch.type=LeNet", f"data_loader.args.data_dir={data}", "data_loader.args.download=false", "data_loader.args.num_workers=0")
-    result = run_script("train.py", "-c", str(path), "--run-id", "ported", *overrides, f"trainer.save_dir={tmp_path / 'saved'}", "trainer.epochs=2")
+    result = run_here("train.py", "-c", str(path), "--run-id", "ported", *overrides, f"trainer.save_dir={tmp_path / 'saved'}", "trainer.epochs=2")
     assert result.returncode == 0, result.stderr
     assert "n_gpu is not used here: set device" in result.stdout and "torchrun --nproc_per_node=N" in result.stdout
     rows = [json.loads(line) for line in (tmp_path / "saved" / "Mnist_LeNet" / "ported" / "metrics.jsonl").read_text().splitlines()]

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from helpers import ROOT, run_script
+from helpers import ROOT, run_here
 
 from app.config import Config, build_loss, build_lr_scheduler, build_metrics, build_optimizer
 from data_loader.text import PAD_INDEX, UNK_INDEX, TextClassificationDataset, TextDataLoader, Vocabulary, pad_collate, tokenize
@@ -94,7 +94,7 @@ def test_config_builds_and_runs_one_batch():
 @pytest.mark.slow
 def test_text_example_learns_and_test_py_evaluates_the_checkpoint(tmp_path):
     overrides = [f"trainer.save_dir={tmp_path}", "trainer.epochs=8", "trainer.early_stop=0", "trainer.tensorboard=false"]
-    result = run_script("train.py", "-c", "configs/text.json", "--run-id", "run", *overrides, env=THREADS)
+    result = run_here("train.py", "-c", "configs/text.json", "--run-id", "run", *overrides, env=THREADS)
     assert result.returncode == 0, result.stderr + result.stdout
     run_dir = tmp_path / "text_topics" / "run"
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -103,7 +103,7 @@ def test_text_example_learns_and_test_py_evaluates_the_checkpoint(tmp_path):
     assert rows[-1]["accuracy"] > rows[0]["accuracy"]
 
     out = tmp_path / "test_metrics.json"
-    result = run_script("test.py", "-r", str(run_dir / "checkpoints" / "best.pth"), "--out", str(out), env=THREADS)
+    result = run_here("test.py", "-r", str(run_dir / "checkpoints" / "best.pth"), "--out", str(out), env=THREADS)
     assert result.returncode == 0, result.stderr + result.stdout
     metrics = json.loads(out.read_text())
     assert metrics["samples"] == 64 and metrics["accuracy"] >= 0.55, metrics
@@ -112,7 +112,7 @@ def test_text_example_learns_and_test_py_evaluates_the_checkpoint(tmp_path):
     sentences.write_text("the striker scored twice in the final\n\nadd the garlic and simmer the sauce\nheavy rain is expected tonight\n")
     predictions = tmp_path / "new.jsonl"
     checkpoint = str(run_dir / "checkpoints" / "best.pth")
-    result = run_script("predict.py", "-r", checkpoint, "--input", str(sentences), "--out", str(predictions), env=THREADS)
+    result = run_here("predict.py", "-r", checkpoint, "--input", str(sentences), "--out", str(predictions), env=THREADS)
     assert result.returncode == 0, result.stderr + result.stdout
     rows = [json.loads(line) for line in predictions.read_text().splitlines()]
     assert [(row["index"], row["line"]) for row in rows] == [(0, 1), (1, 3), (2, 4)]  # the blank line 2 is no sentence

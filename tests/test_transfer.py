@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from helpers import ROOT, run_script, write_images
+from helpers import ROOT, run_here, write_images
 
 from app.config import Config, build_loss, build_lr_scheduler, build_metrics, build_optimizer
 from data_loader.image_folder import ImageFolderDataLoader
@@ -67,7 +67,7 @@ def trained(tmp_path_factory, images, pretrained):
     """configs/transfer.json run for real by train.py for 2 epochs; returns its checkpoints folder."""
     save_dir = tmp_path_factory.mktemp("saved")
     overrides = [*transfer_overrides(images, save_dir, pretrained[0]), "trainer.epochs=2", "trainer.save_period=1", "trainer.early_stop=0"]
-    result = run_script("train.py", "-c", "configs/transfer.json", "--run-id", "run", *overrides, env=THREADS)
+    result = run_here("train.py", "-c", "configs/transfer.json", "--run-id", "run", *overrides, env=THREADS)
     assert result.returncode == 0, result.stderr + result.stdout
     return save_dir / "transfer_resnet18" / "run" / "checkpoints"
 
@@ -113,7 +113,7 @@ def test_checkpoint_reloads_strictly_and_evaluates_on_test_split(trained):
 def test_weights_name_offline_is_a_one_line_error(tmp_path, images):
     overrides = [*transfer_overrides(images, tmp_path, "IMAGENET1K_V1"), "trainer.epochs=1"]
     env = {**OFFLINE, **THREADS, "TORCH_HOME": str(tmp_path / "torch_home")}
-    result = run_script("train.py", "-c", "configs/transfer.json", *overrides, env=env)
+    result = run_here("train.py", "-c", "configs/transfer.json", *overrides, env=env)
     assert result.returncode == 2, result.stderr + result.stdout
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
@@ -211,7 +211,7 @@ def test_predict_writes_a_row_per_unlabelled_image_with_its_path(trained, tmp_pa
     write_images(folder / "batch1", 6, (200, 40, 40), seed=5)
     write_images(folder / "batch2", 4, (40, 40, 200), seed=6)
     out = tmp_path / "new.csv"
-    result = run_script("predict.py", "-r", str(trained / "best.pth"), "--input", str(folder), "--out", str(out), env=THREADS)
+    result = run_here("predict.py", "-r", str(trained / "best.pth"), "--input", str(folder), "--out", str(out), env=THREADS)
     assert result.returncode == 0, result.stderr + result.stdout
     rows = list(csv.DictReader(out.open()))
     assert [row["path"] for row in rows] == [f"batch1/{i}.png" for i in range(6)] + [f"batch2/{i}.png" for i in range(4)]

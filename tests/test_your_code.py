@@ -316,7 +316,7 @@ def test_references_keep_types_follow_overrides_and_name_both_keys_when_wrong(tm
     ):
         with pytest.raises(UserError, match=message):
             resolve_references(bad, "x")
-    config = tiny_config(tmp_path)
+    config = tiny_config(tmp_path, full_metrics=True)
     config = Config.from_dict(config, "c", ["arch.args.num_classes=7"])
     assert [m["args"]["num_classes"] for m in config["metrics"] if "num_classes" in m.get("args", {})] == [7, 7, 7]
     literal = Config.from_dict({**tiny_config(tmp_path), "name": "a\\${b}"}, "c")
