@@ -27,9 +27,10 @@ import json
 import sys
 from pathlib import Path
 
-from app.run_records import RunRecord, differing_keys, find_run_dirs, flatten, read_run
+from app.run_records import RunRecord, differing_keys, find_run_dirs, read_run
 from utils.errors import UserError, report
 from utils.files import OutputClaim, file_error, temporary_name
+from utils.nested import flatten
 
 FIXED = ("run", "name", "run_id", "state", "epochs", "monitor", "best", "best_epoch")
 

@@ -36,7 +36,7 @@ from logger.logger import get_logger, setup_logging
 from logger.trackers import close_parent, open_parent
 from utils import distributed
 from utils.device import limit_visible_gpus, select_device
-from utils.errors import UserError, first_line
+from utils.errors import UserError
 from utils.files import read_json, write_atomic
 from utils.signals import StartupStopped, StopRequest
 
@@ -208,15 +208,7 @@ class CrossValidation:
                 **common,
             )
         get_logger().info("fold %d of %d: %s", fold, self.folds, "resuming " + str(last) if last else "starting")
-        session = Session(request, stop)
-        try:
-            return session.run()
-        except (KeyboardInterrupt, StartupStopped):
-            session.abandon(stopped=True, reason="stopped while starting")
-            raise
-        except BaseException as exc:
-            session.abandon(stopped=False, reason=first_line(exc))
-            raise
+        return Session(request, stop).run_or_abandon()
 
     def write_summary(self, finished: dict[int, dict]) -> None:
         summary = summarize(finished)

@@ -27,6 +27,7 @@ from typing import Any
 from app.run_dir import lock_holder
 from logger.metrics_file import DamagedHistory, MetricsFile
 from utils.errors import UserError
+from utils.nested import flatten
 
 STATES = ("running", "finished", "stopped", "failed")
 MAX_DEPTH = 6
@@ -152,16 +153,6 @@ def find_run_dirs(folder: Path) -> list[Path]:
                 kept.append(name)
         dirs[:] = kept
     return sorted(found)
-
-
-def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists stay values (compared as a whole)."""
-    if isinstance(value, dict) and value:
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            out.update(flatten(item, f"{prefix}{key}."))
-        return out
-    return {prefix.rstrip("."): value}
 
 
 def differing_keys(configs: list[dict]) -> list[str]:

@@ -41,10 +41,10 @@ from trainer.preflight import run_preflight
 from utils import distributed
 from utils.checkpoints import Checkpoint, load_checkpoint, load_weights, run_dir_of
 from utils.device import limit_visible_gpus, select_device
-from utils.errors import UserError
+from utils.errors import UserError, first_line
 from utils.files import file_error, write_atomic
 from utils.seed import seed_everything
-from utils.signals import StopRequest
+from utils.signals import StartupStopped, StopRequest
 
 
 @dataclass
@@ -105,6 +105,18 @@ class Session:
         self.training = True
         self.trainer.train()
         return self.outcome()
+
+    def run_or_abandon(self) -> int:
+        """:meth:`run` for a driver of many runs (the folds of a CV, a sweep's trials): a run that
+        a signal or an error ends is abandoned here (:meth:`abandon`) and the exception goes on."""
+        try:
+            return self.run()
+        except (KeyboardInterrupt, StartupStopped):
+            self.abandon(stopped=True, reason="stopped while starting")
+            raise
+        except BaseException as exc:
+            self.abandon(stopped=False, reason=first_line(exc))
+            raise
 
     def prepare(self) -> Path | None:
         """Check and build everything, then claim the run directory; None if a signal came first."""

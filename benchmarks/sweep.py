@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,14 +37,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-
-def timed(command: list[str], env: dict) -> float:
-    started = time.perf_counter()
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
-    elapsed = time.perf_counter() - started
-    if result.returncode != 0:
-        raise SystemExit(f"{' '.join(command[:3])} failed:\n{result.stderr[-2000:]}")
-    return elapsed
+from benchmarks.startup import timed  # noqa: E402 - whole processes, timed as startup.py times them
 
 
 def overhead(trials: int, pairs: int, tmp: Path) -> None:

@@ -161,7 +161,8 @@ def write_atomic(path: Path, data: str | bytes, key: str, fix: str) -> None:
         raise file_error(key, path, exc, fix) from None
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (one we may not signal counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -178,7 +179,7 @@ def remove_stale_temporaries(folder: Path, target: str | None = None) -> list[Pa
     with contextlib.suppress(OSError):
         for path in Path(folder).glob(".*.tmp-*"):
             match = _TEMP.match(path.name)
-            if match and (target is None or match.group(1) == target[:180]) and path.is_file() and not _alive(int(match.group(2))):
+            if match and (target is None or match.group(1) == target[:180]) and path.is_file() and not process_alive(int(match.group(2))):
                 with contextlib.suppress(OSError):
                     path.unlink()
                 stale.append(path)

@@ -69,3 +69,14 @@ def shape_problem(value: Any) -> str | None:
         stack.append((node, True, where))
         stack.extend((item, False, f"{where}.{name}" if where else str(name)) for name, item in items)
     return None
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested mapping by dotted key: ``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists, scalars and
+    empty mappings are values (compared, logged or shown as a whole)."""
+    if isinstance(value, dict) and value:
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(flatten(item, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: value}

@@ -33,9 +33,11 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from app.run_records import differing_keys, flatten
+from app.run_records import differing_keys
 from app.sweeps.space import Space
 from utils.errors import UserError, first_line
+from utils.files import process_alive
+from utils.nested import flatten
 
 MARKER_STALE_SECONDS = 600
 
@@ -168,18 +170,8 @@ def _marker_is_stale(storage, marker: str, waited: float) -> bool:
     if not isinstance(owner, dict):
         return waited > 60  # made, but its owner has not signed it for a minute
     if owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int):
-        return not _alive(owner["pid"])
+        return not process_alive(owner["pid"])
     return time.time() - float(owner.get("time", 0)) > MARKER_STALE_SECONDS
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def retry_stale_trial(study, trial) -> None:

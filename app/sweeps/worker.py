@@ -53,7 +53,7 @@ from logger.trackers import close_parent, open_parent
 from utils import distributed
 from utils.errors import NonFiniteLossError, UserError, first_line
 from utils.files import file_error, read_json, write_atomic
-from utils.signals import StartupStopped, StopRequest
+from utils.signals import StopRequest
 
 SWEEP_FILE = "sweep.json"
 MAX_FAILURES_IN_A_ROW = 3
@@ -420,42 +420,32 @@ class Sweep:
             distributed.on_main(lambda: self._report_history(folder))
             request = RunRequest(resume=str(last), **common)
         else:
-            request = RunRequest(
-                config_data=self.raw,
-                config_source=f"{self.request.config} (trial {job.slot})",
-                overrides=[*self.request.overrides, *self.space.overrides(job.values)],
-                run_dir=folder,
-                **common,
-            )
+            request = self._new_trial(job, folder, **common)
         session = Session(request, self.stop)
-        try:
-            code = session.run()
-        except (KeyboardInterrupt, StartupStopped):
-            session.abandon(stopped=True, reason="stopped while starting")
-            raise
-        except BaseException as exc:
-            session.abandon(stopped=False, reason=first_line(exc))
-            raise
+        code = session.run_or_abandon()
         return code, session.trainer.ended_by if session.trainer is not None else None
 
     def _cross_validate(self, job: Job, folder: Path) -> tuple[int, str | None]:
         if job.how == "resume":
             cv = CrossValidation.open(folder, self.request.trust_checkpoint, self.request.devices)
         else:
-            request = RunRequest(
-                config_data=self.raw,
-                config_source=f"{self.request.config} (trial {job.slot})",
-                overrides=[*self.request.overrides, *self.space.overrides(job.values)],
-                run_dir=folder,
-                trust_checkpoint=self.request.trust_checkpoint,
-                devices=self.request.devices,
-            )
+            request = self._new_trial(job, folder, trust_checkpoint=self.request.trust_checkpoint, devices=self.request.devices)
             cv = CrossValidation.start(request, self.request.folds, self.request.command)
         cv.hint = self.request.hint
         cv.tracker_parent = self.tracker_parent
         cv.after_fold = self._fold_hook()
         code = run_cross_validation(cv, self.stop, new=job.how == "new")
         return code, cv.ended_by
+
+    def _new_trial(self, job: Job, folder: Path, **settings: Any) -> RunRequest:
+        """A new run in ``folder``: the base config with the trial's values as overrides."""
+        return RunRequest(
+            config_data=self.raw,
+            config_source=f"{self.request.config} (trial {job.slot})",
+            overrides=[*self.request.overrides, *self.space.overrides(job.values)],
+            run_dir=folder,
+            **settings,
+        )
 
     def _pruning_hook(self):
         """Every rank, after each epoch's checkpoint: rank 0 reports the monitored value and asks the pruner."""

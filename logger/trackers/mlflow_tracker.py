@@ -31,8 +31,9 @@ from typing import Any
 from urllib.parse import urlparse
 
 from logger.logger import get_logger
-from logger.trackers.settings import TrackerSettings, flatten
+from logger.trackers.settings import TrackerSettings
 from logger.trackers.tracker import STEP_KEYS, Tracker, numbers, safe_key
+from utils.nested import flatten
 
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
 STATUS = {"finished": "FINISHED", "stopped": "KILLED", "failed": "FAILED", "unknown": "KILLED"}

@@ -13,7 +13,6 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 TRACKERS = ("tensorboard", "mlflow", "wandb")
 """Every tracker name ``logger.trackers`` accepts."""
@@ -83,13 +82,3 @@ class TrackerSettings:
     @property
     def wandb_project(self) -> str:
         return self.wandb.get("project") or self.experiment
-
-
-def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists, scalars and empty mappings are values."""
-    if isinstance(config, dict) and config:
-        out: dict[str, Any] = {}
-        for key, value in config.items():
-            out.update(flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: config}
