@@ -182,6 +182,8 @@ BAD_SPACES = [
     ("monitor off", edit(), ["trainer.monitor=off"], "trainer.monitor is off; a sweep optimises the monitored value"),
     ("--folds 1", edit(), ["--folds", "1"], "--folds: must be a whole number of at least 2"),
     ("a storage nobody can open", edit(), ["--storage", "nosuchdb://x/y"], "--storage: cannot open nosuchdb://x/y"),
+    ("a storage whose driver is missing", edit(), ["--storage", "mysql://u@h/db"], "needs a database driver that is not installed (MySQLdb)"),
+    ("a storage in a missing folder", edit(), ["--storage", "sqlite:////nonexistent-folder/s.db"], "--storage: cannot open sqlite:////nonexistent"),
     ("a study name with a slash", edit(), ["--study", "a/b"], "--study: 'a/b' cannot name a folder"),
 ]
 

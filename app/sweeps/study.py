@@ -70,9 +70,10 @@ def open_storage(url: str, heartbeat: int, on_stale=None):
     beat = {"heartbeat_interval": heartbeat, "grace_period": 3 * heartbeat, "heartbeat_stale_trial_callback": on_stale} if heartbeat else {}
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=engine, **beat)
-    except ModuleNotFoundError as exc:
-        hint = "pip install psycopg2-binary (or the project's postgres extra)" if "psycopg" in str(exc) else f"install {exc.name}"
-        raise UserError(f"--storage: {masked(url)} needs the database driver {exc.name}: {hint}") from None
+    except ImportError as exc:  # Optuna wraps SQLAlchemy's ModuleNotFoundError for a missing driver
+        missing = next((e.name for e in (exc, exc.__cause__, exc.__context__) if isinstance(e, ImportError) and e.name), None) or "(see SQLAlchemy's dialects)"
+        hint = "pip install -e .[postgres]" if "psycopg" in missing or url.startswith("postgres") else f"install the driver {missing}"
+        raise UserError(f"--storage: {masked(url)} needs a database driver that is not installed ({missing}): {hint}") from None
     except (sqlalchemy.exc.SQLAlchemyError, ValueError, OSError) as exc:
         raise UserError(f"--storage: cannot open {masked(url)}: {first_line(exc)}") from None
 
