@@ -335,6 +335,57 @@ def test_two_workers_on_one_postgresql_study_finish_exactly_the_total(tmp_path):
         assert manifest["world_size"] == 2
 
 
+def test_workers_that_open_a_new_storage_together_all_open_it(tmp_path):
+    """Workers started together on a new study race to create Optuna's tables; without the retry
+    every round here had a loser ("table ... already exists")."""
+    import threading
+
+    from app.sweeps.study import open_storage
+
+    def open_it(url: str, barrier: threading.Barrier, errors: list) -> None:
+        barrier.wait()
+        try:
+            open_storage(url, 0)
+        except Exception as exc:  # noqa: BLE001 - what a loser of the race saw is the finding
+            errors.append(str(exc))
+
+    for round_ in range(3):
+        url, barrier, errors = f"sqlite:///{tmp_path / f'race-{round_}.db'}", threading.Barrier(4), []
+        threads = [threading.Thread(target=open_it, args=(url, barrier, errors)) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+
+
+def test_the_setup_lock_serialises_workers_and_leaves_no_file(tmp_path):
+    """The lock file goes when it is released; a waiter that was blocked on the removed file takes the
+    new one, so two workers never hold it at once."""
+    import threading
+    import time
+
+    from app.sweeps.worker import SetupLock
+
+    path = tmp_path / "sweeps" / ".space.lock"
+    inside, overlaps = [], []
+
+    def work() -> None:
+        with SetupLock(path) as lock:
+            overlaps.append(len(inside))
+            inside.append(1)
+            assert os.fstat(lock.fd).st_ino == os.stat(path).st_ino
+            time.sleep(0.02)
+            inside.pop()
+
+    threads = [threading.Thread(target=work) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert overlaps == [0] * 6 and not path.exists()
+
+
 def test_a_trial_whose_values_the_data_refuses_fails_and_the_sweep_goes_on(tmp_path):
     config = write_config(tmp_path, tiny_config(tmp_path, epochs=1, limit_batches=2))
     space = write_space(tmp_path, {"sampler": "grid", "params": {"data_loader.args.batch_size": {"choices": [0, 32]}, "arch.args.dropout": {"low": 0, "high": 1}}})

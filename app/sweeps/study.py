@@ -69,13 +69,31 @@ def open_storage(url: str, heartbeat: int, on_stale=None):
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     beat = {"heartbeat_interval": heartbeat, "grace_period": 3 * heartbeat, "heartbeat_stale_trial_callback": on_stale} if heartbeat else {}
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine, **beat)
+        return _first_to_make_the_tables(lambda: optuna.storages.RDBStorage(url, engine_kwargs=engine, **beat))
     except ImportError as exc:  # Optuna wraps SQLAlchemy's ModuleNotFoundError for a missing driver
         missing = next((e.name for e in (exc, exc.__cause__, exc.__context__) if isinstance(e, ImportError) and e.name), None) or "(see SQLAlchemy's dialects)"
         hint = "pip install -e .[postgres]" if "psycopg" in missing or url.startswith("postgres") else f"install the driver {missing}"
         raise UserError(f"--storage: {masked(url)} needs a database driver that is not installed ({missing}): {hint}") from None
     except (sqlalchemy.exc.SQLAlchemyError, ValueError, OSError) as exc:
         raise UserError(f"--storage: cannot open {masked(url)}: {first_line(exc)}") from None
+
+
+SCHEMA_RACE = re.compile(r"already exists|duplicate key|unique constraint|database is locked", re.IGNORECASE)
+"""What a database says to a worker that creates Optuna's tables while another worker does."""
+
+
+def _first_to_make_the_tables(make):
+    """``make()``, again after a moment when another worker was creating the storage's tables at
+    the same time (workers started together on a new study): the second one finds them made."""
+    import sqlalchemy.exc
+
+    for attempt in range(10):
+        try:
+            return make()
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            if attempt == 9 or not SCHEMA_RACE.search(str(exc)):
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 def open_study(storage, name: str, identity: dict, direction: str):

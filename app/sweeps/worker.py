@@ -30,6 +30,7 @@ traceback, so a sweep never burns its trials on a bug; fix it and run the same c
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -131,6 +132,35 @@ class FolderLock:
         os.close(self.fd)
 
 
+class SetupLock:
+    """``<sweeps>/.<study>.lock``, beside the sweep folder: the workers of this machine open (or
+    create) the study one at a time, so two started together never race to create its tables or its
+    folder, and a new sweep that fails can remove its folder without pulling it from under another.
+    The file goes when it is released; a waiter that then holds the removed file takes the new one."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.fd: int | None = None
+
+    def __enter__(self) -> SetupLock:
+        while True:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
+                    self.fd = fd
+                    return self
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+        os.close(self.fd)
+
+
 class Heartbeat:
     """Records the running trial's heartbeat in the storage every ``interval`` seconds (a thread)."""
 
@@ -205,18 +235,34 @@ class Sweep:
         distributed.on_main(lambda: self._open(identity))  # rank 0 talks to the study; a refusal there stops every rank
 
     def _open(self, identity: dict) -> None:
+        new_parents = [path for path in self.folder.parents if not path.exists()]  # deepest first
+        try:
+            self._make_folder(self.folder.parent)
+            with SetupLock(self.folder.parent / f".{self.name}.lock"):
+                self._set_up(identity)
+        except BaseException:
+            for path in new_parents:  # a new sweep that could not start leaves nothing
+                with contextlib.suppress(OSError):
+                    path.rmdir()  # only if empty: another sweep may have come meanwhile
+            raise
+        # Workers that share no disk find one parent by the study's name and storage.
+        key = None if self.request.storage is None else f"sweep {self.name} @ {masked(self.url)}"
+        self.tracker_parent = open_parent("sweep", self.folder, self.base.to_dict(), key=key)
+
+    def _set_up(self, identity: dict) -> None:
+        """Under the setup lock: open or create the study and the folder, and describe the sweep."""
         made = not self.folder.exists()
         try:
             if self.request.storage is None:
-                self._make_folder()
+                self._make_folder(self.folder)
             self.storage = open_storage(self.url, self.space.heartbeat, retry_stale_trial)
             self.study = open_study(self.storage, self.name, identity, self.direction)
             if self.request.storage is not None:
-                self._make_folder()
+                self._make_folder(self.folder)
             ensure_slots(self.study, self.space)
         except BaseException:
             if made and self.folder.exists() and self.study is None:
-                shutil.rmtree(self.folder, ignore_errors=True)  # a new sweep that could not start leaves nothing
+                shutil.rmtree(self.folder, ignore_errors=True)
             raise
         if not (self.folder / SWEEP_FILE).exists():
             description = {
@@ -230,15 +276,12 @@ class Sweep:
                 "command": self.request.hint,
             }
             write_atomic(self.folder / SWEEP_FILE, json.dumps(description, indent=2) + "\n", "sweep folder", "make it writable")
-        # Workers that share no disk find one parent by the study's name and storage.
-        key = None if self.request.storage is None else f"sweep {self.name} @ {masked(self.url)}"
-        self.tracker_parent = open_parent("sweep", self.folder, self.base.to_dict(), key=key)
 
-    def _make_folder(self) -> None:
+    def _make_folder(self, folder: Path) -> None:
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise file_error("trainer.save_dir", self.folder, exc, "choose a writable trainer.save_dir") from None
+            raise file_error("trainer.save_dir", folder, exc, "choose a writable trainer.save_dir") from None
 
     # -- the loop ----------------------------------------------------------------------------------------
 
