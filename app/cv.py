@@ -227,6 +227,8 @@ def fold_config(config: dict, folds: int, fold: int, source: str, trusted: bool)
     """The CV's config for fold ``fold``: its data loader makes fold ``fold`` of ``folds`` the validation set."""
     data = json.loads(json.dumps(config))
     args = data["data_loader"].setdefault("args", {})
+    if args.get("folds") not in (None, folds):  # a fold of its own (fold) is what the CV replaces; another count is a contradiction
+        raise UserError(f"--folds {folds}: the config's data_loader.args.folds is {args['folds']!r}; remove it from the config (a cross-validation sets it) or pass --folds {args['folds']!r}")
     args.update(folds=folds, fold=fold)
     from app.config.names import resolve_type
     from app.config.overrides import parameters
