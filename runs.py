@@ -53,7 +53,8 @@ def collect(paths: list[str]) -> tuple[list[tuple[str, RunRecord]], list[str]]:
     for given in paths:
         folder = Path(given)
         if not folder.is_dir():
-            raise UserError(f"{given}: no such folder; pass a save_dir (e.g. saved) or a run directory")
+            what = "is a file, not a folder" if folder.exists() else "no such folder"
+            raise UserError(f"{given}: {what}; pass a save_dir (e.g. saved) or a run directory")
         for path in find_run_dirs(folder):
             if path.resolve() in seen:
                 continue
