@@ -81,9 +81,10 @@ def check_arguments(config: Config, key: str, target: Callable, config_args: dic
     params = parameters(target)
     if params is None:
         return
+    own = [param for param in params if param not in supplied]  # what the code supplies is never a suggestion
     for name in config_args:
         if name not in params:
-            raise config.error(f"{key}.args.{name}", f"{node_name(target)} has no parameter {name!r}{closest(name, params, f'{key}.args.')}")
+            raise config.error(f"{key}.args.{name}", f"{node_name(target)} has no parameter {name!r}{closest(name, own, f'{key}.args.')}")
 
 
 def _check_required(config: Config, key: str, target: Callable, config_args: dict, code_args: tuple, code_kwargs: dict) -> None:
