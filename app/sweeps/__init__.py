@@ -1,6 +1,7 @@
 """Hyperparameter sweeps on Optuna: ``python sweep.py -c CONFIG --space SPACE`` (see ``sweep.py``).
 
 ``space.py`` reads and checks the search space, ``study.py`` opens the study and keeps its trial
-slots exact, ``worker.py`` takes slots and trains each as an ordinary run directory, and
+slots exact, ``worker.py`` takes slots and trains each as an ordinary run directory (``claims.py``: the locks
+and heartbeat it holds meanwhile), and
 ``results.py`` writes what the sweep folder says about the study.
 """
