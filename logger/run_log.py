@@ -109,9 +109,9 @@ class RunLog:
         self.trackers.log_epoch(row)
 
     def checkpoint_meta(self) -> dict:
-        """What a checkpoint keeps of this log: the tracker runs' ids (plain data), when there are any."""
-        ids = self.trackers.ids()
-        return {"trackers": ids} if ids else {}
+        """What a checkpoint keeps of this log: the tracker runs' ids and marks (plain data), when there are any."""
+        records = self.trackers.records()
+        return {"trackers": records} if records else {}
 
     def end(self, state: str) -> None:
         """How this session ended (``finished``, ``stopped``, ``failed``; ``discarded`` when the run

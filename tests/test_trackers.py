@@ -237,6 +237,36 @@ def test_wandb_offline_folders_hold_each_epoch_once(resumed):
 # -- a fine-tune and a cross-validation: linked tracker runs --------------------------------------------------
 
 
+def test_a_resume_while_the_store_is_down_keeps_the_run_and_the_next_resume_continues_it(area):
+    """The resumed session cannot reach its MLflow run: trackers.json and the checkpoint keep its id,
+    and once the store is back (and with trackers.json damaged) the next resume continues it."""
+    from mlflow.tracking import MlflowClient
+
+    config = config_for(area, "outage", ["mlflow"], epochs=1)
+    config["trainer"]["save_dir"] = str(area / "outage")
+    code, console = run_train(["-c", write_config(area, config, "outage.json"), "--run-id", "run"])
+    assert code == 0, console
+    run_dir, store = area / "outage" / "outage" / "run", area / "outage" / "mlflow.db"
+    run_id = json.loads((run_dir / "trackers.json").read_text())["mlflow"]["run_id"]
+    store.rename(store.with_suffix(".away"))
+    store.mkdir()  # the store cannot be opened: a server that is down
+    code, console = run_train(["-r", run_dir / "checkpoints" / "last.pth", "trainer.epochs=2"])
+    assert code == 0 and len(warnings_in(console)) == 1 and "mlflow tracker" in warnings_in(console)[0], console
+    assert json.loads((run_dir / "trackers.json").read_text())["mlflow"]["run_id"] == run_id
+    assert torch.load(run_dir / "checkpoints" / "last.pth", weights_only=True)["trackers"]["mlflow"]["run_id"] == run_id
+    store.rmdir()
+    store.with_suffix(".away").rename(store)
+    record = json.loads((run_dir / "trackers.json").read_text())
+    record["mlflow"]["epoch"] = "two"  # damaged: the checkpoint's copy is used
+    (run_dir / "trackers.json").write_text(json.dumps(record))
+    code, console = run_train(["-r", run_dir / "checkpoints" / "last.pth", "trainer.epochs=3"])
+    assert code == 0 and [w for w in warnings_in(console) if "trackers.json" not in w] == [], console
+    runs = MlflowClient(tracking_uri=f"sqlite:///{store}").search_runs([MlflowClient(tracking_uri=f"sqlite:///{store}").get_experiment_by_name("outage").experiment_id])
+    assert [run.info.run_id for run in runs] == [run_id]
+    losses = MlflowClient(tracking_uri=f"sqlite:///{store}").get_metric_history(run_id, "val_loss")
+    assert sorted(m.step for m in losses) == [1, 2, 3] and [row["epoch"] for row in metric_rows(run_dir)] == [1, 2, 3]
+
+
 def test_a_fine_tune_is_a_new_tracker_run_naming_its_source(area, resumed):
     source = runs_of(area, "tracked")[0]
     config = config_for(area, "tracked", ["tensorboard", "mlflow", "wandb"], epochs=1)

@@ -42,7 +42,14 @@ def read_record(folder: Path) -> tuple[dict, str | None]:
         return {}, describe(exc)
     if not isinstance(data, dict) or not all(isinstance(value, dict) for value in data.values()):
         return {}, "not a mapping of trackers to mappings"
+    if not all(marks_valid(entry) for entry in data.values()):
+        return {}, "an epoch or step mark is not a whole number"
     return data, None
+
+
+def marks_valid(entry: dict) -> bool:
+    """Whether an entry's marks (the last epoch and step its tracker run holds), where given, are whole numbers."""
+    return all(isinstance(entry.get(key, 0), int) and not isinstance(entry.get(key, 0), bool) and entry.get(key, 0) >= 0 for key in ("epoch", "step"))
 
 
 def make_tracker(name: str, settings: TrackerSettings, run: RunInfo, stored: dict | None) -> Tracker:
@@ -77,7 +84,7 @@ class Trackers:
             if problem is not None:
                 get_logger().warning("%s: unreadable (%s); the trackers continue the runs named in the checkpoint", run.run_dir / RECORD, problem)
             if not self.stored and isinstance(checkpoint_ids, dict):
-                self.stored = {name: dict(ids) for name, ids in checkpoint_ids.items() if isinstance(ids, dict)}
+                self.stored = {name: dict(ids) for name, ids in checkpoint_ids.items() if isinstance(ids, dict) and marks_valid(ids)}
         self.trackers = {name: make_tracker(name, settings, run, self.stored.get(name)) for name in settings.names}
 
     @classmethod
@@ -108,17 +115,20 @@ class Trackers:
         for worker in self.workers.values():
             worker.put(("step", dict(values), step, time.time()))
 
-    def ids(self) -> dict:
-        """The tracker runs' ids, for a checkpoint (plain data); a tracker whose run does not exist yet is left out."""
+    def records(self) -> dict:
+        """What finds each tracker run again and what it holds (ids and marks, plain data): for a
+        checkpoint and ``trackers.json``. A tracker not (yet) open this session keeps what was stored:
+        a resume whose server is down for a while must not forget the run it continues."""
         if not self.active:
             return {}
-        return {name: tracker.ids() for name, tracker in self.trackers.items() if tracker.ids()}
+        current = {name: tracker.record() or self.stored.get(name) for name, tracker in self.trackers.items()}
+        return {name: entry for name, entry in current.items() if entry}
 
     def save(self) -> None:
         """Rewrite ``trackers.json`` (from a worker thread; a failure is one warning, the trackers go on)."""
         with self.lock:
             others = {name: entry for name, entry in self.stored.items() if name not in self.trackers}  # a tracker this session does not use
-            record = {**others, **{name: tracker.record() for name, tracker in self.trackers.items() if tracker.record()}}
+            record = {**others, **self.records()}
             if record == others or record == self.stored:
                 return
             try:
@@ -136,17 +146,22 @@ class Trackers:
             return
         self.ended = True
         atexit.unregister(self.end)
-        files, best = self.artifacts()
-        for worker in self.workers.values():
-            worker.end(state, files, best)
-        deadline = time.monotonic() + self.settings.finish_timeout
-        for name, worker in self.workers.items():
-            if not worker.wait(deadline):
-                get_logger().warning(
-                    "%s tracker: still busy after logger.finish_timeout=%gs; the run ends without it (its tracker run may stay unfinished)",
-                    name,
-                    self.settings.finish_timeout,
-                )
+        try:
+            files, best = self.artifacts()
+            for worker in self.workers.values():
+                worker.end(state, files, best)
+            deadline = time.monotonic() + self.settings.finish_timeout
+            for name, worker in self.workers.items():
+                if not worker.wait(deadline):
+                    get_logger().warning(
+                        "%s tracker: still busy after logger.finish_timeout=%gs; the run ends without it (its tracker run may stay unfinished)",
+                        name,
+                        self.settings.finish_timeout,
+                    )
+        except KeyboardInterrupt:  # a second Ctrl-C while the trackers finish: the run ends as it was going to
+            get_logger().warning("trackers: interrupted while they finished; the run ends without waiting for them")
+        except Exception as exc:  # noqa: BLE001 - the run's own end never depends on its trackers
+            get_logger().warning("trackers: could not finish (%s); the run directory has everything", describe(exc))
 
     def artifacts(self) -> tuple[list[Path], Path | None]:
         """The run's files a tracker keeps (config, manifest, metrics) and its best checkpoint (else its last)."""

@@ -164,10 +164,13 @@ class MlflowTracker(Tracker):
         if found is None or found.info.lifecycle_stage != "active":
             get_logger().info("mlflow tracker: run %s is gone from %s; the resume starts a new one", stored["run_id"], self.uri)
             return False
-        self.run_id, self.experiment_id = found.info.run_id, found.info.experiment_id
-        self.client.update_run(self.run_id, status="RUNNING")
-        self.epoch = max((int(m.step) for m in self.client.get_metric_history(self.run_id, "epoch")), default=0)
-        self.step = max((int(m.step) for m in self.client.get_metric_history(self.run_id, STEP_KEYS[0])), default=0)
+        run_id = found.info.run_id
+        self.client.update_run(run_id, status="RUNNING")
+        epoch = max((int(m.step) for m in self.client.get_metric_history(run_id, "epoch")), default=0)
+        step = max((int(m.step) for m in self.client.get_metric_history(run_id, STEP_KEYS[0])), default=0)
+        # Open only once the marks are known: a try that fails before then finds the run again next time.
+        self.epoch, self.step = epoch, step
+        self.run_id, self.experiment_id = run_id, found.info.experiment_id
         return True
 
     def _create(self) -> None:

@@ -67,6 +67,7 @@ class WandbTracker(Tracker):
         if same:
             self.epoch, self.step = int(self.stored.get("epoch") or 0), int(self.stored.get("step") or 0)
         self.wandb_run: Any = None
+        self.described = False  # config, summary facts and metric definitions sent to the open run
         self.defined: set[str] = set()
 
     @property
@@ -77,15 +78,26 @@ class WandbTracker(Tracker):
         return {"id": self.id, "project": self.project, "entity": self.entity, "mode": self.mode}
 
     def open(self) -> None:
-        if self.wandb_run is not None:
-            return
+        if self.wandb_run is None:
+            self._init()
+        if not self.described:
+            self._describe()
+
+    def _init(self) -> None:
         import wandb
 
         if self.mode == "online" and not wandb.login(prompt=False, verify=False):
             raise RuntimeError("online mode needs an API key: run `wandb login` or set WANDB_API_KEY, or use logger.wandb.mode=offline")
-        parent, source = self.parent_entry(), self.source_entry()
-        settings = wandb.Settings(console="off", silent=True, disable_git=True, save_code=False, x_save_requirements=False)
-        run = wandb.init(
+        parent = self.parent_entry()
+        settings = wandb.Settings(
+            console="off",
+            silent=True,
+            disable_git=True,
+            save_code=False,
+            x_save_requirements=False,
+            finish_timeout=self.settings.finish_timeout,  # W&B's own exit hook waits no longer than the run's end does
+        )
+        self.wandb_run = wandb.init(
             project=self.project,
             entity=self.entity,
             id=self.id,
@@ -98,7 +110,10 @@ class WandbTracker(Tracker):
             settings=settings,
             reinit="create_new",
         )
-        self.wandb_run = run
+        self.described, self.defined = False, set()
+
+    def _describe(self) -> None:
+        run, source = self.wandb_run, self.source_entry()
         run.config.update(self.run.config, allow_val_change=True)
         if run.resumed and isinstance(run.summary.get("epoch"), (int, float)):
             self.epoch = max(self.epoch, int(run.summary["epoch"]))  # online: what the server holds
@@ -109,6 +124,7 @@ class WandbTracker(Tracker):
         run.define_metric("epoch")
         run.define_metric("train/global_step")
         run.define_metric("train/step_*", step_metric="train/global_step")
+        self.described = True
 
     def log(self, pending: list[tuple]) -> None:
         try:

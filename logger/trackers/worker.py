@@ -23,9 +23,9 @@ from logger.logger import get_logger
 from logger.trackers.tracker import Tracker, describe
 
 MAX_PENDING_STEPS = 10_000
+"""Step scalars kept while a tracker is failing or stuck; older ones are dropped first (epoch rows never are)."""
 STEP_INTERVAL = 5.0
 """Seconds step scalars may wait to be sent together (an epoch's row sends them at once)."""
-"""Step scalars kept while a tracker is failing; older ones are dropped first (epoch rows never are)."""
 
 
 class Worker:
@@ -45,6 +45,9 @@ class Worker:
         self.queue.put(("open",))
 
     def put(self, item: tuple) -> None:
+        if item[0] == "step" and (self.done.is_set() or self.queue.qsize() > MAX_PENDING_STEPS):
+            self.dropped += 1  # the thread is gone, or stuck in a call that does not return: the queue must not grow without end
+            return
         self.queue.put(item)
 
     def end(self, state: str, files: list[Path], best: Path | None) -> None:
