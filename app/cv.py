@@ -30,7 +30,7 @@ from typing import Any
 
 from app.config import Config
 from app.run_dir import RunDirectory, lock_holder
-from app.run_records import best_row, read_run
+from app.run_records import best_row, read_run, training_over
 from app.session import RunRequest, Session, claim_new_run_dir, launcher
 from logger.logger import get_logger, setup_logging
 from logger.trackers import close_parent, open_parent
@@ -190,7 +190,15 @@ class CrossValidation:
 
     def run_fold(self, fold: int, stop: StopRequest) -> int:
         folder = self.folder / f"fold-{fold}"
-        last = distributed.broadcast_object(latest_checkpoint(folder) if distributed.is_main_process() else None)
+
+        def found() -> tuple[Path | None, str | None]:
+            last = latest_checkpoint(folder)
+            return last, (training_over(last) if last is not None else None)
+
+        last, over = distributed.broadcast_object(found() if distributed.is_main_process() else None)
+        if over is not None:  # trained to its end by a process killed before the summary said so
+            get_logger().info("fold %d of %d: trained (%s) before the cross-validation stopped; read from %s", fold, self.folds, over, folder)
+            return 0
         if self.folds_parent is None and distributed.is_main_process():
             self.folds_parent = open_parent("cv", self.folder, self.config, parent=self.tracker_parent)
         common = {"trust_checkpoint": self.trusted, "resume_hint": self.resume_command(), "tracker_parent": self.folds_parent}

@@ -155,6 +155,27 @@ def find_run_dirs(folder: Path) -> list[Path]:
     return sorted(found)
 
 
+def training_over(checkpoint: Path) -> str | None:
+    """Why the run whose ``last`` checkpoint this is has nothing left to train (``"all epochs"``,
+    ``"early stop"``), or None. For the drivers of runs of runs: a run killed after its last
+    checkpoint but before its end was recorded is finished, to be read, not resumed (a resume would
+    find nothing to train, or train on past its early stop). A checkpoint that cannot be read: None
+    (resuming it says what is wrong)."""
+    from base.progress import Progress
+    from utils.checkpoints import load_checkpoint
+
+    try:
+        data = load_checkpoint(checkpoint).data
+        progress = Progress(**data["progress"])
+        epochs = data["config"]["trainer"]["epochs"]
+        stopped_early = bool((data.get("monitor") or {}).get("stopped_early"))
+    except (UserError, KeyError, TypeError):
+        return None
+    if stopped_early and not progress.batch_in_epoch:
+        return "early stop"
+    return "all epochs" if isinstance(epochs, int) and progress.completed_epochs >= epochs else None
+
+
 def differing_keys(configs: list[dict]) -> list[str]:
     """The dotted config keys whose values are not the same in every config (absent counts as a value)."""
     flat = [flatten(config) for config in configs]

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import signal
 from collections import Counter
 from pathlib import Path
@@ -142,6 +143,20 @@ def test_a_cv_killed_in_its_second_fold_resumes_to_the_same_summary(cv_dir, tmp_
     with contextlib.redirect_stderr(err):
         assert quiet(train.main, ["-r", folder, "--trust-checkpoint"]) == 2  # nothing left to train: one line
     assert "all 3 folds are finished" in err.getvalue() and err.getvalue().count("\n") == 1, err.getvalue()
+
+
+def test_folds_trained_before_a_kill_could_write_the_summary_are_read_not_trained_again(cv_dir, tmp_path):
+    """Killed after fold 1's last checkpoint and fold 2's too, before cv_summary.json said so: the
+    resume reads both (a resume of either would find nothing to train), the summary as it was."""
+    folder = tmp_path / "cv"
+    shutil.copytree(cv_dir, folder)
+    summary = json.loads((folder / "cv_summary.json").read_text())
+    summary["per_fold"] = summary["per_fold"][:1]
+    (folder / "cv_summary.json").write_text(json.dumps(summary))
+    before = {name: (folder / name / "metrics.jsonl").read_bytes() for name in ("fold-1", "fold-2")}
+    assert quiet(train.main, ["-r", folder, "--trust-checkpoint"]) == 0
+    assert json.loads((folder / "cv_summary.json").read_text()) == json.loads((cv_dir / "cv_summary.json").read_text())
+    assert {name: (folder / name / "metrics.jsonl").read_bytes() for name in before} == before  # nothing trained again
 
 
 def test_the_summary_holds_each_folds_best_epoch_and_the_spread(cv_dir):

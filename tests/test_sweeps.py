@@ -386,6 +386,23 @@ def test_the_setup_lock_serialises_workers_and_leaves_no_file(tmp_path):
     assert overlaps == [0] * 6 and not path.exists()
 
 
+def test_a_trial_left_running_unsigned_by_a_worker_killed_while_taking_it_is_taken_over(tmp_path):
+    """A worker killed between winning a trial (WAITING -> RUNNING) and signing it left a trial that
+    no heartbeat and no lock would ever free: on the default storage, the next worker takes it."""
+    config = write_config(tmp_path, tiny_config(tmp_path, epochs=1, limit_batches=2))
+    space = write_space(tmp_path, {"trials": 1, "sampler": "random", "pruner": "none", "params": {"optimizer.args.lr": {"low": 1e-3, "high": 1e-2, "log": True}}})
+    assert quiet(sweep.main, ["-c", config, "--space", space]) == 0
+    folder = tmp_path / "saved" / "digits_cnn" / "sweeps" / "space"
+    study = study_of(folder)
+    study.enqueue_trial({"optimizer.args.lr": 0.005}, user_attrs={"slot": 1})
+    waiting = next(t for t in study.get_trials(deepcopy=False) if t.state.name == "WAITING")
+    study._storage.set_trial_state_values(waiting._trial_id, state=optuna.trial.TrialState.RUNNING)
+    assert quiet(sweep.main, ["-c", config, "--space", space, "--trials", "2"]) == 0
+    trials = study_of(folder).trials
+    assert sorted((t.user_attrs["slot"], t.state.name) for t in trials) == [(0, "COMPLETE"), (1, "COMPLETE")]
+    assert trials[1].params == {"optimizer.args.lr": 0.005}
+
+
 def test_a_trial_whose_values_the_data_refuses_fails_and_the_sweep_goes_on(tmp_path):
     config = write_config(tmp_path, tiny_config(tmp_path, epochs=1, limit_batches=2))
     space = write_space(tmp_path, {"sampler": "grid", "params": {"data_loader.args.batch_size": {"choices": [0, 32]}, "arch.args.dropout": {"low": 0, "high": 1}}})

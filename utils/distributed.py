@@ -108,18 +108,22 @@ def broadcast_object(obj):
 
 
 def on_main(work: Callable[[], T]) -> T:
-    """``work()`` on rank 0, its result on every rank; a :class:`UserError` there stops every rank
-    (rank 0 reports it, the others exit quietly), so no rank waits for one that has left."""
+    """``work()`` on rank 0, its result on every rank; an exception there stops every rank (rank 0
+    reports a :class:`UserError`, or raises anything else as it came, a bug or a lost database; the
+    others exit quietly), so no rank waits for one that has left or goes on with a wrong answer."""
     outcome: tuple[str, Any] = ("ok", None)
+    failure: Exception | None = None
     if is_main_process():
         try:
             outcome = ("ok", work())
-        except UserError as exc:
+        except Exception as exc:
             if not is_distributed():
                 raise
-            outcome = ("error", str(exc))
+            outcome, failure = ("error", str(exc)), exc
     kind, value = broadcast_object(outcome)
     if kind == "error":
+        if failure is not None and not isinstance(failure, UserError):
+            raise failure
         raise ReportedByRankZero(value)
     return value
 

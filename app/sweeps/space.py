@@ -106,6 +106,7 @@ class Space:
             "sampler": {"type": self.sampler, "args": self.sampler_args},
             "pruner": {"type": self.pruner, "args": self.pruner_args},
             "seed": self.seed,
+            "heartbeat": self.heartbeat,  # workers with other intervals would fail each other's live trials as stale
             "params": {param.key: param.as_data() for param in self.params},
         }
 

@@ -42,7 +42,7 @@ from typing import Any
 from app.config import Config, read_config_file
 from app.cv import SUMMARY, CrossValidation, fold_config, is_cv_dir, join_process_group, run_cross_validation
 from app.run_dir import lock_holder
-from app.run_records import best_row, read_run
+from app.run_records import best_row, read_run, training_over
 from app.session import RunRequest, Session
 from app.sweeps import results
 from app.sweeps.claims import FolderLock, Heartbeat, SetupLock, SlotLock
@@ -244,7 +244,7 @@ class Sweep:
                 if self.storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
                     lock.release()
                     continue
-                return self._take(trial, lock, adopted=True)
+                return self._take_or_put_back(trial, lock, adopted=True)
             for trial in sorted((t for t in trials if t.state == TrialState.WAITING), key=lambda t: (slot_of(t), t.number)):
                 lock = SlotLock(self.folder, slot_of(trial))
                 if not lock.acquire():
@@ -254,13 +254,33 @@ class Sweep:
                 except optuna.exceptions.UpdateFinishedTrialError:
                     won = False
                 if won:
-                    return self._take(trial, lock, adopted=False)
+                    return self._take_or_put_back(trial, lock, adopted=False)
                 lock.release()
         return None
 
     def _mine(self, trial) -> bool:
+        """Whether a RUNNING trial is this machine's and this folder's to take over when its slot lock
+        is free. Without a worker attribute: a worker died between winning it and signing it, which
+        on the default storage (every worker on this machine, each taking under the folder lock held
+        here) is all it can mean."""
         worker = trial.system_attrs.get("worker")
+        if worker is None:
+            return self.request.storage is None
         return isinstance(worker, dict) and worker.get("host") == self.host and worker.get("folder") == str(self.folder.resolve())
+
+    def _take_or_put_back(self, trial, lock: SlotLock, adopted: bool) -> Job:
+        """:meth:`_take`; a signal or an error while taking puts the trial back to WAITING (never left RUNNING unsigned)."""
+        from optuna.trial import TrialState
+
+        try:
+            return self._take(trial, lock, adopted)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.storage.set_trial_state_values(trial._trial_id, state=TrialState.WAITING)
+            if self.slot_lock is None:
+                lock.release()
+            self._release()
+            raise
 
     def _take(self, trial, lock: SlotLock, adopted: bool) -> Job:
         self.storage.set_trial_system_attr(trial._trial_id, "worker", {"host": self.host, "pid": os.getpid(), "folder": str(self.folder.resolve())})
@@ -305,7 +325,7 @@ class Sweep:
             finished = read_run(folder).state == "finished"
         except UserError:
             finished = False
-        return "told" if finished else "resume"
+        return "told" if finished or training_over(last) is not None else "resume"  # killed after its last checkpoint: done
 
     def _start_over(self, folder: Path) -> str:
         if lock_holder(folder) is None:
@@ -437,8 +457,8 @@ class Sweep:
 
         value, epochs = self._objective(folder)
         pruned = ended_by is not None and ended_by.startswith("pruned") or self._was_pruned(folder)
-        self.storage.set_trial_user_attr(job.trial_id, "epochs", epochs)
         try:
+            self.storage.set_trial_user_attr(job.trial_id, "epochs", epochs)
             if pruned:
                 self.study.tell(job.number, state=TrialState.PRUNED)
             elif value is None:
@@ -446,7 +466,7 @@ class Sweep:
                 self.study.tell(job.number, state=TrialState.FAIL)
             else:
                 self.study.tell(job.number, value)
-        except Exception as exc:  # failed meanwhile by another worker's stale-trial check: its retry finds the folder finished
+        except (RuntimeError, ValueError) as exc:  # failed meanwhile by another worker's stale-trial check: its retry finds the folder finished
             get_logger().warning("sweep: trial %d could not be told (%s); its slot's retry will read the finished run", job.slot, first_line(exc))
         self._release()
         state = self.storage.get_trial(job.trial_id).state.name
@@ -479,8 +499,11 @@ class Sweep:
     def _fail(self, job: Job, reason: str) -> None:
         from optuna.trial import TrialState
 
-        self.storage.set_trial_user_attr(job.trial_id, "failure", reason)
-        self.study.tell(job.number, state=TrialState.FAIL)
+        try:
+            self.storage.set_trial_user_attr(job.trial_id, "failure", reason)
+            self.study.tell(job.number, state=TrialState.FAIL)
+        except (RuntimeError, ValueError) as exc:  # finished meanwhile (another worker's stale-trial check failed it)
+            get_logger().warning("sweep: trial %d could not be told it failed (%s)", job.slot, first_line(exc))
         self._release()
         results.write(self.study, self.folder, self.space, self.metric, self.direction)
         get_logger().warning("trial %d failed: %s; the sweep goes on", job.slot, reason)
@@ -490,6 +513,7 @@ class Sweep:
         from optuna.trial import TrialState
 
         try:
+            self.storage.set_trial_system_attr(job.trial_id, "worker", None)  # unsigned: whoever takes it next signs it
             self.storage.set_trial_state_values(job.trial_id, state=TrialState.WAITING)
         except Exception as exc:
             get_logger().warning("sweep: trial %d could not be put back to waiting (%s)", job.slot, first_line(exc))
