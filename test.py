@@ -72,6 +72,8 @@ def claim_outputs(args: argparse.Namespace) -> list[OutputClaim]:
     ``--export`` file, each this process's until it ends; a file you named needs ``--force`` to be replaced."""
     if args.export and Path(args.export).suffix != ".pt2" and not _is_folder(Path(args.export)):
         raise UserError(f"--export: {Path(args.export).name} must end in .pt2 (a torch.export program, loaded with torch.export.load)")
+    if args.export and args.fold is None and is_cv_dir(args.resume):
+        raise UserError(f"--export: {args.resume} is a cross-validation's ensemble of models; export one fold's with --fold I")
     out = Path(args.out) if args.out else default_out(args)
     claims = [OutputClaim(out, "--out", force=args.force or not args.out)]
     if args.export:

@@ -62,6 +62,19 @@ def folds_of(folder: Path, fold: int | None = None) -> int:
     return folds
 
 
+def finished_folds(folder: Path) -> set[int]:
+    """The folds ``cv_summary.json`` lists as finished (read strictly: a damaged summary is an error)."""
+    path = folder / SUMMARY
+    fix = "continue the cross-validation with train.py -r " + str(folder)
+    if not path.exists():
+        return set()
+    summary = read_json(path, "cross-validation summary", fix)
+    entries = summary.get("per_fold") if isinstance(summary, dict) else None
+    if not isinstance(entries, list) or not all(isinstance(entry, dict) and isinstance(entry.get("fold"), int) for entry in entries):
+        raise UserError(f"{path}: damaged (per_fold is not a list of folds); {fix}")
+    return {entry["fold"] for entry in entries}
+
+
 @dataclass
 class CrossValidation:
     folder: Path

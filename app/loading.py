@@ -63,22 +63,38 @@ def load_trained_model(args: argparse.Namespace) -> Loaded:
 
 
 def load_folds(args: argparse.Namespace) -> Loaded:
-    """Every fold's best model as one ensemble (or fold ``--fold`` alone)."""
-    from app.cv import folds_of
-    from trainer.ensemble import Ensemble
+    """Every fold's best model as one ensemble (or fold ``--fold`` alone). Only folds the CV's
+    summary lists as finished are taken (a fold still training, or stopped, has no final best
+    model), and the folds must be the same model: the same ``arch`` and the same ``loss``."""
+    from app.cv import finished_folds, folds_of
+    from trainer.ensemble import Ensemble, averages_probabilities
 
     folder = Path(args.resume)
     folds = folds_of(folder, args.fold)
     chosen = [args.fold] if args.fold is not None else list(range(folds))
-    loaded = [load_one(args, best_checkpoint(folder / f"fold-{fold}", fold)) for fold in chosen]
-    if len(loaded) == 1:
-        return loaded[0]
-    ensemble = Ensemble([one.model for one in loaded]).to(loaded[0].device).eval()
-    weights = {one.weights for one in loaded}
-    epochs = [one.checkpoint.epoch for one in loaded]
-    return Loaded(
-        loaded[0].config, loaded[0].checkpoint, loaded[0].device, ensemble, "/".join(sorted(weights)), folds=chosen, epochs=epochs
-    )
+    missing = [fold for fold in chosen if fold not in finished_folds(folder)]
+    if missing:
+        raise UserError(
+            f"{folder}: fold(s) {', '.join(map(str, missing))} not finished (cv_summary.json); continue the cross-validation with "
+            f"train.py -r {folder}" + ("" if args.fold is not None else ", or evaluate a finished fold with --fold I")
+        )
+    first: Loaded | None = None
+    models, weights, epochs = [], set(), []
+    for fold in chosen:  # one checkpoint held at a time: the ensemble keeps only the models
+        one = load_one(args, best_checkpoint(folder / f"fold-{fold}", fold))
+        if first is None:
+            first = one
+        else:
+            for key in ("arch", "loss"):
+                if one.config[key] != first.config[key]:
+                    raise UserError(f"{folder}: fold {fold}'s {key} differs from fold {chosen[0]}'s; the folds of one ensemble must be one model")
+        models.append(one.model)
+        weights.add(one.weights)
+        epochs.append(one.checkpoint.epoch)
+    if len(models) == 1:
+        return first
+    ensemble = Ensemble(models, probabilities=averages_probabilities(first.config)).to(first.device).eval()
+    return Loaded(first.config, first.checkpoint, first.device, ensemble, "/".join(sorted(weights)), folds=chosen, epochs=epochs)
 
 
 def best_checkpoint(folder: Path, fold: int) -> str:

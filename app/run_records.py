@@ -109,8 +109,8 @@ def read_run(path: Path) -> RunRecord:
 def last_session(manifest: dict) -> dict:
     """The manifest entry of the run's latest session: its latest resume, or the run itself."""
     resumes = manifest.get("resumes")
-    if isinstance(resumes, list) and resumes and isinstance(resumes[-1], dict):
-        return resumes[-1]
+    if isinstance(resumes, list) and resumes:
+        return resumes[-1] if isinstance(resumes[-1], dict) else {}  # damaged: no end known, never the first session's
     return manifest
 
 

@@ -11,6 +11,7 @@ import contextlib
 import csv
 import io
 import json
+import math
 import os
 import shutil
 import signal
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TESTS_ENV, changes, entry_point, run_script, tiny_config, tree, write_config
+from helpers import TESTS_ENV, changes, entry_point, run_script, save_crafted, tiny_config, tree, write_config
 
 import predict
 import runs
@@ -286,6 +287,57 @@ def test_ensemble_loading_refuses_what_is_not_a_fold(cv_dir, tmp_path, capsys):
     assert "--fold: 3 is not a fold of" in capsys.readouterr().err
     assert evaluate(["-r", str(cv_dir / "fold-0" / "checkpoints" / "best.pth"), "--fold", "0", "--out", str(tmp_path / "x.json")]) == 2
     assert "is not a cross-validation's run directory" in capsys.readouterr().err
+
+
+def test_an_ensemble_takes_only_finished_folds_of_one_model_and_is_not_exported(cv_dir, tmp_path, capsys):
+    folder = tmp_path / "cv"
+    shutil.copytree(cv_dir, folder)
+    summary = json.loads((folder / "cv_summary.json").read_text())
+    summary["per_fold"] = [entry for entry in summary["per_fold"] if entry["fold"] != 1]  # fold 1 still training, or stopped
+    (folder / "cv_summary.json").write_text(json.dumps(summary))
+    before = tree(tmp_path)
+    capsys.readouterr()
+    assert evaluate(["-r", str(folder), "--trust-checkpoint"]) == 2
+    err = capsys.readouterr().err
+    assert "fold(s) 1 not finished (cv_summary.json)" in err and err.count("\n") == 1 and tree(tmp_path) == before, err
+    assert quiet(evaluate, ["-r", folder, "--fold", "0", "--out", tmp_path / "fold0.json", "--trust-checkpoint"]) == 0
+
+    (folder / "cv_summary.json").write_text("{garbage")
+    assert evaluate(["-r", str(folder), "--trust-checkpoint", "--out", str(tmp_path / "x.json")]) == 2
+    assert "cv_summary.json: not valid JSON" in capsys.readouterr().err
+
+    shutil.copy(cv_dir / "cv_summary.json", folder / "cv_summary.json")
+    best = folder / "fold-2" / "checkpoints" / "best.pth"
+    state = torch.load(best, weights_only=True)
+    state["config"]["arch"]["args"]["dropout"] = 0.5  # another model than fold 0's
+    save_crafted(state, best)
+    assert evaluate(["-r", str(folder), "--trust-checkpoint", "--out", str(tmp_path / "y.json")]) == 2
+    assert "fold 2's arch differs from fold 0's" in capsys.readouterr().err and not (tmp_path / "y.json").exists()
+
+    assert evaluate(["-r", str(cv_dir), "--export", str(tmp_path / "m.pt2"), "--out", str(tmp_path / "z.json")]) == 2
+    assert "export one fold's with --fold I" in capsys.readouterr().err and not (tmp_path / "z.json").exists()
+
+
+def test_the_ensemble_averages_class_scores_as_probabilities_and_everything_else_as_values():
+    from trainer.ensemble import Ensemble
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, output):
+            super().__init__()
+            self.output = output
+
+        def forward(self, x):
+            return self.output
+
+    sure = [torch.tensor([[0.0, 200.0]]).log_softmax(1), torch.tensor([[0.0, 150.0]]).log_softmax(1)]
+    scores = Ensemble([Fixed(output) for output in sure], probabilities=True)(None)
+    assert torch.isfinite(scores).all()  # log(mean(exp)) of two very sure members underflowed to -inf
+    assert torch.nn.functional.nll_loss(scores, torch.tensor([0])).item() == pytest.approx(150 + math.log(2), rel=1e-6)
+    values = [torch.tensor([[10.0, 20.0]]), torch.tensor([[12.0, 22.0]])]  # a two-output regression
+    assert torch.equal(Ensemble([Fixed(output) for output in values])(None), torch.tensor([[11.0, 21.0]]))
+    vae = [{"mu": torch.tensor([[1.0, -1.0]]), "logvar": torch.zeros(1, 2)}, {"mu": torch.tensor([[3.0, 1.0]]), "logvar": torch.zeros(1, 2)}]
+    averaged = Ensemble([Fixed(output) for output in vae], probabilities=True)(None)  # a dict: fields as values
+    assert torch.equal(averaged["mu"], torch.tensor([[2.0, 0.0]])) and torch.equal(averaged["logvar"], torch.zeros(1, 2))
 
 
 @pytest.mark.slow

@@ -1,44 +1,53 @@
 """Several trained models answering as one: the mean of their outputs (a cross-validation's folds).
 
-For a classifier the mean is taken over *probabilities*, as an ensemble should: outputs that are
-log-probabilities (``log_softmax``) or logits are turned into probabilities, averaged, and given
-back as log-probabilities (which are valid logits too), so a loss, a metric and ``predict.py``
-read them as they read one model's. Values (a regression) and other tensors are averaged as they
-are; a dict, tuple or namedtuple output is averaged field by field.
+For a classifier (a run whose loss is ``nll_loss``/``cross_entropy`` or their ``nn`` classes) the
+mean of a tensor output is taken over *probabilities* along the class dimension (1), as an
+ensemble should, and given back as log-probabilities, which are valid logits too: a loss, a metric
+and ``predict.py`` read them as they read one model's. It is computed as ``logsumexp`` of the
+members' ``log_softmax`` minus ``log K``, so members that are all very sure never make it
+``-inf``. Everything else (a regression, a VAE's ``mu`` and ``logvar``, any field of a dict, tuple
+or namedtuple output) is averaged as it is. What is averaged is decided once, from the config,
+never from the values of a batch.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from trainer.predictor import interpret
+CLASSIFICATION_LOSSES = {"nllloss", "crossentropy", "crossentropyloss"}
+
+
+def averages_probabilities(config) -> bool:
+    """Whether the run's loss says its (tensor) output scores classes."""
+    loss = config["loss"]
+    name = loss.get("type", "") if isinstance(loss, dict) else str(loss)
+    return name.replace(":", ".").rsplit(".", 1)[-1].replace("_", "").lower() in CLASSIFICATION_LOSSES
 
 
 class Ensemble(nn.Module):
-    def __init__(self, models: Sequence[nn.Module]):
+    def __init__(self, models: Sequence[nn.Module], probabilities: bool = False):
         super().__init__()
         self.members = nn.ModuleList(models)
+        self.probabilities = probabilities
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return average([member(*args, **kwargs) for member in self.members])
+        outputs = [member(*args, **kwargs) for member in self.members]
+        first = outputs[0]
+        if self.probabilities and isinstance(first, torch.Tensor) and first.is_floating_point() and first.dim() >= 2:
+            return torch.logsumexp(torch.stack([output.log_softmax(dim=1) for output in outputs]), dim=0) - math.log(len(outputs))
+        return average(outputs)
 
 
 def average(outputs: list[Any]) -> Any:
-    """The mean of the members' outputs (see the module docstring)."""
+    """The plain mean of the members' outputs, field by field; what is not a floating tensor is the first member's."""
     first = outputs[0]
     if isinstance(first, torch.Tensor):
-        kind = interpret(first.detach().float()) if first.is_floating_point() else "other"
-        if kind == "log_probabilities":
-            return torch.stack([output.exp() for output in outputs]).mean(dim=0).log()
-        if kind == "logits":
-            return torch.stack([output.softmax(dim=1) for output in outputs]).mean(dim=0).log()
-        if first.is_floating_point():
-            return torch.stack(outputs).mean(dim=0)
-        return first
+        return torch.stack(outputs).mean(dim=0) if first.is_floating_point() else first
     if isinstance(first, dict):
         return {key: average([output[key] for output in outputs]) for key in first}
     if isinstance(first, tuple):
