@@ -47,9 +47,27 @@ def freeze(model: nn.Module, prefixes: Sequence[str], key: str = "trainer.freeze
         module = modules[name]
         for parameter in module.parameters():
             parameter.requires_grad_(False)
-        module.train = types.MethodType(_always_eval, module)
-        module.eval()
+        _keep_in_eval(module)
     return frozen
+
+
+def frozen_names(model: nn.Module) -> list[str]:
+    """The names of ``model``'s modules that :func:`freeze` froze."""
+    return [name for name, module in model.named_modules() if is_frozen(module)]
+
+
+def refreeze(model: nn.Module, names: Sequence[str]) -> None:
+    """Keep the modules ``names`` in eval mode again after a conversion replaced them with new
+    objects (``SyncBatchNorm.convert_sync_batchnorm`` does, for a frozen BatchNorm named itself)."""
+    modules = dict(model.named_modules())
+    for name in names:
+        if name in modules and not is_frozen(modules[name]):
+            _keep_in_eval(modules[name])
+
+
+def _keep_in_eval(module: nn.Module) -> None:
+    module.train = types.MethodType(_always_eval, module)
+    module.eval()
 
 
 def is_frozen(module: nn.Module) -> bool:

@@ -231,3 +231,19 @@ def test_a_format_1_checkpoint_is_evaluated_and_fine_tuned_but_not_resumed(tmp_p
     assert resumed.returncode == 2 and resumed.stderr.count("\n") == 1
     assert f"checkpoint format version 1, and this code resumes version {VERSION}; fine-tune from it with -r FILE -c CONFIG" in resumed.stderr
     assert sorted(p.name for p in run_dir.rglob("*")) == ["checkpoints", "last.pth"]  # nothing written
+
+
+def test_a_model_with_a_child_named_module_loads_its_own_weights():
+    """Wrapper prefixes (DDP's ``module.``) are stripped from saved names; a model whose own child is
+    called ``module`` is compared under the same cleaning and loaded under its real names."""
+    from utils.checkpoints.weights import clean_state_dict, load_weights
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.module, self.head = torch.nn.Linear(3, 3), torch.nn.Linear(3, 1)
+
+    saved, loaded = Wrapped(), Wrapped()
+    report = load_weights(loaded, clean_state_dict(saved.state_dict()), strict=True, source="x.pth")
+    assert report.missing == report.unexpected == [] and len(report.loaded) == 4
+    assert all(torch.equal(a, b) for a, b in zip(saved.state_dict().values(), loaded.state_dict().values()))

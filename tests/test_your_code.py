@@ -202,14 +202,15 @@ def test_a_checkpoint_naming_a_data_or_test_folder_imports_nothing(tmp_path, cap
     config["loss"] = "user_steps:nll_plus_input_energy"
     assert run("train", "-c", write_config(tmp_path, config), "--run-id", "t", "--trust-checkpoint") == 0
     last = tmp_path / "saved" / "digits_cnn" / "t" / "checkpoints" / "last.pth"
-    for name in ("tests.user_steps:nll_plus_input_energy", "data.downloaded.loader:Loader", "saved.x:y", "benchmarks.overhead:SyntheticDataLoader"):
+    private = ("torch.nn.attention._fa3:register_flash_attention_fa3", "torch.nn:_reduction")  # a library's machinery: one imports a module it is given
+    for name in ("tests.user_steps:nll_plus_input_energy", "data.downloaded.loader:Loader", "saved.x:y", "benchmarks.overhead:SyntheticDataLoader", *private):
         state = torch.load(last, weights_only=True)
         state["config"]["loss"] = {"type": name}
         save_crafted(state, last.with_name("named.pth"))
         modules = set(sys.modules)
         assert run("test", "-r", last.with_name("named.pth"), "--out", tmp_path / "m.json") == 2
         assert "is not defined in this project's source packages" in capsys.readouterr().err
-        assert not {m for m in set(sys.modules) - modules if m.startswith(("tests", "data.", "saved", "benchmarks"))}
+        assert not {m for m in set(sys.modules) - modules if m.startswith(("tests", "data.", "saved", "benchmarks", "torch.nn.attention._fa"))}
     # and a -c config naming such code is refused when it starts, not when its checkpoint is resumed
     assert run("train", "-c", write_config(tmp_path, config, "again.json"), "--run-id", "u") == 2
     assert "so this run's checkpoints could not be resumed" in capsys.readouterr().err
@@ -217,6 +218,20 @@ def test_a_checkpoint_naming_a_data_or_test_folder_imports_nothing(tmp_path, cap
 
 
 # -- fine-tuning any model: freeze and load_exclude ------------------------------------------------------
+
+
+def test_a_frozen_batchnorm_stays_frozen_when_ddp_makes_it_a_syncbatchnorm():
+    from base.freezing import freeze, frozen_names, is_frozen, refreeze
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Sequential(torch.nn.BatchNorm2d(4)))
+    freeze(model, ["1", "2"])
+    frozen = frozen_names(model)
+    converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # what trainer/parallel.py does with trainer.sync_batchnorm
+    assert not is_frozen(converted[1])  # a new object: its eval-mode guard is gone
+    refreeze(converted, frozen)
+    converted.train()
+    assert isinstance(converted[1], torch.nn.SyncBatchNorm) and not converted[1].training and not converted[2][0].training
+    assert converted[0].training
 
 
 def test_a_fine_tune_starts_its_head_fresh_and_keeps_the_frozen_part_bitwise(tmp_path, three_classes, capsys):

@@ -25,6 +25,7 @@ from trainer.batches import BatchReader, each_batch, run_model
 from trainer.loss import Loss
 from trainer.metrics import LossTracker, MetricSet, batch_size
 from trainer.precision import Precision
+from utils.errors import UserError
 
 Step = Callable[[Any, Any], "tuple[torch.Tensor, Any]"]
 
@@ -81,7 +82,7 @@ class Evaluator:
         model.eval()
         self.metrics.reset()
         losses = LossTracker()
-        count, inputs = 0, None
+        count, inputs, target = 0, None, None
         for batch in progress_iter(each_batch(batches), desc, self.show_progress, total):
             inputs, target = self.reader(batch)
             with self.precision.autocast():
@@ -90,9 +91,11 @@ class Evaluator:
             losses.add(loss, size, count)
             self.metrics.update(output, target, size)
             count += 1
+        if count == 0 and (steps or 0) > 0:
+            raise UserError("this process's share of the evaluation data is empty while other processes have batches; use fewer processes or more data")
         for _ in range((steps or count) - count):
             with self.precision.autocast():
-                run_model(model, inputs)  # uncounted: the other processes still gather weights for it
+                self.step(inputs, target)  # uncounted, the same work as a counted batch (a validation_step may run the model twice)
         losses.read()
         model.train(was_training)
         values = {"loss": losses.epoch_loss(self.device), **self.metrics.compute()}

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from base.freezing import frozen_names, refreeze
 from base.settings import TrainerSettings
 from trainer.precision import NO_CONTEXT
 from utils import distributed
@@ -78,7 +79,9 @@ def prepare_model(model: nn.Module | PreparedModel, settings: TrainerSettings, d
             shard_model(model, settings, device)
         else:
             if settings.sync_batchnorm:
+                frozen = frozen_names(model)
                 model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+                refreeze(model, frozen)  # a frozen BatchNorm is a new SyncBatchNorm now: frozen again
             device_ids = [device] if device.type == "cuda" else None
             ddp = DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=settings.find_unused_parameters)
             wrapped = ddp

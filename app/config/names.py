@@ -10,7 +10,7 @@ config read back from a checkpoint is data: it may name a class or function only
   benchmark folder, whatever lies at the project root;
 - the libraries the template builds from (``torch.nn``, ``torch.optim``, ``torchvision.models``,
   ``torchvision.transforms``, ``torchmetrics``, and their submodules; ``[tool.pytorch-template]
-  libraries`` replaces the list);
+  libraries`` replaces the list), by their public names (no ``_``-prefixed module or name);
 - the template's ``trainer`` package, classes only (the default ``trainer.type`` and its parts).
 
 Anything else is refused in one line before any of it is imported (a module's name decides
@@ -52,7 +52,7 @@ class TrustRule:
 
     def describe(self) -> str:
         return (
-            f"this project's source packages ({', '.join(self.project_packages)}), the libraries it builds from "
+            f"this project's source packages ({', '.join(self.project_packages)}), the public names of the libraries it builds from "
             f"({', '.join(self.libraries)}) or the classes of its {TEMPLATE_CLASSES} package"
         )
 
@@ -111,9 +111,12 @@ def _library(module_name: str) -> bool:
     return any(module_name == lib or module_name.startswith(lib + ".") for lib in trust_rule().libraries)
 
 
-def module_may_be_named(module_name: str) -> bool:
-    """The check made before a checkpoint's ``package.module:Name`` is imported."""
-    return _library(module_name) or is_project_module(module_name)
+def module_may_be_named(module_name: str, attr: str = "") -> bool:
+    """The check made before a checkpoint's ``package.module:Name`` is imported. In a library only
+    its public names count: a private module or name is its own machinery, not what it offers (some
+    import a module named by an argument, e.g. ``torch.nn.attention._fa3``)."""
+    public = not any(part.startswith("_") for part in [*module_name.split("."), attr] if part)
+    return (_library(module_name) and public) or is_project_module(module_name)
 
 
 def object_may_be_named(target: object) -> bool:
@@ -139,7 +142,7 @@ def resolve_type(key: str, name: str, source: str, trusted: bool = True) -> Call
     """
     if ":" in name:
         module_name, _, attr = name.partition(":")
-        if not trusted and not module_may_be_named(module_name):
+        if not trusted and not module_may_be_named(module_name, attr):
             raise untrusted_error(key, name, source)
         try:
             module = importlib.import_module(module_name)

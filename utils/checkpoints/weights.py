@@ -15,13 +15,14 @@ _WRAPPED = "_checkpoint_wrapped_module."
 def clean_state_dict(state_dict: dict) -> dict:
     """Strip wrapper prefixes from every key: DDP's ``module.`` and torch.compile's ``_orig_mod.``
     in front (repeatedly), activation checkpointing's ``_checkpoint_wrapped_module.`` anywhere."""
-    cleaned = {}
-    for key, value in state_dict.items():
-        key = key.replace(_WRAPPED, "")
-        while key.startswith(_PREFIXES):
-            key = key.split(".", 1)[1]
-        cleaned[key] = value
-    return cleaned
+    return {clean_key(key): value for key, value in state_dict.items()}
+
+
+def clean_key(key: str) -> str:
+    key = key.replace(_WRAPPED, "")
+    while key.startswith(_PREFIXES):
+        key = key.split(".", 1)[1]
+    return key
 
 
 @dataclass
@@ -53,7 +54,11 @@ def load_weights(model: nn.Module, state_dict: dict, strict: bool, source: str, 
     """Load weights by name, except those under an ``exclude`` module prefix (they keep the model's
     own values, even where names and shapes match). Mismatches are named; ``strict`` makes them errors."""
     state_dict = clean_state_dict(state_dict)
-    own = model.state_dict()
+    # The model's own names, cleaned the same way (a model may have a child named ``module``):
+    # compared clean, loaded under the model's real names.
+    named = model.state_dict()
+    real = {clean_key(key): key for key in named}
+    own = {key: named[name] for key, name in real.items()}
 
     def excluded(key: str) -> bool:
         return any(key == prefix or key.startswith(prefix + ".") for prefix in exclude)
@@ -71,5 +76,5 @@ def load_weights(model: nn.Module, state_dict: dict, strict: bool, source: str, 
             f"{source}: weights do not match the model: {'; '.join(problems)}; fix arch, set trainer.load_exclude to the "
             f"parts to start fresh, or trainer.load_strict=false to load what matches"
         )
-    model.load_state_dict({k: state_dict[k] for k in report.loaded}, strict=False)
+    model.load_state_dict({real[k]: state_dict[k] for k in report.loaded}, strict=False)
     return report
