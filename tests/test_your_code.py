@@ -328,9 +328,11 @@ def test_references_keep_types_follow_overrides_and_name_both_keys_when_wrong(tm
         ({"a": "${a}"}, r"a -> a"),
         ({"a": "${nope.deep}"}, r"a: \$\{nope.deep\} refers to 'nope.deep', which the config does not have"),
         ({"a": "x${b}", "b": {"k": 1}}, r"a: \$\{b\} is a mapping and cannot be part of a string"),
+        ({"x": "${x.a}"}, r"x: \$\{x.a\} refers back to itself \(x.a -> x.a\)"),
     ):
         with pytest.raises(UserError, match=message):
             resolve_references(bad, "x")
+    assert resolve_references({"y": {"z": 5}, "x": "${y}", "w": "${x.z}"}, "x")["w"] == 5  # a path through a reference
     config = tiny_config(tmp_path, full_metrics=True)
     config = Config.from_dict(config, "c", ["arch.args.num_classes=7"])
     assert [m["args"]["num_classes"] for m in config["metrics"] if "num_classes" in m.get("args", {})] == [7, 7, 7]

@@ -81,17 +81,21 @@ class _Resolver:
         if key in self.active:
             loop = " -> ".join([*self.active[self.active.index(key) :], key])
             raise UserError(f"{self.source}: {path}: ${{{reference}}} refers back to itself ({loop}); break the cycle")
-        node: Any = self.data
-        for depth, part in enumerate(key.split(".") if key else [""]):
-            if isinstance(node, dict) and part in node:
-                node = node[part]
-            elif isinstance(node, list) and part.lstrip("-").isdigit() and -len(node) <= int(part) < len(node):
-                node = node[int(part)]
-            else:
-                where = ".".join(key.split(".")[:depth]) or "the top level"
-                raise UserError(f"{self.source}: {path}: ${{{reference}}} refers to {key!r}, which the config does not have (nothing at {part!r} in {where})")
-        self.active.append(key)
+        self.active.append(key)  # before the walk: a path through a reference may lead back here
         try:
+            node: Any = self.data
+            parts = key.split(".") if key else [""]
+            for depth, part in enumerate(parts):
+                inner = REFERENCE.fullmatch(node) if isinstance(node, str) else None
+                if inner:  # the path goes on through a reference: ${x.z} where x is "${y}" walks into y
+                    node = self.target(inner.group(1), ".".join(parts[:depth]))
+                if isinstance(node, dict) and part in node:
+                    node = node[part]
+                elif isinstance(node, list) and part.lstrip("-").isdigit() and -len(node) <= int(part) < len(node):
+                    node = node[int(part)]
+                else:
+                    where = ".".join(parts[:depth]) or "the top level"
+                    raise UserError(f"{self.source}: {path}: ${{{reference}}} refers to {key!r}, which the config does not have (nothing at {part!r} in {where})")
             resolved = self.value(node, key)
         finally:
             self.active.pop()
