@@ -73,15 +73,18 @@ class ResumeGuard:
     def __init__(self, run_dir: Path, lock: bytes | None):
         """Taken once the run directory is locked; ``lock`` is what its lock file held before."""
         self.run_dir = run_dir
-        self.files: dict[str, tuple[int, bytes | None]] = {}
+        self.present = set(os.listdir(run_dir))  # every entry, links too: only what is not here is removed
+        self.files: dict[str, tuple[int, bytes | None, int]] = {}
         for path in run_dir.iterdir():
             if path.is_file() and not path.is_symlink():
-                size = path.stat().st_size
-                self.files[path.name] = (size, path.read_bytes() if path.name in REWRITTEN or size < (1 << 20) else None)
+                info = path.stat()
+                data = path.read_bytes() if path.name in REWRITTEN or info.st_size < (1 << 20) else None
+                self.files[path.name] = (info.st_size, data, info.st_mode & 0o7777)
         if lock is not None:
-            self.files[".lock"] = (len(lock), lock)
+            self.files[".lock"] = (len(lock), lock, (run_dir / ".lock").stat().st_mode & 0o7777)
         else:
             self.files.pop(".lock", None)
+            self.present.discard(".lock")
         checkpoints = run_dir / "checkpoints"
         self.checkpoints = set(os.listdir(checkpoints)) if checkpoints.is_dir() else set()
 
@@ -90,14 +93,16 @@ class ResumeGuard:
         close_log_files()  # train.log is written through a handler: closed before it is cut back
         for path in list(self.run_dir.iterdir()):
             with contextlib.suppress(OSError):
-                if path.is_file() and path.name not in self.files:
+                if path.name not in self.present and (path.is_symlink() or path.is_file()):
                     path.unlink()
-                elif path.is_file():
-                    size, data = self.files[path.name]
+                elif path.name in self.files and path.is_file() and not path.is_symlink():
+                    size, data, mode = self.files[path.name]
                     if data is not None and path.read_bytes() != data:
                         path.write_bytes(data)
                     elif data is None and path.stat().st_size != size:
                         os.truncate(path, size)  # append-only (train.log, events): cut back to what it was
+                    if path.stat().st_mode & 0o7777 != mode:
+                        path.chmod(mode)  # a file replaced by a rename came back with the default mode
         checkpoints = self.run_dir / "checkpoints"
         if checkpoints.is_dir():
             for name in set(os.listdir(checkpoints)) - self.checkpoints:

@@ -931,6 +931,28 @@ def test_a_failed_resume_keeps_the_history_byte_for_byte(override, expected, tmp
     assert (run_dir / "metrics.jsonl").read_bytes().startswith((finished / "metrics.jsonl").read_bytes())
 
 
+def test_a_roll_back_keeps_the_users_links_and_gives_back_modes(tmp_path):
+    """What a failed resume puts back: replaced files with their bytes and mode, added files and
+    links removed, and the links the run directory already had left alone."""
+    from app.history import ResumeGuard
+    from utils.files import write_atomic
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    (run_dir / "metrics.jsonl").chmod(0o600)
+    (tmp_path / "notes.txt").write_text("the user's own notes")
+    (run_dir / "notes").symlink_to(tmp_path / "notes.txt")
+    before = tree(run_dir)
+    guard = ResumeGuard(run_dir, None)
+    write_atomic(run_dir / "metrics.jsonl", "rewritten\n", "run directory", "make it writable")  # a new file, the default mode
+    (run_dir / "added.json").write_text("{}")
+    (run_dir / "added-link").symlink_to(tmp_path / "notes.txt")
+    guard.roll_back()
+    assert tree(run_dir) == before, changes(before, tree(run_dir))
+    assert (run_dir / "metrics.jsonl").stat().st_mode & 0o777 == 0o600
+
+
 # -- a checkpoint's config may not run code; --trust-checkpoint or -c lifts that --------------------------
 
 

@@ -247,3 +247,30 @@ def test_a_model_with_a_child_named_module_loads_its_own_weights():
     report = load_weights(loaded, clean_state_dict(saved.state_dict()), strict=True, source="x.pth")
     assert report.missing == report.unexpected == [] and len(report.loaded) == 4
     assert all(torch.equal(a, b) for a, b in zip(saved.state_dict().values(), loaded.state_dict().values()))
+
+
+def test_a_crafted_file_that_would_unpack_to_gigabytes_is_one_line_before_it_is_read(tmp_path):
+    """A saved tensor keeps its strides (a one-element view of 10^9 elements), and torch's reader
+    inflates compressed records torch never writes: both are refused before anything is allocated."""
+    import zipfile
+
+    expanded = tmp_path / "expanded.pth"
+    torch.save({"model": {"w": torch.zeros(1).expand(10**9)}}, expanded)
+    with pytest.raises(UserError, match="1,000,000,000 elements in 4 bytes"):
+        load_checkpoint(expanded)
+    plain, packed = tmp_path / "plain.pth", tmp_path / "packed.pth"
+    torch.save({"model": {"w": torch.zeros(1 << 20)}}, plain)
+    with zipfile.ZipFile(plain) as source, zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as target:
+        for record in source.infolist():
+            target.writestr(record.filename, source.read(record))
+    assert packed.stat().st_size < plain.stat().st_size // 50
+    with pytest.raises(UserError, match="compressed records, which torch never writes"):
+        load_checkpoint(packed)
+
+
+def test_a_checkpoint_whose_version_was_lowered_is_still_checked(tmp_path, finished_run):
+    state = torch.load(finished_run / "checkpoints" / "last.pth", weights_only=True)
+    state["version"] = 2  # checksums came with version 3: lowering it must not switch them off
+    torch.save(state, tmp_path / "older.pth")
+    with pytest.raises(UserError, match="the part 'version' does not match its checksum"):
+        load_checkpoint(tmp_path / "older.pth")

@@ -179,7 +179,8 @@ def remove_stale_temporaries(folder: Path, target: str | None = None) -> list[Pa
     with contextlib.suppress(OSError):
         for path in Path(folder).glob(".*.tmp-*"):
             match = _TEMP.match(path.name)
-            if match and (target is None or match.group(1) == target[:180]) and path.is_file() and not process_alive(int(match.group(2))):
+            leftover = path.is_symlink() or path.is_file()  # a link point() had not renamed into place yet, too
+            if match and (target is None or match.group(1) == target[:180]) and leftover and not process_alive(int(match.group(2))):
                 with contextlib.suppress(OSError):
                     path.unlink()
                 stale.append(path)

@@ -42,9 +42,15 @@ def shape_problem(value: Any) -> str | None:
     laughs"), and every later walk would expand them."""
     measured: dict[int, tuple[int, int]] = {}  # id -> (values, depth) of each container, counted once
     on_path: set[int] = set()
+    tensors = TensorBytes()
     stack: list[tuple[Any, bool, str]] = [(value, False, "")]
     while stack:
         node, children_done, where = stack.pop()
+        if isinstance(node, torch.Tensor):
+            problem = tensors.add(node, where)
+            if problem:
+                return problem
+            continue
         if not isinstance(node, (dict, list, tuple)):
             continue
         key = id(node)
@@ -69,6 +75,34 @@ def shape_problem(value: Any) -> str | None:
         stack.append((node, True, where))
         stack.extend((item, False, f"{where}.{name}" if where else str(name)) for name, item in items)
     return None
+
+
+class TensorBytes:
+    """The bytes a checkpoint's tensors claim against the bytes it holds: a saved tensor keeps its
+    strides, so a one-element file can be an expanded view of billions (stride 0) that any copy
+    (a checksum, ``.contiguous()``) would allocate; and one large tensor named a million times
+    costs a million reads. Tied weights (a tensor named twice) are normal."""
+
+    SLACK = 4
+    FREE = 1 << 20
+
+    def __init__(self):
+        self.storages: dict[int, int] = {}
+        self.claimed = 0
+
+    def add(self, tensor: torch.Tensor, where: str) -> str | None:
+        try:
+            storage = tensor.untyped_storage()
+        except (RuntimeError, NotImplementedError):  # sparse or otherwise storage-less: not something a checkpoint of this template holds
+            return f"{where or 'a value'} is a tensor without plain storage"
+        needed = tensor.numel() * tensor.element_size()
+        if tensor.numel() and needed > storage.nbytes():
+            return f"{where or 'a value'} is a tensor of {tensor.numel():,} elements in {storage.nbytes():,} bytes (a view that repeats its elements, as only a crafted file has)"
+        self.storages[storage.data_ptr()] = storage.nbytes()
+        self.claimed += needed
+        if self.claimed > self.SLACK * sum(self.storages.values()) + self.FREE:
+            return f"its tensors name the same {sum(self.storages.values()):,} bytes more than {self.SLACK} times over (a crafted file)"
+        return None
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:

@@ -17,6 +17,7 @@ import errno
 import os
 import re
 import warnings
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -176,10 +177,31 @@ class FileCheckpoint(Checkpoint):
         return self.data["ranks"][rank]
 
 
+def unpacked_problem(path: Path) -> str | None:
+    """Why ``path``'s records would unpack to more than the file holds, or None. torch writes its
+    zip records stored, never compressed, but its reader inflates compressed ones: a file of 300 KB
+    could become a tensor of 300 MB inside ``torch.load``, before anything could refuse it."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return None  # not torch's zip format: torch.load refuses it or reads it as it is
+        with zipfile.ZipFile(path) as archive:
+            records = archive.infolist()
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return None  # torch.load says what is wrong
+    if any(record.compress_type != zipfile.ZIP_STORED for record in records):
+        return "compressed records, which torch never writes"
+    if sum(record.file_size for record in records) > path.stat().st_size:
+        return "records larger than the file"
+    return None
+
+
 def read_file_checkpoint(path: Path) -> FileCheckpoint:
     """Read a checkpoint or weights file safely; missing, truncated, damaged or foreign files are one line."""
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found; pass an existing .pth file with -r")
+    unpacked = unpacked_problem(path)
+    if unpacked:
+        raise UserError(f"{path}: not a usable checkpoint ({unpacked})")
     try:
         with warnings.catch_warnings():  # e.g. "Detected pickle protocol 119": noise about a file we reject anyway
             warnings.simplefilter("ignore")
@@ -198,7 +220,7 @@ def read_file_checkpoint(path: Path) -> FileCheckpoint:
             raise UserError(f"{path}: a damaged checkpoint (format version {version!r}); pass a file from a run's checkpoints/ folder")
         if version > VERSION:
             raise UserError(f"{path}: checkpoint version {version} is newer than this code understands ({VERSION})")
-        if version >= 3:
+        if version >= 3 or "checksums" in data:  # a version changed to an older one does not switch the check off
             verify_checksums(data, path)
         wrong = [key for key, ok in (("model", _is_state_dict(data.get("model"))), ("config", isinstance(data.get("config"), (dict, type(None)))),
                                      ("progress", version == 1 or isinstance(data.get("progress"), dict))) if not ok]  # fmt: skip

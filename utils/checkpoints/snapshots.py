@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from utils import distributed
-from utils.checkpoints.files import epoch_checkpoints, save_atomic, verify_checksums, with_checksums
+from utils.checkpoints.files import epoch_checkpoints, save_atomic, unpacked_problem, verify_checksums, with_checksums
 from utils.checkpoints.state import FORMAT, VERSION, Checkpoint, DcpStateful, Stateful, header
 from utils.errors import UserError, first_line
 from utils.files import fsync_dir, remove_stale_temporaries, temporary_name
@@ -170,6 +170,9 @@ def full_tensors(folder: Path, prefix: str) -> dict[str, torch.Tensor]:
 
 
 def read_plain(path: Path) -> dict:
+    unpacked = unpacked_problem(path)
+    if unpacked:
+        raise UserError(f"{path}: not a usable part of a sharded checkpoint ({unpacked})")
     try:
         data = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as exc:  # noqa: BLE001 - weights_only runs no code: any failure means a damaged file
@@ -242,6 +245,7 @@ class SnapshotStore:
             save_atomic(with_checksums(state), folder / META)
         distributed.barrier()
         if distributed.is_main_process():
+            fsync_dir(folder.parent)  # the new snapshot's folder entry is on disk before a link names it (power loss)
             point(link, folder)
 
     def link(self, source: str, target: str) -> None:

@@ -155,6 +155,8 @@ def _restore(checkpoint: Checkpoint, shared: dict[str, Stateful], own: dict[str,
     if lost:
         raise UserError(f"{checkpoint.path}: incomplete checkpoint, the process state lacks {lost}; resume from another file (epoch-N, best)")
     for name, part in own.items():
+        if name == "rng" and written_by != world_size:
+            continue  # every process would draw rank 0's numbers (the same dropout masks): each keeps its own seed's stream
         part.load_state_dict(state[name])
     if written_by != world_size:
         logging.getLogger("template").warning(
