@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import random
@@ -13,7 +12,7 @@ import time
 
 import pytest
 import torch
-from helpers import ROOT, build_trainer, metric_rows, run_here, run_script, tiny_config, write_config
+from helpers import ROOT, build_trainer, entry_point, metric_rows, run_here, run_script, tiny_config, write_config
 
 from utils.checkpoints import VERSION, clean_state_dict, load_checkpoint
 from utils.errors import UserError
@@ -91,15 +90,6 @@ def test_keep_last_keeps_the_newest_epoch_files_and_always_last_and_best(finishe
     names = sorted(p.name for p in (finished_run / "checkpoints").iterdir())
     assert names == ["best.pth", "epoch-3.pth", "epoch-4.pth", "last.pth"]
     assert torch.load(finished_run / "checkpoints" / "epoch-3.pth", weights_only=True)["progress"]["epoch"] == 3
-
-
-def entry_point(script: str):
-    """The ``main`` of ``train.py`` or ``test.py``, loaded by path (``test`` is also a stdlib package)."""
-    spec = importlib.util.spec_from_file_location(f"{script[:-3]}_entry", ROOT / script)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # as an import would: dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module.main
 
 
 def test_any_garbage_is_a_one_line_error(tmp_path, recwarn):
