@@ -85,9 +85,20 @@ class RunRecord:
         return metric, row[metric], row["epoch"]
 
 
+def latest_config(path: Path) -> Path:
+    """The config the run last trained with: ``config-resume-N.json`` of its latest resume that
+    changed it (``trainer.epochs=3``, say), else ``config.json``."""
+    resumed = []
+    for candidate in path.glob("config-resume-*.json"):
+        number = candidate.stem.rsplit("-", 1)[-1]
+        if number.isdigit():
+            resumed.append((int(number), candidate))
+    return max(resumed)[1] if resumed else path / "config.json"
+
+
 def read_run(path: Path) -> RunRecord:
     """A run directory's record; a file that cannot be read is a :class:`UserError` naming it."""
-    config = _json(path / "config.json")
+    config = _json(latest_config(path))
     manifest = _json(path / "manifest.json") if (path / "manifest.json").exists() else {}
     try:
         rows = MetricsFile.read(path / "metrics.jsonl") if (path / "metrics.jsonl").exists() else []

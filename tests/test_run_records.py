@@ -62,3 +62,18 @@ def test_the_profiler_writes_a_trace_of_its_window(recorded):
     assert len(traces) == 1
     events = json.loads(traces[0].read_text())["traceEvents"]
     assert any("ProfilerStep" in event.get("name", "") for event in events)
+
+
+def test_the_runs_table_reads_the_config_of_the_latest_resume(tmp_path):
+    """A run resumed with trainer.epochs=3 plans 3 epochs: runs.py reads config-resume-N.json, not the first config."""
+    from app.run_records import read_run
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    config = tiny_config(tmp_path, epochs=2)
+    (run_dir / "config.json").write_text(json.dumps(config))
+    for number, epochs in ((1, 3), (2, 5), (10, 4)):  # numbered in order: 10 is the latest, not 2
+        config["trainer"]["epochs"] = epochs
+        (run_dir / f"config-resume-{number}.json").write_text(json.dumps(config))
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "val_loss": 1.0 / e}) + "\n" for e in (1, 2, 3)))
+    assert read_run(run_dir).epochs_planned == 4
