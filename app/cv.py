@@ -62,16 +62,18 @@ def folds_of(folder: Path, fold: int | None = None) -> int:
     return folds
 
 
+def summary_of(folder: Path, fix: str) -> dict:
+    """``cv_summary.json`` (a mapping), or ``{}`` before a fold has finished; ``fix`` words its errors."""
+    path = folder / SUMMARY
+    return read_json(path, "cross-validation summary", fix) if path.exists() else {}
+
+
 def finished_folds(folder: Path) -> set[int]:
     """The folds ``cv_summary.json`` lists as finished (read strictly: a damaged summary is an error)."""
-    path = folder / SUMMARY
     fix = "continue the cross-validation with train.py -r " + str(folder)
-    if not path.exists():
-        return set()
-    summary = read_json(path, "cross-validation summary", fix)
-    entries = summary.get("per_fold") if isinstance(summary, dict) else None
+    entries = summary_of(folder, fix).get("per_fold", [])
     if not isinstance(entries, list) or not all(isinstance(entry, dict) and isinstance(entry.get("fold"), int) for entry in entries):
-        raise UserError(f"{path}: damaged (per_fold is not a list of folds); {fix}")
+        raise UserError(f"{folder / SUMMARY}: damaged (per_fold is not a list of folds); {fix}")
     return {entry["fold"] for entry in entries}
 
 
@@ -142,10 +144,7 @@ class CrossValidation:
 
     def done(self) -> dict[int, dict]:
         """The folds ``cv_summary.json`` says are finished, by number."""
-        path = self.folder / SUMMARY
-        if not path.exists():
-            return {}
-        summary = read_json(path, "cross-validation summary", "repair it, or remove it to train its folds again")
+        summary = summary_of(self.folder, "repair it, or remove it to train its folds again")
         return {
             entry["fold"]: entry for entry in summary.get("per_fold", []) if isinstance(entry, dict) and isinstance(entry.get("fold"), int)
         }

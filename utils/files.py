@@ -187,7 +187,8 @@ def remove_stale_temporaries(folder: Path, target: str | None = None) -> list[Pa
     return stale
 
 
-def _same_file(fd: int, path: Path) -> bool:
+def same_file(fd: int, path: Path) -> bool:
+    """Whether the open ``fd`` is the file ``path`` names now (a lock file removed and made again is not)."""
     try:
         return os.path.samestat(os.fstat(fd), os.stat(path))
     except OSError:
@@ -238,7 +239,7 @@ class OutputClaim:
                 holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
                 os.close(fd)
                 raise UserError(f"{flag}: {path} is being written by process {holder}; wait for it, or choose another name") from None
-            if _same_file(fd, self.lock_path):
+            if same_file(fd, self.lock_path):
                 break
             os.close(fd)  # its releaser removed that claim file between our open and flock: claim the new one
         os.ftruncate(fd, 0)

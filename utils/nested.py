@@ -87,8 +87,9 @@ class TensorBytes:
     FREE = 1 << 20
 
     def __init__(self):
-        self.storages: dict[int, int] = {}
-        self.claimed = 0
+        self.storages: set[int] = set()
+        self.held = 0  # bytes of the distinct storages
+        self.claimed = 0  # bytes the tensors name
 
     def add(self, tensor: torch.Tensor, where: str) -> str | None:
         try:
@@ -98,10 +99,12 @@ class TensorBytes:
         needed = tensor.numel() * tensor.element_size()
         if tensor.numel() and needed > storage.nbytes():
             return f"{where or 'a value'} is a tensor of {tensor.numel():,} elements in {storage.nbytes():,} bytes (a view that repeats its elements, as only a crafted file has)"
-        self.storages[storage.data_ptr()] = storage.nbytes()
+        if storage.data_ptr() not in self.storages:
+            self.storages.add(storage.data_ptr())
+            self.held += storage.nbytes()
         self.claimed += needed
-        if self.claimed > self.SLACK * sum(self.storages.values()) + self.FREE:
-            return f"its tensors name the same {sum(self.storages.values()):,} bytes more than {self.SLACK} times over (a crafted file)"
+        if self.claimed > self.SLACK * self.held + self.FREE:
+            return f"its tensors name the same {self.held:,} bytes more than {self.SLACK} times over (a crafted file)"
         return None
 
 

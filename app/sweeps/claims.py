@@ -17,6 +17,7 @@ from pathlib import Path
 
 from logger.logger import get_logger
 from utils.errors import first_line
+from utils.files import same_file
 
 
 class SlotLock:
@@ -75,12 +76,9 @@ class SetupLock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
-                    self.fd = fd
-                    return self
-            except FileNotFoundError:
-                pass
+            if same_file(fd, self.path):
+                self.fd = fd
+                return self
             os.close(fd)
 
     def __exit__(self, *exc: object) -> None:

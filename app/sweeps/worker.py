@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from app.config import Config, read_config_file
-from app.cv import SUMMARY, CrossValidation, fold_config, is_cv_dir, join_process_group, run_cross_validation
+from app.cv import CrossValidation, fold_config, is_cv_dir, join_process_group, run_cross_validation, summary_of
 from app.run_dir import lock_holder
 from app.run_records import best_row, read_run, training_over
 from app.session import RunRequest, Session
@@ -214,12 +214,10 @@ class Sweep:
         return code
 
     def _close_parent(self, state: str) -> None:
-        complete = [t for t in self.study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
-        metrics = {}
-        if complete:
-            metrics[f"best_{self.metric}"] = self.study.best_value
         states = [t.state.name for t in self.study.get_trials(deepcopy=False)]
-        metrics.update({f"trials_{name.lower()}": states.count(name) for name in ("COMPLETE", "PRUNED", "FAIL")})
+        metrics = {f"trials_{name.lower()}": states.count(name) for name in ("COMPLETE", "PRUNED", "FAIL")}
+        if metrics["trials_complete"]:
+            metrics[f"best_{self.metric}"] = self.study.best_value
         files = [self.folder / name for name in (SWEEP_FILE, "results.csv", "best.json") if (self.folder / name).exists()]
         close_parent(self.tracker_parent, state, metrics, files)
 
@@ -316,7 +314,7 @@ class Sweep:
         if self.request.folds is not None:
             if not is_cv_dir(folder):
                 return self._start_over(folder)
-            summary = read_json(folder / SUMMARY, "cross-validation summary", "remove it") if (folder / SUMMARY).exists() else {}
+            summary = summary_of(folder, "remove it")
             return "told" if len(summary.get("per_fold", [])) >= self.request.folds else "resume"
         last = next((folder / "checkpoints" / name for name in ("last.pth", "last.dcp") if (folder / "checkpoints" / name).exists()), None)
         if last is None:
@@ -478,7 +476,7 @@ class Sweep:
     def _objective(self, folder: Path) -> tuple[float | None, int]:
         """(the best monitored value, or the mean over folds; epochs trained)."""
         if self.request.folds is not None:
-            summary = read_json(folder / SUMMARY, "cross-validation summary", "the trial's folder is damaged") if (folder / SUMMARY).exists() else {}
+            summary = summary_of(folder, "the trial's folder is damaged")
             across = summary.get("across", {}).get(self.metric)
             return (across["mean"] if across else None), len(summary.get("per_fold", []))  # folds, for a CV
         record = read_run(folder)
