@@ -18,10 +18,10 @@ a rename, and an existing one is replaced only with ``--force``. A cross-validat
 
 from __future__ import annotations
 
-from utils.signals import exit_on_signals, exit_quietly, watch_launcher
+from utils.ending import catch_signals
 
 if __name__ == "__main__":
-    exit_on_signals()  # before the heavy imports: a signal ends the script with 130/143, no traceback, no output file
+    catch_signals(None)  # before the heavy imports: a signal ends the script with 130/143, no traceback, no output file
 
 import argparse
 import os
@@ -39,7 +39,8 @@ from logger.progress import progress_iter
 from trainer.batches import BatchReader
 from trainer.predictor import Predictor
 from utils import distributed
-from utils.errors import UserError, report
+from utils.ending import Hooks, finish, leave, starting
+from utils.errors import UserError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -55,23 +56,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if distributed.launched_by_torchrun():
-        watch_launcher()
-    claim = None
-    try:
+    starting(None)
+    claims: list = []  # the output file, claimed by rank 0 before any work
+
+    def body() -> int:
         if int(os.environ.get("RANK", 0)) == 0:  # rank 0 writes the file: it claims it before any work
-            claim = claim_output(Path(args.out), args.force)
+            claims.append(claim_output(Path(args.out), args.force))
         loaded = load_trained_model(args)
         if loaded.folds is not None and args.split != "test" and not args.input:
             raise UserError(f"--split {args.split}: each fold of {args.resume} has its own {args.split} split; pick one with --fold I")
-        predict(args, loaded, claim)
-    except Exception as exc:
-        return report(exc, distributed.rank(), distributed.is_distributed())
-    finally:
-        if claim is not None:
-            claim.release()
-        distributed.cleanup()
-    return 0
+        predict(args, loaded, claims[0] if claims else None)
+        return 0
+
+    return finish(body, hooks=Hooks(cleanup=lambda: [claim.release() for claim in claims]))
 
 
 def sources(args: argparse.Namespace, config):
@@ -132,8 +129,4 @@ def predict(args: argparse.Namespace, loaded, claim) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        code = main()
-    except SystemExit as stopped:  # a signal (exit_on_signals)
-        code = stopped.code
-    exit_quietly(code)
+    leave(main)

@@ -15,10 +15,10 @@ cannot read is named on stderr and left out.
 
 from __future__ import annotations
 
-from utils.signals import exit_on_signals, exit_quietly
+from utils.ending import catch_signals
 
 if __name__ == "__main__":
-    exit_on_signals()
+    catch_signals(None)
 
 import argparse
 import csv
@@ -28,7 +28,8 @@ import sys
 from pathlib import Path
 
 from app.run_records import RunRecord, differing_keys, find_run_dirs, read_run
-from utils.errors import UserError, report
+from utils.ending import finish, leave
+from utils.errors import UserError
 from utils.files import OutputClaim, file_error, temporary_name
 from utils.nested import flatten
 
@@ -130,7 +131,7 @@ def write_csv(path: Path, text: str, force: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
+    def body() -> int:
         args = parse_args(argv)
         runs, problems = collect(args.paths)
         for problem in problems:
@@ -145,14 +146,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {args.csv} ({len(rows)} runs)")
         else:
             print(render(header, rows))
-    except Exception as exc:
-        return report(exc, 0, False)
-    return 0
+        return 0
+
+    return finish(body)
 
 
 if __name__ == "__main__":
-    try:
-        code = main()
-    except SystemExit as stopped:
-        code = stopped.code
-    exit_quietly(code)
+    leave(main)

@@ -18,20 +18,25 @@ the same command at once. See ``app/sweeps/`` for the rules.
 
 from __future__ import annotations
 
+from utils.ending import catch_signals
+from utils.signals import StopRequest
+
+STOP = StopRequest()
+if __name__ == "__main__":
+    catch_signals(STOP)  # before the heavy imports: a signal during them ends the process, nothing made
+
 import argparse
 import logging
 import shlex
+import signal
 import sys
 from pathlib import Path
 
 from app.session import launcher
 from app.sweeps.worker import Sweep, SweepRequest
 from logger.manifest import command_line
-from utils import distributed
-from utils.errors import UserError, peer_lost, report
-from utils.signals import StartupStopped, StopRequest, exit_quietly, watch_launcher
-
-STOP = StopRequest()
+from utils.ending import Hooks, finish, leave, starting
+from utils.errors import UserError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -73,14 +78,10 @@ def show(folder: Path, storage: str | None) -> int:
 
 
 def main(argv: list[str] | None = None, restore_signals: bool = True) -> int:
-    if not STOP.installed:
-        STOP.install()
-    STOP.mode = "raise"
-    if distributed.launched_by_torchrun():
-        watch_launcher()
+    starting(STOP)
     argv = sys.argv[1:] if argv is None else argv
-    lost = False
-    try:
+
+    def body() -> int:
         args = parse_args(argv)
         if args.show:
             return show(Path(args.show), args.storage)
@@ -102,20 +103,15 @@ def main(argv: list[str] | None = None, restore_signals: bool = True) -> int:
         sweep = Sweep(request, STOP)
         sweep.prepare()
         return sweep.run()
-    except StartupStopped as stopped:
-        return 128 + stopped.signum
-    except KeyboardInterrupt:
-        print("error: interrupted twice; stopped at once", file=sys.stderr)
-        return 130
-    except Exception as exc:
-        lost = peer_lost(exc)
-        logging.getLogger("template").debug("sweep failed", exc_info=True)
-        return report(exc, distributed.rank(), distributed.is_distributed())
-    finally:
-        distributed.cleanup(wait=not lost)
-        if restore_signals:
-            STOP.restore()
+
+    def stopped(signum: int) -> str:  # at start-up, or between trials (each trial's own run is already taken back)
+        return f"stopped by {signal.Signals(signum).name}; the study keeps every finished trial and continues with the same command"
+
+    def failed(exc: BaseException, peer_lost: bool) -> None:
+        logging.getLogger("template").debug("sweep failed", exc_info=exc)
+
+    return finish(body, STOP, Hooks(stopped=stopped, failed=failed), restore_signals)
 
 
 if __name__ == "__main__":
-    exit_quietly(main(restore_signals=False))
+    leave(lambda: main(restore_signals=False))

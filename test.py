@@ -18,10 +18,10 @@ and the metrics go to ``CV_RUN_DIR/test_metrics.json``; with ``--fold I`` to tha
 
 from __future__ import annotations
 
-from utils.signals import exit_on_signals, exit_quietly, watch_launcher
+from utils.ending import catch_signals
 
 if __name__ == "__main__":
-    exit_on_signals()  # before the heavy imports: a signal ends the script with 130/143, no traceback, nothing written
+    catch_signals(None)  # before the heavy imports: a signal ends the script with 130/143, no traceback, nothing written
 
 import argparse
 import json
@@ -36,7 +36,8 @@ from app.session import build_trainer, evaluation_settings
 from trainer.batches import BatchReader
 from utils import distributed
 from utils.checkpoints import run_dir_of
-from utils.errors import UserError, first_line, report
+from utils.ending import Hooks, finish, leave, starting
+from utils.errors import UserError, first_line
 from utils.files import OutputClaim, file_error, temporary_name
 
 
@@ -51,20 +52,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if distributed.launched_by_torchrun():
-        watch_launcher()
+    starting(None)
     claims: list[OutputClaim] = []
-    try:
+
+    def body() -> int:
         if int(os.environ.get("RANK", 0)) == 0:  # rank 0 writes the results: it claims them before any work
-            claims = claim_outputs(args)
+            claims.extend(claim_outputs(args))
         evaluate(args, *claims)
-    except Exception as exc:
-        return report(exc, distributed.rank(), distributed.is_distributed())
-    finally:
-        for claim in claims:
-            claim.release()
-        distributed.cleanup()
-    return 0
+        return 0
+
+    return finish(body, hooks=Hooks(cleanup=lambda: [claim.release() for claim in claims]))
 
 
 def claim_outputs(args: argparse.Namespace) -> list[OutputClaim]:
@@ -177,8 +174,4 @@ def export_model(model: torch.nn.Module, read_batch: BatchReader, data_loader, c
 
 
 if __name__ == "__main__":
-    try:
-        code = main()
-    except SystemExit as stopped:  # a signal (exit_on_signals)
-        code = stopped.code
-    exit_quietly(code)
+    leave(main)

@@ -13,24 +13,23 @@ and leaves nothing behind. The run's life is ``app/session.py``; this file is it
 
 from __future__ import annotations
 
+from utils.ending import catch_signals
 from utils.signals import StopRequest
 
 STOP = StopRequest()
 if __name__ == "__main__":
-    STOP.install(mode="exit")  # before the heavy imports: a signal during them ends the process, nothing made
+    catch_signals(STOP)  # before the heavy imports: a signal during them ends the process, nothing made
 
 import argparse
 import logging
-import signal
 import sys
 
 from app.cv import cross_validate, is_cv_dir
-from app.session import RunRequest, Session, stopped_during_start_up
+from app.session import RunRequest, Session
 from logger.logger import log_to_files
 from logger.manifest import command_line
-from utils import distributed
-from utils.errors import UserError, first_line, peer_lost, report
-from utils.signals import StartupStopped, exit_quietly, watch_launcher
+from utils.ending import Hooks, finish, leave, starting
+from utils.errors import UserError, first_line
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -66,40 +65,36 @@ def request_of(args: argparse.Namespace, argv: list[str]) -> RunRequest:
 def main(argv: list[str] | None = None, restore_signals: bool = True) -> int:
     """Train; the exit code. ``restore_signals``: give SIGINT/SIGTERM back to whoever had them (a
     caller in the same process); the script itself keeps them, so a signal while it exits changes nothing."""
-    if not STOP.installed:
-        STOP.install()
-    STOP.mode = "raise"  # while the run starts, a signal stops it at once (utils/signals.py)
-    if distributed.launched_by_torchrun():
-        watch_launcher()
+    starting(STOP)
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     session = Session(request_of(args, argv), STOP)
-    lost = False  # another process of the run is gone: nobody to wait for on the way out
-    try:
+
+    def body() -> int:
         if args.folds is not None or (args.resume is not None and args.config is None and is_cv_dir(args.resume)):
             return cross_validate(session.request, args.folds, STOP)  # a run of runs: each fold its own Session
         return session.run()
-    except StartupStopped as stopped:
-        session.abandon(stopped=True)
-        STOP.signum = stopped.signum
-        return stopped_during_start_up(STOP)
-    except KeyboardInterrupt:
-        session.abandon(stopped=True, reason="interrupted twice")
-        print("error: interrupted twice; stopped at once", file=sys.stderr)
-        return 128 + signal.SIGINT
-    except Exception as exc:
+
+    return finish(body, STOP, ending_of(session), restore_signals)
+
+
+def ending_of(session: Session) -> Hooks:
+    """A run cut short is taken back (or, once claimed, recorded as stopped or failed in its history);
+    an error after the claim also goes to the run's own train.log; a lost peer names the intact checkpoint."""
+
+    def failed(exc: BaseException, peer_lost: bool) -> None:
         session.abandon(stopped=False, reason=first_line(exc))
         if isinstance(exc, UserError) and session.claim is not None:  # this run's train.log, never an earlier run's
             log_to_files(logging.ERROR, f"error: {exc}")
-        lost = peer_lost(exc)
-        if lost and session.trainer is not None and session.trainer.saved_once:
+        if peer_lost and session.trainer is not None and session.trainer.saved_once:
             logging.getLogger("template").warning("the last checkpoint is intact; resume with: %s", session.resume_command())
-        return report(exc, distributed.rank(), distributed.is_distributed())
-    finally:
-        distributed.cleanup(wait=not lost)
-        if restore_signals:
-            STOP.restore()
+
+    return Hooks(
+        stopped=lambda signum: session.abandon(stopped=True),
+        interrupted=lambda: session.abandon(stopped=True, reason="interrupted twice"),
+        failed=failed,
+    )
 
 
 if __name__ == "__main__":
-    exit_quietly(main(restore_signals=False))
+    leave(lambda: main(restore_signals=False))

@@ -79,6 +79,9 @@ def finished_folds(folder: Path) -> set[int]:
 
 @dataclass
 class CrossValidation:
+    """A K-fold cross-validation as one run directory: trains fold after fold as ordinary runs, keeps
+    ``cv.json`` and ``cv_summary.json``, and continues an unfinished one exactly."""
+
     folder: Path
     folds: int
     config: dict
@@ -183,7 +186,7 @@ class CrossValidation:
         for fold in range(self.folds):
             if fold in finished:
                 continue
-            stop.mode = "raise"  # while the fold starts, a signal stops it at once (its Session claims politely)
+            stop.while_starting()  # while the fold starts, a signal stops it at once (its Session claims politely)
             code = self.run_fold(fold, stop)
             if code != 0:
                 return code
@@ -320,7 +323,7 @@ def run_cross_validation(cv: CrossValidation, stop: StopRequest, new: bool) -> i
     """Train ``cv``'s folds left; a new CV's directory goes again if no fold was started (as a single run's would)."""
     verbosity = cv.config.get("trainer", {}).get("verbosity", 1)
     setup_logging(verbosity if verbosity in (0, 1, 2) else 1, int(os.environ.get("RANK", 0)))
-    stop.mode = "polite"
+    stop.while_running()
     try:
         if distributed.is_main_process():
             get_logger().info("cross-validation: %d folds in %s; continue with: %s", cv.folds, cv.folder, cv.resume_command())

@@ -29,6 +29,9 @@ REWRITTEN = ("config.json", "manifest.json", "metrics.jsonl", "metrics.supersede
 
 @dataclass
 class RunHistory:
+    """A run directory's history (config, manifest, metrics rows), read strictly before a resume touches it, so
+    a damaged file stops the resume instead of being rewritten."""
+
     run_dir: Path
     config: dict | None
     manifest: dict | None

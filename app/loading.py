@@ -40,6 +40,9 @@ def add_loading_arguments(parser: argparse.ArgumentParser) -> None:
 
 @dataclass
 class Loaded:
+    """A trained model ready to evaluate or predict (``test.py``, ``predict.py``): its config, checkpoint,
+    device and which weights it holds; for a cross-validation, the fold ensemble."""
+
     config: Config
     checkpoint: Checkpoint
     device: torch.device

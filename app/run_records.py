@@ -55,6 +55,9 @@ def best_row(rows: list[dict], monitor: Any) -> dict | None:
 
 @dataclass
 class RunRecord:
+    """One run directory as ``runs.py`` shows it: its latest config, metrics rows, manifest and state (running,
+    finished, stopped, failed)."""
+
     path: Path
     config: dict
     rows: list[dict]

@@ -145,7 +145,7 @@ class Session:
             check_work_left(trainer, request.resume)
             if distributed.is_main_process():
                 self.history = RunHistory.read(run_dir_of(request.resume), request.resume)
-        self.stop.mode = "polite"  # from the claim on, a signal stops at a step with a checkpoint
+        self.stop.while_running()  # from the claim on, a signal stops at a step with a checkpoint
         if distributed.any_process(self.stop.requested):
             return None
         run_dir = self.run_dir = self.claim_run_dir(config)

@@ -26,6 +26,11 @@ from utils.signals import StopRequest
 
 
 class BaseTrainer(ABC):
+    """The epoch loop every Trainer shares: epochs, validation, the monitor and early stop, checkpoints of the
+    stateful parts, stop signals. A subclass supplies ``_train_epoch`` and ``_valid_epoch`` and names
+    its parts in ``state_parts``/``rank_parts``; to change the train step, subclass
+    :class:`trainer.Trainer` instead."""
+
     def __init__(
         self,
         settings: TrainerSettings,

@@ -28,6 +28,9 @@ from logger.trackers import Trackers
 
 
 class RunLog:
+    """Where a run's records go: ``train.log``, ``metrics.jsonl``, TensorBoard and the experiment trackers, for
+    a run directory (or nowhere, ``run_dir=None``, for a pre-flight or a test)."""
+
     def __init__(self, run_dir: Path | None, tensorboard: bool = False, purge_step: int | None = None, trackers: Trackers | None = None):
         self.run_dir = run_dir
         self.claim: Any = None  # the run directory's lock (app/run_dir.py), given up by close()

@@ -20,6 +20,9 @@ import torch
 
 
 class TensorboardWriter:
+    """TensorBoard events of one run (scalars, matrices as images and tables); a disabled writer accepts every
+    call and writes nothing."""
+
     def __init__(self, log_dir: Path | None, enabled: bool, purge_step: int | None = None):
         self.writer = None
         if log_dir is not None and enabled:

@@ -60,3 +60,42 @@ def test_a_run_with_plain_metrics_imports_neither_dcp_nor_torchmetrics(tmp_path)
     result = run_script("-c", probe, "-c", str(path), "--run-id", "plain")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+
+
+def public_classes_without_docstring(folder: str) -> list[str]:
+    missing = []
+    for path in sorted((ROOT / folder).rglob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ClassDef) and not node.name.startswith("_") and ast.get_docstring(node) is None:
+                missing.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
+    return missing
+
+
+def test_every_public_class_of_the_engine_says_what_it_is_for():
+    missing = [entry for folder in LAYERS for entry in public_classes_without_docstring(folder)]
+    assert not missing, f"public classes without a class docstring: {missing}"
+
+
+ENTRY_SCRIPTS = ["train.py", "test.py", "predict.py", "sweep.py", "runs.py"]
+
+
+def calls_in(tree: ast.AST) -> set[str]:
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            function = node.func
+            names.add(function.attr if isinstance(function, ast.Attribute) else getattr(function, "id", ""))
+    return names
+
+
+def test_every_entry_script_ends_through_one_function():
+    """utils/ending.py decides exit codes, error lines and signals: a script runs its body through
+    ``finish`` and leaves through ``leave``, and reports, exits or catches errors nowhere else."""
+    for script in ENTRY_SCRIPTS:
+        tree = ast.parse((ROOT / script).read_text())
+        main = next(node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "main")
+        last = main.body[-1]
+        assert isinstance(last, ast.Return) and "finish" in calls_in(last), f"{script}: main() must end with return finish(...)"
+        guard = tree.body[-1]
+        assert isinstance(guard, ast.If) and "leave" in calls_in(guard), f"{script}: its __main__ block must leave(...)"
+        assert not calls_in(tree) & {"report", "exit_quietly", "exit_on_signals", "exit"}, f"{script} ends on its own: use utils.ending"

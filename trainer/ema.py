@@ -24,6 +24,9 @@ from utils.errors import UserError
 
 
 class EMA:
+    """An exponential moving average of the trainable weights, updated after every optimizer step on the
+    device; checkpointed, identical on DDP processes, sharded under FSDP."""
+
     def __init__(self, module: nn.Module, decay: float, warmup: bool = False):
         named = [(name, p) for name, p in module.named_parameters() if p.requires_grad]
         self.names = list(clean_state_dict(dict(named)))

@@ -30,6 +30,9 @@ def averages_probabilities(config) -> bool:
 
 
 class Ensemble(nn.Module):
+    """The mean of several models' outputs (a cross-validation's folds): class scores averaged as probabilities
+    for classifiers, other outputs as they are."""
+
     def __init__(self, models: Sequence[nn.Module], probabilities: bool = False):
         super().__init__()
         self.members = nn.ModuleList(models)

@@ -27,6 +27,9 @@ def takes_inputs(criterion: Callable) -> bool:
 
 
 class Loss:
+    """The configured loss as the engine calls it: ``loss(output, target)``, with the batch's inputs passed to
+    a loss that declares an ``inputs`` parameter."""
+
     def __init__(self, criterion: Callable, device: torch.device):
         self.criterion = criterion.to(device) if isinstance(criterion, nn.Module) else criterion
         self.takes_inputs = takes_inputs(criterion)

@@ -27,6 +27,9 @@ from utils.errors import UserError
 
 @dataclass
 class PreparedModel:
+    """The user's model as the strategy runs it: the module holding the weights, and what training and
+    evaluation call (DDP, FSDP, compile around it)."""
+
     module: nn.Module
     """The user's model (converted and sharded in place as the strategy needs): weights live here."""
     train_forward: nn.Module

@@ -19,6 +19,9 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class Precision:
+    """Mixed precision for one run: autocast in the configured dtype and, for fp16, the GradScaler around
+    backward and the optimizer step (saved in checkpoints)."""
+
     def __init__(self, amp: str | None, device: torch.device):
         self.device = device
         self.dtype = AMP_DTYPES.get(amp) if amp else None

@@ -32,6 +32,9 @@ from utils.errors import UserError
 
 @dataclass
 class PredictionBatch:
+    """One batch of predictions as ``predict.py`` writes it: each sample's index, its fields and (when the data
+    has one) its target."""
+
     index: torch.Tensor  # (n,) int64: each sample's position in the data set
     fields: dict[str, torch.Tensor]  # name -> (n, ...) on the CPU, in the order they are written
     target: Any | None  # (n,) when the data has targets

@@ -16,6 +16,9 @@ from utils.errors import UserError, first_line
 
 
 class Schedule:
+    """The LR scheduler and when it steps (after each epoch, with the monitored value for ReduceLROnPlateau, or
+    after each optimizer step)."""
+
     def __init__(self, scheduler: Any, interval: str = "epoch"):
         if interval not in ("epoch", "step"):
             raise ValueError(f'interval must be "epoch" or "step", got {interval!r}')

@@ -55,6 +55,11 @@ DATA_WAIT_HINT = 0.5
 
 
 class Trainer(BaseTrainer):
+    """The training loop of a config-built run, and the class to subclass to change the step: override
+    ``training_step`` and ``validation_step`` (each returns ``(loss, output)``), name your class in
+    ``trainer.type``; autocast, accumulation, clipping, DDP/FSDP, EMA, metrics, checkpoints and exact
+    resume stay the engine's."""
+
     def __init__(
         self,
         model: nn.Module | PreparedModel,

@@ -31,6 +31,9 @@ class StartupStopped(BaseException):
 
 
 class StopRequest:
+    """SIGINT/SIGTERM as a request: at once while the run starts, at the next step (with a checkpoint) while it
+    trains; see the module docstring for the phases."""
+
     def __init__(self) -> None:
         self.signum: int | None = None
         self.mode = "polite"
@@ -51,6 +54,14 @@ class StopRequest:
             previous = signal.signal(signum, self._handle)
             self._previous.setdefault(signum, previous)
         return self
+
+    def while_starting(self) -> None:
+        """The run is being checked and built: a signal stops it at once (``"raise"``)."""
+        self.mode = "raise"
+
+    def while_running(self) -> None:
+        """The run directory is claimed (or about to be): a signal stops at a step, with a checkpoint."""
+        self.mode = "polite"
 
     def restore(self) -> None:
         for signum, handler in self._previous.items():

@@ -47,6 +47,9 @@ class UntrustedName(UserError):
 
 @dataclass(frozen=True)
 class TrustRule:
+    """What a checkpoint's config may name: the project's own source packages and the libraries it builds from
+    (pyproject's ``[tool.pytorch-template]``), decided before anything is imported."""
+
     project_packages: tuple[str, ...]
     libraries: tuple[str, ...]
 

@@ -90,6 +90,9 @@ class Param:
 
 @dataclass(frozen=True)
 class Space:
+    """A checked search space: the study's total, sampler, pruner and parameters; ``identity()`` is what a
+    restart compares with the stored study."""
+
     source: str
     trials: int
     sampler: str

@@ -63,6 +63,8 @@ the cause is not the values (a full disk, a read-only folder, a broken data set)
 
 @dataclass
 class SweepRequest:
+    """What ``sweep.py`` was asked to do: the config, the space, where the study lives and how each trial runs."""
+
     config: str
     space: str
     study: str | None = None
@@ -91,6 +93,9 @@ class Job:
 
 
 class Sweep:
+    """A sweep worker: opens the study, takes trial slots one at a time, trains each trial as an ordinary run
+    directory and tells Optuna the result; many workers may share one study."""
+
     def __init__(self, request: SweepRequest, stop: StopRequest):
         self.request = request
         self.stop = stop
@@ -196,7 +201,7 @@ class Sweep:
 
         try:
             while code == 0:
-                self.stop.mode = "raise"  # between trials a signal stops the worker at once
+                self.stop.while_starting()  # between trials a signal stops the worker at once
                 job = distributed.on_main(self.next_job)
                 if job is None:
                     break

@@ -63,6 +63,9 @@ def make_tracker(name: str, settings: TrackerSettings, run: RunInfo, stored: dic
 
 
 class Trackers:
+    """The experiment trackers of one run (MLflow, W&B): each on a background thread, so a tracker that fails
+    or hangs never stops training; their ids survive resumes."""
+
     def __init__(self, settings: TrackerSettings | None = None, run: RunInfo | None = None, checkpoint_ids: dict | None = None, rows: list[dict] = ()):
         """``checkpoint_ids``: the ids kept in the checkpoint a resume starts from (used when
         ``trackers.json`` is missing or damaged); ``rows``: ``metrics.jsonl``'s rows up to that

@@ -118,6 +118,9 @@ def send_batch(client: Any, run_id: str, metrics: list = (), params: list = (), 
 
 
 class MlflowTracker(Tracker):
+    """One run directory as one MLflow run: params, epoch metrics, tags and artifacts through MLflow's client;
+    a resume continues the same run."""
+
     name = "mlflow"
 
     def __init__(self, settings: TrackerSettings, run, stored: dict | None = None):

@@ -56,6 +56,9 @@ def _link_or_copy_file(source: str, target: str) -> None:
 
 
 class WandbTracker(Tracker):
+    """One run directory as one W&B run (offline unless asked): the config, epoch rows, step scalars and files;
+    a resume continues the same id."""
+
     name = "wandb"
 
     def __init__(self, settings: TrackerSettings, run, stored: dict | None = None):

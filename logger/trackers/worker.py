@@ -29,6 +29,9 @@ STEP_INTERVAL = 5.0
 
 
 class Worker:
+    """The background thread of one tracker: sends what training queued, retries what failed at the next epoch,
+    and says a failure once."""
+
     def __init__(self, tracker: Tracker, changed: Callable[[], None]):
         self.tracker = tracker
         self.changed = changed  # writes trackers.json (ids and marks) after each try

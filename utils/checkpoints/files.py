@@ -150,6 +150,9 @@ def _is_state_dict(value: Any) -> bool:
 
 
 class FileCheckpoint(Checkpoint):
+    """A checkpoint read from one ``.pth`` file (with ``weights_only=True`` and every part's checksum
+    verified)."""
+
     def __init__(self, path: Path, data: dict):
         self.path = path
         self.data = data

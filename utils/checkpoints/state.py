@@ -33,6 +33,9 @@ HEADER = ("format", "version", "world_size", "mid_epoch", "arch", "config")
 
 
 class Stateful(Protocol):
+    """Anything that survives a restart: a ``state_dict()`` of plain data and a ``load_state_dict(state)`` that
+    puts it back."""
+
     def state_dict(self) -> Any: ...
 
     def load_state_dict(self, state: Any) -> Any: ...
@@ -40,6 +43,8 @@ class Stateful(Protocol):
 
 @runtime_checkable
 class DcpStateful(Protocol):
+    """A part saved through torch.distributed.checkpoint (sharded weights and optimizer state under FSDP)."""
+
     def dcp_state_dict(self) -> Any: ...
 
     def load_dcp_state_dict(self, state: Any) -> Any: ...
