@@ -148,3 +148,27 @@ def test_a_fine_tune_with_a_new_head(tmp_path, snippets):
     assert not torch.equal(before["fc1.weight"], after["fc1.weight"])
     log = (tmp_path / "saved" / "digits_cnn" / "tuned" / "train.log").read_text()
     assert "loaded 6 tensors" in log and "excluded (trainer.load_exclude, kept as initialised): 2" in log
+
+
+COMMANDS = [
+    line.split("#")[0].split()
+    for block in re.findall(r"^```bash\n(.*?)^```", MANUAL.read_text(), re.DOTALL | re.MULTILINE)
+    for command in block.splitlines()
+    for line in command.split("&&")
+    if line.strip()
+]
+
+
+@pytest.mark.parametrize("words", COMMANDS, ids=[" ".join(words)[:60] for words in COMMANDS])
+def test_every_readme_command_is_one_the_project_takes(words):
+    """Each shell line of the README names a Makefile target, or a script and flags its parser accepts."""
+    import importlib
+
+    if words[0] == "make":
+        targets = re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), re.MULTILINE)
+        assert set(words[1:]) <= set(targets), f"make {words[1:]}: the Makefile has {targets}"
+    elif words[0] in ("python", ".venv/bin/python"):
+        script = importlib.import_module(Path(words[1]).stem)
+        script.parse_args(words[2:])  # argparse exits (and the test fails) on a flag it does not know
+    else:
+        assert words[0] in ("cd", "git"), f"a README command the test does not know how to check: {words}"
