@@ -13,7 +13,7 @@ from app.config import building
 from app.config.extends import EXTENDS, PATCH, Chain, load_chain
 from app.config.names import UntrustedName, resolve_type, trust_rule
 from app.config.overrides import VARS, apply_override
-from app.config.provenance import references_in, render
+from app.config.provenance import leaves, references_in, render
 from app.config.reading import check_shape, plain_data_problem
 from app.config.refs import escape_literals, resolve_references
 from app.config.schema import (
@@ -78,8 +78,8 @@ class Config:
         found = plain_data_problem(data)
         if found:
             raise UserError(f"{source}: {found[0]}: {found[1]}")
+        origins = dict(chain.origins) if chain is not None else {path: source for path, _ in leaves(data)}
         data = with_defaults(data)
-        origins = dict(chain.origins) if chain is not None else {}
         for text in overrides:
             apply_override(data, text, source, trusted, origins)
         for key, spec in SCHEMA.items():  # said before a reference to it could be said to dangle

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.config import Config, read_config_file
+from app.config import Config, read_config, read_config_file
 from utils.errors import UserError, closest
 
 SAMPLERS = ("tpe", "random", "grid")
@@ -285,7 +285,7 @@ def _as_config_type(param: Param, config: dict) -> Param:
 def _check_against_config(space: Space, base: Config, config_path: str, overrides: list[str]) -> None:
     """Each parameter at its ends (or each choice) through the config's own checks, so a key the
     config does not take, or a value of the wrong type, is said now and not in trial 7."""
-    data = read_config_file(config_path)
+    data = read_config(config_path)  # through the bases it extends
     for param in space.params:
         for value in param.examples():
             try:
