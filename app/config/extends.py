@@ -8,7 +8,8 @@ before it:
 2. the file's own keys: a mapping merges into the base's mapping key by key, any other value
    (a scalar, a list, null) replaces what was there; ``{"_replace_": true, ...}`` replaces a whole
    mapping instead of merging (a new ``arch`` whose ``args`` inherit nothing); ``{"_delete_": true}``
-   deletes the key;
+   deletes the key (a replaced mapping replaces again wherever its file is merged: over an
+   earlier base of the same file too);
 3. the file's ``patch``: a mapping of key paths to values, applied in order, in the command line's
    syntax (``metrics[name=f1].args.average: micro``, ``metrics[+]: {...}``, ``~lr_scheduler: null``;
    ``app/config/overrides.py``);
@@ -58,7 +59,7 @@ class Chain:
 def load_chain(path: str | Path) -> Chain:
     """The config at ``path`` with every base it extends merged in (see the module's docstring)."""
     files: dict[str, dict] = {}
-    data, origins = _load(Path(path), [], files, [0])
+    data, origins, _ = _load(Path(path), [], files, [0])
     return Chain(data, origins, list(files.values()))
 
 
@@ -72,7 +73,8 @@ def _label(path: Path) -> str:
     return os.path.normpath(path)
 
 
-def _load(path: Path, stack: list[Path], files: dict[str, dict], loads: list[int]) -> tuple[dict, dict]:
+def _load(path: Path, stack: list[Path], files: dict[str, dict], loads: list[int]) -> tuple[dict, dict, set[str]]:
+    """(data, origins, the key paths a ``_replace_`` replaced: merged over an earlier base, they replace it too)."""
     label = _label(path)
     real = path.resolve()
     if real in stack:
@@ -103,15 +105,16 @@ def _load(path: Path, stack: list[Path], files: dict[str, dict], loads: list[int
         raise UserError(f'{label}: patch: must be a mapping of key paths to values (e.g. "metrics[name=f1].args.average": "micro"), got {patches!r}')
     data: dict = {}
     origins: dict[str, str] = {}
+    replaced: set[str] = set()
     for base in bases:
         base_path = path.parent / base
         if not base_path.is_file():
             what = "is a folder" if base_path.is_dir() else "does not exist"
             raise UserError(f"{label}: extends: {base!r} {what} (looked for {_label(base_path)}); fix the path, relative to {label}")
-        base_data, base_origins = _load(base_path, [*stack, real], files, loads)
-        _merge(data, origins, base_data, base_origins, _label(base_path), ())
+        base_data, base_origins, base_replaced = _load(base_path, [*stack, real], files, loads)
+        _merge(data, origins, base_data, base_origins, _label(base_path), (), base_replaced, replaced)
     files.setdefault(str(real), {"path": label, "sha256": hashlib.sha256(text).hexdigest()})
-    _merge(data, origins, raw, origin, label, ())
+    _merge(data, origins, raw, origin, label, (), set(), replaced)
     for key, value in patches.items():
         where = f"{label}: patch: {key!r}"
         delete = key.startswith("~")
@@ -119,15 +122,19 @@ def _load(path: Path, stack: list[Path], files: dict[str, dict], loads: list[int
             raise UserError(f"{where}: ~ deletes a key and takes no value; write null")
         steps = parse_path(key[1:] if delete else key, where)
         patch(data, steps, value, where, delete=delete, origins=origins, origin=origin((PATCH, key)))
-    return data, origins
+    return data, origins, replaced
 
 
-def _merge(dst: dict, origins: dict, src: dict, origin_of: Any, src_label: str, keys: tuple) -> None:
+def _merge(dst: dict, origins: dict, src: dict, origin_of: Any, src_label: str, keys: tuple, src_replaced: set[str], replaced: set[str]) -> None:
     """Merge mapping ``src`` (from ``src_label``) into ``dst`` at ``keys``. ``origin_of(keys)`` is
-    the origin of a file's value, or (for a resolved base) the base's whole origins map."""
+    the origin of a file's value, or (for a resolved base) the base's whole origins map;
+    ``src_replaced``: the paths of a resolved base that replace rather than merge; ``replaced``
+    collects them for the file being read."""
     for key, value in src.items():
         here = (*keys, key)
         path = ".".join(map(str, here))
+        if path in src_replaced:
+            value = {REPLACE: True, **value}
         if isinstance(value, dict) and (DELETE in value or REPLACE in value):
             flag = DELETE if DELETE in value else REPLACE
             if value[flag] is not True:
@@ -142,7 +149,8 @@ def _merge(dst: dict, origins: dict, src: dict, origin_of: Any, src_label: str, 
                 continue
             dst[key] = {}
             mark(origins, path, None, None)
-            _merge(dst[key], origins, {k: v for k, v in value.items() if k != REPLACE}, origin_of, src_label, here)
+            replaced.add(path)
+            _merge(dst[key], origins, {k: v for k, v in value.items() if k != REPLACE}, origin_of, src_label, here, src_replaced, replaced)
             continue
         if isinstance(value, dict):
             if key in dst and dst[key] is not None and not isinstance(dst[key], dict):
@@ -155,7 +163,7 @@ def _merge(dst: dict, origins: dict, src: dict, origin_of: Any, src_label: str, 
                 mark(origins, path, None, None)
             if not value:
                 origins[path] = _origin(origin_of, here, path)
-            _merge(dst[key], origins, value, origin_of, src_label, here)
+            _merge(dst[key], origins, value, origin_of, src_label, here, src_replaced, replaced)
             continue
         dst[key] = copy.deepcopy(value)
         mark(origins, path, None, None)
