@@ -43,7 +43,9 @@ def written_out(tmp_path: Path, name: str) -> dict:
     data["name"] = f"digits_{name}"
     data["arch"]["args"]["dropout"] = dropout
     data["optimizer"]["args"]["lr"] = lr
-    data["metrics"] = [m for m in data["metrics"] if m.get("type") != "top_k_acc"] + [{"type": "top_k_acc", "args": {"k": 2}, "name": "top2"}]
+    data["metrics"] = [m for m in data["metrics"] if m.get("type") != "top_k_acc"] + [
+        {"type": "top_k_acc", "args": {"k": 2}, "name": "top2"}
+    ]
     data["lr_scheduler"] = None
     return data
 
@@ -103,7 +105,9 @@ def test_a_variant_trains_to_the_weights_of_its_written_out_config_and_records_i
 def test_merge_order_replace_delete_and_bases_of_bases(tmp_path):
     base = base_config(tmp_path)
     write_config(tmp_path, base, "root.json")
-    write_yaml(tmp_path / "mid.yaml", {"extends": "root.json", "seed": 1, "trainer": {"epochs": 3}, "data_loader": {"args": {"shuffle": False}}})
+    write_yaml(
+        tmp_path / "mid.yaml", {"extends": "root.json", "seed": 1, "trainer": {"epochs": 3}, "data_loader": {"args": {"shuffle": False}}}
+    )
     write_yaml(tmp_path / "other.yaml", {"seed": 2, "optimizer": {"_replace_": True, "type": "SGD", "args": {"lr": 0.1}}})
     top = write_yaml(
         tmp_path / "top.yaml",
@@ -133,7 +137,11 @@ def test_a_patch_in_a_file_and_the_same_key_paths_on_the_command_line_agree(tmp_
     overrides = [key if value is None else f"{key}={json.dumps(value)}" for key, value in paths.items()]
     in_file, on_line = Config.from_file(patched).to_dict(), Config.from_file(tmp_path / "base.json", overrides).to_dict()
     assert in_file == on_line
-    assert in_file["metrics"] == ["Accuracy", {"type": "top_k_acc", "args": {"k": 4}, "name": "top5"}, {"type": "top_k_acc", "args": {"k": 2}, "name": "top2"}]
+    assert in_file["metrics"] == [
+        "Accuracy",
+        {"type": "top_k_acc", "args": {"k": 4}, "name": "top5"},
+        {"type": "top_k_acc", "args": {"k": 2}, "name": "top2"},
+    ]
     assert in_file["lr_scheduler"] is None
     with pytest.raises(UserError, match=r"metrics\[type=top_k_acc\]: items \[1, 2\] both have type 'top_k_acc'; select one by index"):
         Config.from_file(tmp_path / "base.json", ["metrics[type=top_k_acc].args.k=1"])
@@ -170,7 +178,9 @@ def test_print_config_names_the_file_line_or_override_of_every_value_and_trains_
         base = family / "base.yaml"
         assert rows["name"].endswith(f"# {path}:{line_of(path, 'name')}")
         assert rows["trainer.epochs"].endswith(f"# {base}:{line_of(base, 'epochs:')}")
-        assert rows["optimizer.args.lr"].startswith("optimizer.args.lr: 0.3 ") and rows["optimizer.args.lr"].endswith("# override optimizer.args.lr=0.3")
+        assert rows["optimizer.args.lr"].startswith("optimizer.args.lr: 0.3 ") and rows["optimizer.args.lr"].endswith(
+            "# override optimizer.args.lr=0.3"
+        )
         assert rows["metrics.1.args.k"].endswith("# override metrics[name=top2].args.k=4")
         assert rows["metrics.1.name"].endswith(f"# {path}:{line_of(path, 'metrics[+]')}")
         assert rows["trainer.amp"].endswith("# default")

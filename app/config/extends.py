@@ -87,7 +87,9 @@ def _load(path: Path, stack: list[Path], files: dict[str, dict], loads: list[int
         raw = read_config_file(path)
     except UserError as exc:
         if stack and "the top level of a config must be a mapping" in str(exc):
-            raise UserError(f"{_label(stack[-1])}: extends: {label} is not a config (its top level is not a mapping of keys); extend a config file") from None
+            raise UserError(
+                f"{_label(stack[-1])}: extends: {label} is not a config (its top level is not a mapping of keys); extend a config file"
+            ) from None
         raise
     text = path.read_bytes()
     lines = _lines(path, text.decode("utf-8", "replace"))
@@ -102,7 +104,9 @@ def _load(path: Path, stack: list[Path], files: dict[str, dict], loads: list[int
         raise UserError(f"{label}: extends: must be a file path or a list of paths (relative to {label}), got {bases!r}")
     patches = raw.pop(PATCH, {})
     if not isinstance(patches, dict):
-        raise UserError(f'{label}: patch: must be a mapping of key paths to values (e.g. "metrics[name=f1].args.average": "micro"), got {patches!r}')
+        raise UserError(
+            f'{label}: patch: must be a mapping of key paths to values (e.g. "metrics[name=f1].args.average": "micro"), got {patches!r}'
+        )
     data: dict = {}
     origins: dict[str, str] = {}
     replaced: set[str] = set()
@@ -125,7 +129,9 @@ def _load(path: Path, stack: list[Path], files: dict[str, dict], loads: list[int
     return data, origins, replaced
 
 
-def _merge(dst: dict, origins: dict, src: dict, origin_of: Any, src_label: str, keys: tuple, src_replaced: set[str], replaced: set[str]) -> None:
+def _merge(
+    dst: dict, origins: dict, src: dict, origin_of: Any, src_label: str, keys: tuple, src_replaced: set[str], replaced: set[str]
+) -> None:
     """Merge mapping ``src`` (from ``src_label``) into ``dst`` at ``keys``. ``origin_of(keys)`` is
     the origin of a file's value, or (for a resolved base) the base's whole origins map;
     ``src_replaced``: the paths of a resolved base that replace rather than merge; ``replaced``
@@ -141,7 +147,9 @@ def _merge(dst: dict, origins: dict, src: dict, origin_of: Any, src_label: str, 
                 raise UserError(f"{src_label}: {path}.{flag}: must be true, got {value[flag]!r}")
             if flag == DELETE:
                 if len(value) > 1:
-                    raise UserError(f"{src_label}: {path}: {DELETE} deletes the key, so it stands alone; remove the other keys, or use {REPLACE}")
+                    raise UserError(
+                        f"{src_label}: {path}: {DELETE} deletes the key, so it stands alone; remove the other keys, or use {REPLACE}"
+                    )
                 if key not in dst:
                     raise UserError(f"{src_label}: {path}: {DELETE} deletes a key the bases do not have; remove it, or fix the key")
                 del dst[key]

@@ -118,7 +118,9 @@ def apply_override(data: dict, text: str, source: str = "command line", trusted:
     key = key[1:] if delete or add else key
     where = f"{source}: override {text!r}"
     if raw is None and not delete:
-        raise UserError(f"{source}: override {text!r}: write overrides as key.path=value (e.g. trainer.epochs=3), or ~key.path to delete a key")
+        raise UserError(
+            f"{source}: override {text!r}: write overrides as key.path=value (e.g. trainer.epochs=3), or ~key.path to delete a key"
+        )
     if delete and raw is not None and raw.strip():
         raise UserError(f"{where}: ~ deletes a key and takes no value; write ~{key}")
     steps = parse_path(key, where)
@@ -171,7 +173,9 @@ def patch(
             node = node[index]
             continue
         if step.key is None:
-            raise UserError(f"{where}: {step.text()} selects a list item, but {'.'.join(parts) or 'the top level'} is a mapping; name its key instead")
+            raise UserError(
+                f"{where}: {step.text()} selects a list item, but {'.'.join(parts) or 'the top level'} is a mapping; name its key instead"
+            )
         if not isinstance(node, dict):
             raise UserError(f"{where}: {'.'.join(parts)} is {node!r}, not a mapping of keys; set the whole value instead")
         part = step.key
