@@ -59,7 +59,7 @@ class Chain:
 def load_chain(path: str | Path) -> Chain:
     """The config at ``path`` with every base it extends merged in (see the module's docstring)."""
     files: dict[str, dict] = {}
-    data, origins, _ = _load(Path(path), [], files, [0])
+    data, origins, _ = _load(Path(path), {}, files, [0])
     return Chain(data, origins, list(files.values()))
 
 
@@ -73,12 +73,14 @@ def _label(path: Path) -> str:
     return os.path.normpath(path)
 
 
-def _load(path: Path, stack: list[Path], files: dict[str, dict], loads: list[int]) -> tuple[dict, dict, set[str]]:
-    """(data, origins, the key paths a ``_replace_`` replaced: merged over an earlier base, they replace it too)."""
+def _load(path: Path, stack: dict[Path, str], files: dict[str, dict], loads: list[int]) -> tuple[dict, dict, set[str]]:
+    """(data, origins, the key paths a ``_replace_`` replaced: merged over an earlier base, they replace it too).
+    ``stack``: the files being read, outermost first (their real paths, and their labels)."""
     label = _label(path)
     real = path.resolve()
     if real in stack:
-        cycle = " -> ".join(_label(p) for p in [*stack[stack.index(real) :], real])
+        chain = list(stack)
+        cycle = " -> ".join([*(stack[p] for p in chain[chain.index(real) :]), label])
         raise UserError(f"{label}: extends: a cycle of bases ({cycle}); remove one of these extends")
     loads[0] += 1
     if loads[0] > MAX_FILES:
@@ -88,7 +90,7 @@ def _load(path: Path, stack: list[Path], files: dict[str, dict], loads: list[int
     except UserError as exc:
         if stack and "the top level of a config must be a mapping" in str(exc):
             raise UserError(
-                f"{_label(stack[-1])}: extends: {label} is not a config (its top level is not a mapping of keys); extend a config file"
+                f"{list(stack.values())[-1]}: extends: {label} is not a config (its top level is not a mapping of keys); extend a config file"
             ) from None
         raise
     text = path.read_bytes()
@@ -115,7 +117,7 @@ def _load(path: Path, stack: list[Path], files: dict[str, dict], loads: list[int
         if not base_path.is_file():
             what = "is a folder" if base_path.is_dir() else "does not exist"
             raise UserError(f"{label}: extends: {base!r} {what} (looked for {_label(base_path)}); fix the path, relative to {label}")
-        base_data, base_origins, base_replaced = _load(base_path, [*stack, real], files, loads)
+        base_data, base_origins, base_replaced = _load(base_path, {**stack, real: label}, files, loads)
         _merge(data, origins, base_data, base_origins, _label(base_path), (), base_replaced, replaced)
     files.setdefault(str(real), {"path": label, "sha256": hashlib.sha256(text).hexdigest()})
     _merge(data, origins, raw, origin, label, (), set(), replaced)

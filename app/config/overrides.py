@@ -214,7 +214,7 @@ def _item_of(items: list, step: Step, shown: str, where: str) -> int:
         have = [_field(item, step.field) for item in items]
         if not found:
             near = closest(step.value, [h for h in have if h], "")
-            raise UserError(f"{where}: {shown}: no item has {step.field} {step.value!r}{near or ''}; the items' {step.field}s are {have}")
+            raise UserError(f"{where}: {shown}: no item has {step.field} {step.value!r} (the items' {step.field}s are {have}){near}")
         raise UserError(f"{where}: {shown}: items {found} both have {step.field} {step.value!r}; select one by index")
     raw = step.key if step.key is not None else str(step.index)
     if not raw.lstrip("-").isdigit() or not -len(items) <= int(raw) < len(items):
