@@ -192,22 +192,6 @@ def test_print_config_names_the_file_line_or_override_of_every_value_and_trains_
     assert "trainer.epochs: 2 " in printed and "# override trainer.epochs=2" in printed
 
 
-def test_a_sweep_over_a_variant_refuses_to_continue_after_its_base_changed(family, capsys):
-    space = write_yaml(family / "space.yaml", {"trials": 1, "sampler": "grid", "params": {"optimizer.args.lr": {"choices": [0.01]}}})
-    argv = ["-c", str(variant_path(family, "large")), "--space", str(space), "--study", "over_large"]
-    assert sweep.main(argv) == 0, capsys.readouterr().err
-    base = family / "base.yaml"
-    kept = base.read_text()
-    try:
-        write_yaml(base, {**yaml.safe_load(kept), "seed": 7})
-        capsys.readouterr()
-        assert sweep.main(argv) == 2
-        err = capsys.readouterr().err
-        assert err.startswith("error: --study over_large: config.seed is 7 here but 0 in the stored study") and err.count("\n") == 1, err
-    finally:
-        base.write_text(kept)
-
-
 def test_the_chain_is_read_once_per_file_and_lines_come_from_json_and_yaml(tmp_path):
     write_config(tmp_path, {"seed": 3, "trainer": {"epochs": 2}}, "a.json")
     (tmp_path / "b.json").write_text('{\n  "extends": "a.json",\n  "trainer": {\n    "epochs": 4\n  }\n}\n')
@@ -217,3 +201,31 @@ def test_the_chain_is_read_once_per_file_and_lines_come_from_json_and_yaml(tmp_p
     assert chain.data == {"seed": 3, "trainer": {"epochs": 2}, "device": "cpu"}  # a.json again, last: its epochs win
     assert chain.origins["device"] == f"{tmp_path / 'c.yaml'}:3" and chain.origins["trainer.epochs"] == f"{tmp_path / 'a.json'}:1"
     assert load_chain(tmp_path / "b.json").origins["trainer.epochs"] == f"{tmp_path / 'b.json'}:4"
+
+
+def test_a_sweep_over_a_variant_pairs_keys_in_a_choice_and_refuses_to_continue_after_its_base_changed(family, capsys):
+    """A categorical choice may be a mapping of key paths (a paired variant, one Optuna value each:
+    issue 39 item 5); the study holds the resolved config, so a changed base is a changed sweep."""
+    pairs = [{"arch.args.dropout": 0.5, "metrics[name=top2].args.k": 4}, {"arch.args.dropout": 0.0, "optimizer.args.lr": 0.02}]
+    data = {"sampler": "grid", "trials": 1, "params": {"variant": {"choices": pairs}}}  # one trial: a second costs plots
+    space = write_yaml(family / "paired.yaml", data)
+    argv = ["-c", str(variant_path(family, "small")), "--space", str(space)]
+    assert sweep.main(argv) == 0, capsys.readouterr().err
+    folder = family / "saved" / "digits_small" / "sweeps" / "paired"
+    (config,) = [json.loads(path.read_text()) for path in folder.glob("trial-*/config.json")]
+    got = (config["arch"]["args"]["dropout"], config["optimizer"]["args"]["lr"], config["metrics"][-1]["args"]["k"])
+    assert got == (0.5, VARIANTS["small"][1], 4)  # the pair together, the rest the variant's
+    import optuna
+
+    stored = optuna.load_study(study_name="paired", storage=f"sqlite:///{folder / 'study.db'}").trials[0].params["variant"]
+    assert json.loads(stored) == pairs[0]  # the study holds the choice itself, so its trials stay comparable
+    base = family / "base.yaml"
+    kept = base.read_text()
+    try:
+        write_yaml(base, {**yaml.safe_load(kept), "seed": 7})
+        capsys.readouterr()
+        assert sweep.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: --study paired: config.seed is 7 here but 0 in the stored study") and err.count("\n") == 1, err
+    finally:
+        base.write_text(kept)
