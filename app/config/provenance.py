@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from app.config.refs import REFERENCE
+
 DEFAULT = "default"
 
 
@@ -20,7 +22,7 @@ def references_in(data: Any, path: str = "") -> dict[str, str]:
         return {k: v for key, item in data.items() for k, v in references_in(item, f"{path}.{key}" if path else key).items()}
     if isinstance(data, list):
         return {k: v for index, item in enumerate(data) for k, v in references_in(item, f"{path}.{index}" if path else str(index)).items()}
-    return {path: data} if isinstance(data, str) and "${" in data else {}
+    return {path: data} if isinstance(data, str) and REFERENCE.search(data) else {}
 
 
 def leaves(data: Any, path: str = "") -> list[tuple[str, Any]]:
