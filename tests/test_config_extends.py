@@ -95,6 +95,8 @@ def test_a_variant_trains_to_the_weights_of_its_written_out_config_and_records_i
     saved = json.loads((runs / "variant" / "config.json").read_text())
     assert saved == json.loads((runs / "full" / "config.json").read_text())
     assert saved["metrics"][-1] == {"type": "top_k_acc", "args": {"k": 3}, "name": "top2"}
+    printed = run_here("train.py", "-r", runs / "variant" / "checkpoints" / "last.pth", "--print-config")
+    assert printed.returncode == 0 and "optimizer.args.lr: 0.005" in printed.stdout and "last.pth (its config)" in printed.stdout
     manifest = json.loads((runs / "variant" / "manifest.json").read_text())
     chain = [family / "base.yaml", variant_path(family, "medium")]
     assert [(Path(f["path"]).resolve(), f["sha256"]) for f in manifest["config_files"]] == [
@@ -229,3 +231,13 @@ def test_a_sweep_over_a_variant_pairs_keys_in_a_choice_and_refuses_to_continue_a
         assert err.startswith("error: --study paired: config.seed is 7 here but 0 in the stored study") and err.count("\n") == 1, err
     finally:
         base.write_text(kept)
+
+
+def test_json_lines_follow_strings_that_hold_brackets_quotes_and_newlines_escaped(tmp_path):
+    text = '{"name": "a [b] {c} \\"q\\" \\n", "metrics": [\n  ["x", {"k": 1}],\n  {"type": "t",\n   "args": {"k": 2}}\n],\n"seed": 4}\n'
+    path = tmp_path / "odd.json"
+    path.write_text(text)
+    assert json.loads(text)["seed"] == 4
+    chain = load_chain(path)
+    assert chain.origins["seed"] == f"{path}:6" and chain.origins["metrics"] == f"{path}:1"
+    assert chain.origins["metrics.1"] == f"{path}:3" and chain.origins["name"] == f"{path}:1"
