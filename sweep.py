@@ -32,6 +32,7 @@ import signal
 import sys
 from pathlib import Path
 
+from app.config import Config
 from app.session import launcher
 from app.sweeps.worker import Sweep, SweepRequest
 from logger.manifest import command_line
@@ -50,6 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("-d", "--device", dest="devices", help="GPU indices to make visible, e.g. 0,1")
     parser.add_argument("--trust-checkpoint", action="store_true", help="the trials' checkpoints may name code outside this project")
     parser.add_argument("--show", metavar="SWEEP_DIR", help="print a sweep's trials, best first, and exit")
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the resolved base config with the file:line or override that set each value, then exit"
+    )
     parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides for every trial, e.g. trainer.epochs=5")
     return parser.parse_intermixed_args(argv)
 
@@ -85,6 +89,9 @@ def main(argv: list[str] | None = None, restore_signals: bool = True) -> int:
         args = parse_args(argv)
         if args.show:
             return show(Path(args.show), args.storage)
+        if args.print_config and args.config:
+            print(Config.from_file(args.config, args.overrides).explain(), end="")
+            return 0
         if not args.config or not args.space:
             raise UserError("sweep.py: pass -c CONFIG and --space SPACE (or --show SWEEP_DIR)")
         request = SweepRequest(

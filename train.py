@@ -4,6 +4,7 @@
     python train.py -r saved/<name>/<run_id>/checkpoints/last.pth   resume that run exactly
     python train.py -r CHECKPOINT -c NEW_CONFIG                    fine-tune: weights only, new run
     torchrun --standalone --nproc_per_node=2 train.py -c config.json   DDP, same code
+    python train.py -c CONFIG --print-config [key.path=value ...]   the resolved config, each value's origin
 
 A run starts as a transaction: the config, the data, the model, the checkpoint's fit and one
 pre-flight batch are checked first, and only then is the run directory created (or, resuming,
@@ -25,7 +26,7 @@ import logging
 import sys
 
 from app.cv import cross_validate, is_cv_dir
-from app.session import RunRequest, Session
+from app.session import RunRequest, Session, load_config
 from logger.logger import log_to_files
 from logger.manifest import command_line
 from utils.ending import Hooks, finish, leave, starting
@@ -45,7 +46,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--folds", type=int, metavar="K", help="K-fold cross-validation: train every fold as one run (a CV run directory)")
     parser.add_argument(
-        "overrides", nargs="*", metavar="key.path=value", help="config overrides, e.g. trainer.epochs=3 (+key=value adds a key)"
+        "--print-config",
+        action="store_true",
+        help="print the resolved config with the file:line or override that set each value, then exit without training",
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key.path=value",
+        help="config overrides, e.g. trainer.epochs=3, metrics[name=f1].args.average=micro (+key=value adds a key, ~key deletes one)",
     )
     return parser.parse_intermixed_args(argv)
 
@@ -71,6 +80,9 @@ def main(argv: list[str] | None = None, restore_signals: bool = True) -> int:
     session = Session(request_of(args, argv), STOP)
 
     def body() -> int:
+        if args.print_config:
+            print(load_config(session.request)[0].explain(), end="")
+            return 0
         if args.folds is not None or (args.resume is not None and args.config is None and is_cv_dir(args.resume)):
             return cross_validate(session.request, args.folds, STOP)  # a run of runs: each fold its own Session
         return session.run()

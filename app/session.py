@@ -469,10 +469,10 @@ def record_manifest(
     if not distributed.is_main_process():
         return
     if mode == "resume":
-        extend_manifest(run_dir, history.manifest, command, str(checkpoint), config.digest(), distributed.world_size(), devices)
+        extend_manifest(run_dir, history.manifest, command, str(checkpoint), config.digest(), distributed.world_size(), devices, config.files)
     else:
         data = {"train": fingerprint(trainer.data), "valid": fingerprint(trainer.valid_data)}
-        write_manifest(run_dir, command, config.digest(), distributed.world_size(), devices, config["seed"], data)
+        write_manifest(run_dir, command, config.digest(), distributed.world_size(), devices, config["seed"], data, config.files)
 
 
 def launcher() -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import sys
 import tempfile
@@ -28,13 +27,13 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from app.config import Config  # noqa: E402
+from app.config import Config, read_config  # noqa: E402
 from logger import setup_logging  # noqa: E402
 from utils.seed import seed_everything  # noqa: E402
 
 
 def configs(data_dir: str, num_workers: int, epochs: int, save_dir: str) -> dict[str, Config]:
-    stream = json.loads((ROOT / "configs" / "digits_stream.json").read_text())
+    stream = read_config(ROOT / "configs" / "digits_stream.json")  # through digits.yaml, which it extends
     stream["data_loader"]["args"].update(data_dir=data_dir, num_workers=num_workers)
     mapped = copy.deepcopy(stream)
     mapped["data_loader"] = {

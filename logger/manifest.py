@@ -1,7 +1,8 @@
 """``manifest.json``: what a run was, so that two runs can be compared ("what changed?").
 
 Written by rank 0 when a run starts, and extended by every resume (``resumes``): the command
-line, the config's hash, the code's git commit and dirty flag (with ``git diff HEAD`` saved as
+line, the config's hash and its chain of files (``config_files``: each file ``extends`` read, bases
+first, with its sha256; empty for a config read back from a checkpoint), the code's git commit and dirty flag (with ``git diff HEAD`` saved as
 ``git.diff`` beside it), Python, torch, CUDA and cuDNN versions, every installed package's
 version, the host, the world size and devices, the seeds, and a fingerprint of the data (sizes,
 and a hash of a few samples or of the file list).
@@ -119,12 +120,16 @@ def _file_list(dataset: Any) -> list | None:
     return None
 
 
-def write_manifest(run_dir: Path, command: str, config_hash: str, world_size: int, devices: list[str], seed: int, data: dict) -> None:
-    """A new run's manifest."""
+def write_manifest(
+    run_dir: Path, command: str, config_hash: str, world_size: int, devices: list[str], seed: int, data: dict, config_files: list | None = None
+) -> None:
+    """A new run's manifest. ``config_files``: the chain of config files read (bases first), each
+    ``{path, sha256}``, so the run can be told apart from one whose base has changed since."""
     manifest = {
         "command": command,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "config_hash": config_hash,
+        "config_files": config_files or [],
         "git": git_state(run_dir),
         **environment(),
         "world_size": world_size,
@@ -137,7 +142,14 @@ def write_manifest(run_dir: Path, command: str, config_hash: str, world_size: in
 
 
 def extend_manifest(
-    run_dir: Path, manifest: dict | None, command: str, checkpoint: str, config_hash: str, world_size: int, devices: list[str]
+    run_dir: Path,
+    manifest: dict | None,
+    command: str,
+    checkpoint: str,
+    config_hash: str,
+    world_size: int,
+    devices: list[str],
+    config_files: list | None = None,
 ) -> None:
     """Record a resume: when, how, from which checkpoint, with which code and config (``manifest`` is
     the run's ``manifest.json``, read beforehand)."""
@@ -152,6 +164,7 @@ def extend_manifest(
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "checkpoint": checkpoint,
             "config_hash": config_hash,
+            "config_files": config_files or [],
             "git": git_state(run_dir, f"git-resume-{number}.diff"),
             "torch": torch.__version__,
             "world_size": world_size,

@@ -385,6 +385,18 @@ DICT_LOADER = 'data_loader={type: "user_bugs:DictDigitsDataLoader"}'
 DICT_MODEL = 'arch={type: "user_bugs:ImageKeywordCNN", args: {num_classes: 10}}'
 OUTSIDE = "is not defined in this project's source packages"
 
+def chain_of(files: dict[str, str], *overrides: str) -> Callable[[Ctx], list]:
+    """``train.py -c <tmp>/v.yaml``: a config extending others; ``files`` by name (``base.json`` is the tiny config)."""
+
+    def args(c: Ctx) -> list:
+        c.config(name="base.json")
+        for name, text in files.items():
+            (c.tmp / name).write_text(text)
+        return ["-c", c.tmp / "v.yaml", *overrides]
+
+    return args
+
+
 def x(row: Row) -> Row | pytest.param:
     """A row as a pytest param; a row with ``xfail`` is kept as the right expectation and marked strict."""
     marks = [pytest.mark.xfail(strict=True, reason=row.xfail)] if row.xfail else []
@@ -845,6 +857,20 @@ ROWS = [
         1,
         bug="temperature",
     ),
+    # -- a family of configs (extends, patch, list selectors): one line naming the file, the key and the fix --
+    Row("extends: a missing base", "train", chain_of({"v.yaml": "extends: nothere.yaml\n"}), 2, ("v.yaml: extends: 'nothere.yaml' does not exist", "fix the path")),
+    Row("extends: a cycle of bases", "train", chain_of({"v.yaml": "extends: w.yaml\n", "w.yaml": "extends: [base.json, v.yaml]\n"}), 2, ("a cycle of bases", "v.yaml -> ", "w.yaml -> ", "remove one")),
+    Row("extends: a base that is a list", "train", chain_of({"v.yaml": "extends: list.yaml\n", "list.yaml": "- 1\n- 2\n"}), 2, ("v.yaml: extends:", "list.yaml is not a config")),
+    Row("extends: not a path", "train", chain_of({"v.yaml": "extends: {a: 1}\n"}), 2, ("v.yaml: extends: must be a file path or a list of paths",)),
+    Row("extends: a mapping over a string", "train", chain_of({"v.yaml": "extends: base.json\nloss: {type: NLLLoss}\n"}), 2, ("v.yaml: loss: a mapping cannot merge into \"nll_loss\", set by", "base.json:", '"_replace_": true')),
+    Row("extends: _delete_ of a missing key", "train", chain_of({"v.yaml": "extends: base.json\nlr_schedulr: {_delete_: true}\n"}), 2, ("v.yaml: lr_schedulr: _delete_ deletes a key the bases do not have",)),
+    Row("patch: an index past the end", "train", chain_of({"v.yaml": "extends: base.json\npatch: {'metrics[9].args.k': 1}\n"}), 2, ("v.yaml: patch: 'metrics[9].args.k'", "metrics[9] is not an index of a list of 2 items", "[+]")),
+    Row("patch: no metric of that name", "train", chain_of({"v.yaml": "extends: base.json\npatch: {'metrics[name=acuracy].name': a}\n"}), 2, ("v.yaml: patch:", "no item has name 'acuracy'", "'accuracy'")),
+    Row("patch: a delete of a missing key", "train", chain_of({"v.yaml": "extends: base.json\npatch: {'~trainer.epochz': null}\n"}), 2, ("v.yaml: patch:", "trainer.epochz is not in the config, so it cannot be deleted", "'trainer.epochs'")),
+    Row("override: no metric of that name", "train", new("metrics[name=f2].args.k=1"), 2, ("override 'metrics[name=f2].args.k=1'", "no item has name 'f2'")),
+    Row("override: a delete of a missing key", "train", new("~lr_schedulr"), 2, ("override '~lr_schedulr'", "cannot be deleted", "'lr_scheduler'")),
+    Row("override: not a list selector", "train", new("metrics[nam=top_k_acc].args.k=1"), 2, ("[nam=top_k_acc]", "is not a list selector", "[name=...]")),
+    Row("override: a selector on a mapping", "train", new("optimizer[0]=1"), 2, ("optimizer", "selects a list item", "is a mapping")),
 ]
 
 

@@ -25,6 +25,7 @@ from app.config import (
     build_lr_scheduler,
     build_metrics,
     build_optimizer,
+    read_config,
     read_config_file,
     reference_markdown,
 )
@@ -66,6 +67,19 @@ def test_yaml_and_json_give_the_same_resolved_config(tmp_path):
 
 def test_digits_yaml_is_the_default_experiment():
     assert Config.from_file(ROOT / "configs" / "digits.yaml").to_dict() == Config.from_file(ROOT / "config.json").to_dict()
+
+
+def test_digits_stream_extends_digits_yaml_and_resolves_as_written_out():
+    """configs/digits_stream.json is digits.yaml with a streamed loader: the same config as the file written in full."""
+    full = json.loads((ROOT / "config.json").read_text())
+    full["name"] = "digits_stream"
+    full["data_loader"] = {
+        "type": "DigitsStreamLoader",
+        "args": {"data_dir": "data/digits_shards", "batch_size": 32, "shuffle": True, "num_workers": 2, "shuffle_buffer": 256},
+    }
+    stream = Config.from_file(ROOT / "configs" / "digits_stream.json")
+    assert stream.to_dict() == Config.from_dict(full, "written out").to_dict()
+    assert [Path(entry["path"]) for entry in stream.files] == [ROOT / "configs" / "digits.yaml", ROOT / "configs" / "digits_stream.json"]
 
 
 def test_yaml_values_mean_what_they_look_like(tmp_path):
@@ -230,7 +244,7 @@ def _needs_missing_files(args: dict) -> str | None:
 
 @pytest.mark.parametrize("path", SHIPPED, ids=shipped_config_id)
 def test_every_shipped_config_loads_validates_and_builds(path):
-    data = read_config_file(path)
+    data = read_config(path)  # through the bases it extends
     overrides = []
     if "weights" in data["arch"].get("args", {}) and not (ROOT / str(data["arch"]["args"]["weights"])).is_file():
         overrides.append("arch.args.weights=null")  # a weights name means a download; tests never download

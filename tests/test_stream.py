@@ -27,6 +27,7 @@ import torch
 from helpers import ROOT, TESTS_ENV, last_checkpoint, metric_rows, run_here, run_script, seeded_random, write_config
 from stream_recorder import recorded
 
+from app.config import read_config
 from base import BaseStreamLoader
 from data_loader import DigitsDataLoader, DigitsStreamLoader
 from data_loader.digit_shards import SHARD_WEIGHTS, write_digits_shards
@@ -490,7 +491,7 @@ TRAIN_IDS = 1222  # the digits training split; no tail with these batch sizes (1
 
 def stream_experiment(tmp_path: Path, batch_size: int, epochs: int, **trainer) -> Path:
     """configs/digits_stream.json (2 workers, shuffle buffer), small, its batches' ids recorded, under ``tmp_path``."""
-    config = json.loads(STREAM_CONFIG.read_text())
+    config = read_config(STREAM_CONFIG)  # through digits.yaml, which it extends
     assert config["data_loader"]["args"]["num_workers"] == 2
     config["arch"] = {"type": "stream_recorder:RecordingDigitsCNN", "args": {"num_classes": 10, "dropout": 0.3}}
     config["data_loader"]["type"] = "stream_recorder:IdDigitsStreamLoader"

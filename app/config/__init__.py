@@ -3,7 +3,9 @@
 - ``schema``: the documented keys, object nodes and lookup modules (``trainer.*`` keys come from
   the engine's typed settings, ``base/settings.py``);
 - ``reading``: JSON and YAML 1.2 files as plain data;
-- ``overrides``: ``key.path=value`` on the command line;
+- ``extends``: a file through the bases it extends, merged, with each value's origin;
+- ``overrides``: ``key.path=value`` on the command line (and a file's ``patch``: the same syntax);
+- ``provenance``: where each value came from, as ``--print-config`` prints it;
 - ``names``: names to classes and functions, and what a checkpoint's config may name;
 - ``building``: objects from nodes, and the loss, metrics, optimizer and scheduler builders;
 - ``config``: :class:`Config`, validated data;
@@ -18,6 +20,7 @@ trained or written.
 from app.config.building import build_loss, build_lr_scheduler, build_metrics, build_optimizer, scheduler_interval
 from app.config.config import Config
 from app.config.docs import reference_markdown
+from app.config.extends import load_chain, read_config
 from app.config.names import closest, resolve_type
 from app.config.overrides import apply_override
 from app.config.reading import load_yaml, read_config_file
@@ -34,8 +37,10 @@ __all__ = [
     "build_metrics",
     "build_optimizer",
     "closest",
+    "load_chain",
     "load_yaml",
     "metric_name",
+    "read_config",
     "read_config_file",
     "reference_markdown",
     "resolve_type",

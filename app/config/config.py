@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from app.config import building
+from app.config.extends import EXTENDS, PATCH, Chain, load_chain
 from app.config.names import UntrustedName, resolve_type, trust_rule
-from app.config.overrides import apply_override
-from app.config.reading import check_shape, plain_data_problem, read_config_file
+from app.config.overrides import VARS, apply_override
+from app.config.provenance import leaves, references_in, render
+from app.config.reading import check_shape, plain_data_problem
 from app.config.refs import escape_literals, resolve_references
 from app.config.schema import (
     LEGACY_KEYS,
@@ -43,30 +45,50 @@ class Config:
         self.source = source
         self.trusted = trusted
         self.notes: list[str] = []
+        self.origins: dict[str, str] = {}
+        """Dotted key path -> the ``file:line`` or override that set it (absent: a default); see ``app/config/extends.py``."""
+        self.files: list[dict] = []
+        """The chain of config files read, bases first: ``{path, sha256}`` each (for the manifest)."""
+        self.references: dict[str, str] = {}
+        """Dotted key path -> the ``${reference}`` text its value was resolved from."""
         self.data = with_defaults(data)
         self._validate()
         self.settings = TrainerSettings(**{key: value for key, value in self.data["trainer"].items() if key in SETTINGS})
 
     @classmethod
     def from_file(cls, path: str | Path, overrides: Iterable[str] = ()) -> Config:
-        return cls.from_dict(read_config_file(path), str(path), overrides)
+        """The file through the bases it extends (``app/config/extends.py``), then :meth:`from_dict`."""
+        chain = load_chain(path)
+        return cls.from_dict(chain.data, str(path), overrides, chain=chain)
 
     @classmethod
-    def from_dict(cls, data: dict, source: str, overrides: Iterable[str] = (), trusted: bool = True) -> Config:
-        """Defaults, then the overrides in order (left to right), then ``${references}``, then validation."""
+    def from_dict(cls, data: dict, source: str, overrides: Iterable[str] = (), trusted: bool = True, chain: Chain | None = None) -> Config:
+        """Defaults, then the overrides in order (left to right), then ``${references}``, then validation.
+
+        ``chain``: the files ``data`` was merged from, and where each value came from."""
         if not isinstance(data, dict):
             raise UserError(f"{source}: the config must be a mapping of keys (name, arch, ...), got {type(data).__name__}")
+        for directive in (EXTENDS, PATCH):
+            if directive in data:
+                raise UserError(
+                    f"{source}: {directive}: a config's bases and patches are read from its file; pass the file with -c "
+                    f"(a driver passes app.config.read_config(FILE), the merged data)"
+                )
         check_shape(data, source)  # before anything walks it: a checkpoint's config may be built to exhaust
         found = plain_data_problem(data)
         if found:
             raise UserError(f"{source}: {found[0]}: {found[1]}")
+        origins = dict(chain.origins) if chain is not None else {path: source for path, _ in leaves(data)}
         data = with_defaults(data)
         for text in overrides:
-            apply_override(data, text, source, trusted)
+            apply_override(data, text, source, trusted, origins)
         for key, spec in SCHEMA.items():  # said before a reference to it could be said to dangle
             if key not in data and spec.default is REQUIRED:
                 raise UserError(f"{source}: {key}: missing; every experiment needs it (see the README configuration reference)")
-        return cls(resolve_references(data, source), source, trusted)
+        config = cls(resolve_references(data, source), source, trusted)
+        config.origins, config.references = origins, references_in(data)
+        config.files = list(chain.files) if chain is not None else []
+        return config
 
     def __getitem__(self, key: str) -> Any:
         return self.data[key]
@@ -82,6 +104,10 @@ class Config:
         """The resolved config as plain data (saved in the run directory and every checkpoint); a
         literal ``${`` is written ``\\${`` so that it reads back as the same text."""
         return escape_literals(copy.deepcopy(self.data))
+
+    def explain(self) -> str:
+        """The resolved config, one value a line, each with the file:line or override that set it (``--print-config``)."""
+        return render(self.to_dict(), self.origins, self.references, self.source, self.files)
 
     def digest(self) -> str:
         """A short hash of the resolved config: equal configs, equal digests."""
@@ -148,9 +174,14 @@ class Config:
                 del data[key]
                 self.notes.append(f"{self.source}: {note}")
         for key in data:
+            if key == VARS:
+                if not isinstance(data[key], dict):
+                    raise self.error(key, f"must be a mapping of your own values (used as ${{vars.NAME}}), got {data[key]!r}")
+                continue
             if key not in SCHEMA:
                 hint = f"; did you mean 'trainer.{key}'?" if key in TRAINER_SCHEMA else closest(key, SCHEMA)
-                raise self.error(key, f"unknown top-level key{hint or '; see the README configuration reference'}")
+                fix = "; your own values go under vars (used as ${vars.NAME}); see the README configuration reference"
+                raise self.error(key, f"unknown top-level key{hint or fix}")
         for key, spec in SCHEMA.items():
             if key not in data:
                 raise self.error(key, "missing; every experiment needs it (see the README configuration reference)")

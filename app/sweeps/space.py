@@ -15,7 +15,9 @@
 A parameter is a config key path (as on the command line) and one of: ``{low, high}`` with
 optional ``log: true`` or ``step`` (whole numbers for ``low`` and ``high`` make an integer
 parameter, unless the config's value there is a float), or ``{choices: [...]}`` (numbers,
-strings, booleans or null). Each is Optuna's own
+strings, booleans or null; or mappings of key paths to values, a paired variant, under a name of
+your own: ``variant: {choices: [{arch.args.dropout: 0.0, optimizer.args.lr: 0.01}, ...]}``, each
+stored in the study as its JSON text). Each is Optuna's own
 distribution (``FloatDistribution``, ``IntDistribution``, ``CategoricalDistribution``); a sampler's
 and a pruner's ``args`` are the Optuna class's own keyword arguments.
 
@@ -34,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.config import Config, read_config_file
+from app.config import Config, read_config, read_config_file
 from utils.errors import UserError, closest
 
 SAMPLERS = ("tpe", "random", "grid")
@@ -63,6 +65,8 @@ class Param:
     log: bool = False
     step: Any = None
     choices: tuple = ()
+    mapped: bool = False
+    """Choices that are mappings of several key paths (a paired variant), held as JSON text: one Optuna categorical value each."""
 
     def distribution(self):
         from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
@@ -119,7 +123,9 @@ class Space:
 
     def overrides(self, values: dict) -> list[str]:
         """A trial's values as config overrides (``key=<JSON>``; the config reader takes JSON scalars)."""
-        return [f"{key}={json.dumps(value)}" for key, value in values.items()]
+        mapped = {param.key for param in self.params if param.mapped}
+        pairs = [pair for key, value in values.items() for pair in (json.loads(value).items() if key in mapped else [(key, value)])]
+        return [f"{key}={json.dumps(value)}" for key, value in pairs]
 
     def make_sampler(self, slot: int):
         """The Optuna sampler for trial ``slot``, seeded by ``seed`` and the slot: the same history
@@ -237,6 +243,14 @@ def _param(source: str, key: str, spec: Any) -> Param:
         choices = spec["choices"]
         if not isinstance(choices, list) or not choices:
             raise UserError(f"{where}.choices: must be a non-empty list")
+        if any(isinstance(choice, dict) for choice in choices):  # paired values: {optimizer.args.lr: 0.01, arch.args.dropout: 0.5}
+            for choice in choices:
+                if not isinstance(choice, dict) or not choice:
+                    raise UserError(f"{where}.choices: {choice!r}: when one choice is a mapping of key paths to values, all are")
+            texts = [json.dumps(choice, sort_keys=True) for choice in choices]
+            if len(set(texts)) != len(texts):
+                raise UserError(f"{where}.choices: a value is listed twice")
+            return Param(key, "choices", choices=tuple(texts), mapped=True)
         for choice in choices:
             if choice is not None and not isinstance(choice, (str, bool, int, float)):
                 raise UserError(f"{where}.choices: {choice!r} is not a number, string, boolean or null (Optuna's categorical values)")
@@ -288,7 +302,7 @@ def _as_config_type(param: Param, config: dict) -> Param:
 def _check_against_config(space: Space, base: Config, config_path: str, overrides: list[str]) -> None:
     """Each parameter at its ends (or each choice) through the config's own checks, so a key the
     config does not take, or a value of the wrong type, is said now and not in trial 7."""
-    data = read_config_file(config_path)
+    data = read_config(config_path)  # through the bases it extends
     for param in space.params:
         for value in param.examples():
             try:

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.config import Config, read_config_file
+from app.config import Config, read_config
 from app.cv import CrossValidation, fold_config, is_cv_dir, join_process_group, run_cross_validation, summary_of
 from app.run_dir import lock_holder
 from app.run_records import best_row, read_run, training_over
@@ -116,7 +116,7 @@ class Sweep:
         if not request.trust_checkpoint:
             base.check_checkpoints_resumable()
         self.base = base
-        self.raw = read_config_file(request.config)
+        self.raw = read_config(request.config)  # through the bases it extends (app/config/extends.py)
         self.space: Space = read_space(request.space, request.trials, base, request.config, request.overrides)
         if request.folds is not None:
             if isinstance(request.folds, bool) or not isinstance(request.folds, int) or request.folds < 2:
