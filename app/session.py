@@ -15,6 +15,7 @@ What a session claimed is what a failure takes back (:meth:`Session.abandon`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -42,6 +43,7 @@ from utils import distributed
 from utils.checkpoints import Checkpoint, load_checkpoint, load_weights, run_dir_of
 from utils.device import limit_visible_gpus, select_device
 from utils.errors import UserError, first_line
+from utils.fetching import restoring
 from utils.files import file_error, write_atomic
 from utils.seed import seed_everything
 from utils.signals import StartupStopped, StopRequest
@@ -391,7 +393,8 @@ def build_trainer(
             f"set data_loader.args.validation_split or monitor a training metric",
         )
     if model is None:
-        model = build_model(config)
+        with restoring() if mode == "resume" else contextlib.nullcontext():  # the checkpoint holds every weight
+            model = build_model(config)
     if mode == "finetune":
         matching_modules(model, settings.load_exclude, "trainer.load_exclude")
         loaded = load_weights(model, checkpoint.weights(ema=settings.ema_evaluate), settings.load_strict, source, settings.load_exclude)

@@ -22,6 +22,7 @@ from app.config.names import closest, resolve_type
 from app.config.overrides import parameters
 from app.config.schema import metric_name
 from utils.errors import UserError, first_line
+from utils.fetching import FetchRefused, guard, guarded_partial
 from utils.user_code import raised_in_user_code
 
 if TYPE_CHECKING:
@@ -107,7 +108,10 @@ def build(config: Config, key: str, node: dict, *args: Any, **kwargs: Any) -> An
     check_arguments(config, key, target, config_args, args, kwargs)
     _check_required(config, key, target, config_args, args, kwargs)
     try:
-        return target(*args, **_tensor_arguments(target, config_args), **kwargs)
+        with guard(config.trusted):  # what a build may fetch: utils/fetching.py
+            return target(*args, **_tensor_arguments(target, config_args), **kwargs)
+    except FetchRefused as exc:
+        raise fetch_refused(config, key, node["type"], exc) from None
     except UserError as exc:
         if str(exc).startswith(key.split(".")[0]):
             raise UserError(f"{config.source}: {exc}") from None
@@ -124,7 +128,17 @@ def build_partial(config: Config, key: str, node: dict, *args: Any, **kwargs: An
     target = resolve_type(key, node["type"], config.source, config.trusted)
     config_args = dict(node.get("args") or {})
     check_arguments(config, key, target, config_args, args, kwargs)
-    return functools.partial(target, *args, **_tensor_arguments(target, config_args), **kwargs)
+    refused = functools.partial(fetch_refused, config, key, node["type"])
+    return guarded_partial(config.trusted, refused, target, *args, **_tensor_arguments(target, config_args), **kwargs)
+
+
+def fetch_refused(config: Config, key: str, type_name: str, exc: FetchRefused) -> UserError:
+    """The one line for a build from data that reached for a file or the network."""
+    return config.error(
+        f"{key}.type",
+        f"building {type_name} {exc}; a config read back from a checkpoint is data and may not download or read cached files. "
+        f"Pass the run's config with -c CONFIG, or add --trust-checkpoint (files are then loaded weights_only, their published hash checked)",
+    )
 
 
 def _blame(key: str, type_name: str, target: Callable, config_args: dict, exc: Exception) -> tuple[str, str] | None:
