@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib.util
 import json
 import os
 import resource
@@ -384,6 +385,10 @@ def rekeyed(path: Path) -> None:
 DICT_LOADER = 'data_loader={type: "user_bugs:DictDigitsDataLoader"}'
 DICT_MODEL = 'arch={type: "user_bugs:ImageKeywordCNN", args: {num_classes: 10}}'
 OUTSIDE = "is not defined in this project's source packages"
+
+DOUBLING = {"k0": "x" * 64, **{f"k{i}": f"${{k{i - 1}}}${{k{i - 1}}}" for i in range(1, 22)}}
+"""22 keys, each two of the one before: a 128 MiB string if references were not bounded."""
+
 
 def x(row: Row) -> Row | pytest.param:
     """A row as a pytest param; a row with ``xfail`` is kept as the right expectation and marked strict."""
@@ -844,6 +849,38 @@ ROWS = [
         predicting("-c", lambda c: c.config(set_key("arch.type", "user_bugs:NameErrorCNN"))),
         1,
         bug="temperature",
+    ),
+    # -- issue 34: allowed names that would fetch, references that double, mistakes that were tracebacks ---------
+    Row(
+        "checkpoint's torchvision builder would fetch weights",
+        "test",
+        crafted(lambda s: s["config"].update(arch={"type": "torchvision.models:shufflenet_v2_x0_5", "args": {"weights": "IMAGENET1K_V1"}})),
+        2,
+        ("arch.type", "fetch a file through torch.hub", "may not download"),
+    ),
+    Row("checkpoint config of doubling references", "test", crafted(lambda s: s["config"].update(DOUBLING)), 2, ("k", "expand to more than 10,000,000")),
+    Row("-c config of doubling references", "train", new(change=lambda d: d.update(DOUBLING)), 2, ("k", "expand to more than 10,000,000")),
+    Row("seed beyond NumPy's range", "train", new("seed=4294967296"), 2, ("seed", "2**32 - 1", "4294967296")),
+    Row("negative seed", "train", new("seed=-1"), 2, ("seed", "2**32 - 1")),
+    Row(
+        "optimizer without lr",
+        "train",
+        new("optimizer={type: 'torch.optim:Optimizer', args: {defaults: {}}}"),
+        2,
+        ("optimizer.type", "no learning rate ('lr')"),
+    ),
+    *(
+        [
+            Row(
+                "metric whose optional dependency is missing",
+                "train",
+                new("metrics=[{type: 'torchmetrics.image:MemorizationInformedFrechetInceptionDistance'}]"),
+                2,
+                ("metrics.0.type", "needs a package that is not installed", "torch-fidelity"),
+            )
+        ]
+        if importlib.util.find_spec("torch_fidelity") is None
+        else []
     ),
 ]
 

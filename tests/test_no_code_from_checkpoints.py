@@ -217,3 +217,51 @@ def test_sealed_refuses_unpickling_network_and_the_cache_and_gives_everything_ba
     refused = guarded_partial(False, None, torch.hub.load_state_dict_from_url, "https://example.invalid/w.pth")
     with pytest.raises(FetchRefused):  # a function bound from a checkpoint's config is guarded when it is called
         refused()
+
+
+# -- a package a config's `type` needs but that is not installed: one line saying which -------------------
+
+
+@pytest.fixture
+def module_needing_a_package(tmp_path, monkeypatch):
+    """A user module importing a package that is not installed, at its top and lazily in a class."""
+    (tmp_path / "needs_packages.py").write_text(
+        "import torch\n\n\n"
+        "class LazyModel(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        import a_package_nobody_installed  # noqa: F401\n"
+    )
+    (tmp_path / "needs_at_import.py").write_text("import another_package_nobody_installed  # noqa: F401\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+def digits_config(arch: dict) -> dict:
+    import json
+
+    from helpers import ROOT
+
+    data = json.loads((ROOT / "config.json").read_text())
+    data["arch"] = arch
+    data["metrics"] = []
+    return data
+
+
+def test_a_missing_package_is_named_at_import_and_at_build(module_needing_a_package):
+    from app.config import Config
+    from app.session import build_model
+    from utils.errors import UserError
+
+    with pytest.raises(UserError) as raised:
+        Config.from_dict(digits_config({"type": "needs_at_import:Model"}), "c.json")
+    assert str(raised.value) == (
+        "c.json: arch.type: module 'needs_at_import' needs the package 'another_package_nobody_installed', which is not installed; "
+        "install it (pip install another_package_nobody_installed), or name another"
+    )
+    config = Config.from_dict(digits_config({"type": "needs_packages:LazyModel"}), "c.json")
+    with pytest.raises(UserError) as raised:
+        build_model(config)
+    message = str(raised.value)
+    assert message.startswith("c.json: arch.type: needs_packages:LazyModel needs the package 'a_package_nobody_installed'"), message
+    assert f"imported at {module_needing_a_package / 'needs_packages.py'}:7" in message and "\n" not in message

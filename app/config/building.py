@@ -23,7 +23,7 @@ from app.config.overrides import parameters
 from app.config.schema import metric_name
 from utils.errors import UserError, first_line
 from utils.fetching import FetchRefused, guard, guarded_partial
-from utils.user_code import raised_in_user_code
+from utils.user_code import raised_in_user_code, relative, user_frame
 
 if TYPE_CHECKING:
     from app.config.config import Config
@@ -112,11 +112,13 @@ def build(config: Config, key: str, node: dict, *args: Any, **kwargs: Any) -> An
             return target(*args, **_tensor_arguments(target, config_args), **kwargs)
     except FetchRefused as exc:
         raise fetch_refused(config, key, node["type"], exc) from None
+    except ImportError as exc:  # a lazy import of an optional dependency (torchmetrics' image metrics, ...)
+        raise missing_package(config, key, node["type"], exc) from None
     except UserError as exc:
         if str(exc).startswith(key.split(".")[0]):
             raise UserError(f"{config.source}: {exc}") from None
         raise
-    except (TypeError, ValueError, RuntimeError, ZeroDivisionError, IndexError) as exc:
+    except (TypeError, ValueError, RuntimeError, ZeroDivisionError, IndexError, KeyError, AttributeError, NotImplementedError) as exc:
         blame = _blame(key, node["type"], target, config_args, exc)
         if blame is None:
             raise  # raised by the user's own code: a bug there, shown with its traceback
@@ -130,6 +132,17 @@ def build_partial(config: Config, key: str, node: dict, *args: Any, **kwargs: An
     check_arguments(config, key, target, config_args, args, kwargs)
     refused = functools.partial(fetch_refused, config, key, node["type"])
     return guarded_partial(config.trusted, refused, target, *args, **_tensor_arguments(target, config_args), **kwargs)
+
+
+def missing_package(config: Config, key: str, type_name: str, exc: ImportError) -> UserError:
+    """The one line for a build that needs a package this environment lacks (where, if the user's code imported it)."""
+    frame = user_frame(exc)
+    where = f" (imported at {relative(frame.filename)}:{frame.lineno})" if frame else ""
+    if exc.name:
+        problem = f"needs the package {exc.name!r}, which is not installed{where}; install it (pip install {exc.name.split('.')[0]}), or name another"
+    else:
+        problem = f"needs a package that is not installed{where} ({first_line(exc, 200).rstrip('.')}); install it, or name another"
+    return config.error(f"{key}.type", f"{type_name} {problem}")
 
 
 def fetch_refused(config: Config, key: str, type_name: str, exc: FetchRefused) -> UserError:
@@ -236,7 +249,13 @@ def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
     rest = [p for name, p in named if name not in taken]
     if rest:
         groups.insert(0, {"params": rest})
-    return built_as(config, "optimizer", build(config, "optimizer", config["optimizer"], groups), torch.optim.Optimizer, "a torch.optim.Optimizer")
+    optimizer = built_as(config, "optimizer", build(config, "optimizer", config["optimizer"], groups), torch.optim.Optimizer, "a torch.optim.Optimizer")
+    if any("lr" not in group for group in optimizer.param_groups):  # logged every epoch, changed by schedulers
+        raise config.error(
+            "optimizer.type", f"{config['optimizer']['type']!r} keeps no learning rate ('lr') in its parameter groups, which the Trainer logs "
+            f"and schedulers change; name an optimizer that takes lr"
+        )
+    return optimizer
 
 
 def build_lr_scheduler(config: Config, optimizer: torch.optim.Optimizer) -> Any:

@@ -147,9 +147,7 @@ def resolve_type(key: str, name: str, source: str, trusted: bool = True) -> Call
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
-            raise UserError(
-                f"{source}: {key}.type: cannot import module {module_name!r} ({exc}); check the 'package.module:Name' path"
-            ) from None
+            raise import_error(key, module_name, source, exc) from None
         if not callable(getattr(module, attr, None)):
             raise UserError(
                 f"{source}: {key}.type: module {module_name!r} has no class or function {attr!r}{closest(attr, _public_callables(module))}"
@@ -160,6 +158,17 @@ def resolve_type(key: str, name: str, source: str, trusted: bool = True) -> Call
     if not trusted and not object_may_be_named(target):
         raise untrusted_error(key, name, source)
     return target
+
+
+def import_error(key: str, module_name: str, source: str, exc: ImportError) -> UserError:
+    """The one line for a module that does not import: a wrong path, or a package it needs that is not installed."""
+    missing = getattr(exc, "name", None)
+    if isinstance(exc, ModuleNotFoundError) and missing and not (module_name == missing or module_name.startswith(f"{missing}.")):
+        return UserError(
+            f"{source}: {key}.type: module {module_name!r} needs the package {missing!r}, which is not installed; install it "
+            f"(pip install {missing.split('.')[0]}), or name another"
+        )
+    return UserError(f"{source}: {key}.type: cannot import module {module_name!r} ({exc}); check the 'package.module:Name' path")
 
 
 def namespace_of(key: str) -> tuple[str, ...]:
