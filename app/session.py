@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from app.config import Config, build_loss, build_lr_scheduler, build_metrics, build_optimizer, scheduler_interval
+from app.config.building import require_rebuildable
 from app.history import ResumeGuard, RunHistory
 from app.run_dir import RunDirectory
 from base.freezing import freeze, matching_modules
@@ -293,6 +294,7 @@ def load_config(request: RunRequest) -> tuple[Config, Checkpoint | None]:
             config = Config.from_file(request.config, request.overrides)
         if not request.trust_checkpoint:
             config.check_checkpoints_resumable()
+            require_rebuildable(config)  # and what its nodes fetch when built: app/config/building.py
         return config, checkpoint
     checkpoint.require_resumable()
     if run_dir_of(request.resume) == Path(os.path.abspath(request.resume)).parent:

@@ -265,3 +265,67 @@ def test_a_missing_package_is_named_at_import_and_at_build(module_needing_a_pack
     message = str(raised.value)
     assert message.startswith("c.json: arch.type: needs_packages:LazyModel needs the package 'a_package_nobody_installed'"), message
     assert f"imported at {module_needing_a_package / 'needs_packages.py'}:7" in message and "\n" not in message
+
+
+# -- what trains must resume: a build that fetched is tried once more as its checkpoint's config ---------
+
+
+HUB_MODELS = """
+import torch
+from utils.fetching import weights_restored
+
+
+class HubModel(torch.nn.Module):
+    '''Loads its weights through torch.hub, as torchvision's builders do.'''
+
+    def __init__(self, url: str, skip_when_restored: bool = False):
+        super().__init__()
+        self.fc = torch.nn.Linear(64, 10)
+        if not (skip_when_restored and weights_restored()):
+            self.fc.load_state_dict(torch.hub.load_state_dict_from_url(url, check_hash=True))
+
+    def forward(self, x):
+        return torch.log_softmax(self.fc(x.flatten(1)), dim=1)
+"""
+
+
+@pytest.fixture
+def hub_file(tmp_path, monkeypatch):
+    """A module whose model fetches through torch.hub, and the hub cache holding its file under its true hash."""
+    (tmp_path / "hub_models.py").write_text(HUB_MODELS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
+    folder = tmp_path / "home" / "hub" / "checkpoints"
+    folder.mkdir(parents=True)
+    torch.manual_seed(3)
+    state = torch.nn.Linear(64, 10).state_dict()
+    torch.save(state, folder / "fc.pth")
+    digest = hashlib.sha256((folder / "fc.pth").read_bytes()).hexdigest()[:10]
+    (folder / "fc.pth").rename(folder / f"fc-{digest}.pth")
+    return f"https://example.invalid/fc-{digest}.pth", state
+
+
+@pytest.mark.parametrize("skip", [False, True], ids=["fetches again", "skips when restored"])
+def test_a_model_that_fetches_is_refused_when_the_run_starts_unless_its_checkpoint_can_rebuild_it(skip, hub_file):
+    from app.config import Config
+    from app.config.building import require_rebuildable
+    from app.session import build_model
+    from utils.errors import UserError
+
+    url, state = hub_file
+    config = Config.from_dict(digits_config({"type": "hub_models:HubModel", "args": {"url": url, "skip_when_restored": skip}}), "c.json")
+    require_rebuildable(config)
+    torch.manual_seed(0)
+    if not skip:
+        with pytest.raises(UserError) as raised:
+            build_model(config)
+        message = str(raised.value)
+        assert message.startswith("c.json: arch.type: building hub_models:HubModel fetched files"), message
+        assert "could not be resumed, tested or predicted" in message and "--trust-checkpoint" in message
+        return
+    model = build_model(config)
+    after = torch.rand(1)
+    assert torch.equal(model.fc.weight, state["weight"])  # the weights the trusted build fetched, hash checked
+    torch.manual_seed(0)
+    torch.nn.Linear(64, 10)  # what the first build drew: the second one drew nothing that shows
+    assert torch.equal(torch.rand(1), after)

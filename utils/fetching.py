@@ -67,6 +67,17 @@ def _is_verified() -> bool:
     return _depth("verified") > 0
 
 
+def fetches() -> int:
+    """How many times this thread has fetched (used torch's hub cache, or opened a network
+    connection) inside :func:`verified`: a builder compares it before and after a build."""
+    return getattr(_local, "fetches", 0)
+
+
+def _count_fetch() -> None:
+    if _is_verified() and not _is_sealed():
+        _local.fetches = fetches() + 1
+
+
 def weights_restored() -> bool:
     """Whether the model being built gets every weight from a checkpoint right after (:func:`restoring`)."""
     return _depth("restoring") > 0
@@ -193,6 +204,7 @@ def _get_dir(original: Callable) -> Callable:
     def get_dir() -> str:
         if _is_sealed():
             raise _refuse("fetch a file through torch.hub (pretrained weights)")
+        _count_fetch()
         return original()
 
     return get_dir
@@ -202,6 +214,7 @@ def _getaddrinfo(original: Callable) -> Callable:
     def getaddrinfo(host, *args, **kwargs):
         if _is_sealed():
             raise _refuse(f"connect to {host} (a download)")
+        _count_fetch()
         return original(host, *args, **kwargs)
 
     return getaddrinfo
@@ -209,8 +222,10 @@ def _getaddrinfo(original: Callable) -> Callable:
 
 def _connect(original: Callable) -> Callable:
     def connect(self, address, *args, **kwargs):
-        if _is_sealed() and self.family in (socket.AF_INET, socket.AF_INET6):
-            raise _refuse(f"open a network connection to {address[0]} (a download)")
+        if self.family in (socket.AF_INET, socket.AF_INET6):
+            if _is_sealed():
+                raise _refuse(f"open a network connection to {address[0]} (a download)")
+            _count_fetch()
         return original(self, address, *args, **kwargs)
 
     return connect

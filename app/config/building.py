@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import inspect
 import re
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +23,8 @@ from app.config.names import closest, resolve_type
 from app.config.overrides import parameters
 from app.config.schema import metric_name
 from utils.errors import UserError, first_line
-from utils.fetching import FetchRefused, guard, guarded_partial
+from utils.fetching import FetchRefused, fetches, guard, guarded_partial, restoring, sealed
+from utils.seed import get_rng_state, set_rng_state
 from utils.user_code import raised_in_user_code, relative, user_frame
 
 if TYPE_CHECKING:
@@ -108,8 +110,12 @@ def build(config: Config, key: str, node: dict, *args: Any, **kwargs: Any) -> An
     check_arguments(config, key, target, config_args, args, kwargs)
     _check_required(config, key, target, config_args, args, kwargs)
     try:
+        before = fetches()
         with guard(config.trusted):  # what a build may fetch: utils/fetching.py
-            return target(*args, **_tensor_arguments(target, config_args), **kwargs)
+            built = target(*args, **_tensor_arguments(target, config_args), **kwargs)
+        if fetches() > before and config in _REBUILT_AS_DATA:
+            _check_rebuilds_as_data(config, key, node["type"], lambda: target(*args, **_tensor_arguments(target, config_args), **kwargs))
+        return built
     except FetchRefused as exc:
         raise fetch_refused(config, key, node["type"], exc) from None
     except ImportError as exc:  # a lazy import of an optional dependency (torchmetrics' image metrics, ...)
@@ -134,6 +140,33 @@ def build_partial(config: Config, key: str, node: dict, *args: Any, **kwargs: An
     return guarded_partial(config.trusted, refused, target, *args, **_tensor_arguments(target, config_args), **kwargs)
 
 
+_REBUILT_AS_DATA: weakref.WeakSet = weakref.WeakSet()
+
+
+def require_rebuildable(config: Config) -> None:
+    """A run starts from ``config`` and its checkpoints must resume, test and predict without
+    ``--trust-checkpoint``: a node whose build fetched a file (pretrained weights) is built once
+    more as its checkpoint's config would be (sealed, restoring), so one that could not is
+    refused now, not after the run (the trust rule's promise, ``Config.check_checkpoints_resumable``)."""
+    _REBUILT_AS_DATA.add(config)
+
+
+def _check_rebuilds_as_data(config: Config, key: str, type_name: str, rebuild: Callable[[], Any]) -> None:
+    state = get_rng_state()  # the second build draws initial weights too: the run's random stream stays as it was
+    try:
+        with sealed(), restoring():
+            rebuild()
+    except FetchRefused as exc:
+        raise config.error(
+            f"{key}.type",
+            f"building {type_name} fetched files (pretrained weights), and built from this run's checkpoints {exc} again, which a checkpoint "
+            f"may not, so they could not be resumed, tested or predicted: use model.transfer:TransferClassifier (its checkpoints hold "
+            f"the weights), or add --trust-checkpoint to say you trust them (files loaded weights_only, their published hash checked)",
+        ) from None
+    finally:
+        set_rng_state(state)
+
+
 def missing_package(config: Config, key: str, type_name: str, exc: ImportError) -> UserError:
     """The one line for a build that needs a package this environment lacks (where, if the user's code imported it)."""
     frame = user_frame(exc)
@@ -149,7 +182,7 @@ def fetch_refused(config: Config, key: str, type_name: str, exc: FetchRefused) -
     """The one line for a build from data that reached for a file or the network."""
     return config.error(
         f"{key}.type",
-        f"building {type_name} {exc}; a config read back from a checkpoint is data and may not download or read cached files. "
+        f"building {type_name} {exc}; a config read back from a run's files (a checkpoint, cv.json) is data and may not download or read cached files. "
         f"Pass the run's config with -c CONFIG, or add --trust-checkpoint (files are then loaded weights_only, their published hash checked)",
     )
 
