@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from app.config.names import closest, resolve_type
+from app.config.names import closest, missing_package, resolve_type
 from app.config.overrides import parameters
 from app.config.schema import metric_name
 from utils.errors import UserError, first_line
@@ -118,8 +118,11 @@ def build(config: Config, key: str, node: dict, *args: Any, **kwargs: Any) -> An
         return built
     except FetchRefused as exc:
         raise fetch_refused(config, key, node["type"], exc) from None
-    except ImportError as exc:  # a lazy import of an optional dependency (torchmetrics' image metrics, ...)
-        raise missing_package(config, key, node["type"], exc) from None
+    except ModuleNotFoundError as exc:  # a lazy import of an optional dependency (torchmetrics' image metrics, ...)
+        problem = package_not_installed(config, key, node["type"], exc)
+        if problem is None:
+            raise  # a module of an installed package that is not there: a bug where it was imported
+        raise problem from None
     except UserError as exc:
         if str(exc).startswith(key.split(".")[0]):
             raise UserError(f"{config.source}: {exc}") from None
@@ -167,14 +170,20 @@ def _check_rebuilds_as_data(config: Config, key: str, type_name: str, rebuild: C
         set_rng_state(state)
 
 
-def missing_package(config: Config, key: str, type_name: str, exc: ImportError) -> UserError:
-    """The one line for a build that needs a package this environment lacks (where, if the user's code imported it)."""
+def package_not_installed(config: Config, key: str, type_name: str, exc: ModuleNotFoundError) -> UserError | None:
+    """The one line for a build that needs a package this environment lacks (and where the user's
+    code imported it), or None when ``exc`` is not that (see ``names.missing_package``). A library
+    that raises ``ModuleNotFoundError`` with its own words and no module name (torchmetrics) is
+    quoted."""
     frame = user_frame(exc)
     where = f" (imported at {relative(frame.filename)}:{frame.lineno})" if frame else ""
-    if exc.name:
-        problem = f"needs the package {exc.name!r}, which is not installed{where}; install it (pip install {exc.name.split('.')[0]}), or name another"
+    package = missing_package(exc)
+    if package:
+        problem = f"needs the package {package!r}, which is not installed{where}; install it (pip install {package}), or name another"
+    elif not exc.name and frame is None:
+        problem = f"needs a package that is not installed ({first_line(exc, 200).rstrip('.')}); install it, or name another"
     else:
-        problem = f"needs a package that is not installed{where} ({first_line(exc, 200).rstrip('.')}); install it, or name another"
+        return None
     return config.error(f"{key}.type", f"{type_name} {problem}")
 
 

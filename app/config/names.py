@@ -160,13 +160,28 @@ def resolve_type(key: str, name: str, source: str, trusted: bool = True) -> Call
     return target
 
 
+def missing_package(exc: BaseException) -> str | None:
+    """The top-level package whose absence raised ``exc`` (a ``ModuleNotFoundError`` for a package
+    this environment does not have), or None: a missing submodule of an installed package, or
+    a name that does not import from one, is another mistake."""
+    name = getattr(exc, "name", None) if isinstance(exc, ModuleNotFoundError) else None
+    if not name:
+        return None
+    top = name.split(".")[0]
+    try:
+        found = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        found = None
+    return top if found is None else None
+
+
 def import_error(key: str, module_name: str, source: str, exc: ImportError) -> UserError:
     """The one line for a module that does not import: a wrong path, or a package it needs that is not installed."""
-    missing = getattr(exc, "name", None)
-    if isinstance(exc, ModuleNotFoundError) and missing and not (module_name == missing or module_name.startswith(f"{missing}.")):
+    missing = missing_package(exc)
+    if missing and module_name.split(".")[0] != missing:
         return UserError(
             f"{source}: {key}.type: module {module_name!r} needs the package {missing!r}, which is not installed; install it "
-            f"(pip install {missing.split('.')[0]}), or name another"
+            f"(pip install {missing}), or name another"
         )
     return UserError(f"{source}: {key}.type: cannot import module {module_name!r} ({exc}); check the 'package.module:Name' path")
 
