@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import socket
 import urllib.request
 from pathlib import Path
 
@@ -211,6 +212,8 @@ def test_sealed_refuses_unpickling_network_and_the_cache_and_gives_everything_ba
             urllib.request.urlopen("http://example.invalid/weights.pth")
         with pytest.raises(FetchRefused, match="torch.hub"):
             torch.hub.get_dir()
+        with socket.create_server(("127.0.0.1", 0)) as server, socket.create_connection(server.getsockname()):
+            pass  # this machine's own services (a local database) are no download
     assert not marker.exists()
     assert os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] == "1" and "TORCH_FORCE_WEIGHTS_ONLY_LOAD" not in os.environ
     assert torch.hub.get_dir()  # outside the guard, everything as before

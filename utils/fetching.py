@@ -8,7 +8,7 @@ feature net all fetch a file through ``torch.hub`` (which unpickles it with
 go to the network themselves. So the rule is about what a build may *do*, not about names:
 
 - :func:`sealed` (a build from data: a checkpoint's config, a CV's ``cv.json``): no network
-  connection, no use of torch's hub cache (reading it or creating its folders), and every
+  connection (but to this machine's own services, on loopback), no use of torch's hub cache (reading it or creating its folders), and every
   ``torch.load`` ``weights_only=True``. Such an attempt raises :class:`FetchRefused`, which the
   builder turns into one line naming the config key.
 - :func:`verified` (a build from a config the user passed, trusted like code): files from the
@@ -210,11 +210,18 @@ def _get_dir(original: Callable) -> Callable:
     return get_dir
 
 
+def _loopback(host: object) -> bool:
+    """This machine's own services (a local database, a tracker's server) are no download."""
+    text = host.decode() if isinstance(host, bytes) else str(host)
+    return text in ("localhost", "::1") or text.startswith("127.")
+
+
 def _getaddrinfo(original: Callable) -> Callable:
     def getaddrinfo(host, *args, **kwargs):
-        if _is_sealed():
-            raise _refuse(f"connect to {host} (a download)")
-        _count_fetch()
+        if host is not None and not _loopback(host):
+            if _is_sealed():
+                raise _refuse(f"connect to {host} (a download)")
+            _count_fetch()
         return original(host, *args, **kwargs)
 
     return getaddrinfo
@@ -222,7 +229,7 @@ def _getaddrinfo(original: Callable) -> Callable:
 
 def _connect(original: Callable) -> Callable:
     def connect(self, address, *args, **kwargs):
-        if self.family in (socket.AF_INET, socket.AF_INET6):
+        if self.family in (socket.AF_INET, socket.AF_INET6) and not _loopback(address[0]):
             if _is_sealed():
                 raise _refuse(f"open a network connection to {address[0]} (a download)")
             _count_fetch()

@@ -162,9 +162,11 @@ def _check_rebuilds_as_data(config: Config, key: str, type_name: str, rebuild: C
     except FetchRefused as exc:
         raise config.error(
             f"{key}.type",
-            f"building {type_name} fetched files (pretrained weights), and built from this run's checkpoints {exc} again, which a checkpoint "
-            f"may not, so they could not be resumed, tested or predicted: use model.transfer:TransferClassifier (its checkpoints hold "
-            f"the weights), or add --trust-checkpoint to say you trust them (files loaded weights_only, their published hash checked)",
+            f"building {type_name} fetched files (pretrained weights, a download), and built from this run's checkpoints {exc} again, "
+            f"which a checkpoint may not, so they could not be resumed, tested or predicted: for pretrained weights use "
+            f"model.transfer:TransferClassifier (its checkpoints hold them; your own model can skip them when "
+            f"utils.fetching.weights_restored()), or add --trust-checkpoint to say you trust them (files loaded weights_only, "
+            f"their published hash checked)",
         ) from None
     finally:
         set_rng_state(state)
