@@ -115,11 +115,6 @@ def one_error_line(result) -> str:
     return lines[-1]
 
 
-def outside(tmp_path: Path, copy: Path) -> dict:
-    """Everything in the test's folder but the run directory's own log."""
-    return {k: v for k, v in tree(tmp_path).items() if not k.startswith("run/")}
-
-
 @pytest.mark.parametrize("script", ["test.py", "predict.py", "train.py"])
 def test_pretrained_weights_in_a_checkpoints_config_are_neither_read_nor_fetched(script, world, tmp_path):
     """A run that used pretrained weights holds them in its checkpoint: rebuilding its model reads
@@ -136,35 +131,32 @@ def test_pretrained_weights_in_a_checkpoints_config_are_neither_read_nor_fetched
 
 
 @pytest.mark.parametrize(
-    "script, change",
-    [("test.py", torchvision_builder), ("predict.py", torchvision_builder), ("train.py", torchvision_builder), ("test.py", lpips_metric)],
-    ids=["test.py builder with weights", "predict.py builder with weights", "train.py builder with weights", "test.py LPIPS metric"],
+    "script, change, cache",
+    [
+        ("test.py", torchvision_builder, "planted"),
+        ("predict.py", torchvision_builder, "empty"),
+        ("train.py", torchvision_builder, "empty"),
+        ("test.py", lpips_metric, "planted"),
+    ],
+    ids=["test.py builder, planted", "predict.py builder, empty cache", "train.py builder, empty cache", "test.py LPIPS, planted"],
 )
-def test_a_checkpoint_whose_names_would_fetch_is_one_line_and_runs_nothing(script, change, world, tmp_path):
+def test_a_checkpoint_whose_names_would_fetch_is_one_line_and_runs_nothing(script, change, cache, world, tmp_path):
+    """A planted file is never read (so never run); an empty cache is never created, nothing downloads."""
     copy, home, marker = world
-    plant(home / "hub" / "checkpoints", CACHED_NAME, marker)
-    plant(home / "hub" / "checkpoints", "squeezenet1_1-b8a52dc0.pth", marker)
+    if cache == "planted":
+        plant(home / "hub" / "checkpoints", CACHED_NAME, marker)
+        plant(home / "hub" / "checkpoints", "squeezenet1_1-b8a52dc0.pth", marker)  # LPIPS' squeeze net
     last = stranger(copy / "checkpoints" / "last.pth", change)
     before = tree(tmp_path)
     extra = ["--out", tmp_path / "p.jsonl"] if script == "predict.py" else []
     result = run_here(script, "-r", last, *extra, env=THREADS)
     assert result.returncode == 2, result.stderr[-3000:]
     line = one_error_line(result)
-    assert "may not download or read cached files" in line and "torch.hub" in line, line
+    assert "fetch a file through torch.hub" in line and "may not download or read cached files" in line, line
     assert ("arch.type" if change is torchvision_builder else "metrics.0.type") in line, line
     assert not marker.exists()
-    assert tree(tmp_path) == before
-
-
-@pytest.mark.parametrize("script", ["test.py", "train.py"])
-def test_an_empty_cache_is_not_created_and_nothing_downloads(script, world, tmp_path):
-    copy, home, marker = world
-    last = stranger(copy / "checkpoints" / "last.pth", torchvision_builder)
-    before = tree(tmp_path)
-    result = run_here(script, "-r", last, env=THREADS)
-    assert result.returncode == 2 and "fetch a file through torch.hub" in one_error_line(result)
-    assert not home.exists()
-    assert tree(tmp_path) == before
+    assert tree(tmp_path) == before  # the cache as it was: not read, not created
+    assert home.exists() == (cache == "planted")
     assert "Downloading" not in result.stdout + result.stderr
 
 
