@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from app.config import Config, build_loss, build_lr_scheduler, build_metrics, build_optimizer, scheduler_interval
-from app.config.building import require_rebuildable
+from app.config.building import require_rebuildable, starts_new_run
 from app.history import ResumeGuard, RunHistory
 from app.run_dir import RunDirectory
 from base.freezing import freeze, matching_modules
@@ -290,6 +290,8 @@ def load_config(request: RunRequest) -> tuple[Config, Checkpoint | None]:
     if mode != "resume":
         if request.config_data is not None:
             config = Config.from_dict(request.config_data, request.config_source, request.overrides, trusted=request.config_trusted)
+            if not request.config_trusted:
+                starts_new_run(config)  # a CV's next fold from cv.json: it needs its pretrained weights (app/config/building.py)
         else:
             config = Config.from_file(request.config, request.overrides)
         if not request.trust_checkpoint:

@@ -324,3 +324,18 @@ def test_a_model_that_fetches_is_refused_when_the_run_starts_unless_its_checkpoi
     torch.manual_seed(0)
     torch.nn.Linear(64, 10)  # what the first build drew: the second one drew nothing that shows
     assert torch.equal(torch.rand(1), after)
+
+
+def test_only_a_checkpoints_config_is_sealed_a_cvs_next_fold_fetches_verified():
+    """A CV's next fold is built from ``cv.json`` (data, names under the trust rule) but no
+    checkpoint holds its pretrained weights yet: it fetches as a trusted config does."""
+    from app.config import Config
+    from app.config.building import fetch_trusted, starts_new_run
+
+    data = digits_config({"type": "DigitsCNN", "args": {"num_classes": 10}})
+    assert fetch_trusted(Config.from_dict(data, "-c config"))
+    from_checkpoint = Config.from_dict(data, "last.pth (its config)", trusted=False)
+    assert not fetch_trusted(from_checkpoint)
+    next_fold = Config.from_dict(data, "cv.json", trusted=False)
+    starts_new_run(next_fold)
+    assert fetch_trusted(next_fold) and not next_fold.trusted and not fetch_trusted(from_checkpoint)

@@ -7,7 +7,7 @@ feature net all fetch a file through ``torch.hub`` (which unpickles it with
 ``weights_only=False`` and checks no hash of a file already in its cache), and other libraries
 go to the network themselves. So the rule is about what a build may *do*, not about names:
 
-- :func:`sealed` (a build from data: a checkpoint's config, a CV's ``cv.json``): no network
+- :func:`sealed` (a build from data: a checkpoint's config): no network
   connection (but to this machine's own services, on loopback), no use of torch's hub cache (reading it or creating its folders), and every
   ``torch.load`` ``weights_only=True``. Such an attempt raises :class:`FetchRefused`, which the
   builder turns into one line naming the config key.

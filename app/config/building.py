@@ -111,7 +111,7 @@ def build(config: Config, key: str, node: dict, *args: Any, **kwargs: Any) -> An
     _check_required(config, key, target, config_args, args, kwargs)
     try:
         before = fetches()
-        with guard(config.trusted):  # what a build may fetch: utils/fetching.py
+        with guard(fetch_trusted(config)):  # what a build may fetch: utils/fetching.py
             built = target(*args, **_tensor_arguments(target, config_args), **kwargs)
         if fetches() > before and config in _REBUILT_AS_DATA:
             _check_rebuilds_as_data(config, key, node["type"], lambda: target(*args, **_tensor_arguments(target, config_args), **kwargs))
@@ -140,10 +140,24 @@ def build_partial(config: Config, key: str, node: dict, *args: Any, **kwargs: An
     config_args = dict(node.get("args") or {})
     check_arguments(config, key, target, config_args, args, kwargs)
     refused = functools.partial(fetch_refused, config, key, node["type"])
-    return guarded_partial(config.trusted, refused, target, *args, **_tensor_arguments(target, config_args), **kwargs)
+    return guarded_partial(fetch_trusted(config), refused, target, *args, **_tensor_arguments(target, config_args), **kwargs)
 
 
 _REBUILT_AS_DATA: weakref.WeakSet = weakref.WeakSet()
+_NEW_FROM_DATA: weakref.WeakSet = weakref.WeakSet()
+
+
+def starts_new_run(config: Config) -> None:
+    """``config`` is data the project wrote (a CV's ``cv.json``) yet starts a new run (its next
+    fold): no checkpoint holds its pretrained weights yet, so its builds fetch as a trusted
+    config's do (hub files ``weights_only``, their published hash checked) while its names stay
+    under the trust rule. A config from a checkpoint is never this: its builds are sealed."""
+    _NEW_FROM_DATA.add(config)
+
+
+def fetch_trusted(config: Config) -> bool:
+    """Whether builds from ``config`` may fetch, verified (``utils/fetching.py``), or are sealed."""
+    return config.trusted or config in _NEW_FROM_DATA
 
 
 def require_rebuildable(config: Config) -> None:
@@ -193,7 +207,7 @@ def fetch_refused(config: Config, key: str, type_name: str, exc: FetchRefused) -
     """The one line for a build from data that reached for a file or the network."""
     return config.error(
         f"{key}.type",
-        f"building {type_name} {exc}; a config read back from a run's files (a checkpoint, cv.json) is data and may not download or read cached files. "
+        f"building {type_name} {exc}; a config read back from a checkpoint is data and may not download or read cached files. "
         f"Pass the run's config with -c CONFIG, or add --trust-checkpoint (files are then loaded weights_only, their published hash checked)",
     )
 
