@@ -27,9 +27,9 @@ from utils.errors import UserError
 
 REFERENCE = re.compile(r"(?<!\\)\$\{([^{}]*)\}")
 ESCAPED = "\\${"
-MAX_EXPANDED = 10_000_000
+MAX_EXPANDED = 1_000_000
 """What the references of one config may expand to: characters of text plus values (a config's
-own text is far below it; a config of references that double each other passes it in 24 steps)."""
+own text is far below it; a config of references that double each other passes it in 14 steps, and copying its values stays under a second)."""
 
 
 def resolve_references(data: dict, source: str) -> dict:
