@@ -178,6 +178,8 @@ def _force_weights_only_env(entering: bool) -> None:
 
 def _install() -> None:
     global _installed
+    if _installed:  # the common case, every guarded call of a loss or metric: no lock
+        return
     with _install_lock:
         if _installed:
             return
