@@ -253,7 +253,8 @@ def _load(original: Callable) -> Callable:
 
 
 def _in_hub_cache(path: Path) -> bool:
-    hub = Path(torch.hub.get_dir()).resolve()
+    get_dir = getattr(torch.hub.get_dir, "__wrapped_by_fetching__", torch.hub.get_dir)  # asking is no fetch
+    hub = Path(get_dir()).resolve()
     try:
         path.resolve().relative_to(hub)
     except (ValueError, OSError):
