@@ -25,6 +25,7 @@ from utils import distributed
 from utils.checkpoints import Checkpoint, load_checkpoint, load_weights
 from utils.device import limit_visible_gpus, select_device
 from utils.errors import UserError
+from utils.fetching import restoring
 
 
 def add_loading_arguments(parser: argparse.ArgumentParser) -> None:
@@ -124,7 +125,8 @@ def load_one(args: argparse.Namespace, path: str) -> Loaded:
     use_ema = checkpoint.has_ema and (args.weights == "ema" or (args.weights == "auto" and config.settings.ema_evaluate))
     from app.session import build_model
 
-    model = build_model(config)
+    with restoring():  # every weight comes from the checkpoint: pretrained ones are neither read nor fetched
+        model = build_model(config)
     load_weights(model, checkpoint.weights(ema=use_ema), strict=True, source=str(path))
     model.to(device).eval()
     return Loaded(config, checkpoint, device, model, "ema" if use_ema else "raw")

@@ -15,6 +15,7 @@ What a session claimed is what a failure takes back (:meth:`Session.abandon`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -28,6 +29,7 @@ import torch
 from torch import nn
 
 from app.config import Config, build_loss, build_lr_scheduler, build_metrics, build_optimizer, scheduler_interval
+from app.config.building import require_rebuildable, starts_new_run
 from app.history import ResumeGuard, RunHistory
 from app.run_dir import RunDirectory
 from base.freezing import freeze, matching_modules
@@ -42,6 +44,7 @@ from utils import distributed
 from utils.checkpoints import Checkpoint, load_checkpoint, load_weights, run_dir_of
 from utils.device import limit_visible_gpus, select_device
 from utils.errors import UserError, first_line
+from utils.fetching import restoring
 from utils.files import file_error, write_atomic
 from utils.seed import seed_everything
 from utils.signals import StartupStopped, StopRequest
@@ -287,10 +290,13 @@ def load_config(request: RunRequest) -> tuple[Config, Checkpoint | None]:
     if mode != "resume":
         if request.config_data is not None:
             config = Config.from_dict(request.config_data, request.config_source, request.overrides, trusted=request.config_trusted)
+            if not request.config_trusted:
+                starts_new_run(config)  # a CV's next fold from cv.json: it needs its pretrained weights (app/config/building.py)
         else:
             config = Config.from_file(request.config, request.overrides)
         if not request.trust_checkpoint:
             config.check_checkpoints_resumable()
+            require_rebuildable(config)  # and what its nodes fetch when built: app/config/building.py
         return config, checkpoint
     checkpoint.require_resumable()
     if run_dir_of(request.resume) == Path(os.path.abspath(request.resume)).parent:
@@ -391,7 +397,8 @@ def build_trainer(
             f"set data_loader.args.validation_split or monitor a training metric",
         )
     if model is None:
-        model = build_model(config)
+        with restoring() if mode == "resume" else contextlib.nullcontext():  # the checkpoint holds every weight
+            model = build_model(config)
     if mode == "finetune":
         matching_modules(model, settings.load_exclude, "trainer.load_exclude")
         loaded = load_weights(model, checkpoint.weights(ema=settings.ema_evaluate), settings.load_strict, source, settings.load_exclude)

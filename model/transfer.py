@@ -5,7 +5,10 @@
 - ``backbone``: any ``torchvision.models`` classification model name (``resnet18``, ``efficientnet_b0``, ...);
 - ``weights``: a local file holding that model's torchvision ``state_dict`` (read with
   ``weights_only=True``), or a torchvision weights name such as ``IMAGENET1K_V1`` (downloaded once
-  into ``$TORCH_HOME``; needs internet the first time), or null for random initialisation;
+  into ``$TORCH_HOME``; needs internet the first time; read ``weights_only`` and checked against
+  its published hash each time, ``utils/fetching.py``), or null for random initialisation. A model
+  rebuilt to be restored from a checkpoint (``test.py -r``, ``predict.py -r``, ``train.py -r``)
+  neither reads nor fetches them: the checkpoint holds every weight, the pretrained ones trained on;
 - ``freeze``: ``"backbone"``, or a list of module-name prefixes (``["backbone.conv1", "backbone.layer1"]``), or null.
 
 The backbone's last ``Linear`` (its ImageNet classifier) becomes ``nn.Identity``, so the backbone
@@ -29,6 +32,7 @@ from base.freezing import freeze as freeze_modules
 from model.layers import Linear
 from utils.checkpoints import clean_state_dict
 from utils.errors import UserError, closest, first_line
+from utils.fetching import weights_restored
 
 
 def build_backbone(name: str) -> nn.Module:
@@ -75,6 +79,11 @@ def pretrained_state_dict(backbone: str, weights: str) -> dict:
     enum = torchvision.models.get_model_weights(backbone)[weights]
     try:
         return enum.get_state_dict(progress=False, check_hash=True)
+    except pickle.UnpicklingError as exc:  # read weights_only (utils/fetching.py): a planted or damaged cache file
+        raise UserError(
+            f"arch.args.weights: the cached file of {backbone} weights {weights!r} holds more than tensors ({first_line(exc, 80)}); "
+            f"delete it from {torch.hub.get_dir()}/checkpoints and it is downloaded again"
+        ) from None
     except (OSError, RuntimeError) as exc:  # URLError is an OSError; a bad download fails its hash check
         reason = first_line(exc, 120)
         raise UserError(
@@ -104,7 +113,7 @@ class TransferClassifier(BaseModel):
         super().__init__()
         self.backbone = build_backbone(backbone)
         head_name, old_head = last_linear(self.backbone)
-        if weights:
+        if weights and not weights_restored():  # restored from a checkpoint: it holds these weights, trained on
             self._load_backbone(pretrained_state_dict(backbone, weights), weights)
         self.backbone.set_submodule(head_name, nn.Identity())
         self.dropout = nn.Dropout(dropout)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib.util
 import json
 import os
 import resource
@@ -385,6 +386,7 @@ DICT_LOADER = 'data_loader={type: "user_bugs:DictDigitsDataLoader"}'
 DICT_MODEL = 'arch={type: "user_bugs:ImageKeywordCNN", args: {num_classes: 10}}'
 OUTSIDE = "is not defined in this project's source packages"
 
+
 def chain_of(files: dict[str, str], *overrides: str) -> Callable[[Ctx], list]:
     """``train.py -c <tmp>/v.yaml``: a config extending others; ``files`` by name (``base.json`` is the tiny config)."""
 
@@ -395,6 +397,10 @@ def chain_of(files: dict[str, str], *overrides: str) -> Callable[[Ctx], list]:
         return ["-c", c.tmp / "v.yaml", *overrides]
 
     return args
+
+
+DOUBLING = {"k0": "x" * 64, **{f"k{i}": f"${{k{i - 1}}}${{k{i - 1}}}" for i in range(1, 22)}}
+"""22 keys, each two of the one before: a 128 MiB string if references were not bounded."""
 
 
 def x(row: Row) -> Row | pytest.param:
@@ -871,6 +877,38 @@ ROWS = [
     Row("override: a delete of a missing key", "train", new("~lr_schedulr"), 2, ("override '~lr_schedulr'", "cannot be deleted", "'lr_scheduler'")),
     Row("override: not a list selector", "train", new("metrics[nam=top_k_acc].args.k=1"), 2, ("[nam=top_k_acc]", "is not a list selector", "[name=...]")),
     Row("override: a selector on a mapping", "train", new("optimizer[0]=1"), 2, ("optimizer", "selects a list item", "is a mapping")),
+    # -- issue 34: allowed names that would fetch, references that double, mistakes that were tracebacks ---------
+    Row(
+        "checkpoint's torchvision builder would fetch weights",
+        "test",
+        crafted(lambda s: s["config"].update(arch={"type": "torchvision.models:shufflenet_v2_x0_5", "args": {"weights": "IMAGENET1K_V1"}})),
+        2,
+        ("arch.type", "fetch a file through torch.hub", "may not download"),
+    ),
+    Row("checkpoint config of doubling references", "test", crafted(lambda s: s["config"].update(DOUBLING)), 2, ("k", "expand to more than 1,000,000")),
+    Row("-c config of doubling references", "train", new(change=lambda d: d.update(DOUBLING)), 2, ("k", "expand to more than 1,000,000")),
+    Row("seed beyond NumPy's range", "train", new("seed=4294967296"), 2, ("seed", "2**32 - 1", "4294967296")),
+    Row("negative seed", "train", new("seed=-1"), 2, ("seed", "2**32 - 1")),
+    Row(
+        "optimizer without lr",
+        "train",
+        new("optimizer={type: 'torch.optim:Optimizer', args: {defaults: {}}}"),
+        2,
+        ("optimizer.type", "no learning rate ('lr')"),
+    ),
+    *(
+        [
+            Row(
+                "metric whose optional dependency is missing",
+                "train",
+                new("metrics=[{type: 'torchmetrics.image:MemorizationInformedFrechetInceptionDistance'}]"),
+                2,
+                ("metrics.0.type", "needs a package that is not installed", "torch-fidelity"),
+            )
+        ]
+        if importlib.util.find_spec("torch_fidelity") is None
+        else []
+    ),
 ]
 
 

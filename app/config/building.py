@@ -12,17 +12,20 @@ from __future__ import annotations
 import functools
 import inspect
 import re
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from app.config.names import closest, resolve_type
+from app.config.names import closest, missing_package, resolve_type
 from app.config.overrides import parameters
 from app.config.schema import metric_name
 from utils.errors import UserError, first_line
-from utils.user_code import raised_in_user_code
+from utils.fetching import FetchRefused, fetches, guard, guarded_partial, restoring, sealed
+from utils.seed import get_rng_state, set_rng_state
+from utils.user_code import raised_in_user_code, relative, user_frame
 
 if TYPE_CHECKING:
     from app.config.config import Config
@@ -107,12 +110,24 @@ def build(config: Config, key: str, node: dict, *args: Any, **kwargs: Any) -> An
     check_arguments(config, key, target, config_args, args, kwargs)
     _check_required(config, key, target, config_args, args, kwargs)
     try:
-        return target(*args, **_tensor_arguments(target, config_args), **kwargs)
+        before = fetches()
+        with guard(fetch_trusted(config)):  # what a build may fetch: utils/fetching.py
+            built = target(*args, **_tensor_arguments(target, config_args), **kwargs)
+        if fetches() > before and config in _REBUILT_AS_DATA:
+            _check_rebuilds_as_data(config, key, node["type"], lambda: target(*args, **_tensor_arguments(target, config_args), **kwargs))
+        return built
+    except FetchRefused as exc:
+        raise fetch_refused(config, key, node["type"], exc) from None
+    except ModuleNotFoundError as exc:  # a lazy import of an optional dependency (torchmetrics' image metrics, ...)
+        problem = package_not_installed(config, key, node["type"], exc)
+        if problem is None:
+            raise  # a module of an installed package that is not there: a bug where it was imported
+        raise problem from None
     except UserError as exc:
         if str(exc).startswith(key.split(".")[0]):
             raise UserError(f"{config.source}: {exc}") from None
         raise
-    except (TypeError, ValueError, RuntimeError, ZeroDivisionError, IndexError) as exc:
+    except (TypeError, ValueError, RuntimeError, ZeroDivisionError, IndexError, KeyError, AttributeError, NotImplementedError) as exc:
         blame = _blame(key, node["type"], target, config_args, exc)
         if blame is None:
             raise  # raised by the user's own code: a bug there, shown with its traceback
@@ -124,7 +139,77 @@ def build_partial(config: Config, key: str, node: dict, *args: Any, **kwargs: An
     target = resolve_type(key, node["type"], config.source, config.trusted)
     config_args = dict(node.get("args") or {})
     check_arguments(config, key, target, config_args, args, kwargs)
-    return functools.partial(target, *args, **_tensor_arguments(target, config_args), **kwargs)
+    refused = functools.partial(fetch_refused, config, key, node["type"])
+    return guarded_partial(fetch_trusted(config), refused, target, *args, **_tensor_arguments(target, config_args), **kwargs)
+
+
+_REBUILT_AS_DATA: weakref.WeakSet = weakref.WeakSet()
+_NEW_FROM_DATA: weakref.WeakSet = weakref.WeakSet()
+
+
+def starts_new_run(config: Config) -> None:
+    """``config`` is data the project wrote (a CV's ``cv.json``) yet starts a new run (its next
+    fold): no checkpoint holds its pretrained weights yet, so its builds fetch as a trusted
+    config's do (hub files ``weights_only``, their published hash checked) while its names stay
+    under the trust rule. A config from a checkpoint is never this: its builds are sealed."""
+    _NEW_FROM_DATA.add(config)
+
+
+def fetch_trusted(config: Config) -> bool:
+    """Whether builds from ``config`` may fetch, verified (``utils/fetching.py``), or are sealed."""
+    return config.trusted or config in _NEW_FROM_DATA
+
+
+def require_rebuildable(config: Config) -> None:
+    """A run starts from ``config`` and its checkpoints must resume, test and predict without
+    ``--trust-checkpoint``: a node whose build fetched a file (pretrained weights) is built once
+    more as its checkpoint's config would be (sealed, restoring), so one that could not is
+    refused now, not after the run (the trust rule's promise, ``Config.check_checkpoints_resumable``)."""
+    _REBUILT_AS_DATA.add(config)
+
+
+def _check_rebuilds_as_data(config: Config, key: str, type_name: str, rebuild: Callable[[], Any]) -> None:
+    state = get_rng_state()  # the second build draws initial weights too: the run's random stream stays as it was
+    try:
+        with sealed(), restoring():
+            rebuild()
+    except FetchRefused as exc:
+        raise config.error(
+            f"{key}.type",
+            f"building {type_name} fetched files (pretrained weights, a download), and built from this run's checkpoints {exc} again, "
+            f"which a checkpoint may not, so they could not be resumed, tested or predicted: for pretrained weights use "
+            f"model.transfer:TransferClassifier (its checkpoints hold them; your own model can skip them when "
+            f"utils.fetching.weights_restored()), or add --trust-checkpoint to say you trust them (files loaded weights_only, "
+            f"their published hash checked)",
+        ) from None
+    finally:
+        set_rng_state(state)
+
+
+def package_not_installed(config: Config, key: str, type_name: str, exc: ModuleNotFoundError) -> UserError | None:
+    """The one line for a build that needs a package this environment lacks (and where the user's
+    code imported it), or None when ``exc`` is not that (see ``names.missing_package``). A library
+    that raises ``ModuleNotFoundError`` with its own words and no module name (torchmetrics) is
+    quoted."""
+    frame = user_frame(exc)
+    where = f" (imported at {relative(frame.filename)}:{frame.lineno})" if frame else ""
+    package = missing_package(exc)
+    if package:
+        problem = f"needs the package {package!r}, which is not installed{where}; install it (pip install {package}), or name another"
+    elif not exc.name and frame is None:
+        problem = f"needs a package that is not installed ({first_line(exc, 200).rstrip('.')}); install it, or name another"
+    else:
+        return None
+    return config.error(f"{key}.type", f"{type_name} {problem}")
+
+
+def fetch_refused(config: Config, key: str, type_name: str, exc: FetchRefused) -> UserError:
+    """The one line for a build from data that reached for a file or the network."""
+    return config.error(
+        f"{key}.type",
+        f"building {type_name} {exc}; a config read back from a checkpoint is data and may not download or read cached files. "
+        f"Pass the run's config with -c CONFIG, or add --trust-checkpoint (files are then loaded weights_only, their published hash checked)",
+    )
 
 
 def _blame(key: str, type_name: str, target: Callable, config_args: dict, exc: Exception) -> tuple[str, str] | None:
@@ -222,7 +307,13 @@ def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
     rest = [p for name, p in named if name not in taken]
     if rest:
         groups.insert(0, {"params": rest})
-    return built_as(config, "optimizer", build(config, "optimizer", config["optimizer"], groups), torch.optim.Optimizer, "a torch.optim.Optimizer")
+    optimizer = built_as(config, "optimizer", build(config, "optimizer", config["optimizer"], groups), torch.optim.Optimizer, "a torch.optim.Optimizer")
+    if any("lr" not in group for group in optimizer.param_groups):  # logged every epoch, changed by schedulers
+        raise config.error(
+            "optimizer.type", f"{config['optimizer']['type']!r} keeps no learning rate ('lr') in its parameter groups, which the Trainer logs "
+            f"and schedulers change; name an optimizer that takes lr"
+        )
+    return optimizer
 
 
 def build_lr_scheduler(config: Config, optimizer: torch.optim.Optimizer) -> Any:

@@ -150,9 +150,7 @@ def resolve_type(key: str, name: str, source: str, trusted: bool = True) -> Call
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
-            raise UserError(
-                f"{source}: {key}.type: cannot import module {module_name!r} ({exc}); check the 'package.module:Name' path"
-            ) from None
+            raise import_error(key, module_name, source, exc) from None
         if not callable(getattr(module, attr, None)):
             raise UserError(
                 f"{source}: {key}.type: module {module_name!r} has no class or function {attr!r}{closest(attr, _public_callables(module))}"
@@ -163,6 +161,32 @@ def resolve_type(key: str, name: str, source: str, trusted: bool = True) -> Call
     if not trusted and not object_may_be_named(target):
         raise untrusted_error(key, name, source)
     return target
+
+
+def missing_package(exc: BaseException) -> str | None:
+    """The top-level package whose absence raised ``exc`` (a ``ModuleNotFoundError`` for a package
+    this environment does not have), or None: a missing submodule of an installed package, or
+    a name that does not import from one, is another mistake."""
+    name = getattr(exc, "name", None) if isinstance(exc, ModuleNotFoundError) else None
+    if not name:
+        return None
+    top = name.split(".")[0]
+    try:
+        found = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        found = None
+    return top if found is None else None
+
+
+def import_error(key: str, module_name: str, source: str, exc: ImportError) -> UserError:
+    """The one line for a module that does not import: a wrong path, or a package it needs that is not installed."""
+    missing = missing_package(exc)
+    if missing and module_name.split(".")[0] != missing:
+        return UserError(
+            f"{source}: {key}.type: module {module_name!r} needs the package {missing!r}, which is not installed; install it "
+            f"(pip install {missing}), or name another"
+        )
+    return UserError(f"{source}: {key}.type: cannot import module {module_name!r} ({exc}); check the 'package.module:Name' path")
 
 
 def namespace_of(key: str) -> tuple[str, ...]:

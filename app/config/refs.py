@@ -9,6 +9,11 @@ References are resolved after the defaults and the command-line overrides, so
 run's saved config holds the resolved values. ``\\${`` writes a literal ``${``.
 
 An unknown key and a cycle (keys that refer to each other) are one-line errors naming both keys.
+
+**Bounded.** References repeated inside references grow like YAML aliases do: 22 keys, each
+``"${previous}${previous}"``, would make a 256 MiB string. Every use of a reference is charged
+its size (characters of text, one per value) before the text is joined or the value copied, and
+the whole expansion may cost at most :data:`MAX_EXPANDED`: past it, one line names the key.
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ from utils.errors import UserError
 
 REFERENCE = re.compile(r"(?<!\\)\$\{([^{}]*)\}")
 ESCAPED = "\\${"
+MAX_EXPANDED = 1_000_000
+"""What the references of one config may expand to: characters of text plus values (a config's
+own text is far below it; a config of references that double each other passes it in 14 steps, and copying its values stays under a second)."""
 
 
 def resolve_references(data: dict, source: str) -> dict:
@@ -46,6 +54,8 @@ class _Resolver:
     def __init__(self, data: dict, source: str):
         self.data, self.source = data, source
         self.done: dict[str, Any] = {}
+        self.costs: dict[str, int] = {}  # the size of each resolved key's value (see size_of)
+        self.spent = 0  # what the uses of references have added, charged before each is made
         self.active: list[str] = []  # keys being resolved, outermost first: a repeat is a cycle
 
     def value(self, value: Any, path: str) -> Any:
@@ -60,18 +70,32 @@ class _Resolver:
     def text(self, text: str, path: str) -> Any:
         whole = REFERENCE.fullmatch(text)
         if whole:
-            return copy.deepcopy(self.target(whole.group(1), path))
-
-        def substitute(match: re.Match) -> str:
+            found = self.target(whole.group(1), path)
+            self.charge(self.costs[whole.group(1).strip()], whole.group(1), path)
+            return copy.deepcopy(found)
+        pieces: list[str] = []
+        end = 0
+        for match in REFERENCE.finditer(text):
             found = self.target(match.group(1), path)
             if isinstance(found, (dict, list)):
                 raise UserError(
                     f"{self.source}: {path}: ${{{match.group(1)}}} is a {'mapping' if isinstance(found, dict) else 'list'} "
                     f"and cannot be part of a string; make the value exactly \"${{{match.group(1)}}}\""
                 )
-            return found if isinstance(found, str) else json.dumps(found)
+            piece = found if isinstance(found, str) else json.dumps(found)
+            self.charge(len(piece), match.group(1), path)  # before the joined text exists
+            pieces += [text[end : match.start()], piece]
+            end = match.end()
+        pieces.append(text[end:])
+        return "".join(pieces).replace(ESCAPED, "${")
 
-        return REFERENCE.sub(substitute, text).replace(ESCAPED, "${")
+    def charge(self, cost: int, reference: str, path: str) -> None:
+        self.spent += cost
+        if self.spent > MAX_EXPANDED:
+            raise UserError(
+                f"{self.source}: {path}: ${{{reference}}} makes the references expand to more than {MAX_EXPANDED:,} characters and "
+                f"values (references repeated inside references); write the values out"
+            )
 
     def target(self, reference: str, path: str) -> Any:
         """The resolved value of the key ``reference`` names, for the value at ``path``."""
@@ -100,7 +124,21 @@ class _Resolver:
         finally:
             self.active.pop()
         self.done[key] = resolved
+        self.costs[key] = size_of(resolved)
         return resolved
+
+
+def size_of(value: Any) -> int:
+    """Characters of text plus one per value in ``value`` (walked without recursion)."""
+    total, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        total += len(item) if isinstance(item, str) else 1
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return total
 
 
 def _join(path: str, key: str) -> str:

@@ -34,7 +34,7 @@ def _folder_name(value: str) -> str | None:
 
 
 def _seed(value: int) -> str | None:
-    return None if 0 <= value < 2**63 else f"must be between 0 and 2**63 - 1, got {value}"
+    return None if 0 <= value < 2**32 else f"must be between 0 and 2**32 - 1 ({2**32 - 1}, the seeds NumPy takes), got {value}"
 
 
 def _trackers(value: list) -> str | None:

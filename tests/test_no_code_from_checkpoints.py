@@ -1,0 +1,341 @@
+"""A checkpoint runs no code and fetches nothing through the names the trust rule allows
+(``utils/fetching.py``): a pickle planted in torch's hub cache, where ``torch.hub`` would unpickle
+it with ``weights_only=False``, never runs, and an empty cache is never filled or even created.
+
+The planted file is a real pickle whose ``__reduce__`` writes a marker file; the checkpoints are
+real ones of a tiny run (a torchvision ShuffleNet backbone on 32x32 images), edited as a stranger
+could. Nothing here reaches the network: where a download would start, it is refused first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import run_here, save_crafted, tree, write_images
+
+from utils.fetching import FetchRefused, guarded_partial, sealed, verified
+
+THREADS = {"OMP_NUM_THREADS": "1"}
+BACKBONE = "shufflenet_v2_x0_5"
+CACHED_NAME = "shufflenetv2_x0.5-f707e7126e.pth"  # torchvision's file name for its IMAGENET1K_V1 weights
+
+
+class WritesMarker:
+    """Pickles as a call of ``exec`` that writes the marker: what a planted cache file would run."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').write('ran')",))
+
+
+def plant(folder: Path, name: str, marker: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({"conv1.0.weight": WritesMarker(marker)}, folder / name)
+    return folder / name
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """A 1-epoch TransferClassifier run (random backbone); returns its checkpoints folder."""
+    root = tmp_path_factory.mktemp("transfer")
+    images = root / "images"
+    for split, count in (("train", 8), ("val", 4), ("test", 4)):
+        write_images(images / split / "red", count, (200, 40, 40), seed=len(split))
+        write_images(images / split / "blue", count, (40, 40, 200), seed=len(split) + 100)
+    overrides = [
+        f"data_loader.args.data_dir={images}",
+        "data_loader.args.image_size=32",
+        "data_loader.args.batch_size=8",
+        "data_loader.args.num_workers=0",
+        "data_loader.args.augment=false",
+        f"arch.args.backbone={BACKBONE}",
+        "arch.args.weights=null",
+        "arch.args.freeze=null",
+        "optimizer.param_groups=[]",
+        "metrics=[accuracy]",
+        f"trainer.save_dir={root / 'saved'}",
+        "trainer.tensorboard=false",
+        "trainer.epochs=1",
+        "trainer.early_stop=0",
+    ]
+    result = run_here("train.py", "-c", "configs/transfer.json", "--run-id", "run", *overrides, env=THREADS)
+    assert result.returncode == 0, result.stderr + result.stdout
+    return root / "saved" / "transfer_resnet18" / "run"
+
+
+@pytest.fixture
+def world(tmp_path, run):
+    """A copy of the run, a TORCH_HOME of this test's own (set while the test runs), and the marker."""
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    home = tmp_path / "torch-home"
+    before = os.environ.get("TORCH_HOME")
+    os.environ["TORCH_HOME"] = str(home)
+    yield copy, home, tmp_path / "MARKER"
+    if before is None:
+        os.environ.pop("TORCH_HOME", None)
+    else:
+        os.environ["TORCH_HOME"] = before
+
+
+def stranger(checkpoint: Path, change) -> Path:
+    state = torch.load(checkpoint, weights_only=True)
+    change(state["config"])
+    save_crafted(state, checkpoint)
+    return checkpoint
+
+
+def with_imagenet_weights(config: dict) -> None:
+    config["arch"]["args"]["weights"] = "IMAGENET1K_V1"
+
+
+def torchvision_builder(config: dict) -> None:
+    config["arch"] = {"type": f"torchvision.models:{BACKBONE}", "args": {"weights": "IMAGENET1K_V1"}}
+
+
+def lpips_metric(config: dict) -> None:
+    config["metrics"] = [
+        {"type": "torchmetrics.image:LearnedPerceptualImagePatchSimilarity", "args": {"net_type": "squeeze"}, "name": "accuracy"}
+    ]
+
+
+def one_error_line(result) -> str:
+    lines = result.stderr.rstrip("\n").splitlines()
+    assert "Traceback" not in result.stderr and lines and lines[-1].startswith("error: "), result.stderr[-3000:]
+    assert sum(line.startswith("error: ") for line in lines) == 1, result.stderr[-3000:]
+    return lines[-1]
+
+
+@pytest.mark.parametrize("script", ["test.py", "predict.py", "train.py"])
+def test_pretrained_weights_in_a_checkpoints_config_are_neither_read_nor_fetched(script, world, tmp_path):
+    """A run that used pretrained weights holds them in its checkpoint: rebuilding its model reads
+    no cache (a planted pickle there stays unrun) and the run is tested, predicted and resumed."""
+    copy, home, marker = world
+    plant(home / "hub" / "checkpoints", CACHED_NAME, marker)
+    cache = tree(home)
+    last = stranger(copy / "checkpoints" / "last.pth", with_imagenet_weights)
+    extra = {"test.py": [], "predict.py": ["--out", tmp_path / "p.jsonl"], "train.py": ["trainer.epochs=2"]}[script]
+    result = run_here(script, "-r", last, *extra, env=THREADS)
+    assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-2000:]
+    assert not marker.exists()
+    assert tree(home) == cache
+
+
+@pytest.mark.parametrize(
+    "script, change, cache",
+    [
+        ("test.py", torchvision_builder, "planted"),
+        ("predict.py", torchvision_builder, "empty"),
+        ("train.py", torchvision_builder, "empty"),
+        ("test.py", lpips_metric, "planted"),
+    ],
+    ids=["test.py builder, planted", "predict.py builder, empty cache", "train.py builder, empty cache", "test.py LPIPS, planted"],
+)
+def test_a_checkpoint_whose_names_would_fetch_is_one_line_and_runs_nothing(script, change, cache, world, tmp_path):
+    """A planted file is never read (so never run); an empty cache is never created, nothing downloads."""
+    copy, home, marker = world
+    if cache == "planted":
+        plant(home / "hub" / "checkpoints", CACHED_NAME, marker)
+        plant(home / "hub" / "checkpoints", "squeezenet1_1-b8a52dc0.pth", marker)  # LPIPS' squeeze net
+    last = stranger(copy / "checkpoints" / "last.pth", change)
+    before = tree(tmp_path)
+    extra = ["--out", tmp_path / "p.jsonl"] if script == "predict.py" else []
+    result = run_here(script, "-r", last, *extra, env=THREADS)
+    assert result.returncode == 2, result.stderr[-3000:]
+    line = one_error_line(result)
+    assert "fetch a file through torch.hub" in line and "may not download or read cached files" in line, line
+    assert ("arch.type" if change is torchvision_builder else "metrics.0.type") in line, line
+    assert not marker.exists()
+    assert tree(tmp_path) == before  # the cache as it was: not read, not created
+    assert home.exists() == (cache == "planted")
+    assert "Downloading" not in result.stdout + result.stderr
+
+
+def test_a_trusted_config_checks_the_published_hash_of_a_cached_file(world, tmp_path):
+    """``-c`` is trusted like code, yet a planted file under torchvision's name is refused: its hash
+    is not the one its name publishes (checked on every read, not only after a download)."""
+    copy, home, marker = world
+    plant(home / "hub" / "checkpoints", CACHED_NAME, marker)
+    config = copy / "config.json"
+    result = run_here("train.py", "-c", config, "arch.args.weights=IMAGENET1K_V1", f"trainer.save_dir={tmp_path / 'new'}", env=THREADS)
+    assert result.returncode == 2
+    line = one_error_line(result)
+    assert CACHED_NAME in line and "does not match its published hash f707e7126e" in line, line
+    assert not marker.exists() and not (tmp_path / "new").exists()
+
+
+def test_a_trusted_build_loads_hub_files_weights_only_even_with_the_right_hash(tmp_path, monkeypatch):
+    """A planted pickle named with its own true hash passes the hash check; weights_only still refuses it."""
+    marker = tmp_path / "MARKER"
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
+    folder = tmp_path / "home" / "hub" / "checkpoints"
+    planted = plant(folder, "evil.pth", marker)
+    digest = hashlib.sha256(planted.read_bytes()).hexdigest()[:10]
+    planted.rename(folder / f"evil-{digest}.pth")
+    with verified(), pytest.raises(Exception, match="Weights only load failed"):
+        torch.hub.load_state_dict_from_url(f"https://example.invalid/evil-{digest}.pth", check_hash=True, weights_only=False)
+    assert not marker.exists()
+    good = folder / "good.pth"
+    torch.save({"w": torch.arange(3.0)}, good)
+    digest = hashlib.sha256(good.read_bytes()).hexdigest()[:10]
+    good.rename(folder / f"good-{digest}.pth")
+    with verified():
+        state = torch.hub.load_state_dict_from_url(f"https://example.invalid/good-{digest}.pth", check_hash=True)
+    assert torch.equal(state["w"], torch.arange(3.0))
+
+
+def test_sealed_refuses_unpickling_network_and_the_cache_and_gives_everything_back(tmp_path, monkeypatch):
+    marker = tmp_path / "MARKER"
+    planted = plant(tmp_path, "any.pth", marker)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # a user's setting: given back as it was
+    with sealed():
+        with pytest.raises(Exception, match="Weights only load failed"):
+            torch.load(planted, weights_only=False)
+        with pytest.raises(FetchRefused, match="connect to example.invalid"):
+            urllib.request.urlopen("http://example.invalid/weights.pth")
+        with pytest.raises(FetchRefused, match="torch.hub"):
+            torch.hub.get_dir()
+        with socket.create_server(("127.0.0.1", 0)) as server, socket.create_connection(server.getsockname()):
+            pass  # this machine's own services (a local database) are no download
+    assert not marker.exists()
+    assert os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] == "1" and "TORCH_FORCE_WEIGHTS_ONLY_LOAD" not in os.environ
+    assert torch.hub.get_dir()  # outside the guard, everything as before
+    refused = guarded_partial(False, None, torch.hub.load_state_dict_from_url, "https://example.invalid/w.pth")
+    with pytest.raises(FetchRefused):  # a function bound from a checkpoint's config is guarded when it is called
+        refused()
+
+
+# -- a package a config's `type` needs but that is not installed: one line saying which -------------------
+
+
+@pytest.fixture
+def module_needing_a_package(tmp_path, monkeypatch):
+    """A user module importing a package that is not installed, at its top and lazily in a class."""
+    (tmp_path / "needs_packages.py").write_text(
+        "import torch\n\n\n"
+        "class LazyModel(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        import a_package_nobody_installed  # noqa: F401\n"
+    )
+    (tmp_path / "needs_at_import.py").write_text("import another_package_nobody_installed  # noqa: F401\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+def digits_config(arch: dict) -> dict:
+    import json
+
+    from helpers import ROOT
+
+    data = json.loads((ROOT / "config.json").read_text())
+    data["arch"] = arch
+    data["metrics"] = []
+    return data
+
+
+def test_a_missing_package_is_named_at_import_and_at_build(module_needing_a_package):
+    from app.config import Config
+    from app.session import build_model
+    from utils.errors import UserError
+
+    with pytest.raises(UserError) as raised:
+        Config.from_dict(digits_config({"type": "needs_at_import:Model"}), "c.json")
+    assert str(raised.value) == (
+        "c.json: arch.type: module 'needs_at_import' needs the package 'another_package_nobody_installed', which is not installed; "
+        "install it (pip install another_package_nobody_installed), or name another"
+    )
+    config = Config.from_dict(digits_config({"type": "needs_packages:LazyModel"}), "c.json")
+    with pytest.raises(UserError) as raised:
+        build_model(config)
+    message = str(raised.value)
+    assert message.startswith("c.json: arch.type: needs_packages:LazyModel needs the package 'a_package_nobody_installed'"), message
+    assert f"imported at {module_needing_a_package / 'needs_packages.py'}:7" in message and "\n" not in message
+
+
+# -- what trains must resume: a build that fetched is tried once more as its checkpoint's config ---------
+
+
+HUB_MODELS = """
+import torch
+from utils.fetching import weights_restored
+
+
+class HubModel(torch.nn.Module):
+    '''Loads its weights through torch.hub, as torchvision's builders do.'''
+
+    def __init__(self, url: str, skip_when_restored: bool = False):
+        super().__init__()
+        self.fc = torch.nn.Linear(64, 10)
+        if not (skip_when_restored and weights_restored()):
+            self.fc.load_state_dict(torch.hub.load_state_dict_from_url(url, check_hash=True))
+
+    def forward(self, x):
+        return torch.log_softmax(self.fc(x.flatten(1)), dim=1)
+"""
+
+
+@pytest.fixture
+def hub_file(tmp_path, monkeypatch):
+    """A module whose model fetches through torch.hub, and the hub cache holding its file under its true hash."""
+    (tmp_path / "hub_models.py").write_text(HUB_MODELS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
+    folder = tmp_path / "home" / "hub" / "checkpoints"
+    folder.mkdir(parents=True)
+    torch.manual_seed(3)
+    state = torch.nn.Linear(64, 10).state_dict()
+    torch.save(state, folder / "fc.pth")
+    digest = hashlib.sha256((folder / "fc.pth").read_bytes()).hexdigest()[:10]
+    (folder / "fc.pth").rename(folder / f"fc-{digest}.pth")
+    return f"https://example.invalid/fc-{digest}.pth", state
+
+
+@pytest.mark.parametrize("skip", [False, True], ids=["fetches again", "skips when restored"])
+def test_a_model_that_fetches_is_refused_when_the_run_starts_unless_its_checkpoint_can_rebuild_it(skip, hub_file):
+    from app.config import Config
+    from app.config.building import require_rebuildable
+    from app.session import build_model
+    from utils.errors import UserError
+
+    url, state = hub_file
+    config = Config.from_dict(digits_config({"type": "hub_models:HubModel", "args": {"url": url, "skip_when_restored": skip}}), "c.json")
+    require_rebuildable(config)
+    torch.manual_seed(0)
+    if not skip:
+        with pytest.raises(UserError) as raised:
+            build_model(config)
+        message = str(raised.value)
+        assert message.startswith("c.json: arch.type: building hub_models:HubModel fetched files"), message
+        assert "could not be resumed, tested or predicted" in message and "--trust-checkpoint" in message
+        return
+    model = build_model(config)
+    after = torch.rand(1)
+    assert torch.equal(model.fc.weight, state["weight"])  # the weights the trusted build fetched, hash checked
+    torch.manual_seed(0)
+    torch.nn.Linear(64, 10)  # what the first build drew: the second one drew nothing that shows
+    assert torch.equal(torch.rand(1), after)
+
+
+def test_only_a_checkpoints_config_is_sealed_a_cvs_next_fold_fetches_verified():
+    """A CV's next fold is built from ``cv.json`` (data, names under the trust rule) but no
+    checkpoint holds its pretrained weights yet: it fetches as a trusted config does."""
+    from app.config import Config
+    from app.config.building import fetch_trusted, starts_new_run
+
+    data = digits_config({"type": "DigitsCNN", "args": {"num_classes": 10}})
+    assert fetch_trusted(Config.from_dict(data, "-c config"))
+    from_checkpoint = Config.from_dict(data, "last.pth (its config)", trusted=False)
+    assert not fetch_trusted(from_checkpoint)
+    next_fold = Config.from_dict(data, "cv.json", trusted=False)
+    starts_new_run(next_fold)
+    assert fetch_trusted(next_fold) and not next_fold.trusted and not fetch_trusted(from_checkpoint)
