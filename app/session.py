@@ -412,9 +412,15 @@ def build_trainer(
         lr_scheduler=build_lr_scheduler(config, optimizer),
         scheduler_interval=scheduler_interval(config),
         stop=stop,
-        checkpoint_meta={"arch": config["arch"]["type"], "config": config.to_dict()},
+        checkpoint_meta={"arch": config["arch"]["type"], "config": config.to_dict(), **serving_meta(data_loader)},
         **config["trainer"]["args"],
     )
+
+
+def serving_meta(data_loader) -> dict:
+    """The data loader's serving state (``base/serving.py``), for every checkpoint's header, when it has one."""
+    state = data_loader.serving_state() if callable(getattr(data_loader, "serving_state", None)) else None
+    return {"serving": state} if state else {}
 
 
 def evaluation_settings(config: Config) -> object:

@@ -1,0 +1,354 @@
+"""Ship a trained model: one module from raw inputs to final predictions, as ``.pt2`` or ``.onnx``,
+checked against the checkpoint's model before it is kept.
+
+What ships is a :class:`base.serving.ServedModel`: the data loader's serving transforms (built
+from the checkpoint's ``serving`` state, ``base/serving.py``) around the model, in eval mode.
+
+- ``.pt2``: ``torch.export.export``, saved with ``torch.export.save``; load it with
+  ``torch.export.load(path).module()`` and call it as the served model is called.
+- ``.onnx``: ``torch.onnx.export(..., dynamo=True)`` at opset :data:`OPSET` (needs the ``onnx``
+  extra: ``onnx``, ``onnxscript``, ``onnxruntime``); inputs and outputs are named (see
+  :func:`leaf_names`), and every input's first dimension is the dynamic axis ``batch``.
+
+Every export is traced on the first batch of the split's raw inputs (``serving_inputs()``, or the
+loader's own batch inputs) with the batch dimension dynamic (other dimensions too, e.g. a text
+length), then loaded back from the written file (ONNX through ONNX Runtime) and run on up to
+:data:`CHECK_BATCHES` batches of the split and on one sample alone (a batch size other than the
+traced one), beside the same served module in eager mode. The largest absolute and relative
+differences are printed and written to ``FILE.check.json`` (``model.onnx.check.json``, so a
+``.pt2`` and an ``.onnx`` of one model can sit side by side). An element differs too much when
+``|export - eager| > ATOL + RTOL * |eager|`` (``torch.allclose``'s rule); then the export is
+refused and nothing is left: neither the file nor its check.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import logging
+import re
+import warnings
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from base.serving import ServedModel, Serving
+from utils.errors import UserError, first_line
+from utils.files import file_error, temporary_name, write_atomic
+from utils.user_code import relative
+
+FORMATS = {".pt2": "pt2", ".onnx": "onnx"}
+"""File suffix -> format."""
+OPSET = 18
+"""The ONNX opset the exports target (ONNX Runtime 1.17 and later run it)."""
+ATOL, RTOL = 1e-4, 1e-4
+"""The tolerance of the check (see the module docstring); float32 rounding stays far below it."""
+CHECK_BATCHES = 16
+"""At most this many batches of the split are compared (plus one single sample)."""
+ONNX_EXTRA = "pip install -e '.[onnx]' (onnx, onnxscript, onnxruntime)"
+
+
+def format_of(path: Path, key: str = "--export") -> str:
+    """``"pt2"`` or ``"onnx"`` by the file's suffix; anything else is one line."""
+    found = FORMATS.get(Path(path).suffix)
+    if found is None:
+        raise UserError(f"{key}: {Path(path).name} must end in .pt2 (a torch.export program) or .onnx (ONNX, opset {OPSET}); rename it")
+    if found == "onnx":
+        require_onnx(key)
+    return found
+
+
+def require_onnx(key: str = "--export") -> None:
+    """The ONNX exporter and runtime are installed, or one line naming the install command."""
+    missing = [name for name in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UserError(f"{key}: an .onnx export needs {', '.join(missing)}, not installed here; install the onnx extra: {ONNX_EXTRA}")
+
+
+def check_path(path: Path) -> Path:
+    """Where the check of the export at ``path`` is written."""
+    return path.with_name(path.name + ".check.json")
+
+
+def served_model(model: nn.Module, data_loader: Any, state: dict | None) -> tuple[ServedModel, bool]:
+    """The model with the loader's serving transforms built from ``state`` (a checkpoint's), in eval
+    mode; and whether there were any. A loader with transforms but no saved state (a checkpoint
+    from before the seam existed) is one line: refitting here could ship other statistics."""
+    transforms = getattr(data_loader, "serving_transforms", None)
+    wants_state = callable(getattr(data_loader, "serving_state", None)) and bool(data_loader.serving_state())
+    if wants_state and not state:
+        raise UserError(
+            f"--export: the checkpoint holds no serving state, and {type(data_loader).__name__} has serving transforms; "
+            f"export from a checkpoint written by this version (retrain, or resume it for an epoch)"
+        )
+    serving = transforms(state or {}) if callable(transforms) else Serving()
+    return ServedModel(model, serving).eval(), not serving.empty
+
+
+def raw_batches(data_loader: Any, read_batch: Callable[[Any], tuple[Any, Any]], has_before: bool) -> list[Any]:
+    """Up to :data:`CHECK_BATCHES` batches of the split's raw inputs, on the CPU."""
+    custom = data_loader.serving_inputs() if callable(getattr(data_loader, "serving_inputs", None)) else None
+    if custom is None and has_before:
+        raise UserError(
+            f"--export: {type(data_loader).__name__} has serving transforms but no serving_inputs(); give it one returning "
+            f"the split's raw inputs in batches (base/serving.py)"
+        )
+    batches: Iterable[Any] = custom if custom is not None else (read_batch(batch)[0] for batch in data_loader)
+    taken = []
+    for batch in batches:
+        taken.append(_to_cpu(batch))
+        if len(taken) == CHECK_BATCHES:
+            break
+    if not taken:
+        raise UserError("--export: the test split has no samples to trace and check the export on")
+    return taken
+
+
+def export(served: ServedModel, batches: list[Any], path: Path, publish: Callable[[Path], None], key: str = "--export") -> dict:
+    """Export ``served`` to ``path`` in the format its suffix names, check it (module docstring) and
+    publish it (``publish(tmp)`` moves the finished temporary file into place); the check's record."""
+    fmt = format_of(path, key)
+    example = _traceable(batches[0])
+    args = tuple(example) if isinstance(example, tuple) else (example,)
+    with torch.no_grad():
+        reference_output = served(*args)
+    inputs, outputs = leaf_names(args, "input"), leaf_names(reference_output, "output", single="prediction")
+    tmp = temporary_name(path)
+    try:
+        with _quiet():
+            if fmt == "pt2":
+                _export_pt2(served, args, tmp)
+                run = _run_pt2(tmp)
+            else:
+                _export_onnx(served, args, tmp, inputs, outputs)
+                run = _run_onnx(tmp, inputs)
+        record = check(served, run, batches, _batch_size(args))
+        record = {
+            "file": path.name,
+            "format": fmt,
+            **({"opset": OPSET} if fmt == "onnx" else {}),
+            "inputs": inputs,
+            "outputs": outputs,
+            **record,
+        }
+        shown = (
+            f"largest difference from the checkpoint's model: {record['max_abs_diff']:.3g} absolute, {record['max_rel_diff']:.3g} relative"
+        )
+        if not record["passed"]:
+            raise UserError(
+                f"{key}: the {fmt} export of {path.name} differs from the checkpoint's model beyond the tolerance (atol {ATOL}, rtol {RTOL}): "
+                f"{shown} (batch sizes {record['batch_sizes']}); nothing was written; export the model in float32, or report the operation"
+            )
+        publish(tmp)
+    except OSError as exc:
+        raise file_error(key, path, exc, f"pass {key} with a writable place") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    try:
+        write_atomic(check_path(path), json.dumps(record, indent=2) + "\n", key, f"pass {key} with a writable place")
+    except UserError:
+        path.unlink(missing_ok=True)  # an export without its check is not left behind
+        raise
+    print(f"exported {path} ({shown}; batch sizes {record['batch_sizes']}; check in {check_path(path).name})")
+    return record
+
+
+# -- the formats ----------------------------------------------------------------------------------
+
+
+def _dynamic_shapes(args: tuple) -> dict:
+    """Every input's first dimension is ``batch``; the others may vary too (``Dim.AUTO``: a text length)."""
+    batch = torch.export.Dim("batch", min=1)
+
+    def dims(tensor: torch.Tensor) -> dict:
+        return {0: batch, **{dim: torch.export.Dim.AUTO for dim in range(1, tensor.dim())}}
+
+    return {"inputs": _map_leaves(args, dims)}
+
+
+def _export_pt2(served: ServedModel, args: tuple, tmp: Path) -> None:
+    program = _trace(lambda: torch.export.export(served, args, dynamic_shapes=_dynamic_shapes(args)), served)
+    torch.export.save(program, str(tmp))
+
+
+def _run_pt2(tmp: Path) -> Callable[..., Any]:
+    module = torch.export.load(str(tmp)).module()
+    return lambda *args: module(*args)
+
+
+def _export_onnx(served: ServedModel, args: tuple, tmp: Path, inputs: list[str], outputs: list[str]) -> None:
+    # A trailing {}: torch.onnx reads a last dict of ``args`` as keyword arguments, and a dict input is positional here.
+    program = _trace(
+        lambda: torch.onnx.export(
+            served,
+            (*args, {}),
+            dynamo=True,
+            dynamic_shapes=_dynamic_shapes(args),
+            input_names=inputs,
+            output_names=outputs,
+            opset_version=OPSET,
+            verbose=False,
+        ),
+        served,
+    )
+    program.save(str(tmp))
+
+
+def _run_onnx(tmp: Path, inputs: list[str]) -> Callable[..., Any]:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+    names = [output.name for output in session.get_outputs()]
+
+    def run(*args: Any) -> dict:
+        feed = {name: leaf.numpy() for name, leaf in zip(inputs, _leaves(args))}
+        return dict(zip(names, (torch.from_numpy(value) for value in session.run(names, feed))))
+
+    return run
+
+
+_FAILED_AT = re.compile(r'The following call raised this error:\s*File "([^"]+)", line (\d+), in (\S+)\s*\n\s*(.*)')
+
+
+def _trace(export_call: Callable[[], Any], served: ServedModel) -> Any:
+    """``export_call()``; a model torch.export cannot trace is one line naming where and what to try."""
+    try:
+        return export_call()
+    except Exception as exc:
+        cause = exc
+        while cause.__cause__ is not None and "torch.onnx" in type(cause).__module__:
+            cause = cause.__cause__  # the ONNX exporter wraps torch.export's own error
+        text = str(cause)
+        name = type(served.model).__name__
+        found = _FAILED_AT.search(text)
+        where = f" at {relative(found.group(1))}:{found.group(2)} in {found.group(3)} ({found.group(4).strip()[:80]!r})" if found else ""
+        if "data-dependent" in text:
+            raise UserError(
+                f"--export: torch.export cannot trace {name}: data-dependent control flow{where} ({first_line(cause, 120)}); "
+                f"rewrite that branch with torch.cond or torch.where, so it does not depend on a tensor's values"
+            ) from None
+        raise UserError(
+            f"--export: torch.export cannot trace {name}{where}: {type(cause).__name__}: {first_line(cause, 160)}; "
+            f"see https://pytorch.org/docs/stable/export.html for what it supports"
+        ) from None
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporters' warnings and log lines (symbolic shapes, axis names) are not the user's business here."""
+    loggers = [logging.getLogger(name) for name in ("torch.fx.experimental.symbolic_shapes", "torch.export", "torch.onnx", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
+
+
+# -- the check ------------------------------------------------------------------------------------
+
+
+def check(served: ServedModel, run: Callable[..., Any], batches: list[Any], traced: int) -> dict:
+    """Run the loaded export and ``served`` (eager) on ``batches`` and on one sample alone; the
+    largest differences, the batch sizes seen, and whether every element is within the tolerance."""
+    cases = [*batches, _first_sample(batches[0])]
+    max_abs = max_rel = 0.0
+    passed = True
+    sizes = []
+    for case in cases:
+        args = tuple(case) if isinstance(case, tuple) else (case,)
+        sizes.append(_batch_size(args))
+        with torch.no_grad():
+            expected = _leaves(served(*args))
+            got = _leaves(run(*args))
+        if len(got) != len(expected):
+            raise UserError(f"--export: the export returned {len(got)} outputs, the model {len(expected)}; report this model")
+        for have, want in zip(got, expected):
+            have, want = have.detach().to(torch.float64).reshape(want.shape), want.detach().to(torch.float64)
+            diff = (have - want).abs()
+            max_abs = max(max_abs, float(diff.max()) if diff.numel() else 0.0)
+            nonzero = want != 0
+            if bool(nonzero.any()):
+                max_rel = max(max_rel, float((diff[nonzero] / want[nonzero].abs()).max()))
+            passed = passed and bool((diff <= ATOL + RTOL * want.abs()).all()) and not bool(have.isnan().ne(want.isnan()).any())
+    return {
+        "passed": passed,
+        "max_abs_diff": max_abs,
+        "max_rel_diff": max_rel,
+        "tolerance": {"atol": ATOL, "rtol": RTOL},
+        "traced_batch_size": traced,
+        "batch_sizes": sorted(set(sizes)),
+        "batches": len(cases),
+        "samples": sum(sizes),
+    }
+
+
+# -- nested inputs and outputs ----------------------------------------------------------------------
+
+
+def leaf_names(value: Any, prefix: str, single: str | None = None) -> list[str]:
+    """Names of the tensors of a nested value, in the order torch flattens them: a dict's keys
+    (``text``; nested ``a.b``), a tuple's or list's positions (``input_0``), one tensor ``prefix``
+    (or ``single``). The arguments of the served module are one tuple, so one tensor argument is
+    ``input`` and a dict argument is named by its keys."""
+    if isinstance(value, tuple) and prefix == "input":
+        if len(value) == 1:
+            return leaf_names(value[0], "input", "input")
+        return [name for index, item in enumerate(value) for name in leaf_names(item, f"input_{index}")]
+    if isinstance(value, dict):
+        return [
+            name
+            for key, item in value.items()
+            for name in leaf_names(item, str(key) if prefix in ("input", "output") else f"{prefix}.{key}")
+        ]
+    if isinstance(value, (tuple, list)):
+        return [name for index, item in enumerate(value) for name in leaf_names(item, f"{prefix}_{index}")]
+    return [single or prefix]
+
+
+def _leaves(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, dict):
+        return [leaf for item in value.values() for leaf in _leaves(item)]
+    if isinstance(value, (tuple, list)):
+        return [leaf for item in value for leaf in _leaves(item)]
+    return [value] if isinstance(value, torch.Tensor) else []
+
+
+def _map_leaves(value: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
+    if isinstance(value, dict):
+        return {key: _map_leaves(item, fn) for key, item in value.items()}
+    if isinstance(value, (tuple, list)):
+        return tuple(_map_leaves(item, fn) for item in value)
+    return fn(value) if isinstance(value, torch.Tensor) else None
+
+
+def _to_cpu(value: Any) -> Any:
+    if isinstance(value, list):
+        value = tuple(value)
+    return _map_leaves(value, lambda tensor: tensor.detach().cpu())
+
+
+def _batch_size(args: tuple) -> int:
+    leaves = _leaves(args)
+    return int(leaves[0].shape[0]) if leaves else 0
+
+
+def _traceable(batch: Any) -> Any:
+    """The batch to trace on: a batch of one sample is doubled, since a dimension of size 1 is
+    specialised by torch.export and would not stay dynamic."""
+    args = tuple(batch) if isinstance(batch, tuple) else (batch,)
+    if _batch_size(args) != 1:
+        return batch
+    return _map_leaves(batch, lambda tensor: torch.cat([tensor, tensor]))
+
+
+def _first_sample(batch: Any) -> Any:
+    return _map_leaves(batch, lambda tensor: tensor[:1])
