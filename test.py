@@ -30,7 +30,7 @@ import os
 from pathlib import Path
 
 from app.cv import folds_of, is_cv_dir
-from app.export import export, format_of, raw_batches, served_model
+from app.export import describe, export, format_of, raw_batches, served_model
 from app.loading import add_loading_arguments, load_trained_model
 from app.session import build_trainer, evaluation_settings
 from trainer.batches import BatchReader
@@ -158,7 +158,9 @@ def export_model(loaded, read_batch: BatchReader, data_loader, claim: OutputClai
     state = loaded.checkpoint.data.get("serving") if loaded.checkpoint.is_run else None
     served, _ = served_model(copy.deepcopy(loaded.model).cpu(), data_loader, state)
     batches = raw_batches(data_loader, read_batch, served.before is not None)
-    return export(served, batches, claim.path, claim.publish)
+    record = export(served, batches, claim.path, claim.publish)
+    print(describe(claim.path, record))
+    return record
 
 
 if __name__ == "__main__":

@@ -153,8 +153,15 @@ def export(served: ServedModel, batches: list[Any], path: Path, publish: Callabl
     except UserError:
         path.unlink(missing_ok=True)  # an export without its check is not left behind
         raise
-    print(f"exported {path} ({shown}; batch sizes {record['batch_sizes']}; check in {check_path(path).name})")
     return record
+
+
+def describe(path: Path, record: dict) -> str:
+    """The line that says an export was written and how close it came to the checkpoint's model."""
+    return (
+        f"exported {path} (largest difference from the checkpoint's model: {record['max_abs_diff']:.3g} absolute, "
+        f"{record['max_rel_diff']:.3g} relative, at batch sizes {record['batch_sizes']}; check in {check_path(path).name})"
+    )
 
 
 # -- the formats ----------------------------------------------------------------------------------
@@ -352,3 +359,47 @@ def _traceable(batch: Any) -> Any:
 
 def _first_sample(batch: Any) -> Any:
     return _map_leaves(batch, lambda tensor: tensor[:1])
+
+
+# -- at the end of training -----------------------------------------------------------------------
+
+
+def export_at_end(config: Any, run_dir: Path) -> int:
+    """``trainer.export``: the finished run's best model (``best``, else ``last``), with its serving
+    transforms, as ``model.pt2`` / ``model.onnx`` in ``run_dir``, checked like ``test.py --export``.
+    A refused export is one logged line and exit code 2; the run itself stays finished, its
+    checkpoints untouched. Rank 0 only."""
+    from logger import get_logger
+
+    try:
+        for path, record in export_finished_run(config, run_dir):
+            get_logger().info("%s", describe(path, record))
+    except UserError as exc:
+        get_logger().error(
+            "the run finished, but %s; its checkpoints are kept (export again with test.py -r CHECKPOINT --export FILE)", exc
+        )
+        return 2
+    return 0
+
+
+def export_finished_run(config: Any, run_dir: Path) -> list[tuple[Path, dict]]:
+    from app.session import build_model
+    from trainer.batches import BatchReader
+    from utils.checkpoints import load_checkpoint, load_weights
+
+    folder = run_dir / "checkpoints"
+    found = next((folder / name for name in ("best.pth", "best.dcp", "last.pth", "last.dcp") if (folder / name).exists()), None)
+    if found is None:
+        raise UserError(f"trainer.export: {folder} holds no checkpoint to export")
+    checkpoint = load_checkpoint(str(found))
+    model = build_model(config)
+    load_weights(model, checkpoint.weights(ema=checkpoint.has_ema and config.settings.ema_evaluate), strict=True, source=str(found))
+    data_loader = config.init_obj("data_loader", training=False)
+    read_batch = BatchReader(torch.device("cpu"), data_loader, config.settings.target_key)
+    served, _ = served_model(model.cpu(), data_loader, checkpoint.data.get("serving"))
+    batches = raw_batches(data_loader, read_batch, served.before is not None)
+    written = []
+    for fmt in config.settings.export:
+        path = run_dir / f"model.{fmt}"
+        written.append((path, export(served, batches, path, lambda tmp, path=path: tmp.replace(path), key="trainer.export")))
+    return written

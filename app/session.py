@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from app.config import Config, build_loss, build_lr_scheduler, build_metrics, build_optimizer, scheduler_interval
+from app.export import export_at_end
 from app.history import ResumeGuard, RunHistory
 from app.run_dir import RunDirectory
 from base.freezing import freeze, matching_modules
@@ -225,9 +226,10 @@ class Session:
             )
         else:
             logger.info("done: checkpoints in %s", folder)
+        code = export_at_end(self.config, self.run_dir) if trainer.settings.export and distributed.is_main_process() else 0
         if self.claim is not None:
             self.claim.release()
-        return 0
+        return code
 
     def record_end(self, state: str, reason: str) -> None:
         """How this session ended, in ``manifest.json`` (rank 0; ``runs.py`` reads it)."""
