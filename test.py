@@ -132,10 +132,10 @@ def evaluate(args: argparse.Namespace, out: OutputClaim | None = None, export: O
             print(
                 f"the mean of {len(loaded.folds)} folds' best models (folds {', '.join(map(str, loaded.folds))}; epochs {', '.join(map(str, loaded.epochs))})"
             )
+        if export is not None:  # first: a refused export leaves nothing, the metrics file included
+            export_model(loaded, read_batch, data_loader, export)
         publish(out, (json.dumps(results, indent=2) + "\n").encode())
         print(f"wrote {out.path}")
-        if export is not None:
-            export_model(loaded, read_batch, data_loader, export)
     return results
 
 
