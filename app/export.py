@@ -247,7 +247,10 @@ def _trace(export_call: Callable[[], Any], served: ServedModel) -> Any:
 @contextlib.contextmanager
 def _quiet():
     """The exporters' warnings and log lines (symbolic shapes, axis names) are not the user's business here."""
-    loggers = [logging.getLogger(name) for name in ("torch.fx.experimental.symbolic_shapes", "torch.export", "torch._dynamo", "torch.onnx", "onnxscript")]
+    loggers = [
+        logging.getLogger(name)
+        for name in ("torch.fx.experimental.symbolic_shapes", "torch.export", "torch._dynamo", "torch.onnx", "onnxscript")
+    ]
     levels = [logger.level for logger in loggers]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

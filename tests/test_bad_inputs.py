@@ -869,8 +869,14 @@ ROWS = [
     Row(
         "test.py --export of data-dependent control flow",
         "test",
-        evaluate("-c", lambda c: c.config(lambda d: d["arch"].update(type="export_models:BranchyCNN")), "--out", lambda c: c.tmp / "m.json",
-                 "--export", lambda c: c.tmp / "m.pt2"),  # fmt: skip
+        evaluate(
+            "-c",
+            lambda c: c.config(lambda d: d["arch"].update(type="export_models:BranchyCNN")),
+            "--out",
+            lambda c: c.tmp / "m.json",
+            "--export",
+            lambda c: c.tmp / "m.pt2",
+        ),
         2,
         ("--export", "BranchyCNN", "data-dependent control flow", "tests/export_models.py:", "torch.cond"),
     ),
