@@ -86,7 +86,9 @@ def test_both_exports_load_without_the_project_and_return_predict_py_in_original
         for rows in ("all", "five"):
             harness += [f"exec({code.replace('raw.csv', f'{rows}.csv')!r})", f"numpy.save('{fmt}-{rows}.npy', predictions)"]
     (bare / "harness.py").write_text("\n".join(harness) + "\n")
-    ran = subprocess.run([sys.executable, "-I", "harness.py"], cwd=bare, capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}, timeout=120)
+    ran = subprocess.run(
+        [sys.executable, "-I", "harness.py"], cwd=bare, capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}, timeout=120
+    )
     assert ran.returncode == 0, ran.stderr[-3000:]
 
     predicted = tmp_path / "p.npz"
@@ -155,7 +157,6 @@ def test_an_export_beyond_the_tolerance_is_refused_and_leaves_nothing(tmp_path):
 
 def test_dict_inputs_and_nested_outputs_are_named_in_the_onnx_export(tmp_path):
     import onnxruntime
-
     from export_models import TwoHeads
 
     served = ServedModel(TwoHeads()).eval()
@@ -173,7 +174,9 @@ def test_dict_inputs_and_nested_outputs_are_named_in_the_onnx_export(tmp_path):
 
 def test_an_onnx_export_without_the_extra_is_one_line_naming_the_install(diabetes_run, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxscript", None)  # what Python does for a module that cannot be imported
-    result = run_here("test.py", "-r", diabetes_run / "checkpoints" / "best.pth", "--out", tmp_path / "m.json", "--export", tmp_path / "m.onnx")
+    result = run_here(
+        "test.py", "-r", diabetes_run / "checkpoints" / "best.pth", "--out", tmp_path / "m.json", "--export", tmp_path / "m.onnx"
+    )
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [
         "error: --export: an .onnx export needs onnxscript, not installed here; install the onnx extra: "
         "pip install -e '.[onnx]' (onnx, onnxscript, onnxruntime)"
