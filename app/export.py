@@ -126,7 +126,10 @@ def export(served: ServedModel, batches: list[Any], path: Path, publish: Callabl
             else:
                 _export_onnx(served, args, tmp, inputs, outputs)
                 run = _run_onnx(tmp, inputs)
-        record = check(served, run, batches, _batch_size(args))
+        try:
+            record = check(served, run, batches, _batch_size(args))
+        except UserError as exc:
+            raise UserError(f"{key}: the {fmt} export of {path.name}: {exc}") from None
         record = {
             "file": path.name,
             "format": fmt,
@@ -249,7 +252,7 @@ def _quiet():
     """The exporters' warnings and log lines (symbolic shapes, axis names) are not the user's business here."""
     loggers = [
         logging.getLogger(name)
-        for name in ("torch.fx.experimental.symbolic_shapes", "torch.export", "torch._dynamo", "torch.onnx", "onnxscript")
+        for name in ("torch.fx.experimental.symbolic_shapes", "torch.export", "torch._dynamo", "torch.onnx", "onnxscript", "onnx_ir")
     ]
     levels = [logger.level for logger in loggers]
     with warnings.catch_warnings():
@@ -278,7 +281,13 @@ def check(served: ServedModel, run: Callable[..., Any], batches: list[Any], trac
         sizes.append(_batch_size(args))
         with torch.no_grad():
             expected = _leaves(served(*args))
-            got = _leaves(run(*args))
+            try:
+                got = _leaves(run(*args))
+            except Exception as exc:  # a guard torch.export put on a shape (a size it specialised), an ONNX Runtime error
+                raise UserError(
+                    f"the loaded export fails on a batch of {sizes[-1]} (traced with {traced}): {type(exc).__name__}: "
+                    f"{first_line(exc, 160, last=True)}; the model's shapes were specialised while tracing, nothing was written"
+                ) from None
         if len(got) != len(expected):
             raise UserError(f"--export: the export returned {len(got)} outputs, the model {len(expected)}; report this model")
         for have, want in zip(got, expected):
