@@ -27,10 +27,10 @@ DOCS = ROOT / "docs" / "export.md"
 
 @pytest.fixture(scope="module")
 def diabetes_run(tmp_path_factory) -> Path:
-    """The regression example trained for 2 epochs, exporting both formats when it finishes."""
+    """The regression example trained for an epoch, exporting both formats when it finishes."""
     save_dir = tmp_path_factory.mktemp("export")
     result = run_here(
-        "train.py", "-c", "configs/diabetes.json", "--run-id", "r", f"trainer.save_dir={save_dir}", "trainer.epochs=2",
+        "train.py", "-c", "configs/diabetes.json", "--run-id", "r", f"trainer.save_dir={save_dir}", "trainer.epochs=1",
         "trainer.tensorboard=false", "trainer.export=[pt2, onnx]",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
