@@ -156,7 +156,7 @@ def export_model(loaded, read_batch: BatchReader, data_loader, claim: OutputClai
     the test split against this model in eager mode before it is kept; no code of this project
     is needed to load it. Exported on the CPU, with the batch dimension dynamic."""
     state = loaded.checkpoint.data.get("serving") if loaded.checkpoint.is_run else None
-    served, _ = served_model(copy.deepcopy(loaded.model).cpu(), data_loader, state)
+    served = served_model(copy.deepcopy(loaded.model).cpu(), data_loader, state)
     batches = raw_batches(data_loader, read_batch, served.before is not None)
     record = export(served, batches, claim.path, claim.publish)
     print(describe(claim.path, record))

@@ -74,27 +74,27 @@ def check_path(path: Path) -> Path:
     return path.with_name(path.name + ".check.json")
 
 
-def served_model(model: nn.Module, data_loader: Any, state: dict | None) -> tuple[ServedModel, bool]:
+def served_model(model: nn.Module, data_loader: Any, state: dict | None, key: str = "--export") -> ServedModel:
     """The model with the loader's serving transforms built from ``state`` (a checkpoint's), in eval
-    mode; and whether there were any. A loader with transforms but no saved state (a checkpoint
+    mode. A loader with transforms but no saved state (a checkpoint
     from before the seam existed) is one line: refitting here could ship other statistics."""
     transforms = getattr(data_loader, "serving_transforms", None)
     wants_state = callable(getattr(data_loader, "serving_state", None)) and bool(data_loader.serving_state())
     if wants_state and not state:
         raise UserError(
-            f"--export: the checkpoint holds no serving state, and {type(data_loader).__name__} has serving transforms; "
+            f"{key}: the checkpoint holds no serving state, and {type(data_loader).__name__} has serving transforms; "
             f"export from a checkpoint written by this version (retrain, or resume it for an epoch)"
         )
     serving = transforms(state or {}) if callable(transforms) else Serving()
-    return ServedModel(model, serving).eval(), not serving.empty
+    return ServedModel(model, serving).eval()
 
 
-def raw_batches(data_loader: Any, read_batch: Callable[[Any], tuple[Any, Any]], has_before: bool) -> list[Any]:
+def raw_batches(data_loader: Any, read_batch: Callable[[Any], tuple[Any, Any]], has_before: bool, key: str = "--export") -> list[Any]:
     """Up to :data:`CHECK_BATCHES` batches of the split's raw inputs, on the CPU."""
     custom = data_loader.serving_inputs() if callable(getattr(data_loader, "serving_inputs", None)) else None
     if custom is None and has_before:
         raise UserError(
-            f"--export: {type(data_loader).__name__} has serving transforms but no serving_inputs(); give it one returning "
+            f"{key}: {type(data_loader).__name__} has serving transforms but no serving_inputs(); give it one returning "
             f"the split's raw inputs in batches (base/serving.py)"
         )
     batches: Iterable[Any] = custom if custom is not None else (read_batch(batch)[0] for batch in data_loader)
@@ -104,7 +104,7 @@ def raw_batches(data_loader: Any, read_batch: Callable[[Any], tuple[Any, Any]], 
         if len(taken) == CHECK_BATCHES:
             break
     if not taken:
-        raise UserError("--export: the test split has no samples to trace and check the export on")
+        raise UserError(f"{key}: the test split has no samples to trace and check the export on")
     return taken
 
 
@@ -121,10 +121,10 @@ def export(served: ServedModel, batches: list[Any], path: Path, publish: Callabl
     try:
         with _quiet():
             if fmt == "pt2":
-                _export_pt2(served, args, tmp)
+                _export_pt2(served, args, tmp, key)
                 run = _run_pt2(tmp)
             else:
-                _export_onnx(served, args, tmp, inputs, outputs)
+                _export_onnx(served, args, tmp, inputs, outputs, key)
                 run = _run_onnx(tmp, inputs)
         try:
             record = check(served, run, batches, _batch_size(args))
@@ -180,8 +180,8 @@ def _dynamic_shapes(args: tuple) -> dict:
     return {"inputs": _map_leaves(args, dims)}
 
 
-def _export_pt2(served: ServedModel, args: tuple, tmp: Path) -> None:
-    program = _trace(lambda: torch.export.export(served, args, dynamic_shapes=_dynamic_shapes(args)), served)
+def _export_pt2(served: ServedModel, args: tuple, tmp: Path, key: str) -> None:
+    program = _trace(lambda: torch.export.export(served, args, dynamic_shapes=_dynamic_shapes(args)), served, key)
     torch.export.save(program, str(tmp))
 
 
@@ -190,7 +190,7 @@ def _run_pt2(tmp: Path) -> Callable[..., Any]:
     return lambda *args: module(*args)
 
 
-def _export_onnx(served: ServedModel, args: tuple, tmp: Path, inputs: list[str], outputs: list[str]) -> None:
+def _export_onnx(served: ServedModel, args: tuple, tmp: Path, inputs: list[str], outputs: list[str], key: str) -> None:
     # A trailing {}: torch.onnx reads a last dict of ``args`` as keyword arguments, and a dict input is positional here.
     program = _trace(
         lambda: torch.onnx.export(
@@ -204,6 +204,7 @@ def _export_onnx(served: ServedModel, args: tuple, tmp: Path, inputs: list[str],
             verbose=False,
         ),
         served,
+        key,
     )
     program.save(str(tmp))
 
@@ -224,7 +225,7 @@ def _run_onnx(tmp: Path, inputs: list[str]) -> Callable[..., Any]:
 _FAILED_AT = re.compile(r'The following call raised this error:\s*File "([^"]+)", line (\d+), in (\S+)\s*\n\s*(.*)')
 
 
-def _trace(export_call: Callable[[], Any], served: ServedModel) -> Any:
+def _trace(export_call: Callable[[], Any], served: ServedModel, key: str) -> Any:
     """``export_call()``; a model torch.export cannot trace is one line naming where and what to try."""
     try:
         return export_call()
@@ -238,11 +239,11 @@ def _trace(export_call: Callable[[], Any], served: ServedModel) -> Any:
         where = f" at {relative(found.group(1))}:{found.group(2)} in {found.group(3)} ({found.group(4).strip()[:80]!r})" if found else ""
         if "data-dependent" in text:
             raise UserError(
-                f"--export: torch.export cannot trace {name}: data-dependent control flow{where} ({first_line(cause, 120)}); "
+                f"{key}: torch.export cannot trace {name}: data-dependent control flow{where} ({first_line(cause, 120)}); "
                 f"rewrite that branch with torch.cond or torch.where, so it does not depend on a tensor's values"
             ) from None
         raise UserError(
-            f"--export: torch.export cannot trace {name}{where}: {type(cause).__name__}: {first_line(cause, 160)}; "
+            f"{key}: torch.export cannot trace {name}{where}: {type(cause).__name__}: {first_line(cause, 160)}; "
             f"see https://pytorch.org/docs/stable/export.html for what it supports"
         ) from None
 
@@ -289,15 +290,16 @@ def check(served: ServedModel, run: Callable[..., Any], batches: list[Any], trac
                     f"{first_line(exc, 160, last=True)}; the model's shapes were specialised while tracing, nothing was written"
                 ) from None
         if len(got) != len(expected):
-            raise UserError(f"--export: the export returned {len(got)} outputs, the model {len(expected)}; report this model")
+            raise UserError(f"the loaded export returned {len(got)} outputs, the model {len(expected)}; nothing was written")
         for have, want in zip(got, expected):
             have, want = have.detach().to(torch.float64).reshape(want.shape), want.detach().to(torch.float64)
-            diff = (have - want).abs()
+            both_nan = have.isnan() & want.isnan()  # NaN where the eager model gives NaN is the same answer
+            diff = (have - want).abs().masked_fill(both_nan, 0.0)
             max_abs = max(max_abs, float(diff.max()) if diff.numel() else 0.0)
-            nonzero = want != 0
+            nonzero = (want != 0) & ~both_nan
             if bool(nonzero.any()):
                 max_rel = max(max_rel, float((diff[nonzero] / want[nonzero].abs()).max()))
-            passed = passed and bool((diff <= ATOL + RTOL * want.abs()).all()) and not bool(have.isnan().ne(want.isnan()).any())
+            passed = passed and bool((diff <= ATOL + RTOL * want.abs().nan_to_num()).all())
     return {
         "passed": passed,
         "max_abs_diff": max_abs,
@@ -408,8 +410,8 @@ def export_finished_run(config: Any, run_dir: Path) -> list[tuple[Path, dict]]:
     load_weights(model, checkpoint.weights(ema=checkpoint.has_ema and config.settings.ema_evaluate), strict=True, source=str(found))
     data_loader = config.init_obj("data_loader", training=False)
     read_batch = BatchReader(torch.device("cpu"), data_loader, config.settings.target_key)
-    served, _ = served_model(model.cpu(), data_loader, checkpoint.data.get("serving"))
-    batches = raw_batches(data_loader, read_batch, served.before is not None)
+    served = served_model(model.cpu(), data_loader, checkpoint.data.get("serving"), "trainer.export")
+    batches = raw_batches(data_loader, read_batch, served.before is not None, "trainer.export")
     written = []
     for fmt in config.settings.export:
         path = run_dir / f"model.{fmt}"
