@@ -39,7 +39,7 @@ from torch import nn
 from base.serving import ServedModel, Serving
 from utils.errors import UserError, first_line
 from utils.files import file_error, temporary_name, write_atomic
-from utils.user_code import relative
+from utils.user_code import relative, user_frame
 
 FORMATS = {".pt2": "pt2", ".onnx": "onnx"}
 """File suffix -> format."""
@@ -85,7 +85,15 @@ def served_model(model: nn.Module, data_loader: Any, state: dict | None, key: st
             f"{key}: the checkpoint holds no serving state, and {type(data_loader).__name__} has serving transforms; "
             f"export from a checkpoint written by this version (retrain, or resume it for an epoch)"
         )
-    serving = transforms(state or {}) if callable(transforms) else Serving()
+    try:
+        serving = transforms(state or {}) if callable(transforms) else Serving()
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:  # a checkpoint is data: it may not fit
+        frame = user_frame(exc)
+        where = f" at {relative(frame.filename)}:{frame.lineno}" if frame else ""
+        raise UserError(
+            f"{key}: the checkpoint's serving state does not fit {type(data_loader).__name__}.serving_transforms{where} "
+            f"({type(exc).__name__}: {first_line(exc, 120)}); export from a checkpoint that this data loader wrote"
+        ) from None
     return ServedModel(model, serving).eval()
 
 
