@@ -2,7 +2,7 @@
 
     python test.py -r saved/<name>/<run_id>/checkpoints/best.pth [-c CONFIG] [--out FILE] [key=value ...]
     python test.py -r CHECKPOINT --export model.pt2     (or model.onnx): raw inputs in, final predictions out (docs/export.md)
-    python test.py -r CV_RUN_DIR [--fold I]      a cross-validation's fold ensemble (or fold I's best model)
+    python test.py -r CV_RUN_DIR [--fold I]      a cross-validation's fold ensemble (or fold I's best model); --export ships it too
     torchrun --standalone --nproc_per_node=2 test.py -r CHECKPOINT      the same numbers, in shards
 
 The config comes from inside the checkpoint unless ``-c`` gives another; the data loader is built
@@ -29,13 +29,15 @@ import json
 import os
 from pathlib import Path
 
+import torch
+
 from app.cv import folds_of, is_cv_dir
 from app.export import describe, export, format_of, raw_batches, served_model
-from app.loading import add_loading_arguments, load_trained_model
+from app.loading import add_loading_arguments, best_checkpoint, load_trained_model
 from app.session import build_trainer, evaluation_settings
 from trainer.batches import BatchReader
 from utils import distributed
-from utils.checkpoints import run_dir_of
+from utils.checkpoints import load_checkpoint, run_dir_of
 from utils.errors import UserError, report
 from utils.files import OutputClaim, file_error, temporary_name
 
@@ -75,8 +77,6 @@ def claim_outputs(args: argparse.Namespace) -> list[OutputClaim]:
     ``--export`` file, each this process's until it ends; a file you named needs ``--force`` to be replaced."""
     if args.export and not _is_folder(Path(args.export)):
         format_of(Path(args.export))  # .pt2 or .onnx, and the onnx extra installed: before any work
-    if args.export and args.fold is None and is_cv_dir(args.resume):
-        raise UserError(f"--export: {args.resume} is a cross-validation's ensemble of models; export one fold's with --fold I")
     out = Path(args.out) if args.out else default_out(args)
     claims = [OutputClaim(out, "--out", force=args.force or not args.out)]
     if args.export:
@@ -133,10 +133,32 @@ def evaluate(args: argparse.Namespace, out: OutputClaim | None = None, export: O
                 f"the mean of {len(loaded.folds)} folds' best models (folds {', '.join(map(str, loaded.folds))}; epochs {', '.join(map(str, loaded.epochs))})"
             )
         if export is not None:  # first: a refused export leaves nothing, the metrics file included
-            export_model(loaded, read_batch, data_loader, export)
+            export_model(loaded, read_batch, data_loader, export, args.resume)
         publish(out, (json.dumps(results, indent=2) + "\n").encode())
         print(f"wrote {out.path}")
     return results
+
+
+def check_one_serving_state(folder: Path, folds: list[int], state: dict | None) -> None:
+    """The folds of an exported ensemble must share their serving transforms' state: one module
+    cannot scale its inputs once for models that each trained on other statistics."""
+    for fold in folds:
+        other = load_checkpoint(best_checkpoint(folder / f"fold-{fold}", fold)).data.get("serving")
+        if not same_state(other, state):
+            raise UserError(
+                f"--export: the folds of {folder} fitted different serving states (fold {fold}'s differs from fold {folds[0]}'s), "
+                f"so their ensemble is not one module; export one fold's with --fold I"
+            )
+
+
+def same_state(a, b) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and bool(torch.equal(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_state(a[key], b[key]) for key in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same_state(x, y) for x, y in zip(a, b))
+    return (a or None) == (b or None)
 
 
 def publish(claim: OutputClaim, data: bytes) -> None:
@@ -150,12 +172,15 @@ def publish(claim: OutputClaim, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def export_model(loaded, read_batch: BatchReader, data_loader, claim: OutputClaim) -> dict:
+def export_model(loaded, read_batch: BatchReader, data_loader, claim: OutputClaim, source: str) -> dict:
     """Ship the model with its serving transforms as one module (``app/export.py``): a ``.pt2``
     (load it with ``torch.export.load(path).module()``) or an ``.onnx`` (ONNX Runtime), checked on
     the test split against this model in eager mode before it is kept; no code of this project
-    is needed to load it. Exported on the CPU, with the batch dimension dynamic."""
+    is needed to load it. Exported on the CPU, with the batch dimension dynamic. A cross-validation's
+    fold ensemble ships as one module, when its folds share one serving state."""
     state = loaded.checkpoint.data.get("serving") if loaded.checkpoint.is_run else None
+    if loaded.folds is not None:
+        check_one_serving_state(Path(source), loaded.folds, state)
     served = served_model(copy.deepcopy(loaded.model).cpu(), data_loader, state)
     batches = raw_batches(data_loader, read_batch, served.before is not None)
     record = export(served, batches, claim.path, claim.publish)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT, run_here
+from helpers import ROOT, run_here, save_crafted
 
 from app.export import ATOL, RTOL, export
 from base.serving import ServedModel
@@ -184,3 +184,28 @@ def test_an_onnx_export_without_the_extra_is_one_line_naming_the_install(diabete
     trained = run_here("train.py", "-c", "configs/diabetes.json", f"trainer.save_dir={tmp_path}", "trainer.export=[onnx]")
     assert trained.returncode == 2 and "trainer.export" in trained.stderr and "pip install -e '.[onnx]'" in trained.stderr, trained.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_cross_validation_ships_its_fold_ensemble_as_one_module(tmp_path):
+    """The mean of the folds' models, in the target's units, from one .pt2; folds that fitted other
+    serving states cannot be one module, and say so in one line."""
+    result = run_here(
+        "train.py", "-c", "configs/diabetes.json", "--folds", "2", "--run-id", "cv", f"trainer.save_dir={tmp_path}", "trainer.epochs=1"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    cv_dir = tmp_path / "diabetes_regression" / "cv"
+    target = tmp_path / "ensemble.pt2"
+    result = run_here("test.py", "-r", cv_dir, "--export", target, "--out", tmp_path / "m.json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    features = raw_test_features()
+    want = np.mean([eager_in_original_units(cv_dir / f"fold-{fold}", features) for fold in range(2)], axis=0)
+    got = torch.export.load(str(target)).module()(torch.from_numpy(features)).detach().numpy()
+    assert np.all(np.abs(got - want) <= ATOL + RTOL * np.abs(want))
+
+    best = cv_dir / "fold-1" / "checkpoints" / "best.pth"
+    state = torch.load(best, weights_only=True)
+    state["serving"]["target_mean"] = state["serving"]["target_mean"] + 1
+    save_crafted(state, best)
+    result = run_here("test.py", "-r", cv_dir, "--export", tmp_path / "other.pt2", "--out", tmp_path / "n.json")
+    assert result.returncode == 2 and "fold 1's differs from fold 0's" in result.stderr and "--fold I" in result.stderr, result.stderr
+    assert not (tmp_path / "other.pt2").exists() and not (tmp_path / "n.json").exists()
