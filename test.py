@@ -29,16 +29,14 @@ import json
 import os
 from pathlib import Path
 
-import torch
-
 from app.cv import folds_of, is_cv_dir
-from app.export import describe, export, format_of, raw_batches, served_model
-from app.loading import add_loading_arguments, best_checkpoint, load_trained_model
+from app.export import check_one_serving_state, describe, export, format_of, raw_batches, served_model
+from app.loading import add_loading_arguments, load_trained_model
 from app.session import build_trainer, evaluation_settings
 from trainer.batches import BatchReader
 from utils import distributed
-from utils.checkpoints import load_checkpoint, run_dir_of
-from utils.errors import UserError, report
+from utils.checkpoints import run_dir_of
+from utils.errors import report
 from utils.files import OutputClaim, file_error, temporary_name
 
 
@@ -137,28 +135,6 @@ def evaluate(args: argparse.Namespace, out: OutputClaim | None = None, export: O
         publish(out, (json.dumps(results, indent=2) + "\n").encode())
         print(f"wrote {out.path}")
     return results
-
-
-def check_one_serving_state(folder: Path, folds: list[int], state: dict | None) -> None:
-    """The folds of an exported ensemble must share their serving transforms' state: one module
-    cannot scale its inputs once for models that each trained on other statistics."""
-    for fold in folds:
-        other = load_checkpoint(best_checkpoint(folder / f"fold-{fold}", fold)).data.get("serving")
-        if not same_state(other, state):
-            raise UserError(
-                f"--export: the folds of {folder} fitted different serving states (fold {fold}'s differs from fold {folds[0]}'s), "
-                f"so their ensemble is not one module; export one fold's with --fold I"
-            )
-
-
-def same_state(a, b) -> bool:
-    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and bool(torch.equal(a, b))
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(same_state(a[key], b[key]) for key in a)
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(same_state(x, y) for x, y in zip(a, b))
-    return (a or None) == (b or None)
 
 
 def publish(claim: OutputClaim, data: bytes) -> None:

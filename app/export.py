@@ -383,6 +383,35 @@ def _first_sample(batch: Any) -> Any:
     return _map_leaves(batch, lambda tensor: tensor[:1])
 
 
+# -- a cross-validation's fold ensemble ---------------------------------------------------------------
+
+
+def check_one_serving_state(folder: Path, folds: list[int], state: dict | None, key: str = "--export") -> None:
+    """The folds of an exported ensemble must share their serving transforms' state: one module
+    cannot scale its inputs once for models that each trained on other statistics."""
+    from app.loading import best_checkpoint
+    from utils.checkpoints import load_checkpoint
+
+    for fold in folds:
+        other = load_checkpoint(best_checkpoint(folder / f"fold-{fold}", fold)).data.get("serving")
+        if not same_state(other, state):
+            raise UserError(
+                f"{key}: the folds of {folder} fitted different serving states (fold {fold}'s differs from fold {folds[0]}'s), "
+                f"so their ensemble is not one module; export one fold's with --fold I"
+            )
+
+
+def same_state(a: Any, b: Any) -> bool:
+    """Equal plain data (tensors by value, an empty state and none alike)."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and bool(torch.equal(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_state(a[key], b[key]) for key in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same_state(x, y) for x, y in zip(a, b))
+    return (a or None) == (b or None)
+
+
 # -- at the end of training -----------------------------------------------------------------------
 
 
@@ -423,5 +452,55 @@ def export_finished_run(config: Any, run_dir: Path) -> list[tuple[Path, dict]]:
     written = []
     for fmt in config.settings.export:
         path = run_dir / f"model.{fmt}"
+        written.append((path, export(served, batches, path, lambda tmp, path=path: tmp.replace(path), key="trainer.export")))
+    return written
+
+
+def export_cv_at_end(folder: Path, folds: int, formats: list[str], trusted: bool) -> int:
+    """``trainer.export`` of a finished cross-validation: its fold ensemble (the mean of the folds'
+    best models, ``trainer/ensemble.py``) as one ``model.pt2`` / ``model.onnx`` in the CV run
+    directory; the folds themselves export nothing (``app/cv.py``). As :func:`export_at_end`."""
+    from logger import get_logger
+
+    try:
+        for path, record in export_ensemble(folder, folds, formats, trusted):
+            get_logger().info("%s", describe(path, record))
+    except UserError as exc:
+        get_logger().error(
+            "the cross-validation finished, but %s; its folds are kept (export again with test.py -r %s --export FILE)", exc, folder
+        )
+        return 2
+    return 0
+
+
+def export_ensemble(folder: Path, folds: int, formats: list[str], trusted: bool) -> list[tuple[Path, dict]]:
+    from app.config import Config
+    from app.loading import best_checkpoint
+    from app.session import build_model
+    from trainer.batches import BatchReader
+    from trainer.ensemble import Ensemble, averages_probabilities
+    from utils.checkpoints import load_checkpoint, load_weights
+
+    models, configs, state = [], [], None
+    for fold in range(folds):
+        path = best_checkpoint(folder / f"fold-{fold}", fold)
+        checkpoint = load_checkpoint(path)
+        config = Config.from_dict(checkpoint.config, f"{path} (its config)", [], trusted=trusted)
+        model = build_model(config)
+        load_weights(model, checkpoint.weights(ema=checkpoint.has_ema and config.settings.ema_evaluate), strict=True, source=path)
+        models.append(model.cpu().eval())
+        configs.append(config)
+        state = checkpoint.data.get("serving") if fold == 0 else state
+    check_one_serving_state(folder, list(range(folds)), state, "trainer.export")
+    config = configs[0]
+    ensemble = Ensemble(models, probabilities=averages_probabilities(config)).eval()
+    data_loader = config.init_obj("data_loader", training=False)
+    served = served_model(ensemble, data_loader, state, "trainer.export")
+    batches = raw_batches(
+        data_loader, BatchReader(torch.device("cpu"), data_loader, config.settings.target_key), served.before is not None, "trainer.export"
+    )
+    written = []
+    for fmt in formats:
+        path = folder / f"model.{fmt}"
         written.append((path, export(served, batches, path, lambda tmp, path=path: tmp.replace(path), key="trainer.export")))
     return written

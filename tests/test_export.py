@@ -187,19 +187,19 @@ def test_an_onnx_export_without_the_extra_is_one_line_naming_the_install(diabete
 
 
 def test_a_cross_validation_ships_its_fold_ensemble_as_one_module(tmp_path):
-    """The mean of the folds' models, in the target's units, from one .pt2; folds that fitted other
-    serving states cannot be one module, and say so in one line."""
+    """trainer.export in a CV: one file, the mean of the folds' models in the target's units, in the
+    CV run directory (none in the folds'); folds that fitted other serving states cannot be one
+    module, and ``test.py -r CV_RUN_DIR --export`` says so in one line."""
     result = run_here(
-        "train.py", "-c", "configs/diabetes.json", "--folds", "2", "--run-id", "cv", f"trainer.save_dir={tmp_path}", "trainer.epochs=1"
-    )
+        "train.py", "-c", "configs/diabetes.json", "--folds", "2", "--run-id", "cv", f"trainer.save_dir={tmp_path}", "trainer.epochs=1",
+        "trainer.export=[pt2]",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     cv_dir = tmp_path / "diabetes_regression" / "cv"
-    target = tmp_path / "ensemble.pt2"
-    result = run_here("test.py", "-r", cv_dir, "--export", target, "--out", tmp_path / "m.json")
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(path.relative_to(cv_dir).as_posix() for path in cv_dir.rglob("model.*")) == ["model.pt2", "model.pt2.check.json"]
     features = raw_test_features()
     want = np.mean([eager_in_original_units(cv_dir / f"fold-{fold}", features) for fold in range(2)], axis=0)
-    got = torch.export.load(str(target)).module()(torch.from_numpy(features)).detach().numpy()
+    got = torch.export.load(str(cv_dir / "model.pt2")).module()(torch.from_numpy(features)).detach().numpy()
     assert np.all(np.abs(got - want) <= ATOL + RTOL * np.abs(want))
 
     best = cv_dir / "fold-1" / "checkpoints" / "best.pth"
