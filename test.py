@@ -1,8 +1,8 @@
 """Evaluate a checkpoint on the test split, and optionally export the model for serving.
 
     python test.py -r saved/<name>/<run_id>/checkpoints/best.pth [-c CONFIG] [--out FILE] [key=value ...]
-    python test.py -r CHECKPOINT --export model.pt2
-    python test.py -r CV_RUN_DIR [--fold I]      a cross-validation's fold ensemble (or fold I's best model)
+    python test.py -r CHECKPOINT --export model.pt2     (or model.onnx): raw inputs in, final predictions out (docs/export.md)
+    python test.py -r CV_RUN_DIR [--fold I]      a cross-validation's fold ensemble (or fold I's best model); --export ships it too
     torchrun --standalone --nproc_per_node=2 test.py -r CHECKPOINT      the same numbers, in shards
 
 The config comes from inside the checkpoint unless ``-c`` gives another; the data loader is built
@@ -24,20 +24,19 @@ if __name__ == "__main__":
     catch_signals(None)  # before the heavy imports: a signal ends the script with 130/143, no traceback, nothing written
 
 import argparse
+import copy
 import json
 import os
 from pathlib import Path
 
-import torch
-
 from app.cv import folds_of, is_cv_dir
+from app.export import check_one_serving_state, describe, export, format_of, raw_batches, served_model
 from app.loading import add_loading_arguments, load_trained_model
 from app.session import build_trainer, evaluation_settings
 from trainer.batches import BatchReader
 from utils import distributed
 from utils.checkpoints import run_dir_of
 from utils.ending import Hooks, finish, leave, starting
-from utils.errors import UserError, first_line
 from utils.files import OutputClaim, file_error, temporary_name
 
 
@@ -45,7 +44,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Evaluate a checkpoint on the test split.")
     add_loading_arguments(parser)
     parser.add_argument("--out", help="where to write the metrics JSON (default: <run_dir>/test_metrics.json)")
-    parser.add_argument("--export", help="also export the model with torch.export to this .pt2 file")
+    parser.add_argument(
+        "--export",
+        help="also export the model with its serving transforms: FILE.pt2 (torch.export) or FILE.onnx (ONNX), checked on the test split",
+    )
     parser.add_argument("--force", action="store_true", help="replace an existing --out or --export file you named")
     return parser.parse_intermixed_args(argv)
 
@@ -67,10 +69,8 @@ def main(argv: list[str] | None = None) -> int:
 def claim_outputs(args: argparse.Namespace) -> list[OutputClaim]:
     """The metrics file (``--out``, or the run's own ``test_metrics.json``, replaced freely) and the
     ``--export`` file, each this process's until it ends; a file you named needs ``--force`` to be replaced."""
-    if args.export and Path(args.export).suffix != ".pt2" and not _is_folder(Path(args.export)):
-        raise UserError(f"--export: {Path(args.export).name} must end in .pt2 (a torch.export program, loaded with torch.export.load)")
-    if args.export and args.fold is None and is_cv_dir(args.resume):
-        raise UserError(f"--export: {args.resume} is a cross-validation's ensemble of models; export one fold's with --fold I")
+    if args.export and not _is_folder(Path(args.export)):
+        format_of(Path(args.export))  # .pt2 or .onnx, and the onnx extra installed: before any work
     out = Path(args.out) if args.out else default_out(args)
     claims = [OutputClaim(out, "--out", force=args.force or not args.out)]
     if args.export:
@@ -126,10 +126,10 @@ def evaluate(args: argparse.Namespace, out: OutputClaim | None = None, export: O
             print(
                 f"the mean of {len(loaded.folds)} folds' best models (folds {', '.join(map(str, loaded.folds))}; epochs {', '.join(map(str, loaded.epochs))})"
             )
+        if export is not None:  # first: a refused export leaves nothing, the metrics file included
+            export_model(loaded, read_batch, data_loader, export, args.resume)
         publish(out, (json.dumps(results, indent=2) + "\n").encode())
         print(f"wrote {out.path}")
-        if export is not None:
-            export_model(model, read_batch, data_loader, export)
     return results
 
 
@@ -144,33 +144,20 @@ def publish(claim: OutputClaim, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def export_model(model: torch.nn.Module, read_batch: BatchReader, data_loader, claim: OutputClaim) -> None:
-    """Save the whole model as a ``torch.export`` program: load it with
-    ``torch.export.load(path).module()`` and call it, no code of this project needed.
-
-    The batch dimension is exported as dynamic, so any batch size works.
-    """
-    inputs, _ = read_batch(next(iter(data_loader)))
-    args, kwargs = ((), inputs) if isinstance(inputs, dict) else ((inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs), {})
-    batch = torch.export.Dim("batch", min=1)
-
-    def dynamic(tensor: torch.Tensor) -> dict:  # the batch and every other dimension (e.g. text length) may vary
-        return {0: batch, **{dim: torch.export.Dim.AUTO for dim in range(1, tensor.dim())}}
-
-    shapes = {name: dynamic(value) for name, value in kwargs.items()} if kwargs else tuple(dynamic(value) for value in args)
-    try:
-        program = torch.export.export(model.eval(), args, kwargs or None, dynamic_shapes=shapes)
-    except Exception as exc:  # torch.export's own errors name the unsupported construct
-        raise UserError(f"--export: torch.export could not trace {type(model).__name__}: {first_line(exc)}") from None
-    path, tmp = claim.path, temporary_name(claim.path)
-    try:
-        torch.export.save(program, str(tmp))
-        claim.publish(tmp)
-    except OSError as exc:
-        raise file_error("--export", path, exc, "pass --export with a writable place") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    print(f"exported {path} (load with torch.export.load({str(path)!r}).module())")
+def export_model(loaded, read_batch: BatchReader, data_loader, claim: OutputClaim, source: str) -> dict:
+    """Ship the model with its serving transforms as one module (``app/export.py``): a ``.pt2``
+    (load it with ``torch.export.load(path).module()``) or an ``.onnx`` (ONNX Runtime), checked on
+    the test split against this model in eager mode before it is kept; no code of this project
+    is needed to load it. Exported on the CPU, with the batch dimension dynamic. A cross-validation's
+    fold ensemble ships as one module, when its folds share one serving state."""
+    state = loaded.checkpoint.data.get("serving") if loaded.checkpoint.is_run else None
+    if loaded.folds is not None:
+        check_one_serving_state(Path(source), loaded.folds, state)
+    served = served_model(copy.deepcopy(loaded.model).cpu(), data_loader, state)
+    batches = raw_batches(data_loader, read_batch, served.before is not None)
+    record = export(served, batches, claim.path, claim.publish)
+    print(describe(claim.path, record))
+    return record
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from app.config import Config
+from app.export import export_cv_at_end
 from app.run_dir import RunDirectory, lock_holder
 from app.run_records import best_row, read_run, training_over
 from app.session import RunRequest, Session, claim_new_run_dir, launcher
@@ -201,6 +202,9 @@ class CrossValidation:
                     return 0
         if distributed.is_main_process():
             get_logger().info("cross-validation of %d folds: %s\n%s", self.folds, self.folder / SUMMARY, table(summarize(finished)))
+            formats = self.config.get("trainer", {}).get("export")
+            if formats:  # the fold ensemble, one module (app/export.py); the folds export nothing (fold_config)
+                return export_cv_at_end(self.folder, self.folds, formats, self.trusted)
         return 0
 
     def run_fold(self, fold: int, stop: StopRequest) -> int:
@@ -253,6 +257,8 @@ def fold_config(config: dict, folds: int, fold: int, source: str, trusted: bool)
     if args.get("folds") not in (None, folds):  # a fold of its own (fold) is what the CV replaces; another count is a contradiction
         raise UserError(f"--folds {folds}: the config's data_loader.args.folds is {args['folds']!r}; remove it from the config (a cross-validation sets it) or pass --folds {args['folds']!r}")
     args.update(folds=folds, fold=fold)
+    if isinstance(data.get("trainer"), dict):
+        data["trainer"].pop("export", None)  # the CV exports its fold ensemble when every fold is done, not each fold
     from app.config.names import resolve_type
     from app.config.overrides import parameters
 

@@ -30,6 +30,7 @@ from torch import nn
 
 from app.config import Config, build_loss, build_lr_scheduler, build_metrics, build_optimizer, scheduler_interval
 from app.config.building import require_rebuildable, starts_new_run
+from app.export import export_at_end
 from app.history import ResumeGuard, RunHistory
 from app.run_dir import RunDirectory
 from base.freezing import freeze, matching_modules
@@ -228,9 +229,10 @@ class Session:
             )
         else:
             logger.info("done: checkpoints in %s", folder)
+        code = export_at_end(self.config, self.run_dir) if trainer.settings.export and distributed.is_main_process() else 0
         if self.claim is not None:
             self.claim.release()
-        return 0
+        return code
 
     def record_end(self, state: str, reason: str) -> None:
         """How this session ended, in ``manifest.json`` (rank 0; ``runs.py`` reads it)."""
@@ -419,9 +421,15 @@ def build_trainer(
         lr_scheduler=build_lr_scheduler(config, optimizer),
         scheduler_interval=scheduler_interval(config),
         stop=stop,
-        checkpoint_meta={"arch": config["arch"]["type"], "config": config.to_dict()},
+        checkpoint_meta={"arch": config["arch"]["type"], "config": config.to_dict(), **serving_meta(data_loader)},
         **config["trainer"]["args"],
     )
+
+
+def serving_meta(data_loader) -> dict:
+    """The data loader's serving state (``base/serving.py``), for every checkpoint's header, when it has one."""
+    state = data_loader.serving_state() if callable(getattr(data_loader, "serving_state", None)) else None
+    return {"serving": state} if state else {}
 
 
 def evaluation_settings(config: Config) -> object:

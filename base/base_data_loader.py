@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 from typing import Any
 
@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset, TensorDataset
 from torch.utils.data.dataloader import default_collate
 
+from base.serving import Serving
 from dataflow.epochs import epoch_length, prediction_batches, targets_of
 from dataflow.samplers import EvaluationShardSampler, ResumableDistributedSampler, SampleSeededDataset
 from dataflow.splits import split_indices
@@ -240,6 +241,25 @@ class BaseDataLoader(DataLoader):
                 f"data_loader.args.batch_size: the checkpoint was written mid-epoch with batch_size {state['batch_size']}, "
                 f"this run has {self.batch_size}; resume with batch_size={state['batch_size']}, or from an epoch-end checkpoint (epoch-N.pth)"
             )
+
+    # -- serving (base/serving.py) --------------------------------------------------------------
+
+    def serving_state(self) -> dict:
+        """What :meth:`serving_transforms` needs (fitted statistics, a lookup table) as plain data:
+        tensors, numbers, strings, lists and dicts of them. The Trainer saves it in every checkpoint
+        (``serving``), so an export rebuilds the transforms from the checkpoint, never by refitting.
+        Default: nothing (the model takes what a service sends)."""
+        return {}
+
+    def serving_transforms(self, state: dict) -> Serving:
+        """The modules a service applies before and after the model, built from ``state`` (a
+        checkpoint's :meth:`serving_state`); the export wraps them with the model into one module."""
+        return Serving()
+
+    def serving_inputs(self) -> Iterable[Any] | None:
+        """This split's raw inputs (what ``Serving.before`` takes), batch by batch and in order,
+        for the export to trace and check on; None: the inputs of this loader's own batches."""
+        return None
 
     # -- in-memory fast path --------------------------------------------------------------------
 

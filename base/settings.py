@@ -10,6 +10,7 @@ config. A Trainer can therefore be built from plain Python, e.g. in a notebook o
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import types
 import typing
@@ -108,6 +109,22 @@ def names_problem(value: list) -> str | None:
     return f"must be a list of module names (strings), got {bad[0]!r} in it" if bad else None
 
 
+EXPORT_FORMATS = ("pt2", "onnx")
+
+
+def export_problem(value: list) -> str | None:
+    """Known formats, each once; ONNX's extra installed (checked when the run starts, not after it ends)."""
+    bad = [item for item in value if item not in EXPORT_FORMATS]
+    if bad:
+        return f'must be a list of "pt2" and "onnx" (the formats of the end-of-run export), got {bad[0]!r} in it'
+    if len(set(value)) != len(value):
+        return f"names a format twice: {value!r}"
+    missing = [name for name in ("onnx", "onnxscript", "onnxruntime") if "onnx" in value and importlib.util.find_spec(name) is None]
+    if missing:
+        return f"an .onnx export needs {', '.join(missing)}, not installed here; install the onnx extra: pip install -e '.[onnx]'"
+    return None
+
+
 PROFILE_KEYS = ("wait", "warmup", "active")
 
 
@@ -172,7 +189,9 @@ class TrainerSettings:
         None, 'Dict batches: the key holding the target (null: the first of "label", "labels", "target", "targets", "y").', non_empty
     )
     preflight: bool = setting(True, "Before the run directory exists, take one real batch through forward, loss, metrics and backward.")
-    strategy: str = setting("ddp", 'Under torchrun: `"ddp"` (replicated weights) or `"fsdp"` (sharded with FSDP2 `fully_shard`).', choices=("ddp", "fsdp"))
+    strategy: str = setting(
+        "ddp", 'Under torchrun: `"ddp"` (replicated weights) or `"fsdp"` (sharded with FSDP2 `fully_shard`).', choices=("ddp", "fsdp")
+    )
     sync_batchnorm: bool = setting(False, "Under DDP, convert BatchNorm layers to SyncBatchNorm.")
     find_unused_parameters: bool = setting(False, "Passed to DistributedDataParallel (models with unused branches).")
     fsdp_shard: list[str] | None = setting(
@@ -183,15 +202,26 @@ class TrainerSettings:
     activation_checkpointing: list[str] = setting(
         [], "Names of modules whose activations are recomputed in backward instead of kept (any strategy).", names_problem
     )
-    ema_decay: float | None = setting(None, "Keep an exponential moving average of the weights with this decay (null: off).", strictly_between_0_and_1)
-    ema_warmup: bool = setting(False, "EMA warm-up: use decay min(ema_decay, (1 + step) / (10 + step)) so early averages follow the weights.")
+    ema_decay: float | None = setting(
+        None, "Keep an exponential moving average of the weights with this decay (null: off).", strictly_between_0_and_1
+    )
+    ema_warmup: bool = setting(
+        False, "EMA warm-up: use decay min(ema_decay, (1 + step) / (10 + step)) so early averages follow the weights."
+    )
     ema_evaluate: bool = setting(True, "With EMA on: validation, `best.pth`, `test.py`, `predict.py` and export use the EMA weights.")
-    profile: dict | None = setting(None, "`{wait, warmup, active}` optimizer steps: write a `torch.profiler` trace to `<run_dir>/profile/`.", profile_problem)
+    profile: dict | None = setting(
+        None, "`{wait, warmup, active}` optimizer steps: write a `torch.profiler` trace to `<run_dir>/profile/`.", profile_problem
+    )
     load_strict: bool = setting(True, "Fine-tuning (`-r CKPT -c CONFIG`): require every weight to match by name.")
     load_exclude: list[str] = setting(
         [],
         "Fine-tuning: module-name prefixes whose weights keep the new model's initialisation, even where names and shapes match (a new head).",
         names_problem,
+    )
+    export: list[str] = setting(
+        [],
+        'When the run finishes: export the best model with its serving transforms as `model.pt2` and/or `model.onnx` in the run directory, checked (`["pt2", "onnx"]`; docs/export.md).',
+        export_problem,
     )
     freeze: list[str] = setting(
         [], "Module-name prefixes to freeze (any model): out of the optimizer, and their BatchNorm statistics never change.", names_problem

@@ -1,37 +1,119 @@
 """A regression example: scikit-learn's bundled diabetes data (442 patients, 10 features, no download).
 
-The target is a measure of disease progression one year after baseline (25 to 346). It is
-standardized with fixed constants (``(y - 152.13) / 77.01``, the whole set's mean and standard
-deviation), so a model starts near the right scale; multiply predictions by 77.01 and add 152.13
-to read them in the original units. The features come standardized from scikit-learn. A fixed
-permutation holds out 20% (88 patients) as the test split, like the digits loader.
+The features are the raw measurements (age in years, sex as 1 or 2, body-mass index, blood
+pressure, six blood serum values); the target is a measure of disease progression one year after
+baseline (25 to 346). A fixed permutation holds out 20% (88 patients) as the test split, like the
+digits loader. Both are standardised by a scaler fitted on the **training split** (the 354
+patients that are not held out), so test statistics never leak in and the test loader refits
+the identical scaler. The validation part is inside that split on purpose: one scaler for every
+``validation_split`` and fold means the folds of a cross-validation see the same inputs, so
+their ensemble (``test.py -r CV_RUN_DIR``, which feeds every fold's model the same batches) and
+its exports stay right. ``data_loader/text.py`` shows the stricter way (its vocabulary is fitted
+without the validation part), for preprocessing where that matters more than it does for a mean.
+
+It is also the example of the serving seam (``base/serving.py``): the scaler's statistics are its
+``serving_state()`` (saved in every checkpoint), and ``serving_transforms`` puts the feature
+scaling before the model and the inverse target transform after it, so ``test.py --export`` ships
+one module that takes raw measurements and returns predictions in the target's own units.
 """
 
 from __future__ import annotations
 
+import functools
+import gzip
+import importlib.util
+from pathlib import Path
+
+import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import TensorDataset
 
-from data_loader.data_loaders import HeldOutDataLoader, held_out_split
+from base.serving import Serving
+from data_loader.data_loaders import HeldOutDataLoader, held_out_split, scikit_learn_csv
 
-TARGET_MEAN, TARGET_STD = 152.13, 77.01
+FEATURES = ("age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6")
 TEST_FRACTION = 0.2
 SPLIT_SEED = 20_241_128
 
 
-def diabetes_dataset(training: bool) -> TensorDataset:
-    """``(features (10,) float32, target () float32)`` samples of the training or the test split."""
-    from sklearn.datasets import load_diabetes
+def raw_diabetes() -> tuple[torch.Tensor, torch.Tensor]:
+    """``(features (442, 10), target (442,))`` as measured, float32 (scikit-learn's raw files)."""
+    features, target = _raw_files()
+    return torch.tensor(features, dtype=torch.float32), torch.tensor(target, dtype=torch.float32)
 
-    data = load_diabetes()
-    features = torch.tensor(data.data, dtype=torch.float32) / 0.0476  # unit variance per feature
-    target = (torch.tensor(data.target, dtype=torch.float32) - TARGET_MEAN) / TARGET_STD
+
+@functools.cache
+def _raw_files() -> tuple[np.ndarray, np.ndarray]:
+    target = scikit_learn_csv("diabetes_target.csv.gz")  # checks that scikit-learn is there
+    folder = Path(next(iter(importlib.util.find_spec("sklearn").submodule_search_locations))) / "datasets" / "data"
+    with gzip.open(folder / "diabetes_data_raw.csv.gz", "rt") as handle:  # space-separated, unlike the target's file
+        features = np.loadtxt(handle)
+    features.flags.writeable = target.flags.writeable = False
+    return features, target
+
+
+class Standardize(nn.Module):
+    """``(x - mean) / std`` with the statistics as buffers (they travel with the module into an export)."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor):
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).clone())
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class Unstandardize(Standardize):
+    """The inverse, ``y * std + mean``: a standardised prediction back in the target's own units."""
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return y * self.std + self.mean
+
+
+def fit_scaler(features: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-feature and target mean and standard deviation (population, as scikit-learn's StandardScaler)."""
+    return {
+        "feature_mean": features.mean(0),
+        "feature_std": features.std(0, correction=0).clamp_min(1e-12),
+        "target_mean": target.mean(),
+        "target_std": target.std(correction=0).clamp_min(1e-12),
+    }
+
+
+def diabetes_scaler() -> dict[str, torch.Tensor]:
+    """The scaler fitted on the training split (see the module docstring)."""
+    features, target = raw_diabetes()
+    chosen = held_out_split(len(target), TEST_FRACTION, SPLIT_SEED, training=True)
+    return fit_scaler(features[chosen], target[chosen])
+
+
+def diabetes_dataset(training: bool) -> TensorDataset:
+    """``(features (10,), target ())`` samples of the training or test split, both standardised by
+    :func:`diabetes_scaler`."""
+    scaler = diabetes_scaler()
+    features, target = raw_diabetes()
     chosen = held_out_split(len(target), TEST_FRACTION, SPLIT_SEED, training)
-    return TensorDataset(features[chosen], target[chosen])
+    scaled = Standardize(scaler["feature_mean"], scaler["feature_std"])(features[chosen])
+    return TensorDataset(scaled, (target[chosen] - scaler["target_mean"]) / scaler["target_std"])
 
 
 class DiabetesDataLoader(HeldOutDataLoader):
     """354 training (incl. validation) and 88 test patients; see the module docstring."""
 
     def make_dataset(self, training: bool) -> TensorDataset:
+        self.scaler = diabetes_scaler()
         return diabetes_dataset(training)
+
+    def serving_state(self) -> dict:
+        return dict(self.scaler)
+
+    def serving_transforms(self, state: dict) -> Serving:
+        return Serving(Standardize(state["feature_mean"], state["feature_std"]), Unstandardize(state["target_mean"], state["target_std"]))
+
+    def serving_inputs(self):
+        """The raw measurements of this loader's split (the test split for ``training=False``), in batches."""
+        features, target = raw_diabetes()
+        chosen = held_out_split(len(target), TEST_FRACTION, SPLIT_SEED, self.training)
+        return features[chosen].split(self.batch_size)

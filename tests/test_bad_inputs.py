@@ -191,6 +191,12 @@ def evaluate(*more, ckpt: str = "last.pth") -> Callable[[Ctx], list]:
     return lambda c: ["-r", c.ckpt(ckpt), *(m(c) if callable(m) else m for m in more)]
 
 
+def existing(path: Path) -> Path:
+    """``path``, written first: a file that is there already."""
+    path.write_bytes(b"an earlier export")
+    return path
+
+
 def predicting(*more, ckpt: str = "last.pth") -> Callable[[Ctx], list]:
     """``predict.py -r <copy>/checkpoints/<ckpt> --out <tmp>/preds.jsonl ...`` unless ``more`` gives --out."""
     return lambda c: [
@@ -909,6 +915,36 @@ ROWS = [
         if importlib.util.find_spec("torch_fidelity") is None
         else []
     ),
+    # -- exports (issue 40: tests/test_export.py has the rest) ---------------------------------------------
+    Row(
+        "test.py --export an unknown format",
+        "test",
+        evaluate("--out", lambda c: c.tmp / "m.json", "--export", lambda c: c.tmp / "m.tflite"),
+        2,
+        ("--export", "m.tflite", ".pt2", ".onnx"),
+    ),
+    Row(
+        "test.py --export onto an existing file",
+        "test",
+        evaluate("--out", lambda c: c.tmp / "m.json", "--export", lambda c: existing(c.tmp / "m.onnx")),
+        2,
+        ("--export", "m.onnx exists", "--force"),
+    ),
+    Row(
+        "test.py --export of data-dependent control flow",
+        "test",
+        evaluate(
+            "-c",
+            lambda c: c.config(lambda d: d["arch"].update(type="export_models:BranchyCNN")),
+            "--out",
+            lambda c: c.tmp / "m.json",
+            "--export",
+            lambda c: c.tmp / "m.pt2",
+        ),
+        2,
+        ("--export", "BranchyCNN", "data-dependent control flow", "tests/export_models.py:", "torch.cond"),
+    ),
+    Row("trainer.export of an unknown format", "train", new("trainer.export=[pt2, tflite]"), 2, ("trainer.export", "'tflite'", '"onnx"')),
 ]
 
 
