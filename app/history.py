@@ -3,7 +3,8 @@
 A resume appends to a run's history (``train.log``, ``metrics.jsonl``, ``manifest.json``,
 TensorBoard events, a ``config-resume-N.json``). Before anything is written:
 
-- :meth:`RunHistory.read` reads ``config.json``, ``manifest.json`` and ``metrics.jsonl`` strictly
+- :meth:`RunHistory.read` refuses a run directory with a symbolic link among its entries
+  (``app/run_dir.py``: a link would be written through), reads ``config.json``, ``manifest.json`` and ``metrics.jsonl`` strictly
   (not JSON, not a mapping, a folder in their place, a damaged row: one line naming the file and
   the fix) and checks that the run directory and its ``checkpoints/`` can be written to;
 - :class:`ResumeGuard` notes what the run directory holds. If the resume fails before training
@@ -18,6 +19,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.run_dir import refuse_links
 from logger.logger import close_log_files
 from logger.metrics_file import DamagedHistory, MetricsFile
 from utils.errors import UserError
@@ -37,6 +39,7 @@ class RunHistory:
     @classmethod
     def read(cls, run_dir: Path, checkpoint: str) -> RunHistory:
         fix = f"repair it, or start a new run from the checkpoint with -r {checkpoint} -c CONFIG"
+        refuse_links(run_dir)  # nothing is read through a link, and nothing will be written through one
         files = {name: run_dir / name for name in ("config.json", "manifest.json", "metrics.jsonl")}
         config = read_json(files["config.json"], "run's config", fix) if _present(files["config.json"]) else None
         manifest = read_json(files["manifest.json"], "run's manifest", fix) if _present(files["manifest.json"]) else None

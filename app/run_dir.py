@@ -6,6 +6,14 @@ file, which names the process; the lock goes away with the process, however it e
 ``train.py`` on the same directory (the same ``--run-id``, or resuming a run that is still
 running) stops with "... is in use by process N". Filesystem trouble (a read-only or
 non-folder ``save_dir``, a name too long) is a one-line :class:`UserError`.
+
+A run directory's own entries are never symbolic links (:func:`refuse_links`, checked before a
+resume writes anything, and ``O_NOFOLLOW`` on every file the engine opens in one,
+``utils.files.open_own``): a ``train.log`` or ``checkpoints/`` that links elsewhere would make
+the run append to, or save checkpoints into, whatever it points at. The run directory itself,
+and every folder above it (``saved/`` as a link to another disk), may be a link: the rule is
+about what is inside. The one exception is the checkpoint store's own ``*.dcp`` links in
+``checkpoints/``, which point into the run directory.
 """
 
 from __future__ import annotations
@@ -16,15 +24,37 @@ import shutil
 from pathlib import Path
 
 from utils.errors import UserError
-from utils.files import file_error
+from utils.files import file_error, link_refused, open_own
 
 LOCK_FILE = ".lock"
+CHECKPOINTS = "checkpoints"
+"""The folder of a run's checkpoints (the checkpoint store, ``utils/checkpoints``, owns what is in it)."""
+
+
+def refuse_links(path: Path) -> None:
+    """Refuse (one line) a run directory whose entries, or whose ``checkpoints/`` entries, are
+    symbolic links (see the module docstring); ``checkpoints/`` links that stay inside it are the store's."""
+    path = Path(path)
+    try:
+        entries = list(os.scandir(path))
+    except OSError:
+        return  # not there, or not readable: whoever reads it next says so
+    for entry in sorted(entries, key=lambda entry: entry.name):
+        if entry.is_symlink():
+            raise link_refused(Path(entry.path))
+    checkpoints = path / CHECKPOINTS
+    if not checkpoints.is_dir():
+        return
+    inside = os.path.realpath(path)
+    for entry in sorted(os.scandir(checkpoints), key=lambda entry: entry.name):
+        if entry.is_symlink() and os.path.commonpath([inside, os.path.realpath(entry.path)]) != inside:
+            raise link_refused(Path(entry.path))
 
 
 def lock_holder(path: Path) -> str | None:
     """The process id written in a locked run directory's lock file, or None when nobody holds it."""
     try:
-        fd = os.open(path / LOCK_FILE, os.O_RDONLY)
+        fd = os.open(path / LOCK_FILE, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
         return None
     try:
@@ -97,7 +127,7 @@ class RunDirectory:
     def _take_lock(self) -> None:
         lock = self.path / LOCK_FILE
         try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = open_own(lock, os.O_RDWR | os.O_CREAT)
         except OSError as exc:
             if self.created:
                 self.discard()

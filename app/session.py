@@ -29,7 +29,7 @@ from torch import nn
 
 from app.config import Config, build_loss, build_lr_scheduler, build_metrics, build_optimizer, scheduler_interval
 from app.history import ResumeGuard, RunHistory
-from app.run_dir import RunDirectory
+from app.run_dir import RunDirectory, refuse_links
 from base.freezing import freeze, matching_modules
 from logger import get_logger, setup_logging
 from logger.manifest import extend_manifest, fingerprint, record_end, write_manifest
@@ -283,6 +283,8 @@ def load_config(request: RunRequest) -> tuple[Config, Checkpoint | None]:
         raise UserError(
             f"--run-id: a resume continues the run in {run_dir_of(request.resume)}; to start a new run from its weights, add -c CONFIG"
         )
+    if mode == "resume":
+        refuse_links(run_dir_of(request.resume))  # before anything is read or written through a link in the run directory
     checkpoint = load_checkpoint(request.resume) if request.resume else None
     if mode != "resume":
         if request.config_data is not None:

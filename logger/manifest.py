@@ -80,7 +80,7 @@ def git_state(run_dir: Path, diff_name: str = "git.diff") -> dict | None:
     except (OSError, subprocess.SubprocessError):
         return None  # not a git repository, or no git
     if diff:
-        (run_dir / diff_name).write_text(diff)
+        write_atomic(run_dir / diff_name, diff, "run directory", "make it writable")
     return {"commit": commit, "dirty": dirty, "diff": diff_name if diff else None}
 
 

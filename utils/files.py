@@ -12,6 +12,11 @@
   file the user named (``--out``) this process's alone: a second process gets one line instead
   of silently replacing the first one's output, an existing file needs ``force``, and what a
   killed claimer left behind is swept by the next claim of the same target.
+- **A run's own files**: :func:`open_own` opens a file of a run directory without following a
+  symbolic link (``O_NOFOLLOW``), and :func:`refuse_link` says no to a folder of one that is a
+  link: a link planted as ``train.log`` or ``checkpoints/`` would make a run write outside its
+  directory. The run directory itself and the folders above it may be links (``saved/`` on
+  another disk); the entries inside it may not (``app/run_dir.py`` checks them before a resume).
 """
 
 from __future__ import annotations
@@ -109,6 +114,37 @@ def read_json(path: Path, what: str, fix: str, kind: type = dict) -> Any:
         want = {dict: "a mapping", list: "a list"}.get(kind, kind.__name__)
         raise UserError(f"{path}: holds {type(value).__name__ if value is not None else 'null'}, not {want}; {fix}")
     return value
+
+
+# -- a run's own files ---------------------------------------------------------------------------
+
+
+def link_refused(path: Path) -> UserError:
+    """The one line for a link where a run directory has a file or folder of its own."""
+    try:
+        target = f" (to {os.readlink(path)})"
+    except OSError:
+        target = ""
+    return UserError(
+        f"run directory: {path} is a symbolic link{target}; a run writes its own files only inside its run directory: "
+        f"put the file or folder itself in its place (or remove the link), then run again"
+    )
+
+
+def refuse_link(path: Path) -> None:
+    """Raise :func:`link_refused` when ``path`` (a run directory's own entry) is a symbolic link."""
+    if os.path.islink(path):
+        raise link_refused(Path(path))
+
+
+def open_own(path: Path, flags: int, mode: int = 0o644) -> int:
+    """``os.open`` of a run directory's own file that never follows a link at ``path`` (one line instead)."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and os.path.islink(path):
+            raise link_refused(Path(path)) from None
+        raise
 
 
 # -- writing ---------------------------------------------------------------------------------------
@@ -230,7 +266,7 @@ class OutputClaim:
             raise UserError(f"{flag}: the folder {path.parent} does not exist; create it first")
         while True:
             try:
-                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+                fd = open_own(self.lock_path, os.O_RDWR | os.O_CREAT)
             except OSError as exc:
                 raise file_error(flag, path, exc, f"pass {flag} with a writable place") from None
             try:

@@ -31,7 +31,8 @@ from logger.logger import get_logger
 from logger.trackers.hub import RECORD, read_record
 from logger.trackers.settings import TrackerSettings, missing_extras
 from logger.trackers.tracker import describe
-from utils.files import write_atomic
+from utils.errors import UserError
+from utils.files import open_own, write_atomic
 
 PARENT_STATUS = {"finished": "FINISHED", "stopped": "KILLED", "failed": "FAILED"}
 
@@ -161,9 +162,9 @@ class _locked:
 
     def __enter__(self) -> _locked:
         try:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            self.fd = open_own(self.path, os.O_RDWR | os.O_CREAT)
             fcntl.flock(self.fd, fcntl.LOCK_EX)
-        except OSError:
+        except (OSError, UserError):  # a link in its place (utils.files.open_own) is not followed either
             self.fd = None
         return self
 
