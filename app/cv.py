@@ -135,6 +135,8 @@ def check_fold(folder: Path, fold: int, folds: int, config: dict) -> None:
         if differing:
             args = own.get("data_loader", {}).get("args", {}) if isinstance(own.get("data_loader"), dict) else {}
             said = f"data_loader.args.folds {args.get('folds')!r}, fold {args.get('fold')!r}" if isinstance(args, dict) else "no data_loader.args"
+            if isinstance(args, dict) and isinstance(args.get("folds"), int) and args["folds"] != folds:
+                fix = f'put back "folds": {args["folds"]} in {folder / CV_FILE}, or start a new cross-validation with --folds {folds}'
             raise UserError(
                 f"{path}: not fold {fold} of {folds} of the cross-validation in {folder} "
                 f"(its {differing[0]} differs from {CV_FILE}'s; {said}); {fix}"
@@ -154,7 +156,7 @@ def check_folds(folder: Path, folds: int, config: dict) -> None:
         if not number.isdigit() or int(number) >= folds:
             raise UserError(
                 f"{path}: {CV_FILE} has {folds} folds (0 to {folds - 1}), so this is no fold of it; "
-                f"move it away, or start a new cross-validation"
+                f"move it away (or put back the number of folds in {folder / CV_FILE}), or start a new cross-validation"
             )
         check_fold(folder, int(number), folds, config)
 
@@ -228,8 +230,8 @@ class CrossValidation:
     def left(self) -> dict[int, dict]:
         """The finished folds, once every fold folder is checked to be this CV's (:func:`check_folds`):
         a fold the summary lists whose folder is gone is trained again; one without a checkpoint is one line."""
+        finished = self.done()  # first: a summary made for another fold count says which cv.json to put back
         check_folds(self.folder, self.folds, self.config)
-        finished = self.done()
         for fold in sorted(finished):
             path = self.folder / f"fold-{fold}"
             if not os.path.lexists(path):
