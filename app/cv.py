@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from app.config import Config
-from app.run_dir import CHECKPOINTS, RunDirectory, lock_holder, refuse_links
+from app.run_dir import CHECKPOINTS, RunDirectory, lock_holder, read_config, refuse_links
 from app.run_records import best_row, latest_config, read_run, training_over
 from app.session import RunRequest, Session, claim_new_run_dir, launcher
 from logger.logger import get_logger, setup_logging
@@ -130,7 +130,7 @@ def check_fold(folder: Path, fold: int, folds: int, config: dict) -> None:
     expected["data_loader"] = json.loads(json.dumps(expected["data_loader"]))
     expected["data_loader"].setdefault("args", {}).update(folds=folds, fold=fold)
     if os.path.lexists(path / "config.json"):
-        own = read_json(latest_config(path), "fold's config", fix)
+        own = read_config(latest_config(path), fix)
         differing = [key for key in PARTITION_KEYS if own.get(key) != expected[key]]
         if differing:
             args = own.get("data_loader", {}).get("args", {}) if isinstance(own.get("data_loader"), dict) else {}

@@ -19,11 +19,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.run_dir import refuse_links
+from app.run_dir import CONFIG, read_config, read_manifest, read_metrics, refuse_links
 from logger.logger import close_log_files
-from logger.metrics_file import DamagedHistory, MetricsFile
 from utils.errors import UserError
-from utils.files import read_json, read_text
 
 REWRITTEN = ("config.json", "manifest.json", "metrics.jsonl", "metrics.superseded.jsonl", ".lock")
 """Files a resume may replace or append to that are small enough to keep a copy of."""
@@ -40,15 +38,9 @@ class RunHistory:
     def read(cls, run_dir: Path, checkpoint: str) -> RunHistory:
         fix = f"repair it, or start a new run from the checkpoint with -r {checkpoint} -c CONFIG"
         refuse_links(run_dir)  # nothing is read through a link, and nothing will be written through one
-        files = {name: run_dir / name for name in ("config.json", "manifest.json", "metrics.jsonl")}
-        config = read_json(files["config.json"], "run's config", fix) if _present(files["config.json"]) else None
-        manifest = read_json(files["manifest.json"], "run's manifest", fix) if _present(files["manifest.json"]) else None
-        rows: list[dict] = []
-        if _present(files["metrics.jsonl"]):
-            try:
-                rows = MetricsFile.split(read_text(files["metrics.jsonl"], "run's metrics", fix, max_bytes=1 << 30))[0]
-            except DamagedHistory as exc:
-                raise UserError(f"{files['metrics.jsonl']}: damaged ({exc}); {fix}") from None
+        config = read_config(run_dir / CONFIG, fix) if os.path.lexists(run_dir / CONFIG) else None
+        manifest = read_manifest(run_dir, fix)
+        rows = read_metrics(run_dir, fix)
         for folder in (run_dir, run_dir / "checkpoints"):
             if folder.exists() and not os.access(folder, os.W_OK | os.X_OK):
                 raise UserError(f"run directory: cannot write in {folder} ({_why(folder)}); make it writable to resume there, or {fix.split(', or ')[1]}")
@@ -56,11 +48,6 @@ class RunHistory:
             if (run_dir / name).is_file() and not os.access(run_dir / name, os.W_OK):
                 raise UserError(f"run directory: cannot write {run_dir / name} (no permission); make it writable to resume there")
         return cls(run_dir, config, manifest, rows)
-
-
-def _present(path: Path) -> bool:
-    """Whether ``path`` exists (as anything: a folder in a file's place is for the reader to refuse)."""
-    return os.path.lexists(path)
 
 
 def _why(folder: Path) -> str:

@@ -18,17 +18,47 @@ about what is inside. The one exception is the checkpoint store's own ``*.dcp`` 
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 from pathlib import Path
 
+from logger.metrics_file import DamagedHistory, MetricsFile
 from utils.errors import UserError
-from utils.files import file_error, link_refused, open_own
+from utils.files import FileLock, file_error, link_refused, read_json, read_text
+from utils.files import lock_holder as file_lock_holder
 
 LOCK_FILE = ".lock"
 CHECKPOINTS = "checkpoints"
 """The folder of a run's checkpoints (the checkpoint store, ``utils/checkpoints``, owns what is in it)."""
+
+
+CONFIG, MANIFEST, METRICS = "config.json", "manifest.json", "metrics.jsonl"
+"""The history files every run holds (``logger/run_log.py`` and ``logger/manifest.py`` write them)."""
+MAX_METRICS_BYTES = 1 << 30
+"""A year of epochs is far below this; more is not a run's ``metrics.jsonl``."""
+
+
+def read_config(path: Path, fix: str) -> dict:
+    """A run's ``config.json`` (or a ``config-resume-N.json``), read strictly: every problem is one line ending with ``fix``."""
+    return read_json(path, "run's config", fix)
+
+
+def read_manifest(run_dir: Path, fix: str) -> dict | None:
+    """A run's ``manifest.json``, read strictly; None when it has none (a run older than manifests)."""
+    path = Path(run_dir) / MANIFEST
+    return read_json(path, "run's manifest", fix) if os.path.lexists(path) else None
+
+
+def read_metrics(run_dir: Path, fix: str) -> list[dict]:
+    """A run's ``metrics.jsonl`` rows, read strictly (``logger/metrics_file.py``: a damaged line is one
+    line naming it; a torn last line is not a row); ``[]`` when it has none yet."""
+    path = Path(run_dir) / METRICS
+    if not os.path.lexists(path):
+        return []
+    try:
+        return MetricsFile.split(read_text(path, "run's metrics", fix, max_bytes=MAX_METRICS_BYTES))[0]
+    except DamagedHistory as exc:
+        raise UserError(f"{path}: damaged ({exc}); {fix}") from None
 
 
 def refuse_links(path: Path) -> None:
@@ -53,17 +83,7 @@ def refuse_links(path: Path) -> None:
 
 def lock_holder(path: Path) -> str | None:
     """The process id written in a locked run directory's lock file, or None when nobody holds it."""
-    try:
-        fd = os.open(path / LOCK_FILE, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return os.read(fd, 32).decode(errors="replace").strip() or "?"
-    finally:
-        os.close(fd)
-    return None
+    return file_lock_holder(Path(path) / LOCK_FILE)
 
 
 class RunDirectory:
@@ -73,7 +93,7 @@ class RunDirectory:
         self.path = path
         self.created = created
         self._made = made  # folders this claim created, outermost first
-        self._lock: int | None = None
+        self._lock = FileLock(path / LOCK_FILE)
 
     @classmethod
     def create(cls, path: Path) -> RunDirectory:
@@ -125,27 +145,18 @@ class RunDirectory:
         return claim
 
     def _take_lock(self) -> None:
-        lock = self.path / LOCK_FILE
+        self._lock.path = self.path / LOCK_FILE  # a new directory's lock moves with its rename into place
         try:
-            fd = open_own(lock, os.O_RDWR | os.O_CREAT)
+            holder = self._lock.acquire()
         except OSError as exc:
             if self.created:
                 self.discard()
             raise file_error("run directory", self.path, exc, "make the run directory writable to train in it") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise UserError(f"{self.path}: this run directory is in use by process {holder}; wait for it to end, or stop it first") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._lock = fd
+        if holder is not None:
+            raise UserError(f"{self.path}: this run directory is in use by process {holder}; wait for it to end, or stop it first")
 
     def release(self) -> None:
-        if self._lock is not None:
-            os.close(self._lock)  # closing the descriptor drops the flock
-            self._lock = None
+        self._lock.release()
 
     def discard(self) -> None:
         """Delete the directory if this claim created it (a new run that trained nothing), and the
