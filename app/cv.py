@@ -153,7 +153,7 @@ def check_folds(folder: Path, folds: int, config: dict) -> None:
     """:func:`check_fold` for every fold folder there, and no fold folder beyond ``folds``."""
     for path in sorted(folder.glob("fold-*")):
         number = path.name[len("fold-") :]
-        if not number.isdigit() or int(number) >= folds:
+        if not number.isdigit() or number != str(int(number)) or int(number) >= folds:
             raise UserError(
                 f"{path}: {CV_FILE} has {folds} folds (0 to {folds - 1}), so this is no fold of it; "
                 f"move it away (or put back the number of folds in {folder / CV_FILE}), or start a new cross-validation"

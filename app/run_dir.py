@@ -1,4 +1,11 @@
-"""One process per run directory: created exclusively, locked while a run uses it.
+"""A run directory: its layout, one process at a time in it, its files read strictly, and no links inside.
+
+**Layout**: ``config.json`` (and a ``config-resume-N.json`` per resume that changed it),
+``manifest.json``, ``metrics.jsonl``, ``train.log``, TensorBoard events, ``split.json``,
+``trackers.json``, ``.lock`` and ``checkpoints/`` (whose files the checkpoint store names:
+``utils.checkpoints.find_checkpoint``). :func:`read_config`, :func:`read_manifest` and
+:func:`read_metrics` are the one strict reader of each history file (a resume's
+``app/history.py`` and the records of ``app/run_records.py`` both use them).
 
 A new run's directory is made with one ``mkdir`` that fails if it exists (no check-then-create
 race). Whoever trains in a run directory holds an exclusive ``fcntl.flock`` on its ``.lock``
@@ -10,8 +17,9 @@ non-folder ``save_dir``, a name too long) is a one-line :class:`UserError`.
 A run directory's own entries are never symbolic links (:func:`refuse_links`, checked before a
 resume writes anything, and ``O_NOFOLLOW`` on every file the engine opens in one,
 ``utils.files.open_own``): a ``train.log`` or ``checkpoints/`` that links elsewhere would make
-the run append to, or save checkpoints into, whatever it points at. The run directory itself,
-and every folder above it (``saved/`` as a link to another disk), may be a link: the rule is
+the run append to, or save checkpoints into, whatever it points at. A file appended to in place
+(``train.log``, ``metrics.jsonl``) may not have a second name (a hard link) either. The run
+directory itself, and every folder above it (``saved/`` as a link to another disk), may be a link: the rule is
 about what is inside. The one exception is the checkpoint store's own ``*.dcp`` links in
 ``checkpoints/``, which point into the run directory.
 """
@@ -30,10 +38,10 @@ from utils.files import lock_holder as file_lock_holder
 LOCK_FILE = ".lock"
 CHECKPOINTS = "checkpoints"
 """The folder of a run's checkpoints (the checkpoint store, ``utils/checkpoints``, owns what is in it)."""
-
-
 CONFIG, MANIFEST, METRICS = "config.json", "manifest.json", "metrics.jsonl"
 """The history files every run holds (``logger/run_log.py`` and ``logger/manifest.py`` write them)."""
+APPENDED = ("train.log", METRICS, "metrics.superseded.jsonl")
+"""The files a resume appends to in place (every other file of a run is replaced by a rename)."""
 MAX_METRICS_BYTES = 1 << 30
 """A year of epochs is far below this; more is not a run's ``metrics.jsonl``."""
 
@@ -72,6 +80,11 @@ def refuse_links(path: Path) -> None:
     for entry in sorted(entries, key=lambda entry: entry.name):
         if entry.is_symlink():
             raise link_refused(Path(entry.path))
+        if entry.name in APPENDED and entry.is_file() and entry.stat().st_nlink > 1:
+            raise UserError(
+                f"run directory: {entry.path} has another name (a hard link), which a resume would append to as well; "
+                f"replace it with a copy of its own (cp {entry.name} {entry.name}.copy && mv {entry.name}.copy {entry.name}), then run again"
+            )
     checkpoints = path / CHECKPOINTS
     if not checkpoints.is_dir():
         return

@@ -96,3 +96,14 @@ def test_the_run_directory_and_its_parents_may_be_links_and_the_stores_own_links
     (run / "checkpoints" / "best.dcp").symlink_to(tmp_path / "disk", target_is_directory=True)  # out of the run: refused
     with pytest.raises(UserError, match="best.dcp is a symbolic link"):
         refuse_links(tmp_path / "run")
+
+
+def test_a_file_appended_in_place_may_not_have_a_second_name(tmp_path):
+    """A hard link cannot be told from the file by its path: ``metrics.jsonl`` sharing its bytes with
+    a file outside would have that file appended to. Checkpoints (replaced by renames) may share theirs."""
+    run = a_run(tmp_path)
+    os.link(run / "checkpoints" / "last.pth", run / "checkpoints" / "best.pth")  # what the store itself does
+    refuse_links(run)
+    os.link(run / "metrics.jsonl", tmp_path / "elsewhere.jsonl")
+    with pytest.raises(UserError, match=r"metrics.jsonl has another name \(a hard link\).*replace it with a copy of its own"):
+        refuse_links(run)
