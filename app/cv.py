@@ -28,10 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.config import Config
 from app.run_dir import CHECKPOINTS, RunDirectory, lock_holder, read_config, refuse_links
 from app.run_records import best_row, latest_config, read_run, training_over
-from app.session import RunRequest, Session, claim_new_run_dir, launcher
+from app.session import RunRequest, Session, claim_new_run_dir, config_of, launcher
 from logger.logger import get_logger, setup_logging
 from logger.trackers import close_parent, open_parent
 from utils import distributed
@@ -190,10 +189,7 @@ class CrossValidation:
             raise UserError(f"--folds: must be a whole number of at least 2, got {folds!r}")
         if request.resume is not None:
             raise UserError("--folds: a cross-validation starts from a config (-c); to continue one, run train.py -r CV_RUN_DIR")
-        if request.config_data is not None:
-            config = Config.from_dict(request.config_data, request.config_source, request.overrides)
-        else:
-            config = Config.from_file(request.config, request.overrides)
+        config = config_of(request)
         if not request.trust_checkpoint:
             config.check_checkpoints_resumable()
         fold_config(config.to_dict(), folds, 0, str(request.config or request.config_source), True)  # the loader takes folds: said now, not at fold 0

@@ -30,6 +30,7 @@ import os
 import shutil
 from pathlib import Path
 
+from logger import manifest as logger_manifest
 from logger.metrics_file import DamagedHistory, MetricsFile
 from utils.errors import UserError
 from utils.files import FileLock, file_error, link_refused, read_json, read_text
@@ -52,9 +53,9 @@ def read_config(path: Path, fix: str) -> dict:
 
 
 def read_manifest(run_dir: Path, fix: str) -> dict | None:
-    """A run's ``manifest.json``, read strictly; None when it has none (a run older than manifests)."""
-    path = Path(run_dir) / MANIFEST
-    return read_json(path, "run's manifest", fix) if os.path.lexists(path) else None
+    """A run's ``manifest.json``, read strictly (``logger.manifest.read_manifest``, whose lenient mode
+    the best-effort readers use); None when it has none (a run older than manifests)."""
+    return logger_manifest.read_manifest(run_dir, fix)
 
 
 def read_metrics(run_dir: Path, fix: str) -> list[dict]:

@@ -287,10 +287,7 @@ def load_config(request: RunRequest) -> tuple[Config, Checkpoint | None]:
         refuse_links(run_dir_of(request.resume))  # before anything is read or written through a link in the run directory
     checkpoint = load_checkpoint(request.resume) if request.resume else None
     if mode != "resume":
-        if request.config_data is not None:
-            config = Config.from_dict(request.config_data, request.config_source, request.overrides, trusted=request.config_trusted)
-        else:
-            config = Config.from_file(request.config, request.overrides)
+        config = config_of(request)
         if not request.trust_checkpoint:
             config.check_checkpoints_resumable()
         return config, checkpoint
@@ -301,6 +298,14 @@ def load_config(request: RunRequest) -> tuple[Config, Checkpoint | None]:
         )
     source = f"{request.resume} (its config)"
     return Config.from_dict(checkpoint.config, source, request.overrides, trusted=request.trust_checkpoint), checkpoint
+
+
+def config_of(request: RunRequest) -> Config:
+    """The config a new run's request names: a file (``-c``) or a driver's ``config_data``, with its
+    overrides and its trust (a ``cv.json`` read back is data). The one place a request becomes a config."""
+    if request.config_data is not None:
+        return Config.from_dict(request.config_data, request.config_source, request.overrides, trusted=request.config_trusted)
+    return Config.from_file(request.config, request.overrides)
 
 
 def check_trackers_installed(config: Config) -> None:
