@@ -283,7 +283,7 @@ def load_config(request: RunRequest) -> tuple[Config, Checkpoint | None]:
         raise UserError(
             f"--run-id: a resume continues the run in {run_dir_of(request.resume)}; to start a new run from its weights, add -c CONFIG"
         )
-    if mode == "resume":
+    if mode == "resume" and run_dir_of(request.resume) != Path(os.path.abspath(request.resume)).parent:
         refuse_links(run_dir_of(request.resume))  # before anything is read or written through a link in the run directory
     checkpoint = load_checkpoint(request.resume) if request.resume else None
     if mode != "resume":
