@@ -875,6 +875,13 @@ ROWS += [
     Row("resume: .lock links to a file outside", "train", linked_out(".lock"), 2, (".lock is a symbolic link",)),
     Row("resume: a checkpoint links outside", "train", linked_out("checkpoints/epoch-1.pth"), 2, ("epoch-1.pth is a symbolic link",)),
     Row("resume: manifest.json links outside", "train", linked_out("manifest.json"), 2, ("manifest.json is a symbolic link",)),
+    Row(
+        "resume: a checkpoint outside a run, beside a link",
+        "train",
+        lambda c: (shutil.copy(c.ckpt(), c.tmp / "last.pth"), (c.tmp / "link").symlink_to(c.ckpt()), ["-r", c.tmp / "last.pth"])[-1],
+        2,
+        ("pass the file inside its run's checkpoints/ folder",),
+    ),
     Row("test.py: the run's test_metrics.json links outside", "test", lambda c: linked_out("test_metrics.json")(c)[:2], 2, ("test_metrics.json is a symbolic link",)),
     # -- a list-valued flag: no empty name, no name twice -----------------------------------------------
     Row("predict.py --fields ''", "predict", predicting("--fields", ""), 2, ("--fields: '' has an empty name",)),
