@@ -19,11 +19,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.run_dir import CONFIG, read_config, read_manifest, read_metrics, refuse_links
+from app.run_dir import CHECKPOINTS, CONFIG, LOCK_FILE, MANIFEST, METRICS, read_config, read_manifest, read_metrics, refuse_links
 from logger.logger import close_log_files
 from utils.errors import UserError
 
-REWRITTEN = ("config.json", "manifest.json", "metrics.jsonl", "metrics.superseded.jsonl", ".lock")
+REWRITTEN = (CONFIG, MANIFEST, METRICS, "metrics.superseded.jsonl", LOCK_FILE)
 """Files a resume may replace or append to that are small enough to keep a copy of."""
 
 
@@ -41,10 +41,10 @@ class RunHistory:
         config = read_config(run_dir / CONFIG, fix) if os.path.lexists(run_dir / CONFIG) else None
         manifest = read_manifest(run_dir, fix)
         rows = read_metrics(run_dir, fix)
-        for folder in (run_dir, run_dir / "checkpoints"):
+        for folder in (run_dir, run_dir / CHECKPOINTS):
             if folder.exists() and not os.access(folder, os.W_OK | os.X_OK):
                 raise UserError(f"run directory: cannot write in {folder} ({_why(folder)}); make it writable to resume there, or {fix.split(', or ')[1]}")
-        for name in ("train.log", "metrics.jsonl", "manifest.json"):
+        for name in ("train.log", METRICS, MANIFEST):
             if (run_dir / name).is_file() and not os.access(run_dir / name, os.W_OK):
                 raise UserError(f"run directory: cannot write {run_dir / name} (no permission); make it writable to resume there")
         return cls(run_dir, config, manifest, rows)
@@ -75,7 +75,7 @@ class ResumeGuard:
         else:
             self.files.pop(".lock", None)
             self.present.discard(".lock")
-        checkpoints = run_dir / "checkpoints"
+        checkpoints = run_dir / CHECKPOINTS
         self.checkpoints = set(os.listdir(checkpoints)) if checkpoints.is_dir() else set()
 
     def roll_back(self) -> None:
@@ -93,7 +93,7 @@ class ResumeGuard:
                         os.truncate(path, size)  # append-only (train.log, events): cut back to what it was
                     if path.stat().st_mode & 0o7777 != mode:
                         path.chmod(mode)  # a file replaced by a rename came back with the default mode
-        checkpoints = self.run_dir / "checkpoints"
+        checkpoints = self.run_dir / CHECKPOINTS
         if checkpoints.is_dir():
             for name in set(os.listdir(checkpoints)) - self.checkpoints:
                 with contextlib.suppress(OSError):

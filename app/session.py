@@ -29,7 +29,7 @@ from torch import nn
 
 from app.config import Config, build_loss, build_lr_scheduler, build_metrics, build_optimizer, scheduler_interval
 from app.history import ResumeGuard, RunHistory
-from app.run_dir import RunDirectory, refuse_links
+from app.run_dir import LOCK_FILE, RunDirectory, refuse_links
 from base.freezing import freeze, matching_modules
 from logger import get_logger, setup_logging
 from logger.manifest import extend_manifest, fingerprint, record_end, write_manifest
@@ -176,7 +176,7 @@ class Session:
             try:
                 if request.mode == "resume":
                     folder = run_dir_of(request.resume)
-                    lock = folder / ".lock"
+                    lock = folder / LOCK_FILE
                     before = lock.read_bytes() if lock.is_file() else None
                     self.claim = RunDirectory.open(folder)
                     self.guard = ResumeGuard(folder, before)
