@@ -15,6 +15,13 @@ The folds run one after another in this process (under torchrun, each on every p
 stopped by a signal or a crash is continued by ``python train.py -r CV_RUN_DIR`` exactly where it
 stopped, mid-epoch included, then the folds left; a CV whose folds are all done is one line. A fold
 folder without any checkpoint (killed before its first one) holds nothing worth keeping and starts over.
+
+The driver's own files are checked like a run's history before anything trains or is averaged:
+``cv.json`` and ``cv_summary.json`` are read strictly (:func:`read_description`,
+:func:`read_summary`), the CV's directory holds no link, and every ``fold-i`` there must be fold
+``i`` of the partition ``cv.json`` describes (:func:`check_fold`: its config's ``seed`` and
+``data_loader``, its ``split.json``; for an ensemble, its checkpoint's config too). A finished fold
+whose folder was removed is trained again; anything else that does not fit is one line.
 """
 
 from __future__ import annotations
@@ -98,7 +105,7 @@ def read_summary(folder: Path, folds: int, fix: str) -> dict[int, dict]:
     for entry in entries:
         fold = entry.get("fold") if isinstance(entry, dict) else None
         if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < folds:
-            raise UserError(f"{path}: damaged (an entry of per_fold is not one of folds 0 to {folds - 1}: {str(entry)[:80]}); {fix}")
+            raise UserError(f"{path}: damaged (an entry of per_fold is not one of folds 0 to {folds - 1}: {json.dumps(entry)[:80]}); {fix}")
         if fold in finished:
             raise UserError(f"{path}: damaged (fold {fold} is listed twice); {fix}")
         if entry.get("run_dir") != f"fold-{fold}" or not isinstance(entry.get("metrics"), dict):
