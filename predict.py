@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     claims: list = []  # the output file, claimed by rank 0 before any work
 
     def body() -> int:
+        if args.fields is not None:
+            names_of("--fields", args.fields)  # said before anything is claimed or loaded
         if int(os.environ.get("RANK", 0)) == 0:  # rank 0 writes the file: it claims it before any work
             claims.append(claim_output(Path(args.out), args.force))
         loaded = load_trained_model(args)
@@ -69,6 +71,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     return finish(body, hooks=Hooks(cleanup=lambda: [claim.release() for claim in claims]))
+
+
+def names_of(flag: str, text: str) -> list[str]:
+    """The comma-separated names of a list-valued flag; an empty name (``--fields ""``, ``a,,b``) or a
+    name given twice is one line, never a silent "all fields" or a column written twice."""
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise UserError(f"{flag}: {text!r} has an empty name; list names separated by commas, e.g. {flag} prediction or {flag} mu,logvar")
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise UserError(f"{flag}: {', '.join(map(repr, twice))} given more than once in {text!r}; name each once")
+    return names
 
 
 def sources(args: argparse.Namespace, config):

@@ -37,7 +37,7 @@ from trainer.batches import BatchReader
 from utils import distributed
 from utils.checkpoints import run_dir_of
 from utils.ending import Hooks, finish, leave, starting
-from utils.files import OutputClaim, file_error, temporary_name
+from utils.files import OutputClaim, file_error, refuse_link, temporary_name
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -72,6 +72,8 @@ def claim_outputs(args: argparse.Namespace) -> list[OutputClaim]:
     if args.export and not _is_folder(Path(args.export)):
         format_of(Path(args.export))  # .pt2 or .onnx, and the onnx extra installed: before any work
     out = Path(args.out) if args.out else default_out(args)
+    if not args.out:
+        refuse_link(out)  # the run directory's own file: a link there is not replaced (or followed) unasked
     claims = [OutputClaim(out, "--out", force=args.force or not args.out)]
     if args.export:
         claims.append(OutputClaim(Path(args.export), "--export", force=args.force))

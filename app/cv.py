@@ -15,6 +15,13 @@ The folds run one after another in this process (under torchrun, each on every p
 stopped by a signal or a crash is continued by ``python train.py -r CV_RUN_DIR`` exactly where it
 stopped, mid-epoch included, then the folds left; a CV whose folds are all done is one line. A fold
 folder without any checkpoint (killed before its first one) holds nothing worth keeping and starts over.
+
+The driver's own files are checked like a run's history before anything trains or is averaged:
+``cv.json`` and ``cv_summary.json`` are read strictly (:func:`read_description`,
+:func:`read_summary`), the CV's directory holds no link, and every ``fold-i`` there must be fold
+``i`` of the partition ``cv.json`` describes (:func:`check_fold`: its config's ``seed`` and
+``data_loader``, its ``split.json``; for an ensemble, its checkpoint's config too). A finished fold
+whose folder was removed is trained again; anything else that does not fit is one line.
 """
 
 from __future__ import annotations
@@ -28,14 +35,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.config import Config
 from app.export import export_cv_at_end
-from app.run_dir import RunDirectory, lock_holder
-from app.run_records import best_row, read_run, training_over
-from app.session import RunRequest, Session, claim_new_run_dir, launcher
+from app.run_dir import CHECKPOINTS, RunDirectory, lock_holder, read_config, refuse_links
+from app.run_records import best_row, latest_config, read_run, training_over
+from app.session import RunRequest, Session, claim_new_run_dir, config_of, launcher
 from logger.logger import get_logger, setup_logging
 from logger.trackers import close_parent, open_parent
 from utils import distributed
+from utils.checkpoints import find_checkpoint
 from utils.device import limit_visible_gpus, select_device
 from utils.errors import UserError
 from utils.files import read_json, write_atomic
@@ -52,12 +59,23 @@ def is_cv_dir(path: str | Path) -> bool:
         return False
 
 
+def read_description(folder: Path, fix: str = "it is not a cross-validation this code can read") -> dict:
+    """``cv.json``, read strictly: ``folds`` a whole number of at least 2, ``config`` a mapping with a
+    ``data_loader``. The CV's run directory may hold no link (``app/run_dir.py``): a ``fold-i`` that
+    links to another run is never taken for a fold."""
+    refuse_links(folder)
+    data = read_json(folder / CV_FILE, "cross-validation description", fix)
+    folds, config = data.get("folds"), data.get("config")
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise UserError(f"{folder / CV_FILE}: damaged (folds {folds!r}, not a whole number of at least 2); {fix}")
+    if not isinstance(config, dict) or not isinstance(config.get("data_loader"), dict):
+        raise UserError(f"{folder / CV_FILE}: damaged (config is {type(config).__name__}, not a config with a data_loader); {fix}")
+    return data
+
+
 def folds_of(folder: Path, fold: int | None = None) -> int:
     """How many folds the CV in ``folder`` has (its ``cv.json``); ``fold``, when given, must be one of them."""
-    data = read_json(folder / CV_FILE, "cross-validation description", "it is not a cross-validation's run directory")
-    folds = data.get("folds")
-    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
-        raise UserError(f"{folder / CV_FILE}: damaged (folds {folds!r}); it is not a cross-validation this code can read")
+    folds = read_description(folder)["folds"]
     if fold is not None and not 0 <= fold < folds:
         raise UserError(f"--fold: {fold} is not a fold of {folder} (0 to {folds - 1})")
     return folds
@@ -66,16 +84,88 @@ def folds_of(folder: Path, fold: int | None = None) -> int:
 def summary_of(folder: Path, fix: str) -> dict:
     """``cv_summary.json`` (a mapping), or ``{}`` before a fold has finished; ``fix`` words its errors."""
     path = folder / SUMMARY
-    return read_json(path, "cross-validation summary", fix) if path.exists() else {}
+    return read_json(path, "cross-validation summary", fix) if os.path.lexists(path) else {}
+
+
+def read_summary(folder: Path, folds: int, fix: str) -> dict[int, dict]:
+    """The folds ``cv_summary.json`` lists as finished, by number, read strictly: every entry a fold of
+    this CV (``0`` to ``folds - 1``, once, in its own ``fold-i``), and the summary made for ``folds``
+    folds (a ``cv.json`` edited to another count is not mixed with the folds of the old partition)."""
+    path = folder / SUMMARY
+    summary = summary_of(folder, fix)
+    made_for = summary.get("folds", folds)
+    if made_for != folds:
+        raise UserError(
+            f"{path}: made for {made_for!r} folds, but {CV_FILE} says {folds}: the folds of two partitions would mix; "
+            f"put back \"folds\": {made_for!r} in {CV_FILE}, or start a new cross-validation with --folds {folds}"
+        )
+    entries = summary.get("per_fold", [])
+    if not isinstance(entries, list):
+        raise UserError(f"{path}: damaged (per_fold is {type(entries).__name__}, not a list of folds); {fix}")
+    finished: dict[int, dict] = {}
+    for entry in entries:
+        fold = entry.get("fold") if isinstance(entry, dict) else None
+        if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < folds:
+            raise UserError(f"{path}: damaged (an entry of per_fold is not one of folds 0 to {folds - 1}: {json.dumps(entry)[:80]}); {fix}")
+        if fold in finished:
+            raise UserError(f"{path}: damaged (fold {fold} is listed twice); {fix}")
+        if entry.get("run_dir") != f"fold-{fold}" or not isinstance(entry.get("metrics"), dict):
+            raise UserError(f"{path}: damaged (fold {fold}'s entry has no run_dir fold-{fold} or no metrics); {fix}")
+        finished[fold] = entry
+    return finished
 
 
 def finished_folds(folder: Path) -> set[int]:
     """The folds ``cv_summary.json`` lists as finished (read strictly: a damaged summary is an error)."""
-    fix = "continue the cross-validation with train.py -r " + str(folder)
-    entries = summary_of(folder, fix).get("per_fold", [])
-    if not isinstance(entries, list) or not all(isinstance(entry, dict) and isinstance(entry.get("fold"), int) for entry in entries):
-        raise UserError(f"{folder / SUMMARY}: damaged (per_fold is not a list of folds); {fix}")
-    return {entry["fold"] for entry in entries}
+    folds = folds_of(folder)
+    return set(read_summary(folder, folds, "continue the cross-validation with train.py -r " + str(folder)))
+
+
+PARTITION_KEYS = ("seed", "data_loader")
+"""What decides which samples a fold validates on: a fold's config must agree with ``cv.json`` on these."""
+
+
+def check_fold(folder: Path, fold: int, folds: int, config: dict) -> None:
+    """That ``folder/fold-{fold}`` is this CV's fold ``fold`` (its ``config.json`` and ``split.json``, when
+    there, say the same partition as ``cv.json``): a run copied in from elsewhere, or a fold of a
+    partition that ``cv.json`` no longer describes, is one line, never trained on or averaged in."""
+    path = folder / f"fold-{fold}"
+    fix = f"move {path} away to train fold {fold} again with train.py -r {folder}, or start a new cross-validation"
+    if not path.is_dir():
+        raise UserError(f"{path}: not a folder, not fold {fold} of the cross-validation in {folder}; {fix}")
+    expected = {key: config.get(key) for key in PARTITION_KEYS}
+    expected["data_loader"] = json.loads(json.dumps(expected["data_loader"]))
+    expected["data_loader"].setdefault("args", {}).update(folds=folds, fold=fold)
+    if os.path.lexists(path / "config.json"):
+        own = read_config(latest_config(path), fix)
+        differing = [key for key in PARTITION_KEYS if own.get(key) != expected[key]]
+        if differing:
+            args = own.get("data_loader", {}).get("args", {}) if isinstance(own.get("data_loader"), dict) else {}
+            said = f"data_loader.args.folds {args.get('folds')!r}, fold {args.get('fold')!r}" if isinstance(args, dict) else "no data_loader.args"
+            if isinstance(args, dict) and isinstance(args.get("folds"), int) and args["folds"] != folds:
+                fix = f'put back "folds": {args["folds"]} in {folder / CV_FILE}, or start a new cross-validation with --folds {folds}'
+            raise UserError(
+                f"{path}: not fold {fold} of {folds} of the cross-validation in {folder} "
+                f"(its {differing[0]} differs from {CV_FILE}'s; {said}); {fix}"
+            )
+    if os.path.lexists(path / "split.json"):
+        split = read_json(path / "split.json", "fold's split", fix)
+        if split.get("folds") != folds or split.get("fold") != fold:
+            raise UserError(
+                f"{path / 'split.json'}: fold {split.get('fold')!r} of {split.get('folds')!r}, not fold {fold} of {folds} ({CV_FILE}); {fix}"
+            )
+
+
+def check_folds(folder: Path, folds: int, config: dict) -> None:
+    """:func:`check_fold` for every fold folder there, and no fold folder beyond ``folds``."""
+    for path in sorted(folder.glob("fold-*")):
+        number = path.name[len("fold-") :]
+        if not number.isdigit() or number != str(int(number)) or int(number) >= folds:
+            raise UserError(
+                f"{path}: {CV_FILE} has {folds} folds (0 to {folds - 1}), so this is no fold of it; "
+                f"move it away (or put back the number of folds in {folder / CV_FILE}), or start a new cross-validation"
+            )
+        check_fold(folder, int(number), folds, config)
 
 
 @dataclass
@@ -110,10 +200,7 @@ class CrossValidation:
             raise UserError(f"--folds: must be a whole number of at least 2, got {folds!r}")
         if request.resume is not None:
             raise UserError("--folds: a cross-validation starts from a config (-c); to continue one, run train.py -r CV_RUN_DIR")
-        if request.config_data is not None:
-            config = Config.from_dict(request.config_data, request.config_source, request.overrides)
-        else:
-            config = Config.from_file(request.config, request.overrides)
+        config = config_of(request)
         if not request.trust_checkpoint:
             config.check_checkpoints_resumable()
         fold_config(config.to_dict(), folds, 0, str(request.config or request.config_source), True)  # the loader takes folds: said now, not at fold 0
@@ -130,11 +217,8 @@ class CrossValidation:
     @classmethod
     def open(cls, folder: Path, trust_checkpoint: bool, devices: str | None = None) -> CrossValidation:
         """A CV to continue: ``cv.json`` read strictly, the CV run directory locked (rank 0)."""
-        fix = "it is not a cross-validation this code can continue"
-        data = read_json(folder / CV_FILE, "cross-validation description", fix)
-        folds, config = data.get("folds"), data.get("config")
-        if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2 or not isinstance(config, dict):
-            raise UserError(f"{folder / CV_FILE}: damaged (folds {folds!r}, config {type(config).__name__}); {fix}")
+        data = read_description(folder, "it is not a cross-validation this code can continue")
+        folds, config = data["folds"], data["config"]
         join_process_group(config.get("device", "auto"), devices)
         claim = RunDirectory.open(folder) if distributed.is_main_process() else None
         # cv.json is data, as a checkpoint is: its "trust_checkpoint" is never trust itself; the
@@ -147,11 +231,25 @@ class CrossValidation:
         return f"{launcher()} train.py -r {self.folder}" + (" --trust-checkpoint" if self.trusted else "")
 
     def done(self) -> dict[int, dict]:
-        """The folds ``cv_summary.json`` says are finished, by number."""
-        summary = summary_of(self.folder, "repair it, or remove it to train its folds again")
-        return {
-            entry["fold"]: entry for entry in summary.get("per_fold", []) if isinstance(entry, dict) and isinstance(entry.get("fold"), int)
-        }
+        """The folds ``cv_summary.json`` says are finished, by number (read strictly, :func:`read_summary`)."""
+        return read_summary(self.folder, self.folds, "repair it, or remove it to train its folds again")
+
+    def left(self) -> dict[int, dict]:
+        """The finished folds, once every fold folder is checked to be this CV's (:func:`check_folds`):
+        a fold the summary lists whose folder is gone is trained again; one without a checkpoint is one line."""
+        finished = self.done()  # first: a summary made for another fold count says which cv.json to put back
+        check_folds(self.folder, self.folds, self.config)
+        for fold in sorted(finished):
+            path = self.folder / f"fold-{fold}"
+            if not os.path.lexists(path):
+                get_logger().info("fold %d: %s lists it as finished, but %s is gone; it is trained again", fold, SUMMARY, path.name)
+                del finished[fold]
+            elif fold_checkpoint(path, ("best", "last")) is None:
+                raise UserError(
+                    f"{path}: {SUMMARY} lists fold {fold} as finished, but it holds no checkpoint; "
+                    f"move {path} away to train the fold again with train.py -r {self.folder}"
+                )
+        return finished
 
     def run(self, stop: StopRequest) -> int:
         """Train the folds not done yet, one after another; 0, or the exit code of a fold that stopped.
@@ -181,7 +279,7 @@ class CrossValidation:
 
     def run_folds(self, stop: StopRequest) -> int:
         """:meth:`run` without the parent tracker run's end."""
-        finished = distributed.broadcast_object(self.done() if distributed.is_main_process() else None)
+        finished = distributed.on_main(self.left)
         if len(finished) == self.folds:
             raise UserError(f"{self.folder}: all {self.folds} folds are finished ({SUMMARY}); nothing to train")
         for fold in range(self.folds):
@@ -270,13 +368,18 @@ def fold_config(config: dict, folds: int, fold: int, source: str, trusted: bool)
     return data
 
 
+def fold_checkpoint(folder: Path, names: tuple[str, ...]) -> Path | None:
+    """The first of ``names`` (``best``, ``last``) that the fold's checkpoint store holds, or None."""
+    return next((path for name in names if (path := find_checkpoint(folder / CHECKPOINTS, name)) is not None), None)
+
+
 def latest_checkpoint(folder: Path) -> Path | None:
     """A fold's ``last`` checkpoint to resume, or None (a fold folder without one is removed: nothing in it is worth keeping)."""
     if not folder.exists():
         return None
-    for name in ("last.pth", "last.dcp"):
-        if (folder / "checkpoints" / name).exists():
-            return folder / "checkpoints" / name
+    last = fold_checkpoint(folder, ("last",))
+    if last is not None:
+        return last
     if lock_holder(folder) is None:
         shutil.rmtree(folder, ignore_errors=True)
     return None

@@ -3,7 +3,8 @@
 A resume appends to a run's history (``train.log``, ``metrics.jsonl``, ``manifest.json``,
 TensorBoard events, a ``config-resume-N.json``). Before anything is written:
 
-- :meth:`RunHistory.read` reads ``config.json``, ``manifest.json`` and ``metrics.jsonl`` strictly
+- :meth:`RunHistory.read` refuses a run directory with a symbolic link among its entries
+  (``app/run_dir.py``: a link would be written through), reads ``config.json``, ``manifest.json`` and ``metrics.jsonl`` strictly
   (not JSON, not a mapping, a folder in their place, a damaged row: one line naming the file and
   the fix) and checks that the run directory and its ``checkpoints/`` can be written to;
 - :class:`ResumeGuard` notes what the run directory holds. If the resume fails before training
@@ -18,12 +19,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.run_dir import CHECKPOINTS, CONFIG, LOCK_FILE, MANIFEST, METRICS, read_config, read_manifest, read_metrics, refuse_links
 from logger.logger import close_log_files
-from logger.metrics_file import DamagedHistory, MetricsFile
 from utils.errors import UserError
-from utils.files import read_json, read_text
 
-REWRITTEN = ("config.json", "manifest.json", "metrics.jsonl", "metrics.superseded.jsonl", ".lock")
+REWRITTEN = (CONFIG, MANIFEST, METRICS, "metrics.superseded.jsonl", LOCK_FILE)
 """Files a resume may replace or append to that are small enough to keep a copy of."""
 
 
@@ -40,27 +40,17 @@ class RunHistory:
     @classmethod
     def read(cls, run_dir: Path, checkpoint: str) -> RunHistory:
         fix = f"repair it, or start a new run from the checkpoint with -r {checkpoint} -c CONFIG"
-        files = {name: run_dir / name for name in ("config.json", "manifest.json", "metrics.jsonl")}
-        config = read_json(files["config.json"], "run's config", fix) if _present(files["config.json"]) else None
-        manifest = read_json(files["manifest.json"], "run's manifest", fix) if _present(files["manifest.json"]) else None
-        rows: list[dict] = []
-        if _present(files["metrics.jsonl"]):
-            try:
-                rows = MetricsFile.split(read_text(files["metrics.jsonl"], "run's metrics", fix, max_bytes=1 << 30))[0]
-            except DamagedHistory as exc:
-                raise UserError(f"{files['metrics.jsonl']}: damaged ({exc}); {fix}") from None
-        for folder in (run_dir, run_dir / "checkpoints"):
+        refuse_links(run_dir)  # nothing is read through a link, and nothing will be written through one
+        config = read_config(run_dir / CONFIG, fix) if os.path.lexists(run_dir / CONFIG) else None
+        manifest = read_manifest(run_dir, fix)
+        rows = read_metrics(run_dir, fix)
+        for folder in (run_dir, run_dir / CHECKPOINTS):
             if folder.exists() and not os.access(folder, os.W_OK | os.X_OK):
                 raise UserError(f"run directory: cannot write in {folder} ({_why(folder)}); make it writable to resume there, or {fix.split(', or ')[1]}")
-        for name in ("train.log", "metrics.jsonl", "manifest.json"):
+        for name in ("train.log", METRICS, MANIFEST):
             if (run_dir / name).is_file() and not os.access(run_dir / name, os.W_OK):
                 raise UserError(f"run directory: cannot write {run_dir / name} (no permission); make it writable to resume there")
         return cls(run_dir, config, manifest, rows)
-
-
-def _present(path: Path) -> bool:
-    """Whether ``path`` exists (as anything: a folder in a file's place is for the reader to refuse)."""
-    return os.path.lexists(path)
 
 
 def _why(folder: Path) -> str:
@@ -88,7 +78,7 @@ class ResumeGuard:
         else:
             self.files.pop(".lock", None)
             self.present.discard(".lock")
-        checkpoints = run_dir / "checkpoints"
+        checkpoints = run_dir / CHECKPOINTS
         self.checkpoints = set(os.listdir(checkpoints)) if checkpoints.is_dir() else set()
 
     def roll_back(self) -> None:
@@ -106,7 +96,7 @@ class ResumeGuard:
                         os.truncate(path, size)  # append-only (train.log, events): cut back to what it was
                     if path.stat().st_mode & 0o7777 != mode:
                         path.chmod(mode)  # a file replaced by a rename came back with the default mode
-        checkpoints = self.run_dir / "checkpoints"
+        checkpoints = self.run_dir / CHECKPOINTS
         if checkpoints.is_dir():
             for name in set(os.listdir(checkpoints)) - self.checkpoints:
                 with contextlib.suppress(OSError):

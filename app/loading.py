@@ -70,22 +70,37 @@ def load_folds(args: argparse.Namespace) -> Loaded:
     """Every fold's best model as one ensemble (or fold ``--fold`` alone). Only folds the CV's
     summary lists as finished are taken (a fold still training, or stopped, has no final best
     model), and the folds must be the same model: the same ``arch`` and the same ``loss``."""
-    from app.cv import finished_folds, folds_of
+    from app.cv import CV_FILE, check_fold, read_description, read_summary
     from trainer.ensemble import Ensemble, averages_probabilities
 
     folder = Path(args.resume)
-    folds = folds_of(folder, args.fold)
+    description = read_description(folder)  # no link among its entries: a fold-i linked to another run is refused
+    folds = description["folds"]
+    if args.fold is not None and not 0 <= args.fold < folds:
+        raise UserError(f"--fold: {args.fold} is not a fold of {folder} (0 to {folds - 1})")
     chosen = [args.fold] if args.fold is not None else list(range(folds))
-    missing = [fold for fold in chosen if fold not in finished_folds(folder)]
+    finished = read_summary(folder, folds, f"continue the cross-validation with train.py -r {folder}")
+    missing = [fold for fold in chosen if fold not in finished]
     if missing:
         raise UserError(
             f"{folder}: fold(s) {', '.join(map(str, missing))} not finished (cv_summary.json); continue the cross-validation with "
             f"train.py -r {folder}" + ("" if args.fold is not None else ", or evaluate a finished fold with --fold I")
         )
+    for fold in chosen:
+        if not (folder / f"fold-{fold}").exists():
+            raise UserError(f"{folder / f'fold-{fold}'}: fold {fold} is gone (cv_summary.json lists it finished); train it again with train.py -r {folder}")
+        check_fold(folder, fold, folds, description["config"])
     first: Loaded | None = None
     models, weights, epochs = [], set(), []
     for fold in chosen:  # one checkpoint held at a time: the ensemble keeps only the models
         one = load_one(args, best_checkpoint(folder / f"fold-{fold}", fold))
+        stored = one.checkpoint.config if isinstance(one.checkpoint.config, dict) else {}
+        args_of = (stored.get("data_loader") or {}).get("args") or {}
+        if (args_of.get("folds"), args_of.get("fold")) != (folds, fold):  # the checkpoint's own word, as well as its folder's files
+            raise UserError(
+                f"{folder / f'fold-{fold}'}: its checkpoint is fold {args_of.get('fold')!r} of {args_of.get('folds')!r}, "
+                f"not fold {fold} of {folds} ({CV_FILE}); it is no fold of this cross-validation"
+            )
         if first is None:
             first = one
         else:
@@ -102,10 +117,12 @@ def load_folds(args: argparse.Namespace) -> Loaded:
 
 
 def best_checkpoint(folder: Path, fold: int) -> str:
-    for name in ("best.pth", "best.dcp", "last.pth", "last.dcp"):
-        if (folder / "checkpoints" / name).exists():
-            return str(folder / "checkpoints" / name)
-    raise UserError(f"{folder}: fold {fold} has no checkpoint yet; continue the cross-validation with train.py -r {folder.parent}")
+    from app.cv import fold_checkpoint
+
+    found = fold_checkpoint(folder, ("best", "last"))
+    if found is None:
+        raise UserError(f"{folder}: fold {fold} has no checkpoint; move {folder} away to train it again with train.py -r {folder.parent}")
+    return str(found)
 
 
 def load_one(args: argparse.Namespace, path: str) -> Loaded:

@@ -1,4 +1,11 @@
-"""One process per run directory: created exclusively, locked while a run uses it.
+"""A run directory: its layout, one process at a time in it, its files read strictly, and no links inside.
+
+**Layout**: ``config.json`` (and a ``config-resume-N.json`` per resume that changed it),
+``manifest.json``, ``metrics.jsonl``, ``train.log``, TensorBoard events, ``split.json``,
+``trackers.json``, ``.lock`` and ``checkpoints/`` (whose files the checkpoint store names:
+``utils.checkpoints.find_checkpoint``). :func:`read_config`, :func:`read_manifest` and
+:func:`read_metrics` are the one strict reader of each history file (a resume's
+``app/history.py`` and the records of ``app/run_records.py`` both use them).
 
 A new run's directory is made with one ``mkdir`` that fails if it exists (no check-then-create
 race). Whoever trains in a run directory holds an exclusive ``fcntl.flock`` on its ``.lock``
@@ -6,34 +13,91 @@ file, which names the process; the lock goes away with the process, however it e
 ``train.py`` on the same directory (the same ``--run-id``, or resuming a run that is still
 running) stops with "... is in use by process N". Filesystem trouble (a read-only or
 non-folder ``save_dir``, a name too long) is a one-line :class:`UserError`.
+
+A run directory's own entries are never symbolic links (:func:`refuse_links`, checked before a
+resume writes anything, and ``O_NOFOLLOW`` on every file the engine opens in one,
+``utils.files.open_own``): a ``train.log`` or ``checkpoints/`` that links elsewhere would make
+the run append to, or save checkpoints into, whatever it points at. A file appended to in place
+(``train.log``, ``metrics.jsonl``) may not have a second name (a hard link) either. The run
+directory itself, and every folder above it (``saved/`` as a link to another disk), may be a link: the rule is
+about what is inside. The one exception is the checkpoint store's own ``*.dcp`` links in
+``checkpoints/``, which point into the run directory.
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 from pathlib import Path
 
+from logger import manifest as logger_manifest
+from logger.metrics_file import DamagedHistory, MetricsFile
 from utils.errors import UserError
-from utils.files import file_error
+from utils.files import FileLock, file_error, link_refused, read_json, read_text
+from utils.files import lock_holder as file_lock_holder
 
 LOCK_FILE = ".lock"
+CHECKPOINTS = "checkpoints"
+"""The folder of a run's checkpoints (the checkpoint store, ``utils/checkpoints``, owns what is in it)."""
+CONFIG, MANIFEST, METRICS = "config.json", "manifest.json", "metrics.jsonl"
+"""The history files every run holds (``logger/run_log.py`` and ``logger/manifest.py`` write them)."""
+APPENDED = ("train.log", METRICS, "metrics.superseded.jsonl")
+"""The files a resume appends to in place (every other file of a run is replaced by a rename)."""
+MAX_METRICS_BYTES = 1 << 30
+"""A year of epochs is far below this; more is not a run's ``metrics.jsonl``."""
+
+
+def read_config(path: Path, fix: str) -> dict:
+    """A run's ``config.json`` (or a ``config-resume-N.json``), read strictly: every problem is one line ending with ``fix``."""
+    return read_json(path, "run's config", fix)
+
+
+def read_manifest(run_dir: Path, fix: str) -> dict | None:
+    """A run's ``manifest.json``, read strictly (``logger.manifest.read_manifest``, whose lenient mode
+    the best-effort readers use); None when it has none (a run older than manifests)."""
+    return logger_manifest.read_manifest(run_dir, fix)
+
+
+def read_metrics(run_dir: Path, fix: str) -> list[dict]:
+    """A run's ``metrics.jsonl`` rows, read strictly (``logger/metrics_file.py``: a damaged line is one
+    line naming it; a torn last line is not a row); ``[]`` when it has none yet."""
+    path = Path(run_dir) / METRICS
+    if not os.path.lexists(path):
+        return []
+    try:
+        return MetricsFile.split(read_text(path, "run's metrics", fix, max_bytes=MAX_METRICS_BYTES))[0]
+    except DamagedHistory as exc:
+        raise UserError(f"{path}: damaged ({exc}); {fix}") from None
+
+
+def refuse_links(path: Path) -> None:
+    """Refuse (one line) a run directory whose entries, or whose ``checkpoints/`` entries, are
+    symbolic links (see the module docstring); ``checkpoints/`` links that stay inside it are the store's."""
+    path = Path(path)
+    try:
+        entries = list(os.scandir(path))
+    except OSError:
+        return  # not there, or not readable: whoever reads it next says so
+    for entry in sorted(entries, key=lambda entry: entry.name):
+        if entry.is_symlink():
+            raise link_refused(Path(entry.path))
+        if entry.name in APPENDED and entry.is_file() and entry.stat().st_nlink > 1:
+            raise UserError(
+                f"run directory: {entry.path} has another name (a hard link), which a resume would append to as well; "
+                f"replace it with a copy of its own (cp {entry.name} {entry.name}.copy && mv {entry.name}.copy {entry.name}), then run again"
+            )
+    checkpoints = path / CHECKPOINTS
+    if not checkpoints.is_dir():
+        return
+    inside = os.path.realpath(path)
+    for entry in sorted(os.scandir(checkpoints), key=lambda entry: entry.name):
+        if entry.is_symlink() and os.path.commonpath([inside, os.path.realpath(entry.path)]) != inside:
+            raise link_refused(Path(entry.path))
 
 
 def lock_holder(path: Path) -> str | None:
     """The process id written in a locked run directory's lock file, or None when nobody holds it."""
-    try:
-        fd = os.open(path / LOCK_FILE, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return os.read(fd, 32).decode(errors="replace").strip() or "?"
-    finally:
-        os.close(fd)
-    return None
+    return file_lock_holder(Path(path) / LOCK_FILE)
 
 
 class RunDirectory:
@@ -43,7 +107,7 @@ class RunDirectory:
         self.path = path
         self.created = created
         self._made = made  # folders this claim created, outermost first
-        self._lock: int | None = None
+        self._lock = FileLock(path / LOCK_FILE)
 
     @classmethod
     def create(cls, path: Path) -> RunDirectory:
@@ -95,27 +159,18 @@ class RunDirectory:
         return claim
 
     def _take_lock(self) -> None:
-        lock = self.path / LOCK_FILE
+        self._lock.path = self.path / LOCK_FILE  # a new directory's lock moves with its rename into place
         try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            holder = self._lock.acquire()
         except OSError as exc:
             if self.created:
                 self.discard()
             raise file_error("run directory", self.path, exc, "make the run directory writable to train in it") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise UserError(f"{self.path}: this run directory is in use by process {holder}; wait for it to end, or stop it first") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._lock = fd
+        if holder is not None:
+            raise UserError(f"{self.path}: this run directory is in use by process {holder}; wait for it to end, or stop it first")
 
     def release(self) -> None:
-        if self._lock is not None:
-            os.close(self._lock)  # closing the descriptor drops the flock
-            self._lock = None
+        self._lock.release()
 
     def discard(self) -> None:
         """Delete the directory if this claim created it (a new run that trained nothing), and the

@@ -24,8 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.run_dir import lock_holder
-from logger.metrics_file import DamagedHistory, MetricsFile
+from app.run_dir import lock_holder, read_config, read_manifest, read_metrics
 from utils.errors import UserError
 from utils.nested import flatten
 
@@ -99,16 +98,12 @@ def latest_config(path: Path) -> Path:
     return max(resumed)[1] if resumed else path / "config.json"
 
 
-def read_run(path: Path) -> RunRecord:
-    """A run directory's record; a file that cannot be read is a :class:`UserError` naming it."""
-    config = _json(latest_config(path))
-    manifest = _json(path / "manifest.json") if (path / "manifest.json").exists() else {}
-    try:
-        rows = MetricsFile.read(path / "metrics.jsonl") if (path / "metrics.jsonl").exists() else []
-    except DamagedHistory as exc:
-        raise UserError(f"{path / 'metrics.jsonl'}: {exc}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path / 'metrics.jsonl'}: cannot be read ({exc})") from None
+def read_run(path: Path, fix: str = "repair it, or move the run directory away") -> RunRecord:
+    """A run directory's record, its files read strictly (``app/run_dir.py``); a file that cannot
+    be read is a :class:`UserError` naming it and ending with ``fix``."""
+    config = read_config(latest_config(path), fix)
+    manifest = read_manifest(path, fix) or {}
+    rows = read_metrics(path, fix)
     ended = last_session(manifest).get("ended")
     ended = ended if isinstance(ended, dict) else {}
     if lock_holder(path) is not None:
@@ -126,18 +121,6 @@ def last_session(manifest: dict) -> dict:
     if isinstance(resumes, list) and resumes:
         return resumes[-1] if isinstance(resumes[-1], dict) else {}  # damaged: no end known, never the first session's
     return manifest
-
-
-def _json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot be read ({exc.strerror if isinstance(exc, OSError) else exc})") from None
-    except (ValueError, RecursionError) as exc:
-        raise UserError(f"{path}: not JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: holds a {type(data).__name__}, not an object")
-    return data
 
 
 def is_run_dir(path: Path) -> bool:

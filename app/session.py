@@ -32,7 +32,7 @@ from app.config import Config, build_loss, build_lr_scheduler, build_metrics, bu
 from app.config.building import require_rebuildable, starts_new_run
 from app.export import export_at_end
 from app.history import ResumeGuard, RunHistory
-from app.run_dir import RunDirectory
+from app.run_dir import LOCK_FILE, RunDirectory, refuse_links
 from base.freezing import freeze, matching_modules
 from logger import get_logger, setup_logging
 from logger.manifest import extend_manifest, fingerprint, record_end, write_manifest
@@ -180,7 +180,7 @@ class Session:
             try:
                 if request.mode == "resume":
                     folder = run_dir_of(request.resume)
-                    lock = folder / ".lock"
+                    lock = folder / LOCK_FILE
                     before = lock.read_bytes() if lock.is_file() else None
                     self.claim = RunDirectory.open(folder)
                     self.guard = ResumeGuard(folder, before)
@@ -288,14 +288,11 @@ def load_config(request: RunRequest) -> tuple[Config, Checkpoint | None]:
         raise UserError(
             f"--run-id: a resume continues the run in {run_dir_of(request.resume)}; to start a new run from its weights, add -c CONFIG"
         )
+    if mode == "resume" and run_dir_of(request.resume) != Path(os.path.abspath(request.resume)).parent:
+        refuse_links(run_dir_of(request.resume))  # before anything is read or written through a link in the run directory
     checkpoint = load_checkpoint(request.resume) if request.resume else None
     if mode != "resume":
-        if request.config_data is not None:
-            config = Config.from_dict(request.config_data, request.config_source, request.overrides, trusted=request.config_trusted)
-            if not request.config_trusted:
-                starts_new_run(config)  # a CV's next fold from cv.json: it needs its pretrained weights (app/config/building.py)
-        else:
-            config = Config.from_file(request.config, request.overrides)
+        config = config_of(request)
         if not request.trust_checkpoint:
             config.check_checkpoints_resumable()
             require_rebuildable(config)  # and what its nodes fetch when built: app/config/building.py
@@ -307,6 +304,17 @@ def load_config(request: RunRequest) -> tuple[Config, Checkpoint | None]:
         )
     source = f"{request.resume} (its config)"
     return Config.from_dict(checkpoint.config, source, request.overrides, trusted=request.trust_checkpoint), checkpoint
+
+
+def config_of(request: RunRequest) -> Config:
+    """The config a new run's request names: a file (``-c``) or a driver's ``config_data``, with its
+    overrides and its trust (a ``cv.json`` read back is data). The one place a request becomes a config."""
+    if request.config_data is None:
+        return Config.from_file(request.config, request.overrides)
+    config = Config.from_dict(request.config_data, request.config_source, request.overrides, trusted=request.config_trusted)
+    if not request.config_trusted:
+        starts_new_run(config)  # a CV's next fold from cv.json: it needs its pretrained weights (app/config/building.py)
+    return config
 
 
 def check_trackers_installed(config: Config) -> None:

@@ -9,10 +9,13 @@ go through ``tqdm.write`` so that they never tear a progress bar apart.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
 from tqdm import tqdm
+
+from utils.files import open_own
 
 LOGGER_NAME = "template"
 LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG}
@@ -27,6 +30,15 @@ class _ConsoleHandler(logging.StreamHandler):
             tqdm.write(self.format(record), file=self.stream)
         except Exception:  # logging's contract: a failing handler reports and carries on
             self.handleError(record)
+
+
+class _RunFileHandler(logging.FileHandler):
+    """``train.log``, opened without following a link (``utils.files.open_own``): a link planted
+    there would make the run append to whatever it points at."""
+
+    def _open(self):
+        fd = open_own(Path(self.baseFilename), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        return os.fdopen(fd, "a", encoding=self.encoding, errors=self.errors)
 
 
 def get_logger() -> logging.Logger:
@@ -56,7 +68,7 @@ def add_log_file(path: Path) -> None:
     benchmark), so that one run's lines never land in another's log.
     """
     close_log_files()
-    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    handler = _RunFileHandler(path, mode="a", encoding="utf-8")
     handler.setFormatter(logging.Formatter(_FORMAT, "%Y-%m-%d %H:%M:%S"))
     get_logger().addHandler(handler)
 

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from utils.errors import UserError
-from utils.files import write_atomic
+from utils.files import read_json, write_atomic
 from utils.nested import leaves
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -81,7 +81,7 @@ def git_state(run_dir: Path, diff_name: str = "git.diff") -> dict | None:
     except (OSError, subprocess.SubprocessError):
         return None  # not a git repository, or no git
     if diff:
-        (run_dir / diff_name).write_text(diff)
+        write_atomic(run_dir / diff_name, diff, "run directory", "make it writable")
     return {"commit": commit, "dirty": dirty, "diff": diff_name if diff else None}
 
 
@@ -174,6 +174,24 @@ def extend_manifest(
     _write(path, manifest)
 
 
+def read_manifest(run_dir: Path, fix: str | None = None) -> dict | None:
+    """The run's ``manifest.json``, or None when it has none: the one reader of the file.
+
+    Strict with a ``fix`` (every problem is one line ending with it: a resume, ``runs.py``);
+    without one, the lenient mode of best-effort readers (the end record, a tracker's tags): a
+    file that cannot be read, or holds no mapping, is None, since what they add is never worth a
+    failed run."""
+    path = Path(run_dir) / "manifest.json"
+    if not os.path.lexists(path):
+        return None
+    if fix is not None:
+        return read_json(path, "run's manifest", fix)
+    try:
+        return read_json(path, "run's manifest", "")
+    except UserError:
+        return None
+
+
 def record_end(run_dir: Path, state: str, epoch: int | None, reason: str) -> None:
     """How this session of the run ended, on its entry (the run's, or its latest resume's):
     ``{"state": "finished" | "stopped" | "failed", "at", "epoch", "reason"}``. A session without
@@ -181,11 +199,8 @@ def record_end(run_dir: Path, state: str, epoch: int | None, reason: str) -> Non
     manifest that cannot be read or written here is left as it is (the run's outcome is not changed
     by its record)."""
     path = run_dir / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return
-    if not isinstance(manifest, dict):
+    manifest = read_manifest(run_dir)
+    if manifest is None:
         return
     resumes = manifest.get("resumes")
     session = resumes[-1] if isinstance(resumes, list) and resumes and isinstance(resumes[-1], dict) else manifest

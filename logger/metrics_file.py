@@ -15,7 +15,7 @@ import math
 import os
 from pathlib import Path
 
-from utils.files import write_atomic
+from utils.files import open_own, write_atomic
 
 
 class DamagedHistory(ValueError):
@@ -32,7 +32,7 @@ class MetricsFile:
         """NaN/inf become null (JSON has neither); lists (a confusion matrix) are written as they are."""
         clean = {key: (None if isinstance(v, float) and not math.isfinite(v) else v) for key, v in row.items()}
         line = (json.dumps(clean) + "\n").encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = open_own(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         try:
             os.write(fd, line)  # one write of the whole line (O_APPEND): a reader never sees half of it unless the disk fills
         finally:
@@ -77,6 +77,6 @@ class MetricsFile:
         moved = [json.dumps(row) + "\n" for row in rows if row["epoch"] > last_epoch]
         if torn:
             moved.append(json.dumps({"torn_line": torn}) + "\n")  # kept as written, marked: not a row of an epoch
-        with open(superseded, "a", encoding="utf-8") as handle:
+        with os.fdopen(open_own(superseded, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a", encoding="utf-8") as handle:
             handle.writelines(moved)
         write_atomic(path, "".join(json.dumps(row) + "\n" for row in kept), "run directory", "make it writable")

@@ -25,6 +25,7 @@ from logger.logger import add_log_file, get_logger
 from logger.metrics_file import MetricsFile
 from logger.tensorboard import TensorboardWriter
 from logger.trackers import Trackers
+from utils.files import refuse_link, write_atomic
 
 
 class RunLog:
@@ -39,6 +40,7 @@ class RunLog:
         self.trackers = trackers or Trackers.off()
         if run_dir is None:
             return
+        refuse_link(run_dir / "checkpoints")  # a link there would take the checkpoints out of the run directory
         (run_dir / "checkpoints").mkdir(exist_ok=True)
         add_log_file(run_dir / "train.log")
         self.metrics = MetricsFile(run_dir / "metrics.jsonl")
@@ -51,7 +53,7 @@ class RunLog:
     @classmethod
     def start(cls, run_dir: Path, config: dict, tensorboard: bool, trackers: Trackers | None = None) -> RunLog:
         """A new run in its new directory: the resolved config, then the log files."""
-        (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        write_atomic(run_dir / "config.json", json.dumps(config, indent=2) + "\n", "run directory", "make it writable")
         return cls(run_dir, tensorboard, trackers=trackers)
 
     @classmethod
@@ -72,7 +74,7 @@ class RunLog:
             if saved_config is not None:
                 number = 1 + len(list(run_dir.glob("config-resume-*.json")))
                 saved = run_dir / f"config-resume-{number}.json"
-            saved.write_text(json.dumps(config, indent=2) + "\n")
+            write_atomic(saved, json.dumps(config, indent=2) + "\n", "run directory", "make it writable")
             get_logger().info("the resumed config differs from the run's config.json: saved as %s", saved.name)
         MetricsFile.keep_epochs(run_dir / "metrics.jsonl", completed_epochs, run_dir / "metrics.superseded.jsonl")
         return cls(run_dir, tensorboard, purge_step=global_step + 1, trackers=trackers)

@@ -948,6 +948,47 @@ ROWS = [
 ]
 
 
+
+def linked_out(name: str) -> Callable[[Ctx], list]:
+    """A resume of a copy of the finished run whose ``name`` (a file, or ``checkpoints``) was moved
+    outside the run and replaced by a symbolic link to it: nothing may be written through the link."""
+
+    def args(c: Ctx) -> list:
+        run = c.run()
+        outside = c.tmp / "outside" / Path(name).name
+        outside.parent.mkdir(exist_ok=True)
+        if (run / name).exists():
+            shutil.move(run / name, outside)
+        else:
+            outside.write_text("not the run's\n")
+        (run / name).symlink_to(outside, target_is_directory=outside.is_dir())
+        return ["-r", run / "checkpoints" / "last.pth", "trainer.epochs=3"]
+
+    return args
+
+
+ROWS += [
+    # -- a run directory's own files are written only inside it (no writes through a link) -------------
+    Row("resume: train.log links to a file outside", "train", linked_out("train.log"), 2, ("train.log is a symbolic link", "outside")),
+    Row("resume: metrics.jsonl links outside", "train", linked_out("metrics.jsonl"), 2, ("metrics.jsonl is a symbolic link",)),
+    Row("resume: checkpoints/ links to a folder outside", "train", linked_out("checkpoints"), 2, ("checkpoints is a symbolic link",)),
+    Row("resume: .lock links to a file outside", "train", linked_out(".lock"), 2, (".lock is a symbolic link",)),
+    Row("resume: a checkpoint links outside", "train", linked_out("checkpoints/epoch-1.pth"), 2, ("epoch-1.pth is a symbolic link",)),
+    Row("resume: manifest.json links outside", "train", linked_out("manifest.json"), 2, ("manifest.json is a symbolic link",)),
+    Row(
+        "resume: a checkpoint outside a run, beside a link",
+        "train",
+        lambda c: (shutil.copy(c.ckpt(), c.tmp / "last.pth"), (c.tmp / "link").symlink_to(c.ckpt()), ["-r", c.tmp / "last.pth"])[-1],
+        2,
+        ("pass the file inside its run's checkpoints/ folder",),
+    ),
+    Row("test.py: the run's test_metrics.json links outside", "test", lambda c: linked_out("test_metrics.json")(c)[:2], 2, ("test_metrics.json is a symbolic link",)),
+    # -- a list-valued flag: no empty name, no name twice -----------------------------------------------
+    Row("predict.py --fields ''", "predict", predicting("--fields", ""), 2, ("--fields: '' has an empty name",)),
+    Row("predict.py --fields a,,b", "predict", predicting("--fields", "output,,target"), 2, ("--fields: 'output,,target' has an empty name",)),
+    Row("predict.py --fields named twice", "predict", predicting("--fields", "output, output"), 2, ("--fields: 'output' given more than once",)),
+]
+
 @pytest.fixture(autouse=True)
 def from_the_project_root(monkeypatch):
     """Run as users do (``python train.py`` in the project), with no train.log of an earlier in-process run attached."""

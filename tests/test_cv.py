@@ -358,3 +358,104 @@ def test_under_torchrun_every_fold_runs_on_every_process(tmp_path):
     assert quiet(evaluate, ["-r", folder, "--out", tmp_path / "one.json"]) == 0
     two, one = (json.loads((tmp_path / name).read_text()) for name in ("two.json", "one.json"))
     assert two["samples"] == one["samples"] == 359 and two["loss"] == pytest.approx(one["loss"], rel=1e-5)
+
+
+# -- the driver's own files are checked like a run's history -------------------------------------------
+
+
+def one_line(code: int, err: str, *fragments: str) -> None:
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and all(f in err for f in fragments), err
+
+
+def test_a_finished_fold_whose_folder_is_gone_is_said_by_test_and_trained_again_by_train(cv_dir, tmp_path, capsys):
+    folder = tmp_path / "cv"
+    shutil.copytree(cv_dir, folder)
+    shutil.rmtree(folder / "fold-1")
+    before = tree(tmp_path)
+    capsys.readouterr()
+    code = evaluate(["-r", str(folder), "--trust-checkpoint", "--out", str(tmp_path / "x.json")])
+    one_line(code, capsys.readouterr().err, "fold-1: fold 1 is gone", f"train it again with train.py -r {folder}")
+    assert tree(tmp_path) == before
+    others = {name: (folder / name / "metrics.jsonl").read_bytes() for name in ("fold-0", "fold-2")}
+    assert quiet(train.main, ["-r", folder, "--trust-checkpoint"]) == 0  # as the hint says: fold 1 alone is trained again
+    assert json.loads((folder / "cv_summary.json").read_text()) == json.loads((cv_dir / "cv_summary.json").read_text())
+    assert {name: (folder / name / "metrics.jsonl").read_bytes() for name in others} == others
+
+
+@pytest.mark.parametrize("folds", [2, 4])
+def test_cv_json_edited_to_another_fold_count_mixes_no_partitions(folds, cv_dir, tmp_path, capsys):
+    folder = tmp_path / "cv"
+    shutil.copytree(cv_dir, folder)
+    description = json.loads((folder / "cv.json").read_text())
+    (folder / "cv.json").write_text(json.dumps({**description, "folds": folds}))
+    before = tree(tmp_path)
+    capsys.readouterr()
+    one_line(train.main(["-r", str(folder), "--trust-checkpoint"]), capsys.readouterr().err, f"made for 3 folds, but cv.json says {folds}")
+    code = evaluate(["-r", str(folder), "--trust-checkpoint", "--out", str(tmp_path / "x.json")])
+    one_line(code, capsys.readouterr().err, f"made for 3 folds, but cv.json says {folds}", '"folds": 3')
+    assert tree(tmp_path) == before, changes(before, tree(tmp_path))
+
+
+def test_a_fold_killed_before_the_summary_and_cv_json_edited_is_refused_by_the_folds_own_config(cv_dir, tmp_path, capsys):
+    folder = tmp_path / "cv"
+    shutil.copytree(cv_dir, folder)
+    (folder / "cv_summary.json").unlink()  # killed in fold 0: no summary says how many folds there were
+    shutil.rmtree(folder / "fold-2")
+    description = json.loads((folder / "cv.json").read_text())
+    (folder / "cv.json").write_text(json.dumps({**description, "folds": 2}))
+    before = tree(tmp_path)
+    capsys.readouterr()
+    one_line(train.main(["-r", str(folder), "--trust-checkpoint"]), capsys.readouterr().err, "fold-0: not fold 0 of 2", "data_loader.args.folds 3", 'put back "folds": 3')
+    assert tree(tmp_path) == before, changes(before, tree(tmp_path))
+    description["config"]["seed"] += 1  # the same count, another partition
+    (folder / "cv.json").write_text(json.dumps(description))
+    before = tree(tmp_path)
+    one_line(train.main(["-r", str(folder), "--trust-checkpoint"]), capsys.readouterr().err, "fold-0: not fold 0 of 3", "its seed differs")
+    assert tree(tmp_path) == before, changes(before, tree(tmp_path))
+
+
+@pytest.mark.parametrize("how", ["link", "copy"])
+def test_a_fold_folder_that_is_another_run_is_refused(how, cv_dir, tmp_path, capsys):
+    """fold-1 replaced by a link to (or a copy of) another run: neither trained on nor averaged in."""
+    folder = tmp_path / "cv"
+    shutil.copytree(cv_dir, folder)
+    shutil.copytree(cv_dir / "fold-2", tmp_path / "other")
+    shutil.rmtree(folder / "fold-1")
+    if how == "link":
+        (folder / "fold-1").symlink_to(tmp_path / "other", target_is_directory=True)
+        expected = "fold-1 is a symbolic link"
+    else:
+        shutil.copytree(tmp_path / "other", folder / "fold-1")
+        expected = "fold-1: not fold 1 of 3"
+    before = tree(tmp_path)
+    capsys.readouterr()
+    code = evaluate(["-r", str(folder), "--trust-checkpoint", "--out", str(tmp_path / "x.json")])
+    one_line(code, capsys.readouterr().err, expected)
+    one_line(train.main(["-r", str(folder), "--trust-checkpoint"]), capsys.readouterr().err, expected)
+    assert predict.main(["-r", str(folder), "--out", str(tmp_path / "p.jsonl"), "--trust-checkpoint"]) == 2
+    assert expected in capsys.readouterr().err
+    assert tree(tmp_path) == before, changes(before, tree(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "damage, expected",
+    [
+        (lambda s: s["per_fold"].append(dict(s["per_fold"][0])), "fold 0 is listed twice"),
+        (lambda s: s["per_fold"][1].update(fold=7), "not one of folds 0 to 2"),
+        (lambda s: s["per_fold"][1].update(run_dir="../elsewhere"), "has no run_dir fold-1"),
+        (lambda s: s.update(per_fold={"0": {}}), "per_fold is dict, not a list"),
+    ],
+    ids=["a fold twice", "a fold beyond the count", "another folder", "not a list"],
+)
+def test_a_damaged_summary_is_one_line_for_train_and_test(damage, expected, cv_dir, tmp_path, capsys):
+    folder = tmp_path / "cv"
+    shutil.copytree(cv_dir, folder)
+    summary = json.loads((folder / "cv_summary.json").read_text())
+    damage(summary)
+    (folder / "cv_summary.json").write_text(json.dumps(summary))
+    before = tree(tmp_path)
+    capsys.readouterr()
+    one_line(train.main(["-r", str(folder), "--trust-checkpoint"]), capsys.readouterr().err, "cv_summary.json: damaged", expected)
+    code = evaluate(["-r", str(folder), "--trust-checkpoint", "--out", str(tmp_path / "x.json")])
+    one_line(code, capsys.readouterr().err, "cv_summary.json: damaged", expected)
+    assert tree(tmp_path) == before, changes(before, tree(tmp_path))

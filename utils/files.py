@@ -12,6 +12,11 @@
   file the user named (``--out``) this process's alone: a second process gets one line instead
   of silently replacing the first one's output, an existing file needs ``force``, and what a
   killed claimer left behind is swept by the next claim of the same target.
+- **A run's own files**: :func:`open_own` opens a file of a run directory without following a
+  symbolic link (``O_NOFOLLOW``), and :func:`refuse_link` says no to a folder of one that is a
+  link: a link planted as ``train.log`` or ``checkpoints/`` would make a run write outside its
+  directory. The run directory itself and the folders above it may be links (``saved/`` on
+  another disk); the entries inside it may not (``app/run_dir.py`` checks them before a resume).
 """
 
 from __future__ import annotations
@@ -111,6 +116,37 @@ def read_json(path: Path, what: str, fix: str, kind: type = dict) -> Any:
     return value
 
 
+# -- a run's own files ---------------------------------------------------------------------------
+
+
+def link_refused(path: Path) -> UserError:
+    """The one line for a link where a run directory has a file or folder of its own."""
+    try:
+        target = f" (to {os.readlink(path)})"
+    except OSError:
+        target = ""
+    return UserError(
+        f"run directory: {path} is a symbolic link{target}; a run writes its own files only inside its run directory: "
+        f"put the file or folder itself in its place (or remove the link), then run again"
+    )
+
+
+def refuse_link(path: Path) -> None:
+    """Raise :func:`link_refused` when ``path`` (a run directory's own entry) is a symbolic link."""
+    if os.path.islink(path):
+        raise link_refused(Path(path))
+
+
+def open_own(path: Path, flags: int, mode: int = 0o644) -> int:
+    """``os.open`` of a run directory's own file that never follows a link at ``path`` (one line instead)."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and os.path.islink(path):
+            raise link_refused(Path(path)) from None
+        raise
+
+
 # -- writing ---------------------------------------------------------------------------------------
 
 
@@ -195,6 +231,65 @@ def same_file(fd: int, path: Path) -> bool:
         return False
 
 
+class FileLock:
+    """An exclusive ``fcntl.flock`` on a lock file: the one lock helper of the project (a run
+    directory's ``.lock``, an output's claim, the trackers' parent, a sweep's slots).
+
+    The lock goes away with the process however it ends. The holder writes its process id into the
+    file, so that another process can say who holds it (:func:`lock_holder`). ``wait``: block until
+    the lock is free, else :meth:`acquire` answers at once. ``fresh``: the file is removed on
+    release, and a process that got the lock on a file removed meanwhile takes the new one. The
+    file is opened without following a link (:func:`open_own`).
+    """
+
+    def __init__(self, path: Path, wait: bool = False, fresh: bool = False):
+        self.path, self.wait, self.fresh = Path(path), wait, fresh
+        self.fd: int | None = None
+
+    def acquire(self) -> str | None:
+        """Take the lock: None when taken, else the process id that holds it (``"?"`` when unknown).
+        ``OSError`` when the file cannot be opened (a missing or read-only folder), a
+        :class:`UserError` when it is a link."""
+        while True:
+            fd = open_own(self.path, os.O_RDWR | os.O_CREAT)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
+            except OSError:
+                holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                return holder
+            if not self.fresh or same_file(fd, self.path):
+                break
+            os.close(fd)  # its holder removed that file between our open and flock: lock the new one
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+        return None
+
+    def release(self) -> None:
+        if self.fd is not None:
+            if self.fresh:
+                with contextlib.suppress(OSError):
+                    self.path.unlink()
+            os.close(self.fd)  # closing the descriptor drops the flock
+            self.fd = None
+
+
+def lock_holder(path: Path) -> str | None:
+    """The process id written in a held lock file (:class:`FileLock`), or None when nobody holds it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return os.read(fd, 32).decode(errors="replace").strip() or "?"
+    finally:
+        os.close(fd)
+    return None
+
+
 class OutputClaim:
     """A file the user named, claimed for this process until :meth:`release` (see the module docstring).
 
@@ -206,7 +301,7 @@ class OutputClaim:
     def __init__(self, path: Path, flag: str, force: bool = False):
         self.path, self.flag, self.force = Path(path), flag, force
         self.lock_path = self.path.with_name(f".{self.path.name[:200]}.claim")
-        self._fd: int | None = None
+        self._lock = FileLock(self.lock_path, fresh=True)
 
     def __enter__(self) -> OutputClaim:
         self.acquire()
@@ -228,23 +323,12 @@ class OutputClaim:
             raise UserError(f"{flag}: {path} is a folder; name a file in it")
         if not path.parent.is_dir():
             raise UserError(f"{flag}: the folder {path.parent} does not exist; create it first")
-        while True:
-            try:
-                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as exc:
-                raise file_error(flag, path, exc, f"pass {flag} with a writable place") from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
-                os.close(fd)
-                raise UserError(f"{flag}: {path} is being written by process {holder}; wait for it, or choose another name") from None
-            if same_file(fd, self.lock_path):
-                break
-            os.close(fd)  # its releaser removed that claim file between our open and flock: claim the new one
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
+        try:
+            holder = self._lock.acquire()
+        except OSError as exc:
+            raise file_error(flag, path, exc, f"pass {flag} with a writable place") from None
+        if holder is not None:
+            raise UserError(f"{flag}: {path} is being written by process {holder}; wait for it, or choose another name")
         remove_stale_temporaries(path.parent, path.name)
         if path.exists() and not self.force:
             self.release()
@@ -266,8 +350,4 @@ class OutputClaim:
         fsync_dir(self.path.parent)
 
     def release(self) -> None:
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                self.lock_path.unlink()
-            os.close(self._fd)
-            self._fd = None
+        self._lock.release()

@@ -26,6 +26,7 @@ from logger.logger import get_logger
 from logger.trackers.settings import TrackerSettings
 from logger.trackers.tracker import RunInfo, Tracker, describe
 from logger.trackers.worker import Worker
+from utils.checkpoints import find_checkpoint
 from utils.files import write_atomic
 
 RECORD = "trackers.json"
@@ -172,5 +173,5 @@ class Trackers:
         names = ["config.json", *sorted(p.name for p in folder.glob("config-resume-*.json")), "manifest.json", "metrics.jsonl"]
         files = [folder / name for name in names if (folder / name).is_file()]
         checkpoints = folder / "checkpoints"
-        best = next((checkpoints / name for name in ("best.pth", "best.dcp", "last.pth", "last.dcp") if (checkpoints / name).exists()), None)
+        best = next((path for name in ("best", "last") if (path := find_checkpoint(checkpoints, name)) is not None), None)
         return files, best

@@ -18,9 +18,7 @@ reached is one warning line, and the children then run unlinked. Each waits at m
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -31,7 +29,8 @@ from logger.logger import get_logger
 from logger.trackers.hub import RECORD, read_record
 from logger.trackers.settings import TrackerSettings, missing_extras
 from logger.trackers.tracker import describe
-from utils.files import write_atomic
+from utils.errors import UserError
+from utils.files import FileLock, write_atomic
 
 PARENT_STATUS = {"finished": "FINISHED", "stopped": "KILLED", "failed": "FAILED"}
 
@@ -157,16 +156,14 @@ class _locked:
     """An exclusive lock on ``folder/.trackers.lock`` (processes sharing the folder make one parent); no lock if it cannot be made."""
 
     def __init__(self, folder: Path):
-        self.path, self.fd = folder / ".trackers.lock", None
+        self.lock = FileLock(folder / ".trackers.lock", wait=True)
 
     def __enter__(self) -> _locked:
         try:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
-        except OSError:
-            self.fd = None
+            self.lock.acquire()
+        except (OSError, UserError):  # a link in its place (utils.files.open_own) is not followed either
+            pass
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
+        self.lock.release()

@@ -10,13 +10,13 @@ older than what was sent) or catches up from ``metrics.jsonl`` never sends one t
 
 from __future__ import annotations
 
-import json
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from logger.logger import get_logger
+from logger.manifest import read_manifest
 from logger.trackers.settings import TrackerSettings
 
 STEP_KEYS = ("train/step_loss", "train/step_samples_per_sec")
@@ -43,11 +43,7 @@ class RunInfo:
 
     def manifest(self) -> dict:
         """The run's ``manifest.json`` (command, git commit), or nothing if it cannot be read."""
-        try:
-            data = json.loads((self.run_dir / "manifest.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
+        return read_manifest(self.run_dir) or {}
 
     def tags(self) -> dict[str, str]:
         """Key-value facts every tracker records: the run directory, how it was started, the code's commit."""

@@ -42,6 +42,20 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise UserError(f"{path}: cannot read the checkpoint ({describe_os_error(path, exc, writing=False)}); pass a readable file with -r") from None
 
 
+SUFFIXES = (FileStore.suffix, ".dcp")
+"""How each store names a checkpoint file (``last.pth``, or a ``last.dcp`` snapshot link)."""
+
+
+def find_checkpoint(folder: Path, name: str) -> Path | None:
+    """The checkpoint ``name`` (``best``, ``last``, ``epoch-3``) in a run's ``checkpoints/`` folder, of
+    whichever store wrote it, or None: callers ask by name and never spell a store's file names."""
+    for suffix in SUFFIXES:
+        path = Path(folder) / f"{name}{suffix}"
+        if path.exists():
+            return path
+    return None
+
+
 def _load(path: Path) -> Checkpoint:
     if path.is_dir():
         from utils.checkpoints.snapshots import SnapshotCheckpoint, is_snapshot
@@ -61,6 +75,7 @@ __all__ = [
     "LoadReport",
     "Stateful",
     "clean_state_dict",
+    "find_checkpoint",
     "load_checkpoint",
     "load_weights",
     "open_store",
