@@ -23,7 +23,7 @@ from torch import nn
 from logger.progress import progress_iter
 from trainer.batches import BatchReader, each_batch, run_model
 from trainer.loss import Loss
-from trainer.metrics import LossTracker, MetricSet, batch_size
+from trainer.metrics import LossTracker, MetricSet
 from trainer.precision import Precision
 from utils.errors import UserError
 
@@ -87,7 +87,7 @@ class Evaluator:
             inputs, target = self.reader(batch)
             with self.precision.autocast():
                 loss, output = self.step(inputs, target)
-            size = batch_size(target)
+            size = self.reader.count(inputs, target)
             losses.add(loss, size, count)
             self.metrics.update(output, target, size)
             count += 1

@@ -8,7 +8,9 @@ of a traceback after an epoch: a model that cannot take the data's inputs (torch
 kept), labels beyond the model's classes, a loss that is not a scalar, a metric that returns a
 non-tensor or non-scalar, a dict output reaching a metric that wants a tensor, a monitored metric
 that the run does not produce. An exception raised inside the user's own code that is none of
-these is left alone: it is a bug there, and its traceback shows the user's line.
+these is left alone: it is a bug there, and its traceback shows the user's line. A batch whose
+samples cannot be counted (:func:`trainer.batches.count_samples`) and a metric pointed at a field
+that the output or the target lacks are one line here too.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from dataflow.epochs import ceil_div
-from trainer.batches import next_batch, run_model
+from trainer.batches import describe, next_batch, run_model
 from trainer.metrics import flatten
 from utils.errors import UserError, first_line
 from utils.nested import map_tensors
@@ -33,17 +35,6 @@ if TYPE_CHECKING:
     from trainer.trainer import Trainer
 
 SHAPE_WORDS = re.compile(r"shape|size|dimension|channels|mat1|mat2|[Ee]xpected|must match|out of bounds|out of range")
-
-
-def describe(value: Any) -> str:
-    """A batch's structure, for messages: ``tensor (64, 1, 8, 8) float32`` or ``dict {text: tensor (16, 12) int64}``."""
-    if isinstance(value, torch.Tensor):
-        return f"tensor {tuple(value.shape)} {str(value.dtype).removeprefix('torch.')}"
-    if isinstance(value, dict):
-        return "dict {" + ", ".join(f"{k}: {describe(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, (list, tuple)):
-        return f"{type(value).__name__} (" + ", ".join(describe(v) for v in value) + ")"
-    return type(value).__name__
 
 
 def run_preflight(trainer: Trainer) -> None:
@@ -91,6 +82,7 @@ def _check_batch(trainer: Trainer, batch: Any) -> dict[str, Any]:
     from trainer.trainer import Trainer
 
     inputs, target = trainer.read_batch(batch)
+    trainer.read_batch.count(inputs, target)  # a batch whose samples cannot be counted is one line here, before any work
     module = trainer.model.module
     module.train()
     trainer._forward_module = module
@@ -172,10 +164,11 @@ def _check_metrics(trainer: Trainer, output: Any, target: Any) -> dict[str, Any]
     metrics = trainer.train_metrics
     produced: dict[str, Any] = {}
     for name, fn in metrics.functions.items():
+        taken, wanted = metrics.select(name, detached, target)
         try:
-            value = fn(detached, target)
+            value = fn(taken, wanted)
         except Exception as exc:
-            raise _metric_failure(name, exc, detached, target) from None
+            raise _metric_failure(name, exc, taken, wanted) from None
         if not isinstance(value, torch.Tensor):
             raise UserError(f"metrics: {name} returned a {type(value).__name__} ({value!r}); a metric function must return a tensor (its mean over the batch)")
         if value.numel() != 1:
@@ -185,13 +178,14 @@ def _check_metrics(trainer: Trainer, output: Any, target: Any) -> dict[str, Any]
         probe = copy.deepcopy(obj)
         if getattr(probe, "validate_args", None) is False:
             probe.validate_args = True  # torchmetrics' input checks, once here, so training may turn them off
+        taken, wanted = metrics.select(name, detached, target)
         try:
-            probe.update(detached, target)
+            probe.update(taken, wanted)
             produced.update(flatten(name, probe.compute()))
         except UserError:
             raise
         except Exception as exc:
-            raise _metric_failure(name, exc, detached, target) from None
+            raise _metric_failure(name, exc, taken, wanted) from None
     return produced
 
 
@@ -201,7 +195,7 @@ def _metric_failure(name: str, exc: Exception, output: Any, target: Any) -> Exce
     if not isinstance(output, torch.Tensor) and isinstance(exc, (AttributeError, TypeError, KeyError, IndexError)):
         return UserError(
             f"metrics: {name} cannot take the model's output ({describe(output)}): {type(exc).__name__}: {first_line(exc)}; "
-            f"make the model return a tensor, or the metric read the right key"
+            f'make the model return a tensor, or point the metric at one field ("output": "<key>" in its entry)'
         )
     if raised_in_user_code(exc):
         return exc

@@ -42,7 +42,7 @@ from trainer.batches import BatchReader, next_batch, run_model
 from trainer.ema import EMA
 from trainer.evaluator import Evaluator
 from trainer.loss import Loss
-from trainer.metrics import LossTracker, MetricSet, batch_size
+from trainer.metrics import LossTracker, MetricSet
 from trainer.parallel import PreparedModel, prepare_model
 from trainer.precision import NO_CONTEXT, Precision
 from trainer.schedule import Schedule
@@ -103,6 +103,9 @@ class Trainer(BaseTrainer):
         # When a forward is a collective (FSDP gathers weights), every process evaluates as many batches.
         self.valid_steps = distributed.all_reduce_max(source.batches_per_epoch) if self.model.collective_forward and source is not None else None
         self.data_wait_hinted = False
+        self.epoch_samples = 0
+        """Samples the last epoch trained on, over every process (since the resume, for a resumed epoch):
+        ``samples_per_sec`` is this over the epoch's time."""
         self.profiler: Any = None
         self.profile_from: int | None = None  # the step this process began profiling at
 
@@ -209,7 +212,7 @@ class Trainer(BaseTrainer):
                 with self.precision.autocast():
                     loss, output = self.training_step(inputs, target)
                 self.precision.backward(loss / group_size if group_size > 1 else loss)
-            size = batch_size(target)
+            size = self.read_batch.count(inputs, target)
             samples += size
             self.losses.add(loss, size, self.progress.global_step + 1)
             if measured:
@@ -235,6 +238,7 @@ class Trainer(BaseTrainer):
         self.losses.reset()  # the epoch's state is in its row: checkpoints from here on hold an empty one
         self.train_metrics.reset()
         seen = distributed.all_reduce_sum(torch.tensor([float(samples)], device=self.device)).item()
+        self.epoch_samples = int(seen)
         row.update(samples_per_sec=round(seen / elapsed, 2), data_wait=round(data_wait / elapsed, 4))
         self._hint_data_wait(row["data_wait"])
         if s.log_histograms:

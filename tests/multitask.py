@@ -1,0 +1,110 @@
+"""A user's own multi-task and dense-output code, as it would look in model/ and data_loader/.
+
+- :class:`MultiTaskDataLoader`: samples ``(x, {"cls": y, "reg": r})`` (a dict target), 113 test
+  samples and 150 training ones, sizes no batch size of the tests divides;
+- :class:`TwoHeads`: one trunk, a classification head (log-probabilities) and a regression head,
+  returning ``{"cls": (N, 3), "reg": (N,)}``; :func:`multitask_loss` is NLL plus MSE;
+- :class:`MaskDataLoader` and :class:`TinySegmenter`: a segmentation-like pair, ``(N, 1, 4, 4)``
+  images, ``(N, 4, 4)`` masks, ``(N, 2, 4, 4)`` scores;
+- :class:`SequenceFirstDigits`: batches whose tensors disagree on the number of samples.
+
+It lives in tests/, outside the project's source packages, so a run naming it trusts its own
+checkpoints with ``--trust-checkpoint`` (``tests/helpers.py``: ``trusting``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from base import BaseDataLoader
+from data_loader.data_loaders import DigitsDataLoader
+
+TEST_SAMPLES, TRAIN_SAMPLES = 113, 150
+
+
+class MultiTaskData(Dataset):
+    """Features whose class is the largest of their first three values and whose value is their sum."""
+
+    def __init__(self, samples: int, seed: int):
+        generator = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(samples, 6, generator=generator)
+        self.cls = self.x[:, :3].argmax(dim=1)
+        self.reg = self.x.sum(dim=1) + 0.1 * torch.randn(samples, generator=generator)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, index: int):
+        return self.x[index], {"cls": self.cls[index], "reg": self.reg[index]}
+
+
+class MultiTaskDataLoader(BaseDataLoader):
+    def __init__(self, batch_size: int = 16, shuffle: bool = True, validation_split: float = 0.2, training: bool = True):
+        data = MultiTaskData(TRAIN_SAMPLES, seed=1) if training else MultiTaskData(TEST_SAMPLES, seed=2)
+        super().__init__(data, batch_size, shuffle, validation_split, training=training)
+
+
+class TwoHeads(nn.Module):
+    def __init__(self, hidden: int = 16):
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(6, hidden), nn.ReLU())
+        self.cls = nn.Linear(hidden, 3)
+        self.reg = nn.Linear(hidden, 1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.trunk(x)
+        return {"cls": F.log_softmax(self.cls(features), dim=1), "reg": self.reg(features).squeeze(1)}
+
+
+def multitask_loss(output: dict, target: dict) -> torch.Tensor:
+    return F.nll_loss(output["cls"], target["cls"]) + F.mse_loss(output["reg"], target["reg"])
+
+
+def squared_error(output: dict, target: dict) -> torch.Tensor:
+    """A metric function of the whole dicts: the regression head's mean squared error."""
+    return (output["reg"] - target["reg"]).pow(2).mean()
+
+
+class MaskData(Dataset):
+    """4x4 images whose mask marks the pixels above zero."""
+
+    def __init__(self, samples: int, seed: int):
+        self.images = torch.randn(samples, 1, 4, 4, generator=torch.Generator().manual_seed(seed))
+        self.masks = (self.images[:, 0] > 0).long()
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        return self.images[index], self.masks[index]
+
+
+class MaskDataLoader(BaseDataLoader):
+    def __init__(self, batch_size: int = 8, shuffle: bool = True, validation_split: float = 0.0, training: bool = True):
+        super().__init__(
+            MaskData(45 if training else 21, seed=3 if training else 4), batch_size, shuffle, validation_split, training=training
+        )
+
+
+class TinySegmenter(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, kernel_size=3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.log_softmax(self.conv(x), dim=1)
+
+
+def pixel_accuracy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return (output.argmax(dim=1) == target).float().mean()
+
+
+class SequenceFirstDigits(DigitsDataLoader):
+    """The digits with their images as 8 rows of a sequence, sequence first: ``(8, B, 8)`` beside a ``(B,)`` target."""
+
+    def unpack_batch(self, batch):
+        images, labels = batch
+        return images.view(len(images), 8, 8).transpose(0, 1), labels
