@@ -6,7 +6,9 @@
   returning ``{"cls": (N, 3), "reg": (N,)}``; :func:`multitask_loss` is NLL plus MSE;
 - :class:`MaskDataLoader` and :class:`TinySegmenter`: a segmentation-like pair, ``(N, 1, 4, 4)``
   images, ``(N, 4, 4)`` masks, ``(N, 2, 4, 4)`` scores;
-- :class:`SequenceFirstDigits`: batches whose tensors disagree on the number of samples.
+- :class:`SequenceFirstDigits`: batches whose tensors disagree on the number of samples;
+- :class:`TermsTrainer` logs the loss's two terms (``self.log``); :class:`MaskTrainer` predicts
+  the argmax mask (``predict_step``).
 
 It lives in tests/, outside the project's source packages, so a run naming it trusts its own
 checkpoints with ``--trust-checkpoint`` (``tests/helpers.py``: ``trusting``).
@@ -21,6 +23,7 @@ from torch.utils.data import Dataset
 
 from base import BaseDataLoader
 from data_loader.data_loaders import DigitsDataLoader
+from trainer import Trainer
 
 TEST_SAMPLES, TRAIN_SAMPLES = 113, 150
 
@@ -63,6 +66,50 @@ def multitask_loss(output: dict, target: dict) -> torch.Tensor:
     return F.nll_loss(output["cls"], target["cls"]) + F.mse_loss(output["reg"], target["reg"])
 
 
+class TermsTrainer(Trainer):
+    """Logs the two terms of :func:`multitask_loss` in training and validation."""
+
+    def training_step(self, inputs, target):
+        output = self.forward(inputs)
+        cls, reg = F.nll_loss(output["cls"], target["cls"]), F.mse_loss(output["reg"], target["reg"])
+        self.log("cls_loss", cls)
+        self.log("reg_loss", reg.item())  # a number works too
+        return cls + reg, output
+
+    validation_step = training_step
+
+
+class HandSteppingTrainer(Trainer):
+    """Steps a second optimizer of its own inside the step, by hand, and counts those steps in a part of its own."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.extra = torch.optim.SGD(self.model.module.parameters(), lr=0.1, momentum=0.9)
+        self.hand = {"steps": 0}
+
+    def training_step(self, inputs, target):
+        self.loss(self.forward(inputs), target).backward()
+        self.extra.step()
+        self.extra.zero_grad()
+        self.hand["steps"] += 1
+        output = self.forward(inputs)
+        return self.loss(output, target), output
+
+    def state_parts(self):
+        return {**super().state_parts(), "extra": self.extra, "hand": Counted(self.hand)}
+
+
+class Counted:
+    def __init__(self, counts: dict):
+        self.counts = counts
+
+    def state_dict(self) -> dict:
+        return dict(self.counts)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.counts.update(state)
+
+
 def squared_error(output: dict, target: dict) -> torch.Tensor:
     """A metric function of the whole dicts: the regression head's mean squared error."""
     return (output["reg"] - target["reg"]).pow(2).mean()
@@ -96,6 +143,12 @@ class TinySegmenter(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.log_softmax(self.conv(x), dim=1)
+
+
+class MaskTrainer(Trainer):
+    def predict_step(self, inputs):
+        scores = self.forward(inputs)
+        return {"mask": scores.argmax(dim=1), "scores": scores}
 
 
 def pixel_accuracy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

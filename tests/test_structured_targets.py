@@ -42,6 +42,7 @@ def multitask_config(tmp_path, batch_size: int = 16) -> dict:
         "optimizer": {"type": "Adam", "args": {"lr": 0.01}},
         "lr_scheduler": None,
         "trainer": {
+            "type": "multitask:TermsTrainer",
             "epochs": 2,
             "save_dir": str(tmp_path / "saved"),
             "tensorboard": False,
@@ -91,6 +92,17 @@ def test_test_py_equals_a_per_sample_recomputation(multitask):
     assert got["mse"] == pytest.approx(expected["mse"], rel=1e-5)
     assert got["tm_mse"] == pytest.approx(expected["mse"], rel=1e-5)  # a torchmetrics object pointed at one head
     assert got["loss"] == pytest.approx(expected["loss"], rel=1e-5)
+    assert got["mse"] == pytest.approx(got["reg_loss"], rel=1e-6)  # self.log's values are per-sample means like the loss
+    assert got["cls_loss"] + got["reg_loss"] == pytest.approx(got["loss"], rel=1e-6)
+
+
+def test_logged_values_are_in_every_epoch_row(multitask):
+    _, trainer, _ = multitask
+    rows = [json.loads(line) for line in (trainer.run.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
+    for row in rows:
+        assert row["cls_loss"] + row["reg_loss"] == pytest.approx(row["loss"], rel=1e-6)
+        assert row["val_cls_loss"] + row["val_reg_loss"] == pytest.approx(row["val_loss"], rel=1e-6)
 
 
 def test_an_epoch_counts_its_real_samples(multitask):
@@ -135,6 +147,7 @@ def test_a_dense_output_and_its_mask_keep_their_shapes(tmp_path):
         loss="nll_loss",
         metrics=[{"type": "multitask:pixel_accuracy"}],
     )
+    config["trainer"]["type"] = "multitask:MaskTrainer"
     config["trainer"].update(epochs=1, monitor="min loss")
     trainer, run_dir = build_trainer(tmp_path, config, TRUST)
     trainer.train()
@@ -145,11 +158,16 @@ def test_a_dense_output_and_its_mask_keep_their_shapes(tmp_path):
     arrays = read_predictions(out)
     data = MaskData(21, seed=4)
     assert arrays["target"].shape == (21, 4, 4) and np.array_equal(arrays["target"], data.masks.numpy())
-    assert arrays["output"].shape == (21, 2, 4, 4)
+    assert arrays["scores"].shape == (21, 2, 4, 4) and arrays["mask"].shape == (21, 4, 4)  # MaskTrainer.predict_step's fields
     model = TinySegmenter()
     model.load_state_dict(torch.load(checkpoint, weights_only=True)["model"])
     with torch.no_grad():
-        assert np.allclose(arrays["output"], model.eval()(data.images).numpy(), atol=1e-6)
+        scores = model.eval()(data.images)
+    assert np.allclose(arrays["scores"], scores.numpy(), atol=1e-6) and np.array_equal(arrays["mask"], scores.argmax(dim=1).numpy())
+    plain = tmp_path / "plain.npz"  # the forward alone: the (N, C, H, W) output stays 4-D
+    result = run_here("predict.py", "-r", checkpoint, "--out", plain, "trainer.type=Trainer", TRUST)
+    assert result.returncode == 0, result.stderr
+    assert read_predictions(plain)["output"].shape == (21, 2, 4, 4)
 
 
 def test_the_batch_size_rule():
@@ -162,3 +180,45 @@ def test_the_batch_size_rule():
         count_samples(torch.ones(7, 5, 3), y)  # sequence-first inputs
     with pytest.raises(UserError, match=r"no tensor with a batch dimension.*list \(str, str\)"):
         count_samples(["a", "b"], ["c", "d"])
+
+
+def test_the_preflight_puts_back_what_a_step_of_its_own_changed(tmp_path):
+    """A step that steps an optimizer of its own by hand: with the pre-flight on, the run starts
+    from the same weights and optimizer states as with it off (README: pre-flight changes nothing)."""
+    config = multitask_config(tmp_path)
+    config["trainer"]["type"] = "multitask:HandSteppingTrainer"
+    started = {}
+    for preflight in (True, False):
+        trainer, _ = build_trainer(tmp_path, config, f"trainer.preflight={str(preflight).lower()}", TRUST, run_id=f"preflight-{preflight}")
+        started[preflight] = {name: part.state_dict() for name, part in trainer.state_parts().items() if name != "monitor"}
+    assert started[True]["hand"] == started[False]["hand"] == {"steps": 0}
+    for name in ("model", "extra", "optimizer", "progress"):
+        assert _same(started[True][name], started[False][name]), name
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(map(_same, a, b))
+    return a == b
+
+
+def test_self_log_rejects_a_name_the_row_has_and_a_non_scalar():
+    from trainer.step_log import LoggedValues
+
+    logged = LoggedValues(torch.device("cpu"), ("acc_cls",))
+    for name in ("loss", "acc_cls", "val_x", "lr"):
+        with pytest.raises(UserError, match=r"self.log: .*choose another name"):
+            logged.log(name, 1.0)
+    with pytest.raises(UserError, match=r"self.log: 'kl' is a tensor of shape \(3,\)"):
+        logged.log("kl", torch.ones(3))
+    logged.log("kl", torch.tensor(2.0))
+    logged.commit(3)
+    logged.log("kl", 4.0)
+    logged.commit(1)
+    again = LoggedValues(torch.device("cpu"))
+    again.load_state_dict(logged.state_dict())  # what a mid-epoch checkpoint carries
+    assert logged.compute() == again.compute() == {"kl": (2.0 * 3 + 4.0) / 4}

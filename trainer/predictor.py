@@ -22,7 +22,7 @@ field by field as ``target.<name>`` (``target.cls``, ``target.mask``), each in i
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,6 +85,8 @@ def output_fields(output: Any, rows: int, prefix: str = "") -> tuple[dict[str, t
 class Predictor:
     """Args:
     fields: the fields to write (``--fields``); None writes every field.
+    step: ``inputs -> output`` for one batch (a Trainer's ``predict``, running its ``predict_step``);
+        default: the model's forward.
     """
 
     def __init__(
@@ -95,8 +97,10 @@ class Predictor:
         read_batch: BatchReader | None = None,
         labelled: bool = True,
         fields: list[str] | None = None,
+        step: Callable[[Any], Any] | None = None,
     ):
         self.model = model
+        self.step = step
         self.precision = Precision(amp, device)
         self.read_batch = read_batch or BatchReader(device)
         self.labelled = labelled
@@ -114,7 +118,7 @@ class Predictor:
             else:
                 inputs, target = self.read_batch.inputs_only(batch), None
             with self.precision.autocast():
-                output = run_model(self.model, inputs)
+                output = self.step(inputs) if self.step is not None else run_model(self.model, inputs)
             yield self._select(self._columns(index, output, self._target_fields(target, len(index))))
 
     def _target_fields(self, target: Any, rows: int) -> dict[str, Any]:

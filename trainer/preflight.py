@@ -3,7 +3,11 @@ device, before the run directory exists (``trainer.preflight``).
 
 It changes nothing: the optimizer does not step, gradients are dropped, BatchNorm statistics
 and every random generator are put back, metric objects are updated on copies; a run is bitwise
-the same with and without it. What it finds becomes one line naming the key and the fix, instead
+the same with and without it. A Trainer subclass's step may do more (step an optimizer of its
+own by hand, count something): then every shared part of the checkpoint (``state_parts()``: the
+weights, every optimizer, scheduler and GradScaler, EMA, progress, and the parts a subclass adds)
+is copied before the batch and put back after it. ``trainer.in_preflight`` is True during the
+batch, for a step that would rather skip something. What it finds becomes one line naming the key and the fix, instead
 of a traceback after an epoch: a model that cannot take the data's inputs (torch's own words are
 kept), labels beyond the model's classes, a loss that is not a scalar, a metric that returns a
 non-tensor or non-scalar, a dict output reaching a metric that wants a tensor, a monitored metric
@@ -43,6 +47,8 @@ def run_preflight(trainer: Trainer) -> None:
     buffers = [b.detach().clone() for b in module.buffers()]
     rng = get_rng_state()
     was_training = module.training
+    saved = _snapshot(trainer) if _custom_step(trainer) else None
+    trainer.in_preflight = True
     try:
         try:
             batch = next_batch(iter(trainer.data.epoch_batches(trainer.progress.start_epoch, 0)))
@@ -54,12 +60,34 @@ def run_preflight(trainer: Trainer) -> None:
         _check_optimizer(trainer)
         _check_schedule(trainer)
     finally:
+        trainer.in_preflight = False
+        trainer.train_logged.reset()
         trainer.optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():
-            for saved, buffer in zip(buffers, module.buffers()):
-                buffer.copy_(saved)
+            for kept, buffer in zip(buffers, module.buffers()):
+                buffer.copy_(kept)
+        if saved is not None:
+            for name, part in trainer.state_parts().items():
+                part.load_state_dict(saved[name])
         module.train(was_training)
         set_rng_state(rng)
+
+
+def _custom_step(trainer: Trainer) -> bool:
+    """Whether a subclass's code runs in the step (or keeps parts of its own) and so may change state."""
+    from trainer.trainer import Trainer
+
+    kind = type(trainer)
+    return kind.training_step is not Trainer.training_step or kind.state_parts is not Trainer.state_parts
+
+
+def _snapshot(trainer: Trainer) -> dict[str, Any]:
+    """Every shared part's state, copied (plain tensors to the CPU, so the copy takes no device memory)."""
+
+    def keep(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.detach().to("cpu", copy=True) if type(tensor) is torch.Tensor else copy.deepcopy(tensor.detach())
+
+    return {name: map_tensors(part.state_dict(), keep) for name, part in trainer.state_parts().items()}
 
 
 def _check_monitor(metric: str | None, produced: dict[str, Any]) -> None:
@@ -99,6 +127,7 @@ def _check_batch(trainer: Trainer, batch: Any) -> dict[str, Any]:
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.is_floating_point():
         raise UserError(f"loss: it returned {describe(loss)}; a loss must be one floating-point number per batch (e.g. reduce it with .mean())")
     produced = {"loss": loss.item(), **_check_metrics(trainer, output, target)}
+    produced.update({name: float(value) for name, value in trainer.train_logged.pending.items()})  # self.log's, monitorable
     try:
         loss.backward()
     except RuntimeError as exc:
