@@ -161,3 +161,22 @@ class SequenceFirstDigits(DigitsDataLoader):
     def unpack_batch(self, batch):
         images, labels = batch
         return images.view(len(images), 8, 8).transpose(0, 1), labels
+
+
+class DistilTrainer(Trainer):
+    """A student trained on its loss mixed with the KL divergence to a frozen teacher loaded from a checkpoint."""
+
+    def __init__(self, *args, teacher: str, mix: float = 0.5, **kwargs):
+        from app.loading import load_model
+
+        super().__init__(*args, **kwargs)
+        self.teacher = load_model(teacher, trust_checkpoint=True).requires_grad_(False).to(self.device)
+        self.mix = mix
+
+    def training_step(self, inputs, target):
+        output = self.forward(inputs)
+        with torch.no_grad():
+            taught = self.teacher(inputs)["cls"]
+        kl = F.kl_div(output["cls"], taught, log_target=True, reduction="batchmean")
+        self.log("kl", kl)
+        return (1 - self.mix) * self.loss(output, target) + self.mix * kl, output

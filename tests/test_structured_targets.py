@@ -222,3 +222,22 @@ def test_self_log_rejects_a_name_the_row_has_and_a_non_scalar():
     again = LoggedValues(torch.device("cpu"))
     again.load_state_dict(logged.state_dict())  # what a mid-epoch checkpoint carries
     assert logged.compute() == again.compute() == {"kl": (2.0 * 3 + 4.0) / 4}
+
+
+def test_load_model_gives_a_trained_model_under_the_trust_rule_and_into_the_manifest(multitask, tmp_path):
+    from app.loading import file_digest, load_model
+
+    _, _, checkpoint = multitask
+    with pytest.raises(UserError, match=r"multitask:.*is not defined in.*--trust-checkpoint"):
+        load_model(checkpoint)  # its config names code outside the project: a checkpoint is data
+    teacher = load_model(checkpoint, trust_checkpoint=True)
+    saved = torch.load(checkpoint, weights_only=True)["model"]
+    assert not teacher.training and all(torch.equal(value, saved[name]) for name, value in teacher.state_dict().items())
+    config = multitask_config(tmp_path)
+    config["trainer"].update(type="multitask:DistilTrainer", args={"teacher": str(checkpoint)}, epochs=1)
+    student, run_dir = build_trainer(tmp_path, config, TRUST, run_id="student")
+    student.train()
+    loaded = json.loads((run_dir / "manifest.json").read_text())["data"]["loaded_models"]
+    assert loaded == [{"path": str(checkpoint), "sha256": file_digest(checkpoint), "weights": "raw", "epoch": 2}]
+    row = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert row["kl"] >= 0
