@@ -156,7 +156,8 @@ def load_model(path: str | Path, weights: str = "auto", trust_checkpoint: bool =
 
     model = build_model(config)
     load_weights(model, checkpoint.weights(ema=use_ema), strict=True, source=str(path))
-    LOADED_MODELS.append({"path": str(path), "sha256": file_digest(Path(path)), "weights": "ema" if use_ema else "raw", "epoch": checkpoint.epoch})
+    record = {"path": str(path), "sha256": file_digest(Path(path)), "weights": "ema" if use_ema else "raw", "epoch": checkpoint.epoch}
+    LOADED_MODELS.append(record)
     return model.eval()
 
 

@@ -6,7 +6,7 @@
   returning ``{"cls": (N, 3), "reg": (N,)}``; :func:`multitask_loss` is NLL plus MSE;
 - :class:`MaskDataLoader` and :class:`TinySegmenter`: a segmentation-like pair, ``(N, 1, 4, 4)``
   images, ``(N, 4, 4)`` masks, ``(N, 2, 4, 4)`` scores;
-- :class:`SequenceFirstDigits`: batches whose tensors disagree on the number of samples;
+- :class:`SequenceFirst`: batches whose tensors disagree on the number of samples;
 - :class:`TermsTrainer` logs the loss's two terms (``self.log``); :class:`MaskTrainer` predicts
   the argmax mask (``predict_step``).
 
@@ -22,7 +22,6 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from base import BaseDataLoader
-from data_loader.data_loaders import DigitsDataLoader
 from trainer import Trainer
 
 TEST_SAMPLES, TRAIN_SAMPLES = 113, 150
@@ -155,12 +154,12 @@ def pixel_accuracy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (output.argmax(dim=1) == target).float().mean()
 
 
-class SequenceFirstDigits(DigitsDataLoader):
-    """The digits with their images as 8 rows of a sequence, sequence first: ``(8, B, 8)`` beside a ``(B,)`` target."""
+class SequenceFirst(MultiTaskDataLoader):
+    """The features as a sequence of 2 steps of 3, sequence first: ``(2, B, 3)`` beside ``(B,)`` targets."""
 
     def unpack_batch(self, batch):
-        images, labels = batch
-        return images.view(len(images), 8, 8).transpose(0, 1), labels
+        x, target = batch
+        return x.view(len(x), 2, 3).transpose(0, 1), target
 
 
 class DistilTrainer(Trainer):
