@@ -16,6 +16,9 @@ checkpoints with ``--trust-checkpoint`` (``tests/helpers.py``: ``trusting``).
 
 from __future__ import annotations
 
+import os
+import signal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -59,6 +62,21 @@ class TwoHeads(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.trunk(x)
         return {"cls": F.log_softmax(self.cls(features), dim=1), "reg": self.reg(features).squeeze(1)}
+
+
+class SignalingTwoHeads(TwoHeads):
+    """:class:`TwoHeads` that sends itself SIGTERM at its ``at``-th training forward (the pre-flight's is the first)."""
+
+    def __init__(self, hidden: int = 16, at: int = 0):
+        super().__init__(hidden)
+        self.at, self.calls = at, 0
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.training:
+            self.calls += 1
+            if self.calls == self.at:
+                os.kill(os.getpid(), signal.SIGTERM)
+        return super().forward(x)
 
 
 def multitask_loss(output: dict, target: dict) -> torch.Tensor:

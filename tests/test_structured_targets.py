@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import build_trainer, run_here
+from helpers import build_trainer, last_checkpoint, metric_rows, run_here
 from multitask import TEST_SAMPLES, TRAIN_SAMPLES, MaskData, MultiTaskData, TinySegmenter, TwoHeads
 
 from app.prediction_files import read_predictions
@@ -111,6 +111,20 @@ def test_an_epoch_counts_its_real_samples(multitask):
     assert trainer.epoch_samples == training  # samples_per_sec is this over the epoch's time
     row = json.loads((trainer.run.run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     assert row["samples_per_sec"] > 0 and 0 <= row["exact_acc"] <= 1
+
+
+def test_a_resume_mid_epoch_logs_what_the_uninterrupted_run_logged(multitask, tmp_path):
+    """SIGTERM in epoch 2 (batch 3 of 8), then train.py -r: the rows, self.log's values and the
+    per-head metrics included, equal the uninterrupted run's (the fixture's) value for value."""
+    uninterrupted = multitask[1].run.run_dir
+    config = multitask_config(tmp_path)
+    config["arch"] = {"type": "multitask:SignalingTwoHeads", "args": {"hidden": 16, "at": 1 + 8 + 3}}
+    trainer, run_dir = build_trainer(tmp_path, config, TRUST)
+    trainer.train()
+    assert trainer.stopped_by == "SIGTERM" and last_checkpoint(run_dir)["progress"]["batch_in_epoch"] == 3
+    result = run_here("train.py", "-r", run_dir / "checkpoints" / "last.pth", TRUST)  # the rebuilt model counts from 0: no second signal
+    assert result.returncode == 0, result.stderr
+    assert metric_rows(run_dir, timing=False) == metric_rows(uninterrupted, timing=False)
 
 
 def test_predict_writes_output_and_target_fields_in_their_shapes(multitask):

@@ -6,7 +6,9 @@ output and the configured loss. Override either in a subclass named by ``trainer
 (``package.module:Name``) to change it: a loss weighted by the epoch, a second forward pass, a
 loss of several outputs. ``self.epoch`` (1-based, the epoch in progress), ``self.global_step``
 (optimizer steps done), ``self.forward(inputs)`` (the model as this phase runs it) and
-``self.loss(output, target, inputs)`` are at hand. Everything around a step is the engine's and
+``self.loss(output, target, inputs)`` are at hand, and ``self.log(name, value)`` logs a scalar
+averaged over the epoch like the loss; :meth:`Trainer.predict_step` is what ``predict.py`` writes
+(default: the forward). Everything around a step is the engine's and
 keeps working: autocast (the step runs inside it), accumulation, backward, clipping, the
 optimizer and scheduler, DDP/FSDP, EMA, metrics (on the returned ``output``), checkpoints and
 exact mid-epoch resume.
