@@ -83,24 +83,36 @@ def tensor_leaves(value: Any, path: str) -> Iterator[tuple[str, torch.Tensor]]:
 def count_samples(inputs: Any, target: Any) -> int:
     """The number of samples in a batch: the dim 0 that every tensor of ``inputs`` and ``target``
     shares (see the module docstring). One line naming the structure when there is no such dim."""
-    size, first = None, None
-    for path, tensor in (*tensor_leaves(inputs, "inputs"), *tensor_leaves(target, "target")):
-        if tensor.dim() == 0:
-            continue
-        if size is None:
-            size, first = tensor.shape[0], path
-        elif tensor.shape[0] != size:
-            raise UserError(
-                f"batch: its tensors disagree on the number of samples (dim 0): {first} has {size}, {path} has {tensor.shape[0]} "
-                f"(inputs {describe(inputs)}, target {describe(target)}); put the samples along dim 0 of every tensor "
-                f"(e.g. batch_first=True), or give the data loader a count_samples(self, inputs, target) method returning the batch's sample count"
-            )
-    if size is None:
+    sizes: set[int] = set()
+    _dim0s(inputs, sizes)
+    _dim0s(target, sizes)
+    if len(sizes) == 1:
+        return sizes.pop()
+    if not sizes:
         raise UserError(
             f"batch: no tensor with a batch dimension to count its samples by (inputs {describe(inputs)}, target {describe(target)}); "
             f"collate the samples into tensors, or give the data loader a count_samples(self, inputs, target) method returning the batch's sample count"
         )
-    return size
+    found = [(path, t.shape[0]) for path, t in (*tensor_leaves(inputs, "inputs"), *tensor_leaves(target, "target")) if t.dim()]
+    first, other = found[0], next(item for item in found if item[1] != found[0][1])
+    raise UserError(
+        f"batch: its tensors disagree on the number of samples (dim 0): {first[0]} has {first[1]}, {other[0]} has {other[1]} "
+        f"(inputs {describe(inputs)}, target {describe(target)}); put the samples along dim 0 of every tensor "
+        f"(e.g. batch_first=True), or give the data loader a count_samples(self, inputs, target) method returning the batch's sample count"
+    )
+
+
+def _dim0s(value: Any, sizes: set[int]) -> None:
+    """Add the dim 0 of every tensor in ``value`` (but 0-dim ones) to ``sizes``: the fast walk, no paths."""
+    if isinstance(value, torch.Tensor):
+        if value.dim():
+            sizes.add(value.shape[0])
+    elif isinstance(value, dict):
+        for item in value.values():
+            _dim0s(item, sizes)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _dim0s(item, sizes)
 
 
 def describe(value: Any) -> str:
