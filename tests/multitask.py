@@ -180,6 +180,13 @@ class SequenceFirst(MultiTaskDataLoader):
         return x.view(len(x), 2, 3).transpose(0, 1), target
 
 
+class SequenceFirstCounted(SequenceFirst):
+    """:class:`SequenceFirst` saying how many samples its batches hold."""
+
+    def batch_samples(self, inputs, target) -> int:
+        return inputs.shape[1]
+
+
 class DistilTrainer(Trainer):
     """A student trained on its loss mixed with the KL divergence to a frozen teacher loaded from a checkpoint."""
 

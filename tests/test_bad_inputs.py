@@ -833,7 +833,7 @@ ROWS = [
         "train",
         new('data_loader={type: "multitask:SequenceFirst"}', "--trust-checkpoint"),
         2,
-        ("batch:", "inputs has 2, target.cls has 16", "count_samples"),
+        ("batch:", "inputs has 2, target.cls has 16", "batch_samples"),
     ),
     # -- bugs in the user's own code: a traceback into the user's line, exit code 1 --------------------
     Row("model __init__ biass=True", "train", new("arch.type=user_bugs:MisspelledArgumentCNN"), 1, bug="biass"),

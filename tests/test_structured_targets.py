@@ -16,10 +16,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import build_trainer, last_checkpoint, metric_rows, run_here
-from multitask import TEST_SAMPLES, TRAIN_SAMPLES, MaskData, MultiTaskData, TinySegmenter, TwoHeads
+from multitask import TEST_SAMPLES, TRAIN_SAMPLES, MaskData, MultiTaskData, SequenceFirst, SequenceFirstCounted, TinySegmenter, TwoHeads
 
 from app.prediction_files import read_predictions
-from trainer.batches import count_samples
+from trainer.batches import BatchReader, count_samples
 from utils.errors import UserError
 
 TRUST = "--trust-checkpoint"  # the config names tests/multitask.py, outside the project's packages
@@ -190,10 +190,15 @@ def test_the_batch_size_rule():
     assert count_samples(x, {"cls": y, "reg": y}) == 5
     assert count_samples({"tokens": torch.ones(5, 7), "scale": torch.tensor(2.0)}, Pair(y, [y, "name"])) == 5
     assert count_samples(["text"] * 3, torch.zeros(3)) == 3  # inputs without tensors: the target counts
-    with pytest.raises(UserError, match=r"inputs has 7, target has 5 .*batch_first=True.*count_samples"):
+    with pytest.raises(UserError, match=r"inputs has 7, target has 5 .*batch_first=True.*batch_samples"):
         count_samples(torch.ones(7, 5, 3), y)  # sequence-first inputs
     with pytest.raises(UserError, match=r"no tensor with a batch dimension.*list \(str, str\)"):
         count_samples(["a", "b"], ["c", "d"])
+    loader = SequenceFirstCounted(batch_size=16)  # the data loader's own rule, for batches the default cannot count
+    inputs, target = BatchReader(torch.device("cpu"), loader)(next(iter(loader)))
+    assert inputs.shape == (2, 16, 3) and BatchReader(torch.device("cpu"), loader).count(inputs, target) == 16
+    with pytest.raises(UserError, match=r"inputs has 2, target.cls has 16"):
+        BatchReader(torch.device("cpu"), SequenceFirst(batch_size=16)).count(inputs, target)
 
 
 def test_the_preflight_puts_back_what_a_step_of_its_own_changed(tmp_path):

@@ -19,7 +19,7 @@ target, is looked at (inside dicts, tuples, namedtuples and lists, at any depth;
 and non-tensors are skipped), and they must all agree. A batch whose tensors disagree (a
 sequence-first ``(T, B, F)`` input beside a ``(B,)`` target, a list of per-sample tensors), or
 that holds no tensor, is one line at the pre-flight naming its structure. Fix it by putting the
-samples along dim 0, or give the data loader a method ``count_samples(self, inputs, target) ->
+samples along dim 0, or give the data loader a method ``batch_samples(self, inputs, target) ->
 int`` and it is used instead.
 """
 
@@ -91,14 +91,14 @@ def count_samples(inputs: Any, target: Any) -> int:
     if not sizes:
         raise UserError(
             f"batch: no tensor with a batch dimension to count its samples by (inputs {describe(inputs)}, target {describe(target)}); "
-            f"collate the samples into tensors, or give the data loader a count_samples(self, inputs, target) method returning the batch's sample count"
+            f"collate the samples into tensors, or give the data loader a batch_samples(self, inputs, target) method returning the batch's sample count"
         )
     found = [(path, t.shape[0]) for path, t in (*tensor_leaves(inputs, "inputs"), *tensor_leaves(target, "target")) if t.dim()]
     first, other = found[0], next(item for item in found if item[1] != found[0][1])
     raise UserError(
         f"batch: its tensors disagree on the number of samples (dim 0): {first[0]} has {first[1]}, {other[0]} has {other[1]} "
         f"(inputs {describe(inputs)}, target {describe(target)}); put the samples along dim 0 of every tensor "
-        f"(e.g. batch_first=True), or give the data loader a count_samples(self, inputs, target) method returning the batch's sample count"
+        f"(e.g. batch_first=True), or give the data loader a batch_samples(self, inputs, target) method returning the batch's sample count"
     )
 
 
@@ -174,7 +174,7 @@ class BatchReader:
         custom = getattr(data_loader, "unpack_batch", None)
         self.plain = not callable(custom)  # (inputs, target) pairs take the short path below
         self.unpack: Callable[[Any], tuple[Any, Any]] = custom if callable(custom) else (lambda batch: unpack_batch(batch, target_key))
-        counter = getattr(data_loader, "count_samples", None)
+        counter = getattr(data_loader, "batch_samples", None)
         self.counter: Callable[[Any, Any], int] | None = counter if callable(counter) else None
 
     def __call__(self, batch: Any) -> tuple[Any, Any]:
@@ -186,11 +186,11 @@ class BatchReader:
         return self._layout(inputs), target
 
     def count(self, inputs: Any, target: Any) -> int:
-        """The batch's number of samples (:func:`count_samples`, or the data loader's ``count_samples``)."""
+        """The batch's number of samples (:func:`count_samples`, or the data loader's ``batch_samples``)."""
         if self.counter is not None:
             size = self.counter(inputs, target)
             if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-                raise UserError(f"data_loader: count_samples returned {size!r}; it must return the batch's number of samples, an int")
+                raise UserError(f"data_loader: batch_samples returned {size!r}; it must return the batch's number of samples, an int")
             return size
         if type(inputs) is torch.Tensor and type(target) is torch.Tensor and inputs.dim() and target.dim():
             size = inputs.shape[0]
