@@ -114,6 +114,18 @@ def sources(args: argparse.Namespace, config):
     return batches, RowFormatter(getattr(loader, "classes", None)), None, True, loader
 
 
+def prediction_step(loaded):
+    """The run's Trainer's ``predict_step`` when its class has one of its own (built as ``test.py`` builds it), else None: the forward."""
+    from app.session import build_trainer, evaluation_settings
+    from trainer import Trainer
+
+    if loaded.config.trainer_class().predict_step is Trainer.predict_step:
+        return None
+    trainer = build_trainer(loaded.config, loaded.device, model=loaded.model, settings=evaluation_settings(loaded.config))
+    trainer.progress.epoch, trainer.progress.global_step = loaded.checkpoint.epoch or 0, loaded.checkpoint.global_step or 0
+    return trainer.predict
+
+
 def predict(args: argparse.Namespace, loaded, claim) -> None:
     config, device = loaded.config, loaded.device
     if device.type == "cpu":
@@ -124,7 +136,7 @@ def predict(args: argparse.Namespace, loaded, claim) -> None:
     batches, formatter, total, labelled, loader = sources(args, config)
     read_batch = BatchReader(device, loader, settings.target_key, settings.channels_last)
     fields = [name.strip() for name in args.fields.split(",") if name.strip()] if args.fields else None
-    predictor = Predictor(loaded.model, device, settings.amp, read_batch, labelled, fields)
+    predictor = Predictor(loaded.model, device, settings.amp, read_batch, labelled, fields, step=prediction_step(loaded))
     show = settings.progress_bar and distributed.is_main_process() and sys.stderr.isatty()
     started = time.perf_counter()
     part = PartWriter(Path(args.out))

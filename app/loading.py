@@ -7,11 +7,15 @@ is on, unless ``--weights raw`` asks for the trained weights themselves.
 
 ``-r CV_RUN_DIR`` (a cross-validation, ``app/cv.py``) loads each fold's best checkpoint and
 answers with their mean (``trainer/ensemble.py``); ``--fold i`` takes fold ``i`` alone.
+
+:func:`load_model` is the same for your own code: a trained model inside another run (a teacher
+to distil from, a frozen encoder), under the same trust rule, its file's hash in the run's manifest.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,3 +151,46 @@ def load_one(args: argparse.Namespace, path: str) -> Loaded:
     load_weights(model, checkpoint.weights(ema=use_ema), strict=True, source=str(path))
     model.to(device).eval()
     return Loaded(config, checkpoint, device, model, "ema" if use_ema else "raw")
+
+
+LOADED_MODELS: list[dict] = []
+"""What :func:`load_model` read in this process (path, sha256, weights, epoch); a new run's
+``manifest.json`` lists them under ``data.loaded_models``."""
+
+
+def load_model(path: str | Path, weights: str = "auto", trust_checkpoint: bool = False) -> nn.Module:
+    """A trained model from a run's checkpoint (``.pth`` or ``.dcp``), rebuilt from the config stored
+    inside it, holding the weights ``test.py`` would evaluate (``weights``: ``"auto"``, ``"ema"`` or
+    ``"raw"``), in eval mode, on the CPU. Use it in a Trainer subclass for a teacher or a frozen
+    part (``.requires_grad_(False)``; kept outside ``self.model``, it is in no checkpoint of the new
+    run, and the file's hash is in its manifest instead). The checkpoint is data: its config may
+    name only this project's code and the libraries it builds from, unless ``trust_checkpoint``."""
+    if weights not in ("auto", "ema", "raw"):
+        raise UserError(f"load_model: weights must be 'auto', 'ema' or 'raw', got {weights!r}")
+    checkpoint = load_checkpoint(path)
+    if checkpoint.config is None:
+        raise UserError(f"{path}: a weights file without a config; load_model needs a run's checkpoint (checkpoints/best.pth)")
+    config = Config.from_dict(checkpoint.config, f"{path} (its config)", [], trusted=trust_checkpoint)
+    if weights == "ema" and not checkpoint.has_ema:
+        raise UserError(f"load_model: {path} holds no EMA weights (the run had trainer.ema_decay null); use weights='raw'")
+    use_ema = checkpoint.has_ema and (weights == "ema" or (weights == "auto" and config.settings.ema_evaluate))
+    from app.session import build_model
+
+    model = build_model(config)
+    load_weights(model, checkpoint.weights(ema=use_ema), strict=True, source=str(path))
+    record = {"path": str(path), "sha256": file_digest(Path(path)), "weights": "ema" if use_ema else "raw", "epoch": checkpoint.epoch}
+    LOADED_MODELS.append(record)
+    return model.eval()
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file, or of a snapshot folder's files (names and bytes, in name order)."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode() + b"\0")
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()

@@ -12,14 +12,16 @@ swept by the next claim of the same name; on any other exit they are removed at 
 Columns, by the output's extension:
 
 - ``.jsonl``: one object per row: ``index``, then ``path`` or ``line`` for unlabelled files,
-  ``target`` (when the data has one), then the fields (``trainer/predictor.py``): for a tensor
-  output ``prediction``, ``label`` (the class name, when the data loader knows names) and
-  ``output`` (probabilities or values, float32 precision); for a dict, tuple or namedtuple
-  output, one field per key, each row's value as a number or nested list;
-- ``.csv``: the same columns, a field with several values per row spread over ``name_0``,
-  ``name_1``, ... (row-major);
+  ``target`` (when the data has one; a dict or tuple target as ``target.<field>``, one per
+  field), then the fields (``trainer/predictor.py``): for a tensor output ``prediction``,
+  ``label`` (the class name, when the data loader knows names) and ``output`` (probabilities or
+  values, float32 precision); for a dict, tuple or namedtuple output, one field per key; each
+  row's value a number or a nested list in the field's own shape (a ``(C, H, W)`` row stays 3-D);
+- ``.csv``: the same columns, flattened: a field with several values per row spread over
+  ``name_0``, ``name_1``, ... (row-major);
 - ``.npz`` (NumPy) and ``.pt`` (``torch.load(..., weights_only=True)``): one array per column of
-  shape ``(rows, *the field's shape)``, names as lists or unicode arrays.
+  shape ``(rows, *the field's shape)`` (a ``(N, H, W)`` mask stays ``(N, H, W)``), names as lists
+  or unicode arrays.
 """
 
 from __future__ import annotations
@@ -79,15 +81,15 @@ class RowFormatter:
         self.classes, self.ids, self.id_key = classes, ids, id_key
 
     def lines(self, batch: PredictionBatch) -> Iterator[str]:
-        target = batch.target.tolist() if isinstance(batch.target, torch.Tensor) else batch.target
+        targets = {name: values.tolist() if isinstance(values, torch.Tensor) else values for name, values in batch.target.items()}
         columns = {name: values.tolist() for name, values in batch.fields.items()}
         label = batch.classes and self.classes is not None
         for row, index in enumerate(batch.index.tolist()):
             item: dict[str, Any] = {"index": index}
             if self.id_key is not None:
                 item[self.id_key] = self.ids[index]
-            if target is not None:
-                item["target"] = _plain(target[row])
+            for name, values in targets.items():
+                item[name] = _plain(values[row])
             for name, values in columns.items():
                 item[name] = values[row] if batch.classes and name == "prediction" else _plain(values[row])
                 if label and name == "prediction":

@@ -32,6 +32,7 @@ from app.config import Config, build_loss, build_lr_scheduler, build_metrics, bu
 from app.config.building import require_rebuildable, starts_new_run
 from app.export import export_at_end
 from app.history import ResumeGuard, RunHistory
+from app.loading import LOADED_MODELS
 from app.run_dir import LOCK_FILE, RunDirectory, refuse_links
 from base.freezing import freeze, matching_modules
 from logger import get_logger, setup_logging
@@ -140,6 +141,7 @@ class Session:
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.benchmark = False
         notes: list[str] = []
+        LOADED_MODELS.clear()  # what this run's own code loads, not an earlier run's in the same process
         self.trainer = trainer = build_trainer(config, device, self.stop, checkpoint, request.mode, request.resume, notes=notes)
         trainer.epoch_end.extend(request.epoch_end)
         if config.settings.preflight:
@@ -495,6 +497,8 @@ def record_manifest(
         extend_manifest(run_dir, history.manifest, command, str(checkpoint), config.digest(), distributed.world_size(), devices, config.files)
     else:
         data = {"train": fingerprint(trainer.data), "valid": fingerprint(trainer.valid_data)}
+        if LOADED_MODELS:  # trained models the run's code loaded (app/loading.py: load_model), a teacher say
+            data["loaded_models"] = list(LOADED_MODELS)
         write_manifest(run_dir, command, config.digest(), distributed.world_size(), devices, config["seed"], data, config.files)
 
 

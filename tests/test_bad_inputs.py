@@ -848,6 +848,17 @@ ROWS = [
     Row("stream: a truncated shard", "train", damaged_shard(truncated), 2, ("shard-00003.npz", "not a readable digits shard")),
     Row("stream: an empty shard", "train", damaged_shard(lambda p: p.write_bytes(b"")), 2, ("shard-00003.npz", "not a readable digits shard")),
     Row("stream: a shard with other arrays", "train", damaged_shard(rekeyed), 2, ("shard-00003.npz", "not a readable digits shard", "images")),
+    # -- structured outputs and targets (issue 38): fields and sample counts ----------------------------
+    Row("metric output field of a tensor output", "train", new("metrics=[{type: accuracy, output: cls}]"), 2, ("metrics: accuracy", "output field 'cls'", "Tensor", '"output"')),
+    Row("metric target field missing", "train", new("metrics=[{type: accuracy, target: cls}]"), 2, ("metrics: accuracy", "target field 'cls'", '"target"')),
+    Row("metric output field not a name", "train", new("metrics=[{type: accuracy, output: 3}]"), 2, ("metrics.0.output", "field name")),
+    Row(
+        "batch tensors disagree on the samples",
+        "train",
+        new('data_loader={type: "multitask:SequenceFirst"}', "--trust-checkpoint"),
+        2,
+        ("batch:", "inputs has 2, target.cls has 16", "batch_samples"),
+    ),
     # -- bugs in the user's own code: a traceback into the user's line, exit code 1 --------------------
     Row("model __init__ biass=True", "train", new("arch.type=user_bugs:MisspelledArgumentCNN"), 1, bug="biass"),
     Row("model forward NameError", "train", new("arch.type=user_bugs:NameErrorCNN"), 1, bug="temperature"),

@@ -6,10 +6,21 @@ The default rules (:func:`unpack_batch`):
 - a dict has its target under ``trainer.target_key`` (default: the first of ``"label"``,
   ``"labels"``, ``"target"``, ``"targets"``, ``"y"``) and every other key is passed to the
   model as a keyword argument;
-- the model may return a tensor or a dict: whatever it returns goes to the loss and metrics.
+- the model may return a tensor or a dict: whatever it returns goes to the loss and metrics;
+  a target that is a dict, a tuple or a list reaches them as it is.
 
 To read your batches another way, give your data loader a method ``unpack_batch(self, batch)``
 returning ``(inputs, target)``; the Trainer, ``test.py`` and ``predict.py`` use it instead.
+
+**How many samples a batch holds** (:func:`count_samples`), the one count behind the epoch's
+loss and metric averages, ``samples_per_sec``, the sums reduced over DDP processes, ``test.py``
+and ``predict.py``: the size of dim 0 of its tensors. Every tensor of the inputs, then of the
+target, is looked at (inside dicts, tuples, namedtuples and lists, at any depth; 0-dim tensors
+and non-tensors are skipped), and they must all agree. A batch whose tensors disagree (a
+sequence-first ``(T, B, F)`` input beside a ``(B,)`` target, a list of per-sample tensors), or
+that holds no tensor, is one line at the pre-flight naming its structure. Fix it by putting the
+samples along dim 0, or give the data loader a method ``batch_samples(self, inputs, target) ->
+int`` and it is used instead.
 """
 
 from __future__ import annotations
@@ -52,6 +63,68 @@ def unpack_batch(batch: Any, target_key: str | None = None) -> tuple[Any, Any]:
         f"batch: expected (inputs, target) or a dict with a target key, got {type(batch).__name__}; "
         f"give your data loader an unpack_batch(self, batch) method returning (inputs, target)"
     )
+
+
+def tensor_leaves(value: Any, path: str) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(path, tensor)`` for every tensor in ``value`` (paths as field names: ``target.cls``, ``inputs.0``)."""
+    if isinstance(value, torch.Tensor):
+        yield path, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from tensor_leaves(item, f"{path}.{key}")
+    elif isinstance(value, tuple) and hasattr(value, "_fields"):
+        for key, item in zip(value._fields, value):
+            yield from tensor_leaves(item, f"{path}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for position, item in enumerate(value):
+            yield from tensor_leaves(item, f"{path}.{position}")
+
+
+def count_samples(inputs: Any, target: Any) -> int:
+    """The number of samples in a batch: the dim 0 that every tensor of ``inputs`` and ``target``
+    shares (see the module docstring). One line naming the structure when there is no such dim."""
+    sizes: set[int] = set()
+    _dim0s(inputs, sizes)
+    _dim0s(target, sizes)
+    if len(sizes) == 1:
+        return sizes.pop()
+    if not sizes:
+        raise UserError(
+            f"batch: no tensor with a batch dimension to count its samples by (inputs {describe(inputs)}, target {describe(target)}); "
+            f"collate the samples into tensors, or give the data loader a batch_samples(self, inputs, target) method returning the batch's sample count"
+        )
+    found = [(path, t.shape[0]) for path, t in (*tensor_leaves(inputs, "inputs"), *tensor_leaves(target, "target")) if t.dim()]
+    first, other = found[0], next(item for item in found if item[1] != found[0][1])
+    raise UserError(
+        f"batch: its tensors disagree on the number of samples (dim 0): {first[0]} has {first[1]}, {other[0]} has {other[1]} "
+        f"(inputs {describe(inputs)}, target {describe(target)}); put the samples along dim 0 of every tensor "
+        f"(e.g. batch_first=True), or give the data loader a batch_samples(self, inputs, target) method returning the batch's sample count"
+    )
+
+
+def _dim0s(value: Any, sizes: set[int]) -> None:
+    """Add the dim 0 of every tensor in ``value`` (but 0-dim ones) to ``sizes``: the fast walk, no paths."""
+    if isinstance(value, torch.Tensor):
+        if value.dim():
+            sizes.add(value.shape[0])
+    elif isinstance(value, dict):
+        for item in value.values():
+            _dim0s(item, sizes)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _dim0s(item, sizes)
+
+
+def describe(value: Any) -> str:
+    """A batch's structure, for messages: ``tensor (64, 1, 8, 8) float32`` or ``dict {text: tensor (16, 12) int64}``."""
+    if isinstance(value, torch.Tensor):
+        return f"tensor {tuple(value.shape)} {str(value.dtype).removeprefix('torch.')}"
+    if isinstance(value, dict):
+        return "dict {" + ", ".join(f"{k}: {describe(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        inner = [describe(v) for v in value[:4]] + ([f"... {len(value)} items"] if len(value) > 4 else [])
+        return f"{type(value).__name__} (" + ", ".join(inner) + ")"
+    return type(value).__name__
 
 
 def next_batch(batches: Iterator[Any]) -> Any:
@@ -101,6 +174,8 @@ class BatchReader:
         custom = getattr(data_loader, "unpack_batch", None)
         self.plain = not callable(custom)  # (inputs, target) pairs take the short path below
         self.unpack: Callable[[Any], tuple[Any, Any]] = custom if callable(custom) else (lambda batch: unpack_batch(batch, target_key))
+        counter = getattr(data_loader, "batch_samples", None)
+        self.counter: Callable[[Any, Any], int] | None = counter if callable(counter) else None
 
     def __call__(self, batch: Any) -> tuple[Any, Any]:
         if self.plain and type(batch) in (list, tuple) and len(batch) == 2:  # the common case, a few us less per step
@@ -109,6 +184,19 @@ class BatchReader:
                 return self._layout(inputs), target
         inputs, target = self.unpack(to_device(batch, self.device, self.non_blocking))
         return self._layout(inputs), target
+
+    def count(self, inputs: Any, target: Any) -> int:
+        """The batch's number of samples (:func:`count_samples`, or the data loader's ``batch_samples``)."""
+        if self.counter is not None:
+            size = self.counter(inputs, target)
+            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+                raise UserError(f"data_loader: batch_samples returned {size!r}; it must return the batch's number of samples, an int")
+            return size
+        if type(inputs) is torch.Tensor and type(target) is torch.Tensor and inputs.dim() and target.dim():
+            size = inputs.shape[0]
+            if target.shape[0] == size:  # the common case, two tensors that agree
+                return size
+        return count_samples(inputs, target)
 
     def inputs_only(self, batch: Any) -> Any:
         """A batch of model inputs with no target (unlabelled data for predictions)."""

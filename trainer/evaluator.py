@@ -23,8 +23,9 @@ from torch import nn
 from logger.progress import progress_iter
 from trainer.batches import BatchReader, each_batch, run_model
 from trainer.loss import Loss
-from trainer.metrics import LossTracker, MetricSet, batch_size
+from trainer.metrics import LossTracker, MetricSet
 from trainer.precision import Precision
+from trainer.step_log import LoggedValues
 from utils.errors import UserError
 
 Step = Callable[[Any, Any], "tuple[torch.Tensor, Any]"]
@@ -41,6 +42,7 @@ class Evaluator:
     read_batch: how a batch becomes ``(inputs, target)`` (default: ``trainer/batches.py``'s rules).
     show_progress: a tqdm bar on a terminal.
     step: ``(inputs, target) -> (loss, output)`` for one batch (default: ``model`` and the loss).
+    logged: where the step's ``self.log`` values go (``trainer/step_log.py``), averaged into the results.
     """
 
     def __init__(
@@ -53,6 +55,7 @@ class Evaluator:
         read_batch: BatchReader | None = None,
         show_progress: bool = False,
         step: Step | None = None,
+        logged: LoggedValues | None = None,
     ):
         self.model = model
         self.loss = criterion if isinstance(criterion, Loss) else Loss(criterion, device)
@@ -62,6 +65,7 @@ class Evaluator:
         self.precision = Precision(amp, device)
         self.reader = read_batch or BatchReader(device)
         self.show_progress = show_progress
+        self.logged = logged
 
     def default_step(self, inputs: Any, target: Any) -> tuple[torch.Tensor, Any]:
         output = run_model(self.model, inputs)
@@ -81,14 +85,18 @@ class Evaluator:
         was_training = model.training
         model.eval()
         self.metrics.reset()
+        if self.logged is not None:
+            self.logged.reset()
         losses = LossTracker()
         count, inputs, target = 0, None, None
         for batch in progress_iter(each_batch(batches), desc, self.show_progress, total):
             inputs, target = self.reader(batch)
             with self.precision.autocast():
                 loss, output = self.step(inputs, target)
-            size = batch_size(target)
+            size = self.reader.count(inputs, target)
             losses.add(loss, size, count)
+            if self.logged is not None and self.logged.pending:
+                self.logged.commit(size)
             self.metrics.update(output, target, size)
             count += 1
         if count == 0 and (steps or 0) > 0:
@@ -96,7 +104,10 @@ class Evaluator:
         for _ in range((steps or count) - count):
             with self.precision.autocast():
                 self.step(inputs, target)  # uncounted, the same work as a counted batch (a validation_step may run the model twice)
+            if self.logged is not None:
+                self.logged.pending.clear()
         losses.read()
         model.train(was_training)
-        values = {"loss": losses.epoch_loss(self.device), **self.metrics.compute()}
+        logged = self.logged.compute() if self.logged is not None else {}
+        values = {"loss": losses.epoch_loss(self.device), **self.metrics.compute(), **logged}
         return {f"{prefix}{name}": value for name, value in values.items()}

@@ -11,6 +11,11 @@ Two kinds of metric, both updated on the device:
   DDP processes inside ``compute()``. Their state travels in mid-epoch checkpoints through their
   own ``state_dict``/``load_state_dict`` (a torchmetrics object's states made persistent).
 
+Either kind sees the whole output and target, whatever their structure (a dict target arrives as
+a dict), or the fields its config entry points at (``"output": "cls", "target": "cls"``:
+``trainer/fields.py``). Every batch counts with its number of samples (``trainer/batches.py``:
+:func:`~trainer.batches.count_samples`), never with the length of a dict or tuple.
+
 Batches are measured in groups (``trainer/metric_groups.py``): each batch's output and target
 are copied into buffers, and the metrics run once per group of up to 64 batches. The values do
 not change: objects count the same samples, and a function (a mean over samples) times the
@@ -31,6 +36,7 @@ from typing import Any
 import torch
 
 from logger.logger import get_logger
+from trainer.fields import MissingField, Selected, pick
 from trainer.metric_groups import BatchGroup, Layout, capacity_for, plain
 from utils import distributed
 from utils.errors import UserError
@@ -39,10 +45,6 @@ from utils.nested import map_tensors
 
 def is_metric_object(metric: Any) -> bool:
     return all(callable(getattr(metric, name, None)) for name in ("update", "compute", "reset"))
-
-
-def batch_size(target: Any) -> int:
-    return target.shape[0] if isinstance(target, torch.Tensor) else len(target)
 
 
 def sum_dtype(device: torch.device) -> torch.dtype:
@@ -56,6 +58,9 @@ class MetricSet:
         metrics = metrics or {}
         self.order = list(metrics)  # the config's order, for the logged row
         self.device = device
+        # The fields each metric takes ((output path, target path), ``trainer/fields.py``); None: the whole value.
+        self.paths = {name: (m.output, m.target) if isinstance(m, Selected) else (None, None) for name, m in metrics.items()}
+        metrics = {name: m.metric if isinstance(m, Selected) else m for name, m in metrics.items()}
         self.functions = {name: fn for name, fn in metrics.items() if not is_metric_object(fn)}
         self.objects = {name: obj for name, obj in metrics.items() if is_metric_object(obj)}
         for obj in self.objects.values():
@@ -77,7 +82,19 @@ class MetricSet:
             obj = copy.deepcopy(obj)
             obj.reset()
             objects[name] = obj
-        return MetricSet({name: objects[name] if name in objects else self.functions[name] for name in self.order}, self.device)
+        metrics = {name: objects[name] if name in objects else self.functions[name] for name in self.order}
+        return MetricSet({name: Selected(metric, *self.paths[name]) for name, metric in metrics.items()}, self.device)
+
+    def select(self, name: str, output: Any, target: Any) -> tuple[Any, Any]:
+        """The output and target the metric ``name`` takes: the fields it is pointed at, or the whole values."""
+        out_path, target_path = self.paths[name]
+        if out_path is None and target_path is None:
+            return output, target
+        try:
+            return pick(output, out_path), pick(target, target_path)
+        except MissingField as exc:
+            side, path = ("output", out_path) if out_path is not None and _lacks(output, out_path) else ("target", target_path)
+            raise UserError(f'metrics: {name} is pointed at the {side} field {path!r}, but the {side} {exc}; fix the entry\'s "{side}"') from None
 
     def update(self, output: Any, target: Any, size: int) -> None:
         """One batch of ``size`` samples (``output`` detached); everything stays on the device.
@@ -116,10 +133,10 @@ class MetricSet:
             self._measure(*self._group.take(copy=bool(self.objects)))
 
     def _measure(self, output: Any, target: Any, size: int) -> None:
-        for fn, total in zip(self._fns, self.sums):
-            total.add_(fn(output, target), alpha=size)
-        for obj in self.objects.values():
-            obj.update(output, target)
+        for name, fn, total in zip(self.functions, self._fns, self.sums):
+            total.add_(fn(*self.select(name, output, target)), alpha=size)
+        for name, obj in self.objects.items():
+            obj.update(*self.select(name, output, target))
         self.count += size
 
     def reset(self) -> None:
@@ -184,6 +201,14 @@ class MetricSet:
             )
         group = state["group"]
         self._group = BatchGroup.from_state(group, self.device) if group else None
+
+
+def _lacks(value: Any, path: str) -> bool:
+    try:
+        pick(value, path)
+    except MissingField:
+        return True
+    return False
 
 
 def flatten(name: str, value: Any) -> dict[str, Any]:

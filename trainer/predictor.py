@@ -7,17 +7,22 @@ What a tensor output means is read off it, once, on the first batch:
   log-probabilities (``log_softmax``, like the digits models), else their ``softmax`` (logits).
   ``prediction`` is the most probable class.
 - ``(N,)`` or ``(N, 1)``: a regression; ``prediction`` and ``output`` are the value.
-- anything else with one row per sample: ``output`` is the row's values; no prediction.
+- anything else with one row per sample: ``output`` is the row's values in their own shape (a
+  ``(N, C, H, W)`` output is ``(C, H, W)`` per row); no prediction.
 
 An output that is a dict, a tuple or a namedtuple (a VAE's ``mu`` and ``logvar``) is written
 field by field, as the model returns them: each tensor with one row per sample is a field named
-by its key (a tuple's by its position, ``"0"``, ``"1"``...; nested ones ``"outer.inner"``);
-values without a row per sample (a scalar) are left out, and said so once.
+by its key (a tuple's by its position, ``"0"``, ``"1"``...; nested ones ``"outer.inner"``, the
+names metrics use to point at a field, ``trainer/fields.py``); values without a row per sample
+(a scalar) are left out, and said so once. Every field keeps its shape.
+
+The target is written the same way: a tensor as ``target``, a dict, tuple or namedtuple target
+field by field as ``target.<name>`` (``target.cls``, ``target.mask``), each in its own shape.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +42,7 @@ class PredictionBatch:
 
     index: torch.Tensor  # (n,) int64: each sample's position in the data set
     fields: dict[str, torch.Tensor]  # name -> (n, ...) on the CPU, in the order they are written
-    target: Any | None  # (n,) when the data has targets
+    target: dict[str, Any]  # "target" or "target.<field>" -> (n, ...) on the CPU (or a list of n values); empty without targets
     classes: bool = False  # fields["prediction"] holds class indices (rows get a label)
 
 
@@ -70,7 +75,7 @@ def output_fields(output: Any, rows: int, prefix: str = "") -> tuple[dict[str, t
     for name, value in items:
         if isinstance(value, torch.Tensor):
             if value.dim() > 0 and len(value) == rows:
-                fields[prefix + name] = value.detach().float().cpu() if value.is_floating_point() else value.detach().cpu()
+                fields[prefix + name] = _cpu(value)
             else:
                 skipped.append(prefix + name)
         else:
@@ -83,6 +88,8 @@ def output_fields(output: Any, rows: int, prefix: str = "") -> tuple[dict[str, t
 class Predictor:
     """Args:
     fields: the fields to write (``--fields``); None writes every field.
+    step: ``inputs -> output`` for one batch (a Trainer's ``predict``, running its ``predict_step``);
+        default: the model's forward.
     """
 
     def __init__(
@@ -93,13 +100,16 @@ class Predictor:
         read_batch: BatchReader | None = None,
         labelled: bool = True,
         fields: list[str] | None = None,
+        step: Callable[[Any], Any] | None = None,
     ):
         self.model = model
+        self.step = step
         self.precision = Precision(amp, device)
         self.read_batch = read_batch or BatchReader(device)
         self.labelled = labelled
         self.wanted = fields
         self.kind: str | None = None
+        self.target_noted = False
 
     @torch.no_grad()
     def predict(self, batches: Iterable[tuple[torch.Tensor, Any]]) -> Iterator[PredictionBatch]:
@@ -111,8 +121,28 @@ class Predictor:
             else:
                 inputs, target = self.read_batch.inputs_only(batch), None
             with self.precision.autocast():
-                output = run_model(self.model, inputs)
-            yield self._select(self._columns(index, output, _cpu(target)))
+                output = self.step(inputs) if self.step is not None else run_model(self.model, inputs)
+            yield self._select(self._columns(index, output, self._target_fields(target, len(index))))
+
+    def _target_fields(self, target: Any, rows: int) -> dict[str, Any]:
+        """The target's columns: ``target`` for a tensor (or a list of one value per row), else ``target.<field>``."""
+        if target is None:
+            return {}
+        if isinstance(target, torch.Tensor):
+            if target.dim() == 0 or len(target) != rows:
+                raise UserError(f"predict: the target is a tensor of shape {tuple(target.shape)}, not one row per sample ({rows} rows)")
+            return {"target": _cpu(target)}
+        if (
+            isinstance(target, list)
+            and len(target) == rows
+            and not any(isinstance(item, (torch.Tensor, dict, list, tuple)) for item in target)
+        ):
+            return {"target": target}  # one plain value per sample (strings, say)
+        fields, skipped = output_fields(target, rows, "target.")
+        if skipped and not self.target_noted:
+            self.target_noted = True
+            get_logger().info("predict: left out %s: not one row per sample", skipped)
+        return fields
 
     def _columns(self, index: torch.Tensor, output: Any, target: Any) -> PredictionBatch:
         rows = len(index)
@@ -127,14 +157,15 @@ class Predictor:
             return PredictionBatch(index, fields, target)
         if output.dim() == 0 or len(output) != rows:
             raise UserError("predict: the model must return a tensor with one row per sample to be written as predictions")
-        output = output.detach().float().cpu()
+        output = _cpu(output)
         if self.kind is None:
             self.kind = interpret(output)
         if self.kind == "values":
-            values = output.reshape(rows)
+            values = output.float().reshape(rows)
             return PredictionBatch(index, {"prediction": values, "output": values.unsqueeze(1)}, target)
         if self.kind == "other":
-            return PredictionBatch(index, {"output": output.reshape(rows, -1)}, target)
+            return PredictionBatch(index, {"output": output}, target)
+        output = output.float()
         probabilities = {"log_probabilities": output.exp(), "probabilities": output, "logits": output.softmax(dim=1)}[self.kind]
         return PredictionBatch(index, {"prediction": output.argmax(dim=1), "output": probabilities}, target, classes=True)
 
@@ -149,5 +180,7 @@ class Predictor:
         return batch
 
 
-def _cpu(target: Any) -> Any:
-    return target.detach().cpu() if isinstance(target, torch.Tensor) else target
+def _cpu(value: torch.Tensor) -> torch.Tensor:
+    """A field as written: on the CPU, floating point as float32 (bf16/fp16 under autocast), other dtypes as they are."""
+    value = value.detach().cpu()
+    return value.float() if value.is_floating_point() else value

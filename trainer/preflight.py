@@ -3,12 +3,18 @@ device, before the run directory exists (``trainer.preflight``).
 
 It changes nothing: the optimizer does not step, gradients are dropped, BatchNorm statistics
 and every random generator are put back, metric objects are updated on copies; a run is bitwise
-the same with and without it. What it finds becomes one line naming the key and the fix, instead
+the same with and without it. A Trainer subclass's step may do more (step an optimizer of its
+own by hand, count something): then every shared part of the checkpoint (``state_parts()``: the
+weights, every optimizer, scheduler and GradScaler, EMA, progress, and the parts a subclass adds)
+is copied before the batch and put back after it. ``trainer.in_preflight`` is True during the
+batch, for a step that would rather skip something. What it finds becomes one line naming the key and the fix, instead
 of a traceback after an epoch: a model that cannot take the data's inputs (torch's own words are
 kept), labels beyond the model's classes, a loss that is not a scalar, a metric that returns a
 non-tensor or non-scalar, a dict output reaching a metric that wants a tensor, a monitored metric
 that the run does not produce. An exception raised inside the user's own code that is none of
-these is left alone: it is a bug there, and its traceback shows the user's line.
+these is left alone: it is a bug there, and its traceback shows the user's line. A batch whose
+samples cannot be counted (:func:`trainer.batches.count_samples`) and a metric pointed at a field
+that the output or the target lacks are one line here too.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from dataflow.epochs import ceil_div
-from trainer.batches import next_batch, run_model
+from trainer.batches import describe, next_batch, run_model
 from trainer.metrics import flatten
 from utils.errors import UserError, first_line
 from utils.nested import map_tensors
@@ -35,23 +41,14 @@ if TYPE_CHECKING:
 SHAPE_WORDS = re.compile(r"shape|size|dimension|channels|mat1|mat2|[Ee]xpected|must match|out of bounds|out of range")
 
 
-def describe(value: Any) -> str:
-    """A batch's structure, for messages: ``tensor (64, 1, 8, 8) float32`` or ``dict {text: tensor (16, 12) int64}``."""
-    if isinstance(value, torch.Tensor):
-        return f"tensor {tuple(value.shape)} {str(value.dtype).removeprefix('torch.')}"
-    if isinstance(value, dict):
-        return "dict {" + ", ".join(f"{k}: {describe(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, (list, tuple)):
-        return f"{type(value).__name__} (" + ", ".join(describe(v) for v in value) + ")"
-    return type(value).__name__
-
-
 def run_preflight(trainer: Trainer) -> None:
     """Check one training batch, and the monitored metric against what the metrics return."""
     module = trainer.model.module
     buffers = [b.detach().clone() for b in module.buffers()]
     rng = get_rng_state()
     was_training = module.training
+    saved = _snapshot(trainer) if _custom_step(trainer) else None
+    trainer.in_preflight = True
     try:
         try:
             batch = next_batch(iter(trainer.data.epoch_batches(trainer.progress.start_epoch, 0)))
@@ -63,12 +60,34 @@ def run_preflight(trainer: Trainer) -> None:
         _check_optimizer(trainer)
         _check_schedule(trainer)
     finally:
+        trainer.in_preflight = False
+        trainer.train_logged.reset()
         trainer.optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():
-            for saved, buffer in zip(buffers, module.buffers()):
-                buffer.copy_(saved)
+            for kept, buffer in zip(buffers, module.buffers()):
+                buffer.copy_(kept)
+        if saved is not None:
+            for name, part in trainer.state_parts().items():
+                part.load_state_dict(saved[name])
         module.train(was_training)
         set_rng_state(rng)
+
+
+def _custom_step(trainer: Trainer) -> bool:
+    """Whether a subclass's code runs in the step (or keeps parts of its own) and so may change state."""
+    from trainer.trainer import Trainer
+
+    kind = type(trainer)
+    return kind.training_step is not Trainer.training_step or kind.state_parts is not Trainer.state_parts
+
+
+def _snapshot(trainer: Trainer) -> dict[str, Any]:
+    """Every shared part's state, copied (plain tensors to the CPU, so the copy takes no device memory)."""
+
+    def keep(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.detach().to("cpu", copy=True) if type(tensor) is torch.Tensor else copy.deepcopy(tensor.detach())
+
+    return {name: map_tensors(part.state_dict(), keep) for name, part in trainer.state_parts().items()}
 
 
 def _check_monitor(metric: str | None, produced: dict[str, Any]) -> None:
@@ -91,6 +110,7 @@ def _check_batch(trainer: Trainer, batch: Any) -> dict[str, Any]:
     from trainer.trainer import Trainer
 
     inputs, target = trainer.read_batch(batch)
+    trainer.read_batch.count(inputs, target)  # a batch whose samples cannot be counted is one line here, before any work
     module = trainer.model.module
     module.train()
     trainer._forward_module = module
@@ -107,6 +127,7 @@ def _check_batch(trainer: Trainer, batch: Any) -> dict[str, Any]:
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.is_floating_point():
         raise UserError(f"loss: it returned {describe(loss)}; a loss must be one floating-point number per batch (e.g. reduce it with .mean())")
     produced = {"loss": loss.item(), **_check_metrics(trainer, output, target)}
+    produced.update({name: float(value) for name, value in trainer.train_logged.pending.items()})  # self.log's, monitorable
     try:
         loss.backward()
     except RuntimeError as exc:
@@ -172,10 +193,11 @@ def _check_metrics(trainer: Trainer, output: Any, target: Any) -> dict[str, Any]
     metrics = trainer.train_metrics
     produced: dict[str, Any] = {}
     for name, fn in metrics.functions.items():
+        taken, wanted = metrics.select(name, detached, target)
         try:
-            value = fn(detached, target)
+            value = fn(taken, wanted)
         except Exception as exc:
-            raise _metric_failure(name, exc, detached, target) from None
+            raise _metric_failure(name, exc, taken, wanted) from None
         if not isinstance(value, torch.Tensor):
             raise UserError(f"metrics: {name} returned a {type(value).__name__} ({value!r}); a metric function must return a tensor (its mean over the batch)")
         if value.numel() != 1:
@@ -185,13 +207,14 @@ def _check_metrics(trainer: Trainer, output: Any, target: Any) -> dict[str, Any]
         probe = copy.deepcopy(obj)
         if getattr(probe, "validate_args", None) is False:
             probe.validate_args = True  # torchmetrics' input checks, once here, so training may turn them off
+        taken, wanted = metrics.select(name, detached, target)
         try:
-            probe.update(detached, target)
+            probe.update(taken, wanted)
             produced.update(flatten(name, probe.compute()))
         except UserError:
             raise
         except Exception as exc:
-            raise _metric_failure(name, exc, detached, target) from None
+            raise _metric_failure(name, exc, taken, wanted) from None
     return produced
 
 
@@ -201,7 +224,7 @@ def _metric_failure(name: str, exc: Exception, output: Any, target: Any) -> Exce
     if not isinstance(output, torch.Tensor) and isinstance(exc, (AttributeError, TypeError, KeyError, IndexError)):
         return UserError(
             f"metrics: {name} cannot take the model's output ({describe(output)}): {type(exc).__name__}: {first_line(exc)}; "
-            f"make the model return a tensor, or the metric read the right key"
+            f'make the model return a tensor, or point the metric at one field ("output": "<key>" in its entry)'
         )
     if raised_in_user_code(exc):
         return exc

@@ -6,7 +6,9 @@ output and the configured loss. Override either in a subclass named by ``trainer
 (``package.module:Name``) to change it: a loss weighted by the epoch, a second forward pass, a
 loss of several outputs. ``self.epoch`` (1-based, the epoch in progress), ``self.global_step``
 (optimizer steps done), ``self.forward(inputs)`` (the model as this phase runs it) and
-``self.loss(output, target, inputs)`` are at hand. Everything around a step is the engine's and
+``self.loss(output, target, inputs)`` are at hand, and ``self.log(name, value)`` logs a scalar
+averaged over the epoch like the loss; :meth:`Trainer.predict_step` is what ``predict.py`` writes
+(default: the forward). Everything around a step is the engine's and
 keeps working: autocast (the step runs inside it), accumulation, backward, clipping, the
 optimizer and scheduler, DDP/FSDP, EMA, metrics (on the returned ``output``), checkpoints and
 exact mid-epoch resume.
@@ -42,10 +44,11 @@ from trainer.batches import BatchReader, next_batch, run_model
 from trainer.ema import EMA
 from trainer.evaluator import Evaluator
 from trainer.loss import Loss
-from trainer.metrics import LossTracker, MetricSet, batch_size
+from trainer.metrics import LossTracker, MetricSet
 from trainer.parallel import PreparedModel, prepare_model
 from trainer.precision import NO_CONTEXT, Precision
 from trainer.schedule import Schedule
+from trainer.step_log import LoggedValues
 from utils import distributed
 from utils.checkpoints import Stateful, open_store
 from utils.errors import NonFiniteLossError, UserError
@@ -94,6 +97,9 @@ class Trainer(BaseTrainer):
             )
         self.train_metrics = MetricSet(metrics, device)
         self.losses = LossTracker()
+        self.train_logged = LoggedValues(device, tuple(self.train_metrics.names))
+        self.valid_logged = LoggedValues(device, tuple(self.train_metrics.names))
+        self._logged = self.train_logged  # where self.log goes in this phase
         self.ema = EMA(self.model.module, settings.ema_decay, settings.ema_warmup) if settings.ema_decay else None
         self.valid_data = None
         if valid_data_loader is not None and not settings.overfit_batches:
@@ -102,12 +108,25 @@ class Trainer(BaseTrainer):
         self.show_progress = progress_enabled(settings.progress_bar, distributed.rank())
         valid_metrics = self.train_metrics.fresh()
         self.evaluator = Evaluator(
-            self.model.eval_forward, self.loss, valid_metrics, device, settings.amp, self.read_batch, self.show_progress, step=self.validation_step
+            self.model.eval_forward,
+            self.loss,
+            valid_metrics,
+            device,
+            settings.amp,
+            self.read_batch,
+            self.show_progress,
+            step=self.validation_step,
+            logged=self.valid_logged,
         )
         source = self.data if settings.overfit_batches else self.valid_data
         # When a forward is a collective (FSDP gathers weights), every process evaluates as many batches.
         self.valid_steps = distributed.all_reduce_max(source.batches_per_epoch) if self.model.collective_forward and source is not None else None
         self.data_wait_hinted = False
+        self.in_preflight = False
+        """True while the pre-flight batch runs the step (``trainer/preflight.py``); what the step changes is put back after it."""
+        self.epoch_samples = 0
+        """Samples the last epoch trained on, over every process (since the resume, for a resumed epoch):
+        ``samples_per_sec`` is this over the epoch's time."""
         self.profiler: Any = None
         self.profile_from: int | None = None  # the step this process began profiling at
 
@@ -136,6 +155,26 @@ class Trainer(BaseTrainer):
         arguments, tuples positional ones."""
         return run_model(self._forward_module, inputs)
 
+    def log(self, name: str, value: Any) -> None:
+        """Log a scalar from a step (a term of the loss, say): averaged per sample over the epoch like
+        the loss, into the epoch's row as ``name`` (``val_<name>`` from validation), so into
+        ``metrics.jsonl``, TensorBoard and the trackers (``trainer/step_log.py``)."""
+        self._logged.log(name, value)
+
+    def predict_step(self, inputs: Any) -> Any:
+        """One batch of ``predict.py``: what is written for ``inputs`` (default: the model's output).
+        Return a tensor or a dict of tensors with one row per sample: an argmax mask, generated
+        samples. Runs under ``torch.no_grad`` and autocast, with the weights ``test.py`` uses."""
+        return self.forward(inputs)
+
+    def predict(self, inputs: Any) -> Any:
+        """:meth:`predict_step` with the evaluation forward (what ``predict.py`` calls)."""
+        self._forward_module = self.model.eval_forward
+        try:
+            return self.predict_step(inputs)
+        finally:
+            self._forward_module = self.model.train_forward
+
     @property
     def epoch(self) -> int:
         """The epoch in progress, 1-based (during validation: the epoch being validated)."""
@@ -148,12 +187,12 @@ class Trainer(BaseTrainer):
 
     def evaluate(self, batches: Any, prefix: str = "", desc: str = "evaluate", total: int | None = None, steps: int | None = None) -> dict:
         """Loss and metrics of :meth:`validation_step` over ``batches`` (validation, and ``test.py``)."""
-        self._forward_module = self.model.eval_forward
+        self._forward_module, self._logged = self.model.eval_forward, self.valid_logged
         try:
             with self._evaluation_weights():
                 return self.evaluator.evaluate(batches, prefix, desc, total, steps)
         finally:
-            self._forward_module = self.model.train_forward
+            self._forward_module, self._logged = self.model.train_forward, self.train_logged
 
     def state_parts(self) -> dict[str, Stateful]:
         return {
@@ -166,7 +205,8 @@ class Trainer(BaseTrainer):
         }
 
     def rank_parts(self) -> dict[str, Stateful]:
-        return {**super().rank_parts(), "data": DataPosition(self.data, self.progress), "losses": self.losses, "train_metrics": self.train_metrics}
+        losses = _LossesAndLogged(self.losses, self.train_logged)
+        return {**super().rank_parts(), "data": DataPosition(self.data, self.progress), "losses": losses, "train_metrics": self.train_metrics}
 
     # -- training -------------------------------------------------------------------------------
 
@@ -185,6 +225,7 @@ class Trainer(BaseTrainer):
         if not resumed:
             self.losses.reset()
             self.train_metrics.reset()
+            self.train_logged.reset()
         self.progress.epoch, self.progress.batch_in_epoch = epoch, start
         if start:
             self.logger.info("resuming epoch %d at batch %s of %s", epoch, f"{start:,}", f"{total:,}")
@@ -214,8 +255,10 @@ class Trainer(BaseTrainer):
                 with self.precision.autocast():
                     loss, output = self.training_step(inputs, target)
                 self.precision.backward(loss / group_size if group_size > 1 else loss)
-            size = batch_size(target)
+            size = self.read_batch.count(inputs, target)
             samples += size
+            if self.train_logged.pending:
+                self.train_logged.commit(size)
             self.losses.add(loss, size, self.progress.global_step + 1)
             if measured:
                 self.train_metrics.update(output.detach() if isinstance(output, torch.Tensor) else map_tensors(output, torch.Tensor.detach), target, size)
@@ -236,10 +279,12 @@ class Trainer(BaseTrainer):
         bar.close()
         self._check_losses(epoch)
         elapsed = max(time.perf_counter() - started, 1e-9)
-        row = {"loss": self.losses.epoch_loss(self.device), **self.train_metrics.compute()}
+        row = {"loss": self.losses.epoch_loss(self.device), **self.train_metrics.compute(), **self.train_logged.compute()}
         self.losses.reset()  # the epoch's state is in its row: checkpoints from here on hold an empty one
         self.train_metrics.reset()
+        self.train_logged.reset()
         seen = distributed.all_reduce_sum(torch.tensor([float(samples)], device=self.device)).item()
+        self.epoch_samples = int(seen)
         row.update(samples_per_sec=round(seen / elapsed, 2), data_wait=round(data_wait / elapsed, 4))
         self._hint_data_wait(row["data_wait"])
         if s.log_histograms:
@@ -335,6 +380,21 @@ def start_profiler(window: dict, folder) -> Any:
     profiler = torch.profiler.profile(activities=activities, schedule=schedule, on_trace_ready=handler)
     profiler.__enter__()
     return profiler
+
+
+class _LossesAndLogged:
+    """The losses part of a checkpoint: the loss sums, and the sums of values a step logged (under
+    ``logged``; a checkpoint from before ``self.log`` existed has none)."""
+
+    def __init__(self, losses: LossTracker, logged: LoggedValues):
+        self.losses, self.logged = losses, logged
+
+    def state_dict(self) -> dict:
+        return {**self.losses.state_dict(), "logged": self.logged.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.losses.load_state_dict(state)
+        self.logged.load_state_dict(state.get("logged") or {})
 
 
 class _NoEMA:

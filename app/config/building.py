@@ -272,15 +272,23 @@ def build_loss(config: Config) -> Callable:
 
 def build_metrics(config: Config) -> dict[str, Any]:
     """Metrics by the name they are logged under: functions (bound to their args) or metric objects
-    (classes such as torchmetrics', instantiated)."""
+    (classes such as torchmetrics', instantiated); an entry's ``output``/``target`` field paths
+    wrap it in a :class:`~trainer.fields.Selected` (``trainer/fields.py``)."""
+    from trainer.fields import Selected
+
     metrics = {}
     for index, entry in enumerate(config["metrics"]):
         node = {"type": entry} if isinstance(entry, str) else entry
         target = resolve_type(f"metrics.{index}", node["type"], config.source, config.trusted)
         if inspect.isclass(target):
-            metrics[metric_name(entry)] = build(config, f"metrics.{index}", node)
+            metric = build(config, f"metrics.{index}", node)
         else:
-            metrics[metric_name(entry)] = build_partial(config, f"metrics.{index}", node)
+            metric = build_partial(config, f"metrics.{index}", node)
+        paths = {side: node.get(side) for side in ("output", "target")}
+        for side, path in paths.items():
+            if path is not None and (not isinstance(path, str) or not path or "" in path.split(".")):
+                raise config.error(f"metrics.{index}.{side}", f'must be a field name such as "cls" or "heads.cls", got {path!r}')
+        metrics[metric_name(entry)] = Selected(metric, **paths) if any(paths.values()) else metric
     return metrics
 
 

@@ -139,7 +139,7 @@ OBJECT_KEYS = {
     "loss": {"type", "args"},
     "optimizer": {"type", "args", "param_groups"},
     "lr_scheduler": {"type", "args", "interval"},
-    "metrics": {"type", "args", "name"},
+    "metrics": {"type", "args", "name", "output", "target"},
 }
 
 OBJECT_KEY_DOCS = {
@@ -150,6 +150,9 @@ OBJECT_KEY_DOCS = {
     "parameters whose names start with a prefix get their own group and settings; the rest use `args`.",
     "interval": 'lr_scheduler only; default `"epoch"`. `"step"` steps the scheduler after every optimizer step.',
     "name": "metrics entries only; default the function or class name. The name the metric is logged under.",
+    "output": "metrics entries only; default the whole output. The field of a structured output the metric takes: "
+    '`"cls"` for `output["cls"]`, `"heads.cls"` nested, `"0"` a tuple\'s first (see `trainer/fields.py`).',
+    "target": 'metrics entries only; default the whole target. The field of a structured target the metric takes, like `"output"`.',
 }
 
 NAMESPACES = {
