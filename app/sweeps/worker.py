@@ -47,7 +47,8 @@ from app.session import RunRequest, Session
 from app.sweeps import results
 from app.sweeps.claims import FolderLock, Heartbeat, SetupLock, SlotLock
 from app.sweeps.space import Space, read_space
-from app.sweeps.study import default_storage, ensure_slots, masked, open_storage, open_study, quiet_optuna, retry_stale_trial, slot_of
+from app.sweeps.storage import StorageAway, default_storage, masked, open_storage
+from app.sweeps.study import ensure_slots, open_study, quiet_optuna, retry_stale_trial, slot_of
 from logger.logger import get_logger, setup_logging
 from logger.trackers import close_parent, open_parent
 from utils import distributed
@@ -346,6 +347,9 @@ class Sweep:
                 code, ended_by = self._cross_validate(job, folder)
             else:
                 code, ended_by = self._train(job, folder)
+        except StorageAway:  # not the trial's values: the database stayed away; the trial is resumed by a re-run
+            distributed.on_main(lambda: self._put_back(job))
+            raise
         except UserError as exc:  # the trial's values (a diverging lr, a batch size the data refuses): this trial fails
             reason = str(exc)
             distributed.on_main(lambda: self._fail(job, reason))
