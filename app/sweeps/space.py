@@ -26,16 +26,18 @@ is put through the config's checks once before the sweep starts.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import itertools
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from app.config import Config, read_config_file
-from utils.errors import UserError, closest
+from utils.errors import UserError, closest, first_line
 
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "hyperband", "none")
@@ -142,7 +144,7 @@ class Space:
         return optuna.pruners.NopPruner()
 
 
-def read_space(path: str | Path, trials: int | None, base: Config, config_path: str, overrides: list[str]) -> Space:
+def read_space(path: str | Path, trials: int | None, base: Config, config_path: str, overrides: list[str], trust_checkpoint: bool = False) -> Space:
     """Read and check ``--space`` (see the module docstring); every error is one line naming the key."""
     source = str(path)
     data = read_config_file(path, kind="search space", flag="--space", keys=", ".join(TOP_KEYS))
@@ -169,7 +171,7 @@ def read_space(path: str | Path, trials: int | None, base: Config, config_path: 
         raise UserError(f"{source}: the grid has {grid_size} points, more than {MAX_GRID}; use sampler tpe or random")
     total = _trials(source, trials if trials is not None else data.get("trials", grid_size), trials is not None, grid_size)
     space = Space(source, total, sampler, sampler_args, pruner, pruner_args, seed, heartbeat, params)
-    _check_against_config(space, base, config_path, overrides)
+    _check_against_config(space, base, config_path, overrides, trust_checkpoint)
     return space
 
 
@@ -289,16 +291,125 @@ def _as_config_type(param: Param, config: dict) -> Param:
     return param
 
 
-def _check_against_config(space: Space, base: Config, config_path: str, overrides: list[str]) -> None:
-    """Each parameter at its ends (or each choice) through the config's own checks, so a key the
-    config does not take, or a value of the wrong type, is said now and not in trial 7."""
+FIXED_KEYS = {
+    "name": "the sweep's folder is <save_dir>/<name>/sweeps/<study>",
+    "trainer.save_dir": "the trials' folders are the sweep's (trial-NNNN); set it for the whole sweep as an override",
+    "trainer.monitor": "it is the study's objective; one sweep optimises one value",
+}
+"""Keys a parameter may not vary: a trial would ignore the value (or the study would compare unlike values)."""
+
+
+def _check_fixed_keys(space: Space) -> None:
+    for param in space.params:
+        for key, why in FIXED_KEYS.items():
+            if param.key == key or key.startswith(param.key + ".") or param.key.startswith(key + "."):
+                raise UserError(f"{space.source}: params.{param.key}: a sweep cannot vary {key} ({why}); remove it from params")
+
+
+def _check_against_config(space: Space, base: Config, config_path: str, overrides: list[str], trust_checkpoint: bool = False) -> None:
+    """Every value the space can give (each choice, each end of a range) through the checks
+    ``train.py`` makes before it creates anything: the config's typed settings and names, the trust
+    rule (unless ``--trust-checkpoint``), and the cheap, side-effect-free checks of the objects the
+    parameter's section builds (:func:`_check_objects`). A key the config does not take, or a value
+    it refuses, is said now and not in trial 7."""
+    _check_fixed_keys(space)
     data = read_config_file(config_path)
     for param in space.params:
         for value in param.examples():
             try:
-                Config.from_dict(data, config_path, [*overrides, *space.overrides({param.key: value})])
+                config = Config.from_dict(data, config_path, [*overrides, *space.overrides({param.key: value})])
+                if not trust_checkpoint:
+                    config.check_checkpoints_resumable()
+                _check_objects(config, param.key.split(".")[0])
             except UserError as exc:
                 raise UserError(f"{space.source}: params.{param.key} = {value!r}: {exc}") from None
     mode, metric = base.monitor()
     if metric is None:
         raise UserError(f"{config_path}: trainer.monitor is off; a sweep optimises the monitored value: set trainer.monitor, e.g. 'max val_accuracy'")
+    _check_optuna_arguments(space, base.settings.epochs)
+
+
+def _check_objects(config: Config, section: str) -> None:
+    """The objects ``section`` (``arch``, ``optimizer``, ...) makes, built as cheaply as they can be:
+    the model on the meta device (no memory, no weights), the optimizer and scheduler over it, the
+    data loader's counts (``BaseDataLoader``'s own check; its data is never read). Only a refusal
+    of a value (a ``UserError``) counts: anything else is for the trial to show, with its traceback."""
+    import torch
+
+    from app.config import build_loss, build_lr_scheduler, build_metrics, build_optimizer
+
+    if section == "data_loader":
+        _check_loader_counts(config)
+    elif section in ("arch", "optimizer", "lr_scheduler"):
+        def build(device: str) -> None:
+            with torch.device(device):
+                model = config.init_obj("arch")
+                if section != "arch" and isinstance(model, torch.nn.Module):
+                    optimizer = build_optimizer(config, model)
+                    if section == "lr_scheduler" and config["lr_scheduler"] is not None:
+                        build_lr_scheduler(config, optimizer)
+
+        try:
+            build("meta")
+        except UserError:
+            build("cpu")  # said only if it is refused for real, not for something the meta device cannot do
+        except Exception:  # noqa: BLE001 - not a refused value: the trial shows it, with its traceback
+            return
+    elif section in ("loss", "metrics"):
+        with contextlib.suppress(TypeError, ValueError, RuntimeError):
+            build_loss(config) if section == "loss" else build_metrics(config)
+
+
+def _check_loader_counts(config: Config) -> None:
+    from app.config.names import resolve_type
+    from base.base_data_loader import BaseDataLoader, check_loader_counts
+
+    node = config["data_loader"]
+    target = resolve_type("data_loader", node["type"], config.source, config.trusted)
+    if not (isinstance(target, type) and issubclass(target, BaseDataLoader)):
+        return
+    try:
+        bound = inspect.signature(target).bind_partial(**(node.get("args") or {}))
+    except TypeError:
+        return  # the config's own argument check has said what is wrong
+    defaults = {name: p.default for name, p in inspect.signature(target).parameters.items()}
+    args = {**defaults, **bound.arguments}
+    if "batch_size" in args and "num_workers" in args:
+        try:
+            check_loader_counts(args["batch_size"], args["num_workers"])
+        except UserError as exc:
+            raise UserError(f"{config.source}: {exc}") from None
+
+
+def _check_optuna_arguments(space: Space, epochs: int) -> None:
+    """The sampler's and the pruner's ``args`` as Optuna takes them: made, and tried on a study in
+    memory (two trials of the space's own distributions, one report and one pruning question), so
+    ``n_startup_trials: -5`` or a string where a number goes is said before the study is created."""
+    for key, name, args in (("sampler", space.sampler, space.sampler_args), ("pruner", space.pruner, space.pruner_args)):
+        target = _optuna_class(key, name)
+        if target is None or not args:
+            continue
+        params = inspect.signature(target).parameters
+        for arg in args:
+            if "Callable" in str(params[arg].annotation):
+                raise UserError(f"{space.source}: {key}.args.{arg}: {target.__name__} takes a function there, which a space (plain data) cannot give; leave it out")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                _try_on_a_study(space, key, epochs)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise UserError(f"{space.source}: {key}.args: Optuna's {target.__name__} refuses them: {first_line(exc)}; fix the value") from None
+
+
+def _try_on_a_study(space: Space, key: str, epochs: int) -> None:
+    """Two trials of the space on a study in memory with the ``key`` (sampler or pruner) the space makes."""
+    import optuna
+
+    sampler = space.make_sampler(0) if key == "sampler" else optuna.samplers.RandomSampler(seed=0)
+    pruner = space.make_pruner(epochs) if key == "pruner" else optuna.pruners.NopPruner()
+    study = optuna.create_study(sampler=sampler, pruner=pruner)
+    for step in range(2):
+        trial = study.ask({param.key: param.distribution() for param in space.params})
+        trial.report(0.5, 1)
+        trial.should_prune()
+        study.tell(trial, float(step))

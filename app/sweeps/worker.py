@@ -108,12 +108,13 @@ class Sweep:
     def prepare(self) -> None:
         """Check the config and the space (errors here create nothing), then open (or create) the study."""
         request = self.request
+        quiet_optuna()  # the space's check tries its sampler and pruner on a study in memory
         base = Config.from_file(request.config, request.overrides)
         if not request.trust_checkpoint:
             base.check_checkpoints_resumable()
         self.base = base
         self.raw = read_config_file(request.config)
-        self.space: Space = read_space(request.space, request.trials, base, request.config, request.overrides)
+        self.space: Space = read_space(request.space, request.trials, base, request.config, request.overrides, request.trust_checkpoint)
         if request.folds is not None:
             if isinstance(request.folds, bool) or not isinstance(request.folds, int) or request.folds < 2:
                 raise UserError(f"--folds: must be a whole number of at least 2, got {request.folds!r}")
@@ -130,7 +131,6 @@ class Sweep:
         identity = {"space": self.space.identity(), "config": config, "folds": request.folds}
         join_process_group(base["device"], request.devices)
         setup_logging(base.settings.verbosity, int(os.environ.get("RANK", 0)))
-        quiet_optuna()
         distributed.on_main(lambda: self._open(identity))  # rank 0 talks to the study; a refusal there stops every rank
 
     def _open(self, identity: dict) -> None:
