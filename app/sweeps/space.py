@@ -21,7 +21,9 @@ and a pruner's ``args`` are the Optuna class's own keyword arguments.
 
 The space is data: nothing in it names code. Every key path must be one the config accepts
 (the same check, with the same did-you-mean, as an override), and every value the space can give
-is put through the config's checks once before the sweep starts.
+(each choice, each end of a range) is put through the checks ``train.py`` makes before it creates
+anything, before the study exists; ``name``, ``trainer.save_dir`` and ``trainer.monitor`` cannot
+be varied; a study holds at most :data:`MAX_TRIALS` trials (see ``docs/sweeps.md``).
 """
 
 from __future__ import annotations

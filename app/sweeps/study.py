@@ -4,7 +4,8 @@
 created up front, one WAITING trial per *slot* (``user_attrs["slot"]``: 0, 1, ...; the number the
 sweep shows and the name of its run directory ``trial-NNNN``), and a worker takes one with
 Optuna's own atomic WAITING -> RUNNING transition (``set_trial_state_values``), as ``Study.ask``
-pops enqueued trials. Nobody creates a trial beyond the slots. Creating the slots is done by one
+pops enqueued trials. Nobody creates a trial beyond the slots (so a study holds at most
+``space.MAX_TRIALS`` of them, said before the first is made). Creating the slots is done by one
 worker: the one whose ``create_study`` of a marker study ``<study>.setup`` succeeds (the storage
 refuses a second study of that name); the marker is deleted when the slots are there, and a
 marker left by a worker that died while creating them is taken over (same host: its process is

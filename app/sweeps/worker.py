@@ -26,6 +26,8 @@ cause) FAILs the trial, with the reason in its ``failure`` attribute, and the sw
 three such failures in a row that are not a diverging loss, the worker stops with the last one.
 A bug in your code (any other exception): the trial waits again and the worker stops with its
 traceback, so a sweep never burns its trials on a bug; fix it and run the same command.
+A database that stays away longer than ``storage.RETRY_SECONDS`` (``app/sweeps/storage.py``) is
+neither: the worker stops in one line and the trial, at its checkpoint, is resumed by a re-run.
 """
 
 from __future__ import annotations
