@@ -107,7 +107,11 @@ class Sweep:
                     break
                 code = self.runner.run_trial(job)
         except sqlalchemy.exc.SQLAlchemyError as exc:  # the database went away: the trials' folders are intact
+            self.taker.release()
             raise UserError(f"--storage: {masked(client.url)}: {first_line(exc)}; run the same command again to continue") from None
+        except BaseException:
+            self.taker.release()  # a slot still held (its end could not be told): free for the next worker here
+            raise
         if distributed.is_main_process():
             table = client.write_results()
             waiting = client.unfinished()
