@@ -17,6 +17,7 @@ with its trials where a re-run of the same command resumes them (``app/sweeps/wo
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 import threading
@@ -112,6 +113,10 @@ def _first_to_make_the_tables(make):
 
 
 _NOT_RETRIED = {"remove_session", "get_heartbeat_interval", "get_heartbeat_stale_trial_callback", "get_failed_trial_callback"}
+_NOT_RETRIED |= {"create_new_trial", "_create_new_trial"}
+"""Creating a trial is not retried: one whose commit reached the database before the connection
+broke would be created twice (a slot trained twice). A lost connection there ends the worker in
+one line (:func:`lost_connection_said`), and a re-run makes the slots that are missing."""
 _inside = threading.local()
 
 
@@ -135,7 +140,7 @@ class StorageAway(UserError):
     """The sweep's database stayed unreachable for longer than :data:`RETRY_SECONDS`."""
 
 
-def _lost_connection(exc: BaseException) -> BaseException | None:
+def lost_connection(exc: BaseException) -> BaseException | None:
     """The connection error behind ``exc`` (Optuna wraps one raised at a commit in its
     ``StorageInternalError``), or None when ``exc`` is something else."""
     import sqlalchemy.exc
@@ -144,6 +149,20 @@ def _lost_connection(exc: BaseException) -> BaseException | None:
         if isinstance(error, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
             return error
     return None
+
+
+@contextlib.contextmanager
+def lost_connection_said(shown: str):
+    """A lost connection that was not retried (or not retried long enough) as one line naming the storage."""
+    try:
+        yield
+    except StorageAway:
+        raise
+    except Exception as exc:
+        lost = lost_connection(exc)
+        if lost is None:
+            raise
+        raise UserError(f"--storage: {shown}: {first_line(lost)}; when it answers, run the same command again to continue") from None
 
 
 def _retrying(method, shown: str, state: dict):
@@ -163,7 +182,7 @@ def _retrying(method, shown: str, state: dict):
                         get_logger().warning("sweep: the storage %s answers again", shown)
                     return result
                 except Exception as error:
-                    exc = _lost_connection(error)
+                    exc = lost_connection(error)
                     if exc is None:
                         raise
                     if state["away"] or time.monotonic() >= deadline:

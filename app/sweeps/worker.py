@@ -45,7 +45,7 @@ from app.sweeps.client import SWEEP_FILE, StudyClient, read_description
 from app.sweeps.jobs import Job, SweepRequest
 from app.sweeps.slots import SlotTaker
 from app.sweeps.space import read_space
-from app.sweeps.storage import masked
+from app.sweeps.storage import lost_connection_said, masked
 from app.sweeps.study import quiet_optuna
 from app.sweeps.trials import MAX_FAILURES_IN_A_ROW, TrialRunner
 from logger.logger import get_logger, setup_logging
@@ -86,7 +86,8 @@ class Sweep:
         setup_logging(base.settings.verbosity, int(os.environ.get("RANK", 0)))
         self.taker = SlotTaker(client)
         self.runner = TrialRunner(client, self.taker, self.stop)
-        distributed.on_main(lambda: client.open(identity))  # rank 0 talks to the study; a refusal there stops every rank
+        with lost_connection_said(masked(client.url)):
+            distributed.on_main(lambda: client.open(identity))  # rank 0 talks to the study; a refusal there stops every rank
 
     def run(self) -> int:
         """Trials until none is left for this worker; 0, or the exit code of a trial a signal stopped."""
@@ -100,12 +101,13 @@ class Sweep:
         import sqlalchemy.exc
 
         try:
-            while code == 0:
-                self.stop.mode = "raise"  # between trials a signal stops the worker at once
-                job = distributed.on_main(self.taker.next_job)
-                if job is None:
-                    break
-                code = self.runner.run_trial(job)
+            with lost_connection_said(masked(client.url)):  # one that was not retried: creating a trial
+                while code == 0:
+                    self.stop.mode = "raise"  # between trials a signal stops the worker at once
+                    job = distributed.on_main(self.taker.next_job)
+                    if job is None:
+                        break
+                    code = self.runner.run_trial(job)
         except sqlalchemy.exc.SQLAlchemyError as exc:  # the database went away: the trials' folders are intact
             self.taker.release()
             raise UserError(f"--storage: {masked(client.url)}: {first_line(exc)}; run the same command again to continue") from None
