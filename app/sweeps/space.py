@@ -28,7 +28,6 @@ be varied; a study holds at most :data:`MAX_TRIALS` trials (see ``docs/sweeps.md
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import itertools
 import json
@@ -82,8 +81,14 @@ class Param:
         return FloatDistribution(self.low, self.high, log=self.log, step=self.step)
 
     def examples(self) -> list:
-        """The values that show whether the config accepts this parameter (its ends, or every choice)."""
-        return list(self.choices) if self.kind == "choices" else [self.low, self.high]
+        """The values that show whether the config accepts this parameter: every choice, or the ends
+        of the range as Optuna samples it (a ``high`` that ``step`` does not reach is lowered to the last step)."""
+        if self.kind == "choices":
+            return list(self.choices)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Optuna's note that it lowers ``high`` comes again when it samples
+            distribution = self.distribution()
+        return [distribution.low, distribution.high]
 
     def as_data(self) -> dict:
         if self.kind == "choices":
@@ -354,12 +359,21 @@ def _check_objects(config: Config, section: str) -> None:
         try:
             build("meta")
         except UserError:
-            build("cpu")  # said only if it is refused for real, not for something the meta device cannot do
+            _refused_only(lambda: build("cpu"))  # said only if it is refused for real, not for something the meta device cannot do
         except Exception:  # noqa: BLE001 - not a refused value: the trial shows it, with its traceback
             return
     elif section in ("loss", "metrics"):
-        with contextlib.suppress(TypeError, ValueError, RuntimeError):
-            build_loss(config) if section == "loss" else build_metrics(config)
+        _refused_only(lambda: build_loss(config) if section == "loss" else build_metrics(config))
+
+
+def _refused_only(build) -> None:
+    """``build()``, its ``UserError`` (a value refused) raised, any other exception left for the trial to show."""
+    try:
+        build()
+    except UserError:
+        raise
+    except Exception:  # noqa: BLE001 - a bug or a limit of the check, not a refused value
+        return
 
 
 def _check_loader_counts(config: Config) -> None:
