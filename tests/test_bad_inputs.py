@@ -889,6 +889,8 @@ ROWS += [
         ("pruner.args: Optuna's MedianPruner refuses them", "n_startup_trials")),
     Row("sweep sampler argument Optuna refuses", "sweep", swept({"trials": 2, "sampler": {"type": "tpe", "args": {"n_startup_trials": "ten"}}, "params": LR}), 2,
         ("sampler.args: Optuna's TPESampler refuses them",)),
+    Row("sweep TPE argument used after its start-up", "sweep", swept({"trials": 2, "sampler": {"type": "tpe", "args": {"n_ei_candidates": 0}}, "params": LR}), 2,
+        ("sampler.args: Optuna's TPESampler refuses them", "must be positive")),
     Row("space key given twice", "sweep", swept("trials: 2\nparams:\n  optimizer.args.lr: {low: 0.001, high: 0.01}\n  optimizer.args.lr: {choices: [0.1]}\n"), 2,
         ("space.yaml: key 'optimizer.args.lr' is given twice in one mapping (lines 3 and 4)",)),
     Row("yaml config key given twice", "train", new(name="c.yaml", replace=[("seed: 0\n", "seed: 0\nseed: 1\n")]), 2, ("c.yaml: key 'seed' is given twice",)),

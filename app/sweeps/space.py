@@ -418,13 +418,15 @@ def _check_optuna_arguments(space: Space, epochs: int) -> None:
 
 
 def _try_on_a_study(space: Space, key: str, epochs: int) -> None:
-    """Two trials of the space on a study in memory with the ``key`` (sampler or pruner) the space makes."""
+    """Trials of the space on a study in memory with the ``key`` (sampler or pruner) the space makes:
+    two, and for TPE enough to pass its random start-up, so its own arguments are used."""
     import optuna
 
     sampler = space.make_sampler(0) if key == "sampler" else optuna.samplers.RandomSampler(seed=0)
     pruner = space.make_pruner(epochs) if key == "pruner" else optuna.pruners.NopPruner()
     study = optuna.create_study(sampler=sampler, pruner=pruner)
-    for step in range(2):
+    startup = space.sampler_args.get("n_startup_trials", 10) if key == "sampler" and space.sampler == "tpe" else 0
+    for step in range(2 + (startup if _whole(startup) and 0 <= startup <= 10 else 0)):  # past TPE's random start-up
         trial = study.ask({param.key: param.distribution() for param in space.params})
         trial.report(0.5, 1)
         trial.should_prune()
