@@ -90,7 +90,7 @@ def open_storage(url: str, heartbeat: int, on_stale=None):
         ) from None
     except (sqlalchemy.exc.SQLAlchemyError, ValueError, OSError) as exc:
         raise UserError(f"--storage: cannot open {masked(url)}: {first_line(exc)}") from None
-    _retry_while_away(storage, masked(url))
+    _retry_while_away(storage, masked(url), sqlite=url.startswith("sqlite"))
     return storage
 
 
@@ -120,12 +120,13 @@ one line (:func:`lost_connection_said`), and a re-run makes the slots that are m
 _inside = threading.local()
 
 
-def _retry_while_away(storage, shown: str) -> None:
+def _retry_while_away(storage, shown: str, sqlite: bool) -> None:
     """Wrap each of ``storage``'s own calls (public and the private ones Optuna's cache calls) in
-    :func:`_retrying`; a call made by another (nested) is retried by the outer one only."""
+    :func:`_retrying`; a call made by another (nested) is retried by the outer one only. A SQLite
+    file has no server to come back: only its "database is locked" is waited for."""
     import optuna
 
-    state = {"away": False}  # once it stayed away, later calls (putting a trial back, the table) try once
+    state = {"away": False, "sqlite": sqlite}  # once it stayed away, later calls (putting a trial back, the table) try once
     names = {name for cls in type(storage).__mro__ if cls.__module__.startswith("optuna.storages") for name in vars(cls)}
     for name in sorted(names):
         method = getattr(storage, name, None)
@@ -183,7 +184,7 @@ def _retrying(method, shown: str, state: dict):
                     return result
                 except Exception as error:
                     exc = lost_connection(error)
-                    if exc is None:
+                    if exc is None or state["sqlite"] and "locked" not in str(exc):
                         raise
                     if state["away"] or time.monotonic() >= deadline:
                         state["away"] = True
