@@ -869,6 +869,8 @@ def swept(space: dict | str, *more: str, name: str = "space.yaml") -> Callable[[
 
 ROWS += [
     Row("sweep of 1e11 trials", "sweep", swept({"trials": 100_000_000_000, "params": LR}), 2, ("trials: 100000000000", "at most 10000")),
+    Row("sweep of 5000 choices", "sweep", swept({"trials": 2, "params": {"optimizer.args.lr": {"choices": [i / 1e5 + 1e-4 for i in range(5000)]}}}), 2,
+        ("params: 5000 values to check", "more than 2000")),
     Row("--trials beyond the bound", "sweep", swept({"trials": 2, "params": LR}, "--trials", "10001"), 2, ("--trials: 10001", "at most 10000")),
     Row("sweep choice outside the trust rule", "sweep", swept({"trials": 2, "params": {"loss": {"choices": ["nll_loss", "os.path:join"]}}}), 2,
         ("params.loss = 'os.path:join'", "could not be resumed", "--trust-checkpoint")),

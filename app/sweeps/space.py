@@ -45,6 +45,9 @@ PRUNERS = ("median", "hyperband", "none")
 TOP_KEYS = ("trials", "sampler", "pruner", "seed", "heartbeat", "params")
 RANGE_KEYS = ("low", "high", "log", "step")
 MAX_GRID = 100_000
+MAX_VALUES = 2_000
+"""A space gives at most this many values to check (every choice, and two ends per range): each is a
+config built and checked before the study exists (some 10 ms each), so the check stays in seconds."""
 MAX_TRIALS = 10_000
 """A study's total is at most this: its trial slots are created up front, one row each in the storage
 (about 4 ms a slot on SQLite, so some 40 s for the largest), which is what keeps the total exact
@@ -159,6 +162,9 @@ def read_space(path: str | Path, trials: int | None, base: Config, config_path: 
         if key not in TOP_KEYS:
             raise UserError(f"{source}: unknown key {key!r}{closest(key, TOP_KEYS)}; a space has {', '.join(TOP_KEYS)}")
     params = tuple(_as_config_type(param, base.to_dict()) for param in _params(source, data.get("params")))
+    values = sum(len(param.choices) if param.kind == "choices" else 2 for param in params)
+    if values > MAX_VALUES:
+        raise UserError(f"{source}: params: {values} values to check (choices and range ends), more than {MAX_VALUES}; give a range {{low, high}} for a long list of numbers")
     sampler, sampler_args = _kind(source, "sampler", data.get("sampler", "tpe"), SAMPLERS)
     pruner, pruner_args = _kind(source, "pruner", data.get("pruner", "median"), PRUNERS)
     if sampler == "grid":
