@@ -39,29 +39,25 @@ def test_the_client_opens_the_slots_and_describes_the_sweep(client):
     assert len(again.study.get_trials(deepcopy=False)) == 3
 
 
-def test_slot_takers_take_the_lowest_free_slot_and_a_released_running_one_is_taken_over(client):
+def test_slot_takers_take_the_lowest_free_slot_a_released_running_one_is_taken_over_and_ends_are_told(client):
     first, second = SlotTaker(client), SlotTaker(client)
     job = first.next_job()
     assert (job.slot, job.how) == (0, "new") and 1e-3 <= job.values["optimizer.args.lr"] <= 1e-2
-    assert second.next_job().slot == 1  # slot 0 is RUNNING and its lock held
-    assert states(client)[:2] == [(0, "RUNNING"), (1, "RUNNING")]
+    held = second.next_job()
+    assert held.slot == 1  # slot 0 is RUNNING and its lock held
+    assert states(client) == [(0, "RUNNING"), (1, "RUNNING"), (2, "WAITING")]
     first.release()  # as a worker that died: RUNNING, signed by this host and folder, its lock free
     third = SlotTaker(client)
     adopted = third.next_job()
     assert adopted.slot == 0 and adopted.trial_id == job.trial_id and adopted.values == job.values  # same trial, same values
-    second.release()
+
+    client.record_failure(adopted, "data_loader.args.batch_size: too large")
     third.release()
-
-
-def test_a_failed_and_a_put_back_trial_are_told_to_the_study(client):
-    taker = SlotTaker(client)
-    failing = taker.next_job()
-    client.record_failure(failing, "data_loader.args.batch_size: too large")
-    taker.release()
-    waiting = taker.next_job()
-    client.record_waiting(waiting)
-    taker.release()
+    client.record_waiting(held)
+    second.release()
     trials = {t.user_attrs["slot"]: t for t in client.study.get_trials(deepcopy=False)}
     assert trials[0].state == TrialState.FAIL and trials[0].user_attrs["failure"] == "data_loader.args.batch_size: too large"
     assert trials[1].state == TrialState.WAITING and trials[1].system_attrs.get("worker") is None
-    assert SlotTaker(client).next_job().slot == 1  # waiting again: the next worker takes it
+    last = SlotTaker(client)
+    assert last.next_job().slot == 1  # waiting again: the next worker takes it, before slot 2
+    last.release()
