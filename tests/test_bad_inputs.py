@@ -36,6 +36,7 @@ import yaml
 from helpers import ROOT, TESTS_ENV, changes, entry_point, save_crafted, set_key, tiny_config, tree, write_config
 
 import predict
+import sweep
 import train
 from app.config import Config, build_loss
 from logger.logger import close_log_files
@@ -44,7 +45,7 @@ USER_BUGS = ROOT / "tests" / "user_bugs.py"
 THREADS = {"OMP_NUM_THREADS": "1"}
 
 
-MAINS = {"train": train.main, "test": entry_point("test.py"), "predict": predict.main}
+MAINS = {"train": train.main, "test": entry_point("test.py"), "predict": predict.main, "sweep": sweep.main}
 
 
 def bug_at(marker: str) -> str:
@@ -850,9 +851,6 @@ ROWS = [
 
 # -- sweeps: every value a space can give is checked before the study exists (issue 34) ----------------
 
-import sweep  # noqa: E402 - the sweep rows' script
-
-MAINS["sweep"] = sweep.main
 LR = {"optimizer.args.lr": {"low": 0.001, "high": 0.01}}
 
 
