@@ -62,7 +62,8 @@ def show(folder: Path, storage: str | None) -> int:
     import optuna
 
     from app.sweeps import results
-    from app.sweeps.study import open_storage, quiet_optuna
+    from app.sweeps.storage import open_storage
+    from app.sweeps.study import quiet_optuna
     from app.sweeps.worker import read_description
 
     quiet_optuna()

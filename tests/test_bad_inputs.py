@@ -37,6 +37,7 @@ import yaml
 from helpers import ROOT, TESTS_ENV, changes, entry_point, save_crafted, set_key, tiny_config, tree, write_config
 
 import predict
+import sweep
 import train
 from app.config import Config, build_loss
 from logger.logger import close_log_files
@@ -45,7 +46,7 @@ USER_BUGS = ROOT / "tests" / "user_bugs.py"
 THREADS = {"OMP_NUM_THREADS": "1"}
 
 
-MAINS = {"train": train.main, "test": entry_point("test.py"), "predict": predict.main}
+MAINS = {"train": train.main, "test": entry_point("test.py"), "predict": predict.main, "sweep": sweep.main}
 
 
 def bug_at(marker: str) -> str:
@@ -999,6 +1000,56 @@ ROWS += [
     Row("predict.py --fields a,,b", "predict", predicting("--fields", "output,,target"), 2, ("--fields: 'output,,target' has an empty name",)),
     Row("predict.py --fields named twice", "predict", predicting("--fields", "output, output"), 2, ("--fields: 'output' given more than once",)),
 ]
+
+
+# -- sweeps: every value a space can give is checked before the study exists (issue 34) ----------------
+
+LR = {"optimizer.args.lr": {"low": 0.001, "high": 0.01}}
+
+
+def swept(space: dict | str, *more: str, name: str = "space.yaml") -> Callable[[Ctx], list]:
+    """``sweep.py -c <tiny config> --space <space> ...``; ``space`` as data, or as the file's text."""
+
+    def args(c: Ctx) -> list:
+        path = c.tmp / name
+        path.write_text(space if isinstance(space, str) else yaml.safe_dump(space, sort_keys=False))
+        return ["-c", c.config(), "--space", path, *more]
+
+    return args
+
+
+ROWS += [
+    Row("sweep of 1e11 trials", "sweep", swept({"trials": 100_000_000_000, "params": LR}), 2, ("trials: 100000000000", "at most 10000")),
+    Row("sweep of 5000 choices", "sweep", swept({"trials": 2, "params": {"optimizer.args.lr": {"choices": [i / 1e5 + 1e-4 for i in range(5000)]}}}), 2,
+        ("params: 5000 values to check", "more than 2000")),
+    Row("--trials beyond the bound", "sweep", swept({"trials": 2, "params": LR}, "--trials", "10001"), 2, ("--trials: 10001", "at most 10000")),
+    Row("sweep choice outside the trust rule", "sweep", swept({"trials": 2, "params": {"loss": {"choices": ["nll_loss", "os.path:join"]}}}), 2,
+        ("params.loss = 'os.path:join'", "could not be resumed", "--trust-checkpoint")),
+    Row("sweep batch size 0", "sweep", swept({"trials": 2, "params": {"data_loader.args.batch_size": {"choices": [32, 0]}}}), 2,
+        ("params.data_loader.args.batch_size = 0", "must be a whole number from 1")),
+    Row("sweep dropout range to 5.0", "sweep", swept({"trials": 2, "params": {"arch.args.dropout": {"low": 0.0, "high": 5.0}}}), 2,
+        ("params.arch.args.dropout = 5.0", "arch.args.dropout", "between 0 and 1")),
+    Row("sweep negative lr", "sweep", swept({"trials": 2, "params": {"optimizer.args.lr": {"low": -0.1, "high": 0.1}}}), 2,
+        ("params.optimizer.args.lr = -0.1", "Invalid learning rate")),
+    Row("sweep varies save_dir", "sweep", swept({"trials": 2, "params": {"trainer.save_dir": {"choices": ["a", "b"]}}}), 2,
+        ("params.trainer.save_dir: a sweep cannot vary trainer.save_dir",)),
+    Row("sweep varies name", "sweep", swept({"trials": 2, "params": {"name": {"choices": ["a", "b"]}}}), 2, ("params.name: a sweep cannot vary name",)),
+    Row("sweep varies the monitor", "sweep", swept({"trials": 2, "params": {"trainer.monitor": {"choices": ["min val_loss", "max val_accuracy"]}}}), 2,
+        ("cannot vary trainer.monitor",)),
+    Row("sweep string for a callable", "sweep", swept({"trials": 2, "sampler": {"type": "tpe", "args": {"gamma": "lambda n: n"}}, "params": LR}), 2,
+        ("sampler.args.gamma: TPESampler takes a function there",)),
+    Row("sweep pruner argument Optuna refuses", "sweep", swept({"trials": 2, "pruner": {"type": "median", "args": {"n_startup_trials": -5}}, "params": LR}), 2,
+        ("pruner.args: Optuna's MedianPruner refuses them", "n_startup_trials")),
+    Row("sweep sampler argument Optuna refuses", "sweep", swept({"trials": 2, "sampler": {"type": "tpe", "args": {"n_startup_trials": "ten"}}, "params": LR}), 2,
+        ("sampler.args: Optuna's TPESampler refuses them",)),
+    Row("sweep TPE argument used after its start-up", "sweep", swept({"trials": 2, "sampler": {"type": "tpe", "args": {"n_ei_candidates": 0}}, "params": LR}), 2,
+        ("sampler.args: Optuna's TPESampler refuses them", "must be positive")),
+    Row("space key given twice", "sweep", swept("trials: 2\nparams:\n  optimizer.args.lr: {low: 0.001, high: 0.01}\n  optimizer.args.lr: {choices: [0.1]}\n"), 2,
+        ("space.yaml: key 'optimizer.args.lr' is given twice in one mapping (lines 3 and 4)",)),
+    Row("yaml config key given twice", "train", new(name="c.yaml", replace=[("seed: 0\n", "seed: 0\nseed: 1\n")]), 2, ("c.yaml: key 'seed' is given twice",)),
+    Row("json config key given twice", "train", new(replace=[('"seed": 0', '"seed": 0, "seed": 1')]), 2, ("config.json: key 'seed' is given twice in one mapping; keep one",)),
+]  # fmt: skip
+
 
 @pytest.fixture(autouse=True)
 def from_the_project_root(monkeypatch):

@@ -3,6 +3,8 @@
 A config is trusted like code (it names classes to import), yet it is read with ``json.loads`` /
 a ``yaml.SafeLoader`` and nothing else, and whatever is not plain data (a YAML timestamp, set or
 binary tag, a NaN, a non-string key) is refused with the key path, before anything is built.
+A key given twice in one mapping (YAML or JSON) is refused too, naming the key: both parsers
+would otherwise keep the last one silently. YAML merge keys (``<<: *base``) still override.
 """
 
 from __future__ import annotations
@@ -27,6 +29,39 @@ class ConfigLoader(yaml.SafeLoader):
     ``1e-3`` as a string, ``1:30`` as 90 and ``2024-01-01`` as a date; here only ``true``/``false``
     are booleans, ``1e-3`` is a float, and the rest stay strings.
     """
+
+
+class DuplicateKey(yaml.constructor.ConstructorError):
+    """A key given twice in one mapping; ``key`` and ``lines`` (YAML: 1-based, else empty) for the message."""
+
+    def __init__(self, key: str, lines: tuple[int, ...] = (), mark=None):
+        super().__init__(None, None, f"key {key!r} is given twice in one mapping", mark)
+        self.key, self.lines = key, lines
+
+
+def _refuse_duplicate_keys(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    """``SafeLoader.construct_mapping`` after checking the node's own keys (merged ones may repeat them)."""
+    first: dict[tuple, int] = {}
+    for key_node, _ in node.value:
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        ident, line = (key_node.tag, key_node.value), key_node.start_mark.line + 1
+        if ident in first:
+            raise DuplicateKey(key_node.value, (first[ident], line), key_node.start_mark)
+        first[ident] = line
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+ConfigLoader.construct_mapping = _refuse_duplicate_keys  # type: ignore[method-assign]
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict:
+    data: dict = {}
+    for key, value in pairs:
+        if key in data:
+            raise DuplicateKey(key)
+        data[key] = value
+    return data
 
 
 _REPLACED = {f"tag:yaml.org,2002:{name}" for name in ("bool", "int", "float", "timestamp")}
@@ -92,7 +127,10 @@ def read_config_file(path: str | Path, kind: str = "config", flag: str = "-c", k
         raise UserError(f"{path}: a {kind} must be a .json, .yaml or .yml file")
     text = read_text(path, f"{kind} file", f"pass an existing file with {flag}")
     try:
-        data = json.loads(text) if suffix == ".json" else load_yaml(text)
+        data = json.loads(text, object_pairs_hook=_json_object) if suffix == ".json" else load_yaml(text)
+    except DuplicateKey as exc:
+        lines = f" (lines {exc.lines[0]} and {exc.lines[1]})" if exc.lines else ""
+        raise UserError(f"{path}: key {exc.key!r} is given twice in one mapping{lines}; keep one (the reader never picks one silently)") from None
     except json.JSONDecodeError as exc:
         raise UserError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}; fix the syntax there") from None
     except yaml.YAMLError as exc:

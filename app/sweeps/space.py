@@ -23,7 +23,9 @@ and a pruner's ``args`` are the Optuna class's own keyword arguments.
 
 The space is data: nothing in it names code. Every key path must be one the config accepts
 (the same check, with the same did-you-mean, as an override), and every value the space can give
-is put through the config's checks once before the sweep starts.
+(each choice, each end of a range) is put through the checks ``train.py`` makes before it creates
+anything, before the study exists; ``name``, ``trainer.save_dir`` and ``trainer.monitor`` cannot
+be varied; a study holds at most :data:`MAX_TRIALS` trials (see ``docs/sweeps.md``).
 """
 
 from __future__ import annotations
@@ -32,18 +34,26 @@ import inspect
 import itertools
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from app.config import Config, read_config, read_config_file
-from utils.errors import UserError, closest
+from utils.errors import UserError, closest, first_line
 
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "hyperband", "none")
 TOP_KEYS = ("trials", "sampler", "pruner", "seed", "heartbeat", "params")
 RANGE_KEYS = ("low", "high", "log", "step")
 MAX_GRID = 100_000
+MAX_VALUES = 2_000
+"""A space gives at most this many values to check (every choice, and two ends per range): each is a
+config built and checked before the study exists (some 10 ms each), so the check stays in seconds."""
+MAX_TRIALS = 10_000
+"""A study's total is at most this: its trial slots are created up front, one row each in the storage
+(about 4 ms a slot on SQLite, so some 40 s for the largest), which is what keeps the total exact
+whatever number of workers ask at once. The bound is checked before anything is created."""
 
 
 def _number(value: Any) -> bool:
@@ -78,8 +88,14 @@ class Param:
         return FloatDistribution(self.low, self.high, log=self.log, step=self.step)
 
     def examples(self) -> list:
-        """The values that show whether the config accepts this parameter (its ends, or every choice)."""
-        return list(self.choices) if self.kind == "choices" else [self.low, self.high]
+        """The values that show whether the config accepts this parameter: every choice, or the ends
+        of the range as Optuna samples it (a ``high`` that ``step`` does not reach is lowered to the last step)."""
+        if self.kind == "choices":
+            return list(self.choices)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Optuna's note that it lowers ``high`` comes again when it samples
+            distribution = self.distribution()
+        return [distribution.low, distribution.high]
 
     def as_data(self) -> dict:
         if self.kind == "choices":
@@ -147,7 +163,7 @@ class Space:
         return optuna.pruners.NopPruner()
 
 
-def read_space(path: str | Path, trials: int | None, base: Config, config_path: str, overrides: list[str]) -> Space:
+def read_space(path: str | Path, trials: int | None, base: Config, config_path: str, overrides: list[str], trust_checkpoint: bool = False) -> Space:
     """Read and check ``--space`` (see the module docstring); every error is one line naming the key."""
     source = str(path)
     data = read_config_file(path, kind="search space", flag="--space", keys=", ".join(TOP_KEYS))
@@ -155,6 +171,9 @@ def read_space(path: str | Path, trials: int | None, base: Config, config_path: 
         if key not in TOP_KEYS:
             raise UserError(f"{source}: unknown key {key!r}{closest(key, TOP_KEYS)}; a space has {', '.join(TOP_KEYS)}")
     params = tuple(_as_config_type(param, base.to_dict()) for param in _params(source, data.get("params")))
+    values = sum(len(param.choices) if param.kind == "choices" else 2 for param in params)
+    if values > MAX_VALUES:
+        raise UserError(f"{source}: params: {values} values to check (choices and range ends), more than {MAX_VALUES}; give a range {{low, high}} for a long list of numbers")
     sampler, sampler_args = _kind(source, "sampler", data.get("sampler", "tpe"), SAMPLERS)
     pruner, pruner_args = _kind(source, "pruner", data.get("pruner", "median"), PRUNERS)
     if sampler == "grid":
@@ -174,7 +193,7 @@ def read_space(path: str | Path, trials: int | None, base: Config, config_path: 
         raise UserError(f"{source}: the grid has {grid_size} points, more than {MAX_GRID}; use sampler tpe or random")
     total = _trials(source, trials if trials is not None else data.get("trials", grid_size), trials is not None, grid_size)
     space = Space(source, total, sampler, sampler_args, pruner, pruner_args, seed, heartbeat, params)
-    _check_against_config(space, base, config_path, overrides)
+    _check_against_config(space, base, config_path, overrides, trust_checkpoint)
     return space
 
 
@@ -184,6 +203,9 @@ def _trials(source: str, value: Any, from_flag: bool, grid_size: int | None) -> 
         raise UserError(f"{source}: trials: missing; give the study's total number of trials (trials: 20), or pass --trials N")
     if not _whole(value) or value < 1:
         raise UserError(f"{where}: must be a whole number of at least 1, got {value!r}")
+    if value > MAX_TRIALS:
+        default = "" if from_flag or grid_size is None or value != grid_size else f" (the grid's {grid_size} points)"
+        raise UserError(f"{where}: {value}{default} trials is more than the {MAX_TRIALS} a study holds (its slots are made up front); give at most {MAX_TRIALS}")
     if grid_size is not None and value > grid_size:
         raise UserError(f"{where}: {value} trials, but the grid has only {grid_size} points; lower it (or leave it out: the whole grid)")
     return value
@@ -299,16 +321,136 @@ def _as_config_type(param: Param, config: dict) -> Param:
     return param
 
 
-def _check_against_config(space: Space, base: Config, config_path: str, overrides: list[str]) -> None:
-    """Each parameter at its ends (or each choice) through the config's own checks, so a key the
-    config does not take, or a value of the wrong type, is said now and not in trial 7."""
+FIXED_KEYS = {
+    "name": "the sweep's folder is <save_dir>/<name>/sweeps/<study>",
+    "trainer.save_dir": "the trials' folders are the sweep's (trial-NNNN); set it for the whole sweep as an override",
+    "trainer.monitor": "it is the study's objective; one sweep optimises one value",
+}
+"""Keys a parameter may not vary: a trial would ignore the value (or the study would compare unlike values)."""
+
+
+def _check_fixed_keys(space: Space) -> None:
+    for param in space.params:
+        for key, why in FIXED_KEYS.items():
+            if param.key == key or key.startswith(param.key + ".") or param.key.startswith(key + "."):
+                raise UserError(f"{space.source}: params.{param.key}: a sweep cannot vary {key} ({why}); remove it from params")
+
+
+def _check_against_config(space: Space, base: Config, config_path: str, overrides: list[str], trust_checkpoint: bool = False) -> None:
+    """Every value the space can give (each choice, each end of a range) through the checks
+    ``train.py`` makes before it creates anything: the config's typed settings and names, the trust
+    rule (unless ``--trust-checkpoint``), and the cheap, side-effect-free checks of the objects the
+    parameter's section builds (:func:`_check_objects`). A key the config does not take, or a value
+    it refuses, is said now and not in trial 7."""
+    _check_fixed_keys(space)
     data = read_config(config_path)  # through the bases it extends
     for param in space.params:
         for value in param.examples():
             try:
-                Config.from_dict(data, config_path, [*overrides, *space.overrides({param.key: value})])
+                config = Config.from_dict(data, config_path, [*overrides, *space.overrides({param.key: value})])
+                if not trust_checkpoint:
+                    config.check_checkpoints_resumable()
+                _check_objects(config, param.key.split(".")[0])
             except UserError as exc:
                 raise UserError(f"{space.source}: params.{param.key} = {value!r}: {exc}") from None
     mode, metric = base.monitor()
     if metric is None:
         raise UserError(f"{config_path}: trainer.monitor is off; a sweep optimises the monitored value: set trainer.monitor, e.g. 'max val_accuracy'")
+    _check_optuna_arguments(space, base.settings.epochs)
+
+
+def _check_objects(config: Config, section: str) -> None:
+    """The objects ``section`` (``arch``, ``optimizer``, ...) makes, built as cheaply as they can be:
+    the model on the meta device (no memory, no weights), the optimizer and scheduler over it, the
+    data loader's counts (``BaseDataLoader``'s own check; its data is never read). Only a refusal
+    of a value (a ``UserError``) counts: anything else is for the trial to show, with its traceback."""
+    import torch
+
+    from app.config import build_loss, build_lr_scheduler, build_metrics, build_optimizer
+
+    if section == "data_loader":
+        _check_loader_counts(config)
+    elif section in ("arch", "optimizer", "lr_scheduler"):
+        def build(device: str) -> None:
+            with torch.device(device):
+                model = config.init_obj("arch")
+                if section != "arch" and isinstance(model, torch.nn.Module):
+                    optimizer = build_optimizer(config, model)
+                    if section == "lr_scheduler" and config["lr_scheduler"] is not None:
+                        build_lr_scheduler(config, optimizer)
+
+        try:
+            build("meta")
+        except UserError:
+            _refused_only(lambda: build("cpu"))  # said only if it is refused for real, not for something the meta device cannot do
+        except Exception:  # noqa: BLE001 - not a refused value: the trial shows it, with its traceback
+            return
+    elif section in ("loss", "metrics"):
+        _refused_only(lambda: build_loss(config) if section == "loss" else build_metrics(config))
+
+
+def _refused_only(build) -> None:
+    """``build()``, its ``UserError`` (a value refused) raised, any other exception left for the trial to show."""
+    try:
+        build()
+    except UserError:
+        raise
+    except Exception:  # noqa: BLE001 - a bug or a limit of the check, not a refused value
+        return
+
+
+def _check_loader_counts(config: Config) -> None:
+    from app.config.names import resolve_type
+    from base.base_data_loader import BaseDataLoader, check_loader_counts
+
+    node = config["data_loader"]
+    target = resolve_type("data_loader", node["type"], config.source, config.trusted)
+    if not (isinstance(target, type) and issubclass(target, BaseDataLoader)):
+        return
+    try:
+        bound = inspect.signature(target).bind_partial(**(node.get("args") or {}))
+    except TypeError:
+        return  # the config's own argument check has said what is wrong
+    defaults = {name: p.default for name, p in inspect.signature(target).parameters.items()}
+    args = {**defaults, **bound.arguments}
+    if "batch_size" in args and "num_workers" in args:
+        try:
+            check_loader_counts(args["batch_size"], args["num_workers"])
+        except UserError as exc:
+            raise UserError(f"{config.source}: {exc}") from None
+
+
+def _check_optuna_arguments(space: Space, epochs: int) -> None:
+    """The sampler's and the pruner's ``args`` as Optuna takes them: made, and tried on a study in
+    memory (two trials of the space's own distributions, one report and one pruning question), so
+    ``n_startup_trials: -5`` or a string where a number goes is said before the study is created."""
+    for key, name, args in (("sampler", space.sampler, space.sampler_args), ("pruner", space.pruner, space.pruner_args)):
+        target = _optuna_class(key, name)
+        if target is None or not args:
+            continue
+        params = inspect.signature(target).parameters
+        for arg in args:
+            if "Callable" in str(params[arg].annotation):
+                raise UserError(f"{space.source}: {key}.args.{arg}: {target.__name__} takes a function there, which a space (plain data) cannot give; leave it out")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                _try_on_a_study(space, key, epochs)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise UserError(f"{space.source}: {key}.args: Optuna's {target.__name__} refuses them: {first_line(exc)}; fix the value") from None
+
+
+def _try_on_a_study(space: Space, key: str, epochs: int) -> None:
+    """Trials of the space on a study in memory with the ``key`` (sampler or pruner) the space makes:
+    two, and for TPE enough to pass its random start-up, so its own arguments are used."""
+    import optuna
+
+    sampler = space.make_sampler(0) if key == "sampler" else optuna.samplers.RandomSampler(seed=0)
+    pruner = space.make_pruner(epochs) if key == "pruner" else optuna.pruners.NopPruner()
+    study = optuna.create_study(sampler=sampler, pruner=pruner)
+    startup = space.sampler_args.get("n_startup_trials", 10) if key == "sampler" and space.sampler == "tpe" else 0
+    for step in range(2 + (startup if _whole(startup) and 0 <= startup <= 10 else 0)):  # past TPE's random start-up
+        trial = study.ask({param.key: param.distribution() for param in space.params})
+        trial.report(0.5, 1)
+        trial.should_prune()
+        study.tell(trial, float(step))

@@ -4,7 +4,8 @@
 created up front, one WAITING trial per *slot* (``user_attrs["slot"]``: 0, 1, ...; the number the
 sweep shows and the name of its run directory ``trial-NNNN``), and a worker takes one with
 Optuna's own atomic WAITING -> RUNNING transition (``set_trial_state_values``), as ``Study.ask``
-pops enqueued trials. Nobody creates a trial beyond the slots. Creating the slots is done by one
+pops enqueued trials. Nobody creates a trial beyond the slots (so a study holds at most
+``space.MAX_TRIALS`` of them, said before the first is made). Creating the slots is done by one
 worker: the one whose ``create_study`` of a marker study ``<study>.setup`` succeeds (the storage
 refuses a second study of that name); the marker is deleted when the slots are there, and a
 marker left by a worker that died while creating them is taken over (same host: its process is
@@ -26,16 +27,15 @@ heartbeat: see ``app/sweeps/worker.py``.
 from __future__ import annotations
 
 import os
-import re
 import socket
 import time
 import warnings
-from pathlib import Path
 from typing import Any
 
 from app.run_records import differing_keys
 from app.sweeps.space import Space
-from utils.errors import UserError, first_line
+from app.sweeps.storage import default_storage, masked, open_storage  # noqa: F401 - where callers found them
+from utils.errors import UserError
 from utils.files import process_alive
 from utils.nested import flatten
 
@@ -50,50 +50,6 @@ def quiet_optuna() -> None:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings("ignore", message=".*already reported.*")
     warnings.filterwarnings("ignore", message=".*Heartbeat of storage is supposed to be used with Study.optimize.*")
-
-
-def masked(url: str) -> str:
-    """A storage URL fit to print and to store: its password replaced by ``***``."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
-
-
-def default_storage(folder: Path) -> str:
-    return f"sqlite:///{folder / 'study.db'}"
-
-
-def open_storage(url: str, heartbeat: int, on_stale=None):
-    """Optuna's RDB storage for ``url`` (SQLite, PostgreSQL, MySQL, ...), with heartbeats when ``heartbeat`` > 0."""
-    import optuna
-    import sqlalchemy.exc
-
-    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    beat = {"heartbeat_interval": heartbeat, "grace_period": 3 * heartbeat, "heartbeat_stale_trial_callback": on_stale} if heartbeat else {}
-    try:
-        return _first_to_make_the_tables(lambda: optuna.storages.RDBStorage(url, engine_kwargs=engine, **beat))
-    except ImportError as exc:  # Optuna wraps SQLAlchemy's ModuleNotFoundError for a missing driver
-        missing = next((e.name for e in (exc, exc.__cause__, exc.__context__) if isinstance(e, ImportError) and e.name), None) or "(see SQLAlchemy's dialects)"
-        hint = "pip install -e .[postgres]" if "psycopg" in missing or url.startswith("postgres") else f"install the driver {missing}"
-        raise UserError(f"--storage: {masked(url)} needs a database driver that is not installed ({missing}): {hint}") from None
-    except (sqlalchemy.exc.SQLAlchemyError, ValueError, OSError) as exc:
-        raise UserError(f"--storage: cannot open {masked(url)}: {first_line(exc)}") from None
-
-
-SCHEMA_RACE = re.compile(r"already exists|duplicate key|unique constraint|database is locked", re.IGNORECASE)
-"""What a database says to a worker that creates Optuna's tables while another worker does."""
-
-
-def _first_to_make_the_tables(make):
-    """``make()``, again after a moment when another worker was creating the storage's tables at
-    the same time (workers started together on a new study): the second one finds them made."""
-    import sqlalchemy.exc
-
-    for attempt in range(10):
-        try:
-            return make()
-        except sqlalchemy.exc.SQLAlchemyError as exc:
-            if attempt == 9 or not SCHEMA_RACE.search(str(exc)):
-                raise
-            time.sleep(0.2 * (attempt + 1))
 
 
 def open_study(storage, name: str, identity: dict, direction: str):
