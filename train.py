@@ -4,6 +4,7 @@
     python train.py -r saved/<name>/<run_id>/checkpoints/last.pth   resume that run exactly
     python train.py -r CHECKPOINT -c NEW_CONFIG                    fine-tune: weights only, new run
     torchrun --standalone --nproc_per_node=2 train.py -c config.json   DDP, same code
+    python train.py -c config.json --auto-resume [--run-id ID]     start the run ID, or continue it (docs/clusters.md)
 
 A run starts as a transaction: the config, the data, the model, the checkpoint's fit and one
 pre-flight batch are checked first, and only then is the run directory created (or, resuming,
@@ -23,7 +24,9 @@ import argparse
 import logging
 import signal
 import sys
+from dataclasses import replace
 
+from app import auto_resume
 from app.cv import cross_validate, is_cv_dir
 from app.session import RunRequest, Session, stopped_during_start_up
 from logger.logger import log_to_files
@@ -43,6 +46,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--trust-checkpoint",
         action="store_true",
         help="let a checkpoint's config name code outside this project (and this run's checkpoints do so)",
+    )
+    parser.add_argument(
+        "--auto-resume",
+        action="store_true",
+        help="start the run --run-id names (default: Slurm's or torchrun's job id) or continue it where it stopped (docs/clusters.md)",
     )
     parser.add_argument("--folds", type=int, metavar="K", help="K-fold cross-validation: train every fold as one run (a CV run directory)")
     parser.add_argument(
@@ -69,6 +77,7 @@ def main(argv: list[str] | None = None, restore_signals: bool = True) -> int:
     if not STOP.installed:
         STOP.install()
     STOP.mode = "raise"  # while the run starts, a signal stops it at once (utils/signals.py)
+    distributed.adopt_slurm_environment()  # srun python train.py: Slurm's ranks become torchrun's variables
     if distributed.launched_by_torchrun():
         watch_launcher()
     argv = sys.argv[1:] if argv is None else argv
@@ -76,6 +85,13 @@ def main(argv: list[str] | None = None, restore_signals: bool = True) -> int:
     session = Session(request_of(args, argv), STOP)
     lost = False  # another process of the run is gone: nobody to wait for on the way out
     try:
+        if args.auto_resume:
+            if args.folds is not None:
+                raise UserError("--auto-resume: not for --folds yet; continue a CV with train.py -r <its CV run directory>")
+            decision = auto_resume.decide(session.request, announce=distributed.say_once)
+            if decision.request is None:
+                return auto_resume.NOTHING_TO_TRAIN
+            session.request = replace(decision.request, resume_hint=f"the same command ({session.request.command})")
         if args.folds is not None or (args.resume is not None and args.config is None and is_cv_dir(args.resume)):
             return cross_validate(session.request, args.folds, STOP)  # a run of runs: each fold its own Session
         return session.run()

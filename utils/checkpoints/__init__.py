@@ -6,7 +6,8 @@
 
 The engine asks its store to ``save`` a checkpoint from its parts, ``link`` one name to another
 (``best`` to ``last``), ``prune`` old ``epoch-N`` ones, and whether it ``accepts`` a checkpoint
-to resume; :func:`load_checkpoint` reads either kind for ``-r``, and
+to resume; :func:`load_checkpoint` reads either kind for ``-r`` (:func:`newest_loadable`: the newest
+of a run's that verifies, for ``--auto-resume``), and
 :func:`~utils.checkpoints.state.restore` loads the parts back. Nothing outside this package asks
 which kind it is. A checkpoint is data: everything is read with ``torch.load(weights_only=True)``
 (DCP's metadata through an allow-list), and every part is checked against its checksum.
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from utils.checkpoints.files import FileCheckpoint, FileStore, read_file_checkpoint
+from utils.checkpoints.newest import Found, newest_loadable
 from utils.checkpoints.state import FORMAT, VERSION, Checkpoint, DcpStateful, Stateful, restore, run_dir_of
 from utils.checkpoints.weights import LoadReport, clean_state_dict, load_weights
 from utils.errors import UserError
@@ -58,11 +60,13 @@ __all__ = [
     "Checkpoint",
     "DcpStateful",
     "FileCheckpoint",
+    "Found",
     "LoadReport",
     "Stateful",
     "clean_state_dict",
     "load_checkpoint",
     "load_weights",
+    "newest_loadable",
     "open_store",
     "restore",
     "run_dir_of",
