@@ -22,6 +22,7 @@ if __name__ == "__main__":
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from dataclasses import replace
@@ -33,6 +34,7 @@ from logger.logger import log_to_files
 from logger.manifest import command_line
 from utils import distributed
 from utils.errors import UserError, first_line, peer_lost, report
+from utils.requeue import requeue_job
 from utils.signals import StartupStopped, exit_quietly, watch_launcher
 
 
@@ -52,11 +54,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="start the run --run-id names (default: Slurm's or torchrun's job id) or continue it where it stopped (docs/clusters.md)",
     )
+    parser.add_argument(
+        "--requeue-signal",
+        default="SIGUSR1",
+        metavar="SIGNAL",
+        help="the signal that saves, stops and requeues the Slurm job (default SIGUSR1; 'none': off); docs/clusters.md",
+    )
     parser.add_argument("--folds", type=int, metavar="K", help="K-fold cross-validation: train every fold as one run (a CV run directory)")
     parser.add_argument(
         "overrides", nargs="*", metavar="key.path=value", help="config overrides, e.g. trainer.epochs=3 (+key=value adds a key)"
     )
     return parser.parse_intermixed_args(argv)
+
+
+def requeue_signal(name: str) -> int | None:
+    """``--requeue-signal``'s value as a signal number (None for ``none``)."""
+    if name.lower() == "none":
+        return None
+    try:
+        return signal.Signals[name.upper() if name.upper().startswith("SIG") else f"SIG{name.upper()}"].value
+    except KeyError:
+        raise UserError(f"--requeue-signal: {name!r} is not a signal name; use e.g. SIGUSR1, SIGUSR2 or none") from None
 
 
 def request_of(args: argparse.Namespace, argv: list[str]) -> RunRequest:
@@ -85,6 +103,7 @@ def main(argv: list[str] | None = None, restore_signals: bool = True) -> int:
     session = Session(request_of(args, argv), STOP)
     lost = False  # another process of the run is gone: nobody to wait for on the way out
     try:
+        STOP.use_requeue_signal(requeue_signal(args.requeue_signal))
         if args.auto_resume:
             if args.folds is not None:
                 raise UserError("--auto-resume: not for --folds yet; continue a CV with train.py -r <its CV run directory>")
@@ -94,11 +113,20 @@ def main(argv: list[str] | None = None, restore_signals: bool = True) -> int:
             session.request = replace(decision.request, resume_hint=f"the same command ({session.request.command})")
         if args.folds is not None or (args.resume is not None and args.config is None and is_cv_dir(args.resume)):
             return cross_validate(session.request, args.folds, STOP)  # a run of runs: each fold its own Session
-        return session.run()
+        code = session.run()
+        requeue = STOP.requeue_signal and signal.Signals(STOP.requeue_signal).name
+        if requeue and session.trainer is not None and session.trainer.stopped_by == requeue:
+            distributed.cleanup()  # every rank has saved and stopped: only then may the job be ended
+            if os.environ.get("RANK", "0") == "0":
+                code = requeue_job() or code
+        return code
     except StartupStopped as stopped:
         session.abandon(stopped=True)
         STOP.signum = stopped.signum
-        return stopped_during_start_up(STOP)
+        code = stopped_during_start_up(STOP)
+        if stopped.signum == STOP.requeue_signal and os.environ.get("RANK", "0") == "0":
+            code = requeue_job() or code  # nothing was made, but the job must still come back
+        return code
     except KeyboardInterrupt:
         session.abandon(stopped=True, reason="interrupted twice")
         print("error: interrupted twice; stopped at once", file=sys.stderr)

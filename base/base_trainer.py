@@ -9,6 +9,7 @@ restore them, so that ``-r last.pth`` continues a run bit for bit on CPU.
 
 from __future__ import annotations
 
+import signal
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
@@ -122,11 +123,13 @@ class BaseTrainer(ABC):
             self.run.close()
 
     def stop_agreed(self) -> bool:
-        """True on every rank once any rank received SIGINT/SIGTERM."""
+        """True on every rank once any rank received a stop signal; ``stopped_by`` names the same signal
+        on every rank (the highest number received: SIGTERM, a cancel, outranks SIGUSR1, a requeue)."""
         if not self.distributed and not self.stop.requested:
             return False  # the common case, asked every step: no call further down
-        if distributed.any_process(self.stop.requested):
-            self.stopped_by = self.stop.name or "SIGTERM"
+        signum = distributed.all_reduce_max(self.stop.signum or 0)
+        if signum:
+            self.stopped_by = signal.Signals(signum).name
             return True
         return False
 

@@ -19,6 +19,7 @@ from helpers import TESTS_ENV, last_checkpoint, metric_rows, run_here, run_scrip
 from app.auto_resume import first_difference, scheduler_run_id
 from utils.checkpoints import newest_loadable
 from utils.distributed import adopt_slurm_environment, first_host
+from utils.requeue import REQUEUE_FAILED
 
 BATCHES = 20  # 1,222 training samples in batches of 64
 
@@ -86,6 +87,20 @@ def test_sigterm_twice_then_the_same_command_ends_as_an_uninterrupted_run(refere
     assert finished.returncode == 0, finished.stderr
     assert {p.name for p in saved.iterdir()} == before | {"stopped"}  # three commands, one run directory
     assert_same_run(saved / "straight", saved / "stopped")
+
+
+def test_the_requeue_signal_outside_slurm_saves_says_so_and_the_same_command_continues(reference, rng):
+    config, saved = reference
+    at = rng.randint(BATCHES + 2, 2 * BATCHES - 2)
+    env = {**TESTS_ENV, "SIGNAL_AT_BATCH": str(at + 1), "SIGNAL_NAME": "SIGUSR1", "SLURM_JOB_ID": "", "SLURM_ARRAY_JOB_ID": ""}
+    stopped = run_here(*command(config, "warned"), env=env)
+    assert stopped.returncode == REQUEUE_FAILED, stopped.stderr
+    assert stopped.stderr.strip().splitlines()[-1].startswith("error: stopped for a requeue with a checkpoint, but not inside a Slurm job")
+    progress = last_checkpoint(saved / "warned")["progress"]
+    assert (progress["epoch"], progress["batch_in_epoch"]) == (2, at - BATCHES)
+    again = run_here(*command(config, "warned"), env=TESTS_ENV)
+    assert again.returncode == 0, again.stderr
+    assert_same_run(saved / "straight", saved / "warned")
 
 
 def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_good_one(reference):

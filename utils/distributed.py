@@ -96,9 +96,27 @@ def init_distributed(device: torch.device) -> None:
     if not launched_by_torchrun() or is_distributed():
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
-    kwargs = {"device_id": device} if device.type == "cuda" else {}
+    kwargs: dict[str, Any] = {"device_id": device} if device.type == "cuda" else {}
+    kwargs.update(_restart_store())
     dist.init_process_group(backend=backend, timeout=timedelta(minutes=30), **kwargs)
     _control_group = dist.new_group(backend="gloo") if backend != "gloo" else None
+
+
+def _restart_store() -> dict[str, Any]:
+    """After a torchrun restart (``--max-restarts``), the process group's keys in a namespace of this attempt.
+
+    torchrun's workers meet in its agent's store, which outlives a restart: the workers of a later
+    attempt found the gloo addresses the killed ones had published there, connected to a port
+    nobody listened on, and failed or hung. Keys under ``attempt_<N>`` are this attempt's alone."""
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if restart in ("", "0") or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return {}
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False, timeout=timedelta(minutes=30))
+    return {
+        "store": dist.PrefixStore(f"/template/attempt_{restart}", store),
+        "rank": int(os.environ["RANK"]),
+        "world_size": int(os.environ["WORLD_SIZE"]),
+    }
 
 
 def cleanup(wait: bool = True) -> None:
