@@ -38,6 +38,7 @@ class BaseTrainer(ABC):
     ):
         self.settings = settings
         self.store = store or open_store("files")
+        self.store.asynchronous = settings.async_save  # a snapshot store ignores it: every rank writes its shards at once
         self.device = device
         self.logger = get_logger()
         self.run = run or RunLog.off()
@@ -118,6 +119,7 @@ class BaseTrainer(ABC):
                     )
                     break
         finally:
+            self.store.wait()  # a stop or the run's end: the last checkpoint is on disk before anyone is told
             if installed is not None:
                 self.stop.restore()
             self.run.close()

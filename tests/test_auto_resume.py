@@ -90,15 +90,17 @@ def test_sigterm_twice_then_the_same_command_ends_as_an_uninterrupted_run(refere
 
 
 def test_the_requeue_signal_outside_slurm_saves_says_so_and_the_same_command_continues(reference, rng):
+    """SIGUSR1 with asynchronous saves: the stop waits for its checkpoint, the exit code says no requeue was made."""
     config, saved = reference
     at = rng.randint(BATCHES + 2, 2 * BATCHES - 2)
     env = {**TESTS_ENV, "SIGNAL_AT_BATCH": str(at + 1), "SIGNAL_NAME": "SIGUSR1", "SLURM_JOB_ID": "", "SLURM_ARRAY_JOB_ID": ""}
-    stopped = run_here(*command(config, "warned"), env=env)
+    background = ("trainer.async_save=true", "trainer.save_every_n_steps=5")  # step checkpoints written in a thread
+    stopped = run_here(*command(config, "warned", *background), env=env)
     assert stopped.returncode == REQUEUE_FAILED, stopped.stderr
     assert stopped.stderr.strip().splitlines()[-1].startswith("error: stopped for a requeue with a checkpoint, but not inside a Slurm job")
     progress = last_checkpoint(saved / "warned")["progress"]
     assert (progress["epoch"], progress["batch_in_epoch"]) == (2, at - BATCHES)
-    again = run_here(*command(config, "warned"), env=TESTS_ENV)
+    again = run_here(*command(config, "warned", *background), env=TESTS_ENV)
     assert again.returncode == 0, again.stderr
     assert_same_run(saved / "straight", saved / "warned")
 
