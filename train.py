@@ -23,6 +23,7 @@ if __name__ == "__main__":
 import argparse
 import logging
 import os
+import shlex
 import signal
 import sys
 from dataclasses import replace
@@ -110,7 +111,8 @@ def main(argv: list[str] | None = None, restore_signals: bool = True) -> int:
             decision = auto_resume.decide(session.request, announce=distributed.say_once)
             if decision.request is None:
                 return auto_resume.NOTHING_TO_TRAIN
-            session.request = replace(decision.request, resume_hint=f"the same command ({session.request.command})")
+            again = shlex.join(["train.py", *argv])  # under whichever launcher started it: torchrun, srun, sbatch
+            session.request = replace(decision.request, resume_hint=f"the same command ({again})")
         if args.folds is not None or (args.resume is not None and args.config is None and is_cv_dir(args.resume)):
             return cross_validate(session.request, args.folds, STOP)  # a run of runs: each fold its own Session
         code = session.run()
