@@ -29,7 +29,7 @@ from typing import Any
 
 from app.config import Config
 from app.session import RunRequest
-from utils.checkpoints import newest_loadable
+from utils.checkpoints import hand_over, newest_loadable
 from utils.errors import UserError
 from utils.files import read_json
 
@@ -129,6 +129,7 @@ def decide(request: RunRequest, announce=print) -> Decision:
     ]
     at = f"epoch {latest.checkpoint.epoch}" + (", mid-epoch" if latest.checkpoint.mid_epoch else "")
     older = " (the newest that loads)" if latest.skipped else ""
+    hand_over(latest.checkpoint)  # read and verified once: the resume takes it as it is
     continued = replace(request, config=None, resume=str(latest.path), run_id=None, overrides=overrides)
     return _said(Decision(continued, run_id, f"auto-resume: continuing {run_dir} from {latest.path.name}{older}, {at}"), announce)
 

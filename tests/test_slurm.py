@@ -130,7 +130,7 @@ def submit(env: dict, output: Path, *args: str) -> str:
         "--parsable",
         f"--chdir={ROOT}",
         f"--output={output}",
-        f"--export=ALL,PYTHON={ROOT / '.venv' / 'bin' / 'python'},OMP_NUM_THREADS=1",
+        f"--export=ALL,PYTHON={ROOT / '.venv' / 'bin' / 'python'},OMP_NUM_THREADS=1,PYTHONPATH={ROOT}:{ROOT / 'tests'}",
         str(ROOT / "slurm" / "train.sbatch"),
         *args,
     ]
@@ -142,26 +142,42 @@ def state_of(env: dict, job: str) -> str:
     return next((part.split("=", 1)[1] for part in shown.split() if part.startswith("JobState=")), "")
 
 
-def test_the_sbatch_script_warned_requeues_itself_and_continues_the_same_run(slurm, tmp_path):
-    config = write_config(tmp_path, tiny_config(tmp_path, epochs=2))
-    args = ("-c", str(config), "--trust-checkpoint", "trainer.save_every_n_steps=3", "trainer.log_step=1")
+def test_the_sbatch_script_warned_in_validation_requeues_itself_then_survives_scancel(slurm, tmp_path):
+    """The shipped script with 2 tasks: SIGUSR1 to the batch script during epoch 1's validation (what
+    ``--signal=B:USR1@120`` sends), the job requeues itself and continues; ``scancel`` mid-epoch 2
+    stops it with a checkpoint; a new job naming the run id finishes it. Same weights and rows as
+    an uninterrupted job, one run directory."""
+    config = tiny_config(tmp_path, epochs=2)
+    config["data_loader"] = {
+        "type": "fault_injection:SleepyDigitsDataLoader",
+        "args": {"batch_size": 64, "delay": 0.004},
+    }  # steps a signal can land in
+    args = ("-c", str(write_config(tmp_path, config)), "--trust-checkpoint", "trainer.save_every_n_steps=3", "trainer.log_step=1")
     straight = submit(slurm, tmp_path / "straight.out", *args)
-    warned = submit(slurm, tmp_path / "warned.out", *args)  # runs once the first is done (the node has 2 CPUs for 2 tasks)
+    job = submit(slurm, tmp_path / "job.out", *args)  # runs once the first is done (the node has 2 CPUs for 2 tasks)
     wait_for(lambda: state_of(slurm, straight) == "COMPLETED", 240, "the uninterrupted job")
-    out = tmp_path / "warned.out"
-    wait_for(lambda: out.is_file() and " step 4 " in out.read_text(), 120, "the second job's 4th step")
-    subprocess.run(["scancel", "--signal=USR1", "--batch", warned], env=slurm, check=True)  # what --signal=B:USR1@120 does
-    wait_for(lambda: state_of(slurm, warned) == "PENDING", 60, "the job to requeue itself")
+    out = tmp_path / "job.out"
+    wait_for(lambda: out.is_file() and "epoch 1 [10/10]" in out.read_text(), 120, "epoch 1's last step: validation next")
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=slurm, check=True)
+    wait_for(lambda: state_of(slurm, job) == "PENDING", 60, "the job to requeue itself")
     text = out.read_text()
-    assert "stopped by SIGUSR1" in text and f"requeued Slurm job {warned}" in text, text[-3000:]
-    subprocess.run(["scontrol", "update", f"JobId={warned}", "StartTime=now"], env=slurm, check=True)  # Slurm delays a requeued job
-    wait_for(lambda: state_of(slurm, warned) == "COMPLETED", 240, "the requeued job")
-    text = out.read_text()
-    assert f"auto-resume: continuing {tmp_path}/saved/digits_cnn/slurm-{warned} from last.pth, epoch 1, mid-epoch" in text, text[-3000:]
-    saved = tmp_path / "saved" / "digits_cnn"
-    assert sorted(p.name for p in saved.iterdir()) == sorted([f"slurm-{straight}", f"slurm-{warned}"])
-    a, b = last_checkpoint(saved / f"slurm-{straight}"), last_checkpoint(saved / f"slurm-{warned}")
+    assert "stopped by SIGUSR1" in text and f"requeued Slurm job {job}" in text, text[-3000:]
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=slurm, check=True)  # Slurm delays a requeued job
+    run_dir = tmp_path / "saved" / "digits_cnn" / f"slurm-{job}"
+    wait_for(
+        lambda: f"continuing {run_dir} from last.pth, epoch 1" in out.read_text() and "epoch 2 [4/10]" in out.read_text(), 120, "epoch 2"
+    )
+    subprocess.run(["scancel", job], env=slurm, check=True)  # SIGTERM to every step, SIGKILL after KillWait
+    wait_for(lambda: state_of(slurm, job) == "CANCELLED", 60, "the cancel")
+    assert "stopped by SIGTERM" in out.read_text(), out.read_text()[-3000:]
+    assert last_checkpoint(run_dir)["progress"]["epoch"] == 2
+    again = submit(slurm, tmp_path / "again.out", *args, "--run-id", f"slurm-{job}")
+    wait_for(lambda: state_of(slurm, again) == "COMPLETED", 240, "the job that finishes the run")
+    assert f"continuing {run_dir} from last.pth, epoch 2, mid-epoch" in (tmp_path / "again.out").read_text()
+    saved = run_dir.parent
+    assert sorted(p.name for p in saved.iterdir()) == sorted([f"slurm-{straight}", f"slurm-{job}"])
+    a, b = last_checkpoint(saved / f"slurm-{straight}"), last_checkpoint(run_dir)
     assert a["world_size"] == b["world_size"] == 2
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
-    assert metric_rows(saved / f"slurm-{straight}", timing=False) == metric_rows(saved / f"slurm-{warned}", timing=False)
+    assert metric_rows(saved / f"slurm-{straight}", timing=False) == metric_rows(run_dir, timing=False)

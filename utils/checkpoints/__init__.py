@@ -15,6 +15,7 @@ which kind it is. A checkpoint is data: everything is read with ``torch.load(wei
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +36,30 @@ def open_store(kind: str) -> Any:
     return FileStore()
 
 
+_handed: dict[tuple, Checkpoint] = {}
+
+
+def _identity(path: Path) -> tuple:
+    info = path.stat()
+    return (os.path.abspath(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+def hand_over(checkpoint: Checkpoint) -> None:
+    """Keep ``checkpoint`` (just read and verified) for the next :func:`load_checkpoint` of the same,
+    unchanged file, once: ``--auto-resume`` chose it, and the resume would otherwise read it twice."""
+    _handed.clear()
+    _handed[_identity(checkpoint.path)] = checkpoint
+
+
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """A ``.pth`` file or a ``.dcp`` snapshot given to ``-r``, read safely; problems are one line."""
     path = Path(path)
     try:
+        if _handed:
+            handed = _handed.pop(_identity(path), None)
+            _handed.clear()
+            if handed is not None:
+                return handed
         return _load(path)
     except OSError as exc:  # a name too long, a folder without permission, a file gone meanwhile
         raise UserError(f"{path}: cannot read the checkpoint ({describe_os_error(path, exc, writing=False)}); pass a readable file with -r") from None
@@ -64,6 +85,7 @@ __all__ = [
     "LoadReport",
     "Stateful",
     "clean_state_dict",
+    "hand_over",
     "load_checkpoint",
     "load_weights",
     "newest_loadable",
