@@ -141,8 +141,8 @@ def _said(decision: Decision, announce) -> Decision:
 
 def _changes(stored: dict, resolved: dict) -> str | None:
     """The first key that differs other than :data:`MAY_CHANGE`."""
-    strip = [stored, resolved] = [json.loads(json.dumps(stored)), json.loads(json.dumps(resolved))]
-    for data in strip:
+    stored, resolved = json.loads(json.dumps(stored)), json.loads(json.dumps(resolved))  # copies to strip
+    for data in (stored, resolved):
         for key in MAY_CHANGE:
             *parents, last = key.split(".")
             node = data

@@ -69,6 +69,17 @@ def test_a_changed_config_is_refused_in_one_line(reference):
     assert len(lines) == 1 and "optimizer.args.lr differs from the run's stored config" in lines[0], refused.stderr
 
 
+def test_more_epochs_is_a_change_the_same_run_allows(reference):
+    config, saved = reference
+    subprocess.run(["cp", "-a", str(saved / "straight"), str(saved / "more")], check=True)
+    more = run_here(*command(config, "more", "trainer.epochs=3"), env=TESTS_ENV)
+    assert more.returncode == 0, more.stderr
+    assert "from last.pth, epoch 2" in more.stdout
+    assert [row["epoch"] for row in metric_rows(saved / "more")] == [1, 2, 3]
+    assert metric_rows(saved / "more", timing=False)[:2] == metric_rows(saved / "straight", timing=False)
+    assert '"epochs": 3' in (saved / "more" / "config-resume-1.json").read_text()
+
+
 def test_sigterm_twice_then_the_same_command_ends_as_an_uninterrupted_run(reference, rng):
     config, saved = reference
     before = {p.name for p in saved.iterdir()}
