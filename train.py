@@ -5,6 +5,7 @@
     python train.py -r CHECKPOINT -c NEW_CONFIG                    fine-tune: weights only, new run
     torchrun --standalone --nproc_per_node=2 train.py -c config.json   DDP, same code
     python train.py -c CONFIG --print-config [key.path=value ...]   the resolved config, each value's origin
+    python train.py -c config.json --auto-resume [--run-id ID]     start the run ID, or continue it (docs/clusters.md)
 
 A run starts as a transaction: the config, the data, the model, the checkpoint's fit and one
 pre-flight batch are checked first, and only then is the run directory created (or, resuming,
@@ -23,14 +24,21 @@ if __name__ == "__main__":
 
 import argparse
 import logging
+import os
+import shlex
+import signal
 import sys
+from dataclasses import replace
 
+from app import auto_resume
 from app.cv import cross_validate, is_cv_dir
 from app.session import RunRequest, Session, load_config
 from logger.logger import log_to_files
 from logger.manifest import command_line
+from utils import distributed
 from utils.ending import Hooks, finish, leave, starting
 from utils.errors import UserError, first_line
+from utils.requeue import requeue_job
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,6 +51,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--trust-checkpoint",
         action="store_true",
         help="let a checkpoint's config name code outside this project (and this run's checkpoints do so)",
+    )
+    parser.add_argument(
+        "--auto-resume",
+        action="store_true",
+        help="start the run --run-id names (default: Slurm's or torchrun's job id) or continue it where it stopped (docs/clusters.md)",
+    )
+    parser.add_argument(
+        "--requeue-signal",
+        default="SIGUSR1",
+        metavar="SIGNAL",
+        help="the signal that saves, stops and requeues the Slurm job (default SIGUSR1; 'none': off); docs/clusters.md",
     )
     parser.add_argument("--folds", type=int, metavar="K", help="K-fold cross-validation: train every fold as one run (a CV run directory)")
     parser.add_argument(
@@ -57,6 +76,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="config overrides, e.g. trainer.epochs=3, metrics[name=f1].args.average=micro (+key=value adds a key, ~key deletes one)",
     )
     return parser.parse_intermixed_args(argv)
+
+
+def requeue_signal(name: str) -> int | None:
+    """``--requeue-signal``'s value as a signal number (None for ``none``)."""
+    if name.lower() == "none":
+        return None
+    try:
+        return signal.Signals[name.upper() if name.upper().startswith("SIG") else f"SIG{name.upper()}"].value
+    except KeyError:
+        raise UserError(f"--requeue-signal: {name!r} is not a signal name; use e.g. SIGUSR1, SIGUSR2 or none") from None
 
 
 def request_of(args: argparse.Namespace, argv: list[str]) -> RunRequest:
@@ -74,25 +103,48 @@ def request_of(args: argparse.Namespace, argv: list[str]) -> RunRequest:
 def main(argv: list[str] | None = None, restore_signals: bool = True) -> int:
     """Train; the exit code. ``restore_signals``: give SIGINT/SIGTERM back to whoever had them (a
     caller in the same process); the script itself keeps them, so a signal while it exits changes nothing."""
+    distributed.adopt_slurm_environment()  # srun python train.py: Slurm's ranks become torchrun's variables
     starting(STOP)
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     session = Session(request_of(args, argv), STOP)
 
     def body() -> int:
+        STOP.use_requeue_signal(requeue_signal(args.requeue_signal))
         if args.print_config:
             print(load_config(session.request)[0].explain(), end="")
             return 0
+        if args.auto_resume:
+            if args.folds is not None:
+                raise UserError("--auto-resume: not for --folds yet; continue a CV with train.py -r <its CV run directory>")
+            decision = auto_resume.decide(session.request, announce=distributed.say_once)
+            if decision.request is None:
+                return auto_resume.NOTHING_TO_TRAIN
+            again = shlex.join(["train.py", *argv])  # under whichever launcher started it: torchrun, srun, sbatch
+            session.request = replace(decision.request, resume_hint=f"the same command ({again})")
         if args.folds is not None or (args.resume is not None and args.config is None and is_cv_dir(args.resume)):
             return cross_validate(session.request, args.folds, STOP)  # a run of runs: each fold its own Session
-        return session.run()
+        code = session.run()
+        requeue = STOP.requeue_signal and signal.Signals(STOP.requeue_signal).name
+        if requeue and session.trainer is not None and session.trainer.stopped_by == requeue:
+            distributed.cleanup()  # every rank has saved and stopped: only then may the job be ended
+            if os.environ.get("RANK", "0") == "0":
+                code = requeue_job() or code
+        return code
 
     return finish(body, STOP, ending_of(session), restore_signals)
 
 
 def ending_of(session: Session) -> Hooks:
     """A run cut short is taken back (or, once claimed, recorded as stopped or failed in its history);
-    an error after the claim also goes to the run's own train.log; a lost peer names the intact checkpoint."""
+    an error after the claim also goes to the run's own train.log; a lost peer names the intact
+    checkpoint; a start that the requeue signal stopped still requeues the job (nothing was made,
+    but the job must come back)."""
+
+    def after_stop(signum: int, code: int) -> int:
+        if signum == STOP.requeue_signal and os.environ.get("RANK", "0") == "0":
+            return requeue_job() or code
+        return code
 
     def failed(exc: BaseException, peer_lost: bool) -> None:
         session.abandon(stopped=False, reason=first_line(exc))
@@ -105,6 +157,7 @@ def ending_of(session: Session) -> Hooks:
         stopped=lambda signum: session.abandon(stopped=True),
         interrupted=lambda: session.abandon(stopped=True, reason="interrupted twice"),
         failed=failed,
+        after_stop=after_stop,
     )
 
 

@@ -9,6 +9,7 @@ restore them, so that ``-r last.pth`` continues a run bit for bit on CPU.
 
 from __future__ import annotations
 
+import signal
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
@@ -42,6 +43,7 @@ class BaseTrainer(ABC):
     ):
         self.settings = settings
         self.store = store or open_store("files")
+        self.store.asynchronous = settings.async_save  # a snapshot store ignores it: every rank writes its shards at once
         self.device = device
         self.logger = get_logger()
         self.run = run or RunLog.off()
@@ -122,16 +124,19 @@ class BaseTrainer(ABC):
                     )
                     break
         finally:
+            self.store.wait()  # a stop or the run's end: the last checkpoint is on disk before anyone is told
             if installed is not None:
                 self.stop.restore()
             self.run.close()
 
     def stop_agreed(self) -> bool:
-        """True on every rank once any rank received SIGINT/SIGTERM."""
+        """True on every rank once any rank received a stop signal; ``stopped_by`` names the same signal
+        on every rank (the highest number received: SIGTERM, a cancel, outranks SIGUSR1, a requeue)."""
         if not self.distributed and not self.stop.requested:
             return False  # the common case, asked every step: no call further down
-        if distributed.any_process(self.stop.requested):
-            self.stopped_by = self.stop.name or "SIGTERM"
+        signum = distributed.all_reduce_max(self.stop.signum or 0)
+        if signum:
+            self.stopped_by = signal.Signals(signum).name
             return True
         return False
 

@@ -184,6 +184,7 @@ class TrainerSettings:
     overfit_batches: int = setting(0, "Debug: train on the first N batches only, unshuffled, and validate on them (0: off).", zero_or_more)
     limit_batches: int = setting(0, "Debug: at most N batches per training and validation epoch (0: off).", zero_or_more)
     save_every_n_steps: int = setting(0, "Also write `last.pth` every N optimizer steps, resumable mid-epoch (0: off).", zero_or_more)
+    async_save: bool = setting(False, "Write `.pth` checkpoints in a background thread: the loop pays only for a copy of the state (docs/clusters.md).")
     deterministic: bool = setting(False, "Turn on `torch.use_deterministic_algorithms`.")
     target_key: str | None = setting(
         None, 'Dict batches: the key holding the target (null: the first of "label", "labels", "target", "targets", "y").', non_empty

@@ -5,7 +5,9 @@ Tests use it to interrupt a run at an exact, randomly chosen point without timin
 check's forward pass is the first, so training batch ``k`` is pass ``k + 1``) and
 ``SIGNAL_NAME=SIGTERM|SIGINT|SIGKILL``; with ``SIGNAL_RANK`` only that torchrun rank signals.
 ``SIGNAL_COUNT=process`` counts the passes of every model this process builds (a cross-validation
-builds one per fold), so a signal can land inside a later fold.
+builds one per fold), so a signal can land inside a later fold. ``SIGNAL_ATTEMPT=N`` signals only
+in torchrun's N-th restart of the workers (``TORCHELASTIC_RESTART_COUNT``), so a restarted worker
+does not kill itself again.
 Without the variables it is exactly ``DigitsCNN``; counting consumes no random numbers.
 """
 
@@ -28,6 +30,9 @@ class SignalingDigitsCNN(DigitsCNN):
         self.at = int(os.environ.get("SIGNAL_AT_BATCH", 0))
         rank = os.environ.get("SIGNAL_RANK")
         if rank is not None and rank != os.environ.get("RANK", "0"):
+            self.at = 0
+        attempt = os.environ.get("SIGNAL_ATTEMPT")
+        if attempt is not None and attempt != os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"):
             self.at = 0
 
     passes_in_process = 0

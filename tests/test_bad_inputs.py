@@ -957,6 +957,10 @@ ROWS = [
         ("--export", "BranchyCNN", "data-dependent control flow", "tests/export_models.py:", "torch.cond"),
     ),
     Row("trainer.export of an unknown format", "train", new("trainer.export=[pt2, tflite]"), 2, ("trainer.export", "'tflite'", '"onnx"')),
+    # -- --auto-resume and the requeue signal (docs/clusters.md) -------------------------------------------
+    Row("auto-resume without a run id", "train", new("--auto-resume"), 2, ("--auto-resume", "no run id", "--run-id NAME")),
+    Row("auto-resume of a checkpoint", "train", resume("--auto-resume"), 2, ("--auto-resume", "-c CONFIG", "not -r")),
+    Row("requeue signal not a signal", "train", new("--requeue-signal", "SIGFOO"), 2, ("--requeue-signal", "'SIGFOO' is not a signal name")),
 ]
 
 

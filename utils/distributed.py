@@ -3,6 +3,9 @@
 We never write our own engine. ``torchrun`` sets RANK, LOCAL_RANK and WORLD_SIZE; we join the
 default process group (NCCL on CUDA, gloo on CPU) and add one gloo group for small control
 messages (stop flags, RNG states) so that they never wait on the GPU stream.
+
+Under ``srun python train.py`` (one Slurm task per process, no torchrun) the same variables are
+made from Slurm's (:func:`adopt_slurm_environment`), so the rest of the code sees one launcher.
 """
 
 from __future__ import annotations
@@ -43,6 +46,46 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def adopt_slurm_environment(env: dict | None = None) -> bool:
+    """Set RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR and MASTER_PORT from a Slurm
+    step's variables when torchrun's are absent; whether it did.
+
+    Only inside an ``srun`` step of more than one task (``SLURM_STEP_NUM_TASKS`` > 1, which a batch
+    script itself does not have): a plain ``python train.py`` in a batch script stays one process.
+    Under ``srun torchrun`` torchrun's own variables are there and win. The master is the step's
+    first node; the port is ``MASTER_PORT`` if set, else derived from the job id (the same in every
+    task and after a requeue, and unlikely to collide with another job's on the same node).
+    """
+    env = os.environ if env is None else env
+    if "RANK" in env or "SLURM_PROCID" not in env or int(env.get("SLURM_STEP_NUM_TASKS", "1") or 1) <= 1:
+        return False
+    tasks = int(env["SLURM_STEP_NUM_TASKS"])
+    nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST") or "127.0.0.1"
+    per_node = env.get("SLURM_STEP_TASKS_PER_NODE", env.get("SLURM_TASKS_PER_NODE", str(tasks)))
+    env["RANK"] = env["SLURM_PROCID"]
+    env["WORLD_SIZE"] = str(tasks)
+    env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
+    env["LOCAL_WORLD_SIZE"] = per_node.split("(")[0].split(",")[0]
+    env.setdefault("MASTER_ADDR", first_host(nodes))
+    env.setdefault("MASTER_PORT", str(15000 + int(env.get("SLURM_JOB_ID", "0") or 0) % 20000))
+    return True
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a Slurm node list: ``node[03-05,9],gpu1`` -> ``node03``."""
+    head = nodelist.split(",")[0] if "[" not in nodelist.split(",")[0] else nodelist.split("]")[0] + "]"
+    if "[" not in head:
+        return head
+    prefix, ranges = head.split("[", 1)
+    return prefix + ranges.rstrip("]").split(",")[0].split("-")[0]
+
+
+def say_once(line: str) -> None:
+    """Print ``line`` from the first process only (before the process group exists: by its RANK)."""
+    if int(os.environ.get("RANK", "0") or 0) == 0:
+        print(line, flush=True)
+
+
 def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", 0))
 
@@ -53,9 +96,27 @@ def init_distributed(device: torch.device) -> None:
     if not launched_by_torchrun() or is_distributed():
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
-    kwargs = {"device_id": device} if device.type == "cuda" else {}
+    kwargs: dict[str, Any] = {"device_id": device} if device.type == "cuda" else {}
+    kwargs.update(_restart_store())
     dist.init_process_group(backend=backend, timeout=timedelta(minutes=30), **kwargs)
     _control_group = dist.new_group(backend="gloo") if backend != "gloo" else None
+
+
+def _restart_store() -> dict[str, Any]:
+    """After a torchrun restart (``--max-restarts``), the process group's keys in a namespace of this attempt.
+
+    torchrun's workers meet in its agent's store, which outlives a restart: the workers of a later
+    attempt found the gloo addresses the killed ones had published there, connected to a port
+    nobody listened on, and failed or hung. Keys under ``attempt_<N>`` are this attempt's alone."""
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if restart in ("", "0") or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return {}
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False, timeout=timedelta(minutes=30))
+    return {
+        "store": dist.PrefixStore(f"/template/attempt_{restart}", store),
+        "rank": int(os.environ["RANK"]),
+        "world_size": int(os.environ["WORLD_SIZE"]),
+    }
 
 
 def cleanup(wait: bool = True) -> None:

@@ -32,13 +32,16 @@ class Hooks:
     ``stopped(signum)`` takes back what a start that a signal cut short had made and returns the
     line to print (``None``: the default "nothing was created"); ``interrupted()`` does the same
     for a second Ctrl-C; ``failed(exc, peer_lost)`` runs before an error is reported (log it to the
-    run's own file, name the intact checkpoint); ``cleanup()`` always runs, last.
+    run's own file, name the intact checkpoint); ``cleanup()`` always runs, last; ``after_stop(signum,
+    code)`` has the last word on the exit code of a start a signal cut short (train.py requeues a
+    Slurm job stopped by its requeue signal).
     """
 
     stopped: Callable[[int], str | None] = _nothing
     interrupted: Callable[[], None] = _nothing
     failed: Callable[[BaseException, bool], None] = _nothing
     cleanup: Callable[[], None] = _nothing
+    after_stop: Callable[[int, int], int] = lambda signum, code: code
 
 
 def catch_signals(stop: StopRequest | None) -> None:
@@ -81,7 +84,7 @@ def finish(body: Callable[[], int], stop: StopRequest | None = None, hooks: Hook
             stop.signum = stopped.signum
         line = hooks.stopped(stopped.signum)
         print(line or f"stopped by {signal.Signals(stopped.signum).name} during start-up; nothing was created", file=sys.stderr)
-        return 128 + stopped.signum
+        return hooks.after_stop(stopped.signum, 128 + stopped.signum)
     except KeyboardInterrupt:
         hooks.interrupted()
         print("error: interrupted twice; stopped at once", file=sys.stderr)

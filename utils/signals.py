@@ -1,7 +1,9 @@
-"""SIGINT/SIGTERM: a stop at once while a run starts, a polite stop once it has a run directory.
+"""SIGINT/SIGTERM (and the requeue signal): a stop at once while a run starts, a polite stop once it has a run directory.
 
-Clusters send SIGTERM before preemption; Ctrl-C sends SIGINT. What a signal does depends on how
-far the run is (:attr:`StopRequest.mode`):
+Clusters send SIGTERM before preemption; Ctrl-C sends SIGINT; Slurm's ``--signal=B:USR1@120``
+sends the requeue signal (:data:`REQUEUE_SIGNAL`, SIGUSR1 unless ``train.py --requeue-signal``
+names another) before the time limit: it stops like SIGTERM, and then the job is requeued
+(``utils/requeue.py``). What a signal does depends on how far the run is (:attr:`StopRequest.mode`):
 
 - ``"exit"``, while the entry script imports its libraries: nothing exists yet, so the process
   says so and exits at once (128 + signal);
@@ -30,6 +32,10 @@ class StartupStopped(BaseException):
         self.signum = signum
 
 
+REQUEUE_SIGNAL = signal.SIGUSR1
+"""The signal that means "save, stop, and requeue this Slurm job" unless ``--requeue-signal`` names another."""
+
+
 class StopRequest:
     """SIGINT/SIGTERM as a request: at once while the run starts, at the next step (with a checkpoint) while it
     trains; see the module docstring for the phases."""
@@ -38,6 +44,7 @@ class StopRequest:
         self.signum: int | None = None
         self.mode = "polite"
         self._previous: dict[int, object] = {}
+        self.requeue_signal: int | None = REQUEUE_SIGNAL
 
     @property
     def installed(self) -> bool:
@@ -48,9 +55,9 @@ class StopRequest:
         return self.signum is not None
 
     def install(self, mode: str = "polite") -> StopRequest:
-        """Catch SIGINT/SIGTERM from now on (a request received before is forgotten)."""
+        """Catch SIGINT/SIGTERM and the requeue signal from now on (a request received before is forgotten)."""
         self.signum, self.mode = None, mode
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in self.signals:
             previous = signal.signal(signum, self._handle)
             self._previous.setdefault(signum, previous)
         return self
@@ -62,6 +69,20 @@ class StopRequest:
     def while_running(self) -> None:
         """The run directory is claimed (or about to be): a signal stops at a step, with a checkpoint."""
         self.mode = "polite"
+
+    @property
+    def signals(self) -> tuple[int, ...]:
+        return (signal.SIGINT, signal.SIGTERM) + ((self.requeue_signal,) if self.requeue_signal else ())
+
+    def use_requeue_signal(self, signum: int | None) -> None:
+        """Make ``signum`` the requeue signal (None: none); the handlers move with it when installed."""
+        if signum == self.requeue_signal:
+            return
+        if self.installed and self.requeue_signal in self._previous:
+            signal.signal(self.requeue_signal, self._previous.pop(self.requeue_signal))
+        self.requeue_signal = signum
+        if self.installed and signum is not None:
+            self._previous.setdefault(signum, signal.signal(signum, self._handle))
 
     def restore(self) -> None:
         for signum, handler in self._previous.items():
@@ -124,6 +145,6 @@ def exit_quietly(code: int) -> None:
     """End the script with ``code``, ignoring SIGINT/SIGTERM from here on: Python gives signals
     their default action back while it shuts down, so a second Ctrl-C during those moments would
     kill the process with a traceback-less but wrong status instead of the one it was leaving with."""
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in (signal.SIGINT, signal.SIGTERM, REQUEUE_SIGNAL):
         signal.signal(signum, signal.SIG_IGN)
     raise SystemExit(code)

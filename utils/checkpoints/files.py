@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from utils import distributed
+from utils.checkpoints.background import BackgroundWriter, copied
 from utils.checkpoints.checksum import checksum
 from utils.checkpoints.state import FORMAT, VERSION, Checkpoint, Stateful, header
 from utils.errors import UserError, first_line
@@ -96,6 +97,9 @@ class FileStore:
 
     def __init__(self) -> None:
         self.folder: Path | None = None
+        self.asynchronous = False
+        """Write in a background thread (``trainer.async_save``; ``utils/checkpoints/background.py``)."""
+        self.writer = BackgroundWriter()
 
     def attach(self, folder: Path | None) -> None:
         """Where checkpoints go (None on other ranks)."""
@@ -114,18 +118,38 @@ class FileStore:
         """Write checkpoint ``name``; a collective call (every process contributes its own parts)."""
         state = {**header(meta, distributed.world_size(), mid_epoch), **{key: part.state_dict() for key, part in shared.items()}}
         state["ranks"] = distributed.gather_objects({key: part.state_dict() for key, part in own.items()})
-        if self.folder is not None:
-            save_atomic(with_checksums(state), self.path(name))
+        if self.folder is None:
+            return
+        path = self.path(name)
+        if not self.asynchronous:
+            save_atomic(with_checksums(state), path)
+            return
+        self.writer.wait()  # at most one write in flight (and its error, if it failed, said now)
+        state = copied(state)  # what the loop pays for: the next step must not change what is written
+        self.writer.submit(lambda: save_atomic(with_checksums(state), path))
+
+    def wait(self) -> None:
+        """Until the checkpoints handed to the background writer are on disk (a stop, the run's end)."""
+        self.writer.wait()
 
     def link(self, source: str, target: str) -> None:
-        """Checkpoint ``target`` holds what ``source`` holds (rank 0)."""
+        """Checkpoint ``target`` holds what ``source`` holds (rank 0; after the write of ``source``)."""
         if self.folder is not None:
-            link_atomic(self.path(source), self.path(target))
+            source_path, target_path = self.path(source), self.path(target)
+            self._then(lambda: link_atomic(source_path, target_path))
+
+    def _then(self, job) -> None:
+        """``job`` now, or after the write in flight when writing in the background."""
+        if self.asynchronous:
+            self.writer.submit(job)
+        else:
+            job()
 
     def prune(self, keep_last: int) -> list[Path]:
         """Delete all but the ``keep_last`` newest ``epoch-N`` checkpoints; ``last``/``best`` never go."""
         if self.folder is None or keep_last <= 0:
             return []
+        self.wait()  # the epoch-N link just made must be there to count
         doomed = epoch_checkpoints(self.folder, self.suffix)[:-keep_last]
         for path in doomed:
             path.unlink(missing_ok=True)
@@ -228,5 +252,7 @@ def read_file_checkpoint(path: Path) -> FileCheckpoint:
         wrong = [key for key, ok in (("model", _is_state_dict(data.get("model"))), ("config", isinstance(data.get("config"), (dict, type(None)))),
                                      ("progress", version == 1 or isinstance(data.get("progress"), dict))) if not ok]  # fmt: skip
         if wrong:
-            raise UserError(f"{path}: an incomplete or damaged checkpoint ({', '.join(wrong)} missing or not what it holds); use another file")
+            raise UserError(
+                f"{path}: an incomplete or damaged checkpoint ({', '.join(wrong)} missing or not what it holds); use another file"
+            )
     return checkpoint

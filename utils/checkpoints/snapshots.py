@@ -198,6 +198,10 @@ class SnapshotStore:
 
     suffix = ".dcp"
     kind = "snapshots"
+    asynchronous = False  # trainer.async_save is for files: DCP writes every rank's shards in place
+
+    def wait(self) -> None:
+        """Nothing in flight: a snapshot is written when ``save`` returns."""
 
     def __init__(self) -> None:
         self.folder: Path | None = None
