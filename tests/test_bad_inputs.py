@@ -69,7 +69,7 @@ def finished(tmp_path_factory) -> Path:
     with contextlib.redirect_stdout(None):
         assert train.main(["-c", str(config), "--run-id", "run"]) == 0
     close_log_files()
-    run_dir = tmp / "saved" / "digits_cnn" / "run"
+    run_dir = tmp / "saved" / "tiny" / "run"
     assert {"metrics.jsonl", "config.json", "train.log"} <= {p.name for p in run_dir.iterdir()}
     assert list(run_dir.glob("events.out.tfevents.*"))
     return run_dir
@@ -89,7 +89,7 @@ def mid_epoch(tmp_path_factory) -> Path:
         del os.environ["SIGNAL_AT_BATCH"], os.environ["SIGNAL_NAME"]
         close_log_files()
     assert code == 128 + signal.SIGTERM
-    run_dir = tmp / "saved" / "digits_cnn" / "mid"
+    run_dir = tmp / "saved" / "tiny" / "mid"
     assert torch.load(run_dir / "checkpoints" / "last.pth", weights_only=True)["progress"]["batch_in_epoch"] == 2
     return run_dir
 
@@ -115,9 +115,9 @@ class Ctx:
         return path
 
     def run(self, source: Path | None = None) -> Path:
-        """A copy of the finished run (or ``source``) at ``<tmp>/saved/digits_cnn/<its name>``."""
+        """A copy of the finished run (or ``source``) at ``<tmp>/saved/tiny/<its name>``."""
         source = source or self.finished
-        target = self.tmp / "saved" / "digits_cnn" / source.name
+        target = self.tmp / "saved" / "tiny" / source.name
         if not target.exists():
             shutil.copytree(source, target)
         return target
@@ -263,7 +263,7 @@ def in_existing(name: str, as_file: bool | None) -> Callable[[Ctx], list]:
     folder that holds a file, or (``as_file`` None) nothing: another run is there."""
 
     def args(c: Ctx) -> list:
-        folder = c.tmp / "saved" / "digits_cnn"
+        folder = c.tmp / "saved" / "tiny"
         folder.mkdir(parents=True)
         if as_file is None:
             (folder / "earlier_run").mkdir()
@@ -396,7 +396,7 @@ ROWS = [
     Row(
         "yaml !!timestamp",
         "train",
-        new(name="c.yaml", replace=[("name: digits_cnn", "name: !!timestamp 2024-01-01")]),
+        new(name="c.yaml", replace=[("name: tiny", "name: !!timestamp 2024-01-01")]),
         2,
         ("name:", "not plain data"),
     ),
@@ -404,7 +404,7 @@ ROWS = [
     Row(
         "yaml !!binary",
         "train",
-        new(name="c.yaml", replace=[("name: digits_cnn", "name: !!binary aGVsbG8=")]),
+        new(name="c.yaml", replace=[("name: tiny", "name: !!binary aGVsbG8=")]),
         2,
         ("name:", "not plain data"),
     ),
@@ -413,7 +413,7 @@ ROWS = [
         "train",
         lambda c: [
             "-c",
-            c.config(name="c.yaml", replace=[("name: digits_cnn", f"name: !!python/object/apply:os.system ['touch {c.marker}']")]),
+            c.config(name="c.yaml", replace=[("name: tiny", f"name: !!python/object/apply:os.system ['touch {c.marker}']")]),
         ],
         2,
         ("invalid YAML",),
@@ -1038,7 +1038,7 @@ def test_resuming_an_early_stopped_run_with_more_epochs_trains_on(tmp_path, caps
     # lr 0: the weights never change, so val_loss ties from epoch 2 on and the run stops after epoch 3
     path = Ctx(tmp_path, tmp_path, None).config(lambda data: data["trainer"].update(epochs=10, early_stop=2))
     assert invoke("train", ["-c", path, "optimizer.args.lr=0", "--run-id", "es"], capsys)[0] == 0
-    run_dir = tmp_path / "saved" / "digits_cnn" / "es"
+    run_dir = tmp_path / "saved" / "tiny" / "es"
     epochs = lambda: [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
     assert epochs() == [1, 2, 3]
     code, err = invoke("train", ["-r", run_dir / "checkpoints" / "last.pth", "trainer.epochs=10"], capsys)
@@ -1120,7 +1120,7 @@ def processes(tmp_path_factory, finished):
     cases: dict[str, dict] = {}
 
     def copy(name: str) -> Path:
-        target = tmp / name / "saved" / "digits_cnn" / "run"
+        target = tmp / name / "saved" / "tiny" / "run"
         shutil.copytree(finished, target)
         return target
 
@@ -1180,7 +1180,7 @@ def processes(tmp_path_factory, finished):
         "preexec": read_only,
         "watch": tmp / "ro_project",
     }
-    timestamp = ctx.config(name="timestamp.yaml", replace=[("name: digits_cnn", "name: !!timestamp 2024-01-01")])
+    timestamp = ctx.config(name="timestamp.yaml", replace=[("name: tiny", "name: !!timestamp 2024-01-01")])
     cases["train.py: a config error"] = {"args": ["train.py", "-c", timestamp], "watch": tmp / "saved"}
     cases["train.py: a bug in the user's model"] = {
         "args": ["train.py", "-c", config, "arch.type=user_bugs:MisspelledArgumentCNN", "--trust-checkpoint"],
@@ -1277,7 +1277,7 @@ def test_two_train_py_with_the_same_run_id_one_trains_the_other_exits_2(tmp_path
     config["data_loader"] = {"type": "fault_injection:SleepyDigitsDataLoader", "args": {"batch_size": 64, "delay": 0.005}}
     path = write_config(tmp_path, config)
     racers = [start("train.py", "-c", path, "--run-id", "same", "--trust-checkpoint") for _ in range(2)]
-    run_dir = tmp_path / "saved" / "digits_cnn" / "same"
+    run_dir = tmp_path / "saved" / "tiny" / "same"
     last = run_dir / "checkpoints" / "last.pth"
     deadline = time.monotonic() + 240
     while not last.exists() and time.monotonic() < deadline and all(r.poll() in (None, 2) for r in racers):
@@ -1342,7 +1342,7 @@ def test_signals_during_start_up_leave_nothing_or_a_resumable_run(tmp_path, fini
         if not save_dir.exists():
             assert "nothing was created" in err, (name, err)
             continue
-        (resumable,) = save_dir.glob("digits_cnn/*/checkpoints/last.pth")  # else: a run directory one can resume
+        (resumable,) = save_dir.glob("tiny/*/checkpoints/last.pth")  # else: a run directory one can resume
         code, err = invoke("train", ["-r", resumable, "--trust-checkpoint"], capsys)
         assert code == 0, (name, err)
     code, err = finish(evaluation)

@@ -173,7 +173,7 @@ def test_plus_adds_a_key_that_does_not_exist():
 
 def test_added_keys_are_still_validated(tmp_path):
     path = write_config(tmp_path, tiny_config(tmp_path))
-    with pytest.raises(UserError, match=r"data_loader\.args\.colour: DigitsDataLoader has no parameter"):
+    with pytest.raises(UserError, match=r"data_loader\.args\.colour: TinyDataLoader has no parameter"):
         Config.from_file(path, ["+data_loader.args.colour=red"])
     with pytest.raises(UserError, match=r"trainer\.colour: unknown key"):
         Config.from_file(path, ["+trainer.colour=red"])
@@ -288,7 +288,7 @@ ERRORS = [
     ("unknown loss", set_key("loss", "nll_los"), [], ["loss.type: unknown name 'nll_los'", "'nll_loss'"]),
     ("unknown metric", set_key("metrics", ["acuracy"]), [], ["metrics.0.type: unknown name 'acuracy'", "'accuracy'"]),
     ("unknown module path", None, ["optimizer.type=torch.optimz:SGD"], ["optimizer.type: cannot import module 'torch.optimz'"]),
-    ("unknown argument", set_key("arch.args.dropot", 0.1), [], ["arch.args.dropot: DigitsCNN has no parameter", "'arch.args.dropout'"]),
+    ("unknown argument", set_key("arch.args.dropot", 0.1), [], ["arch.args.dropot: TinyCNN has no parameter", "'arch.args.dropout'"]),
     ("missing argument", set_key("lr_scheduler", {"type": "StepLR"}), [], ["lr_scheduler.args.step_size: StepLR needs this argument"]),
     ("bad monitor", None, ["trainer.monitor=maximize val_accuracy"], ["trainer.monitor: must be"]),
     ("monitor not produced", None, ["trainer.monitor=max val_precision"], ["trainer.monitor: the run does not produce 'val_precision'"]),
@@ -380,7 +380,7 @@ def test_overrides_land_in_the_saved_config_and_checkpoint(tmp_path):
     ]
     result = run_here("train.py", "--run-id", "r", "-c", str(path), *overrides, env=THREADS)
     assert result.returncode == 0, result.stderr
-    run_dir = tmp_path / "saved" / "digits_cnn" / "r"
+    run_dir = tmp_path / "saved" / "tiny" / "r"
     saved = json.loads((run_dir / "config.json").read_text())
     assert saved == Config.from_file(path, overrides).to_dict()
     assert saved["trainer"]["epochs"] == 1 and saved["optimizer"]["args"]["lr"] == 0.01 and saved["arch"]["args"]["dropout"] == 0
@@ -401,7 +401,7 @@ def test_the_seed_decides_the_run(tmp_path, capsys):
         config = copy.deepcopy(tiny_config(tmp_path, epochs=1, limit_batches=4, monitor="off"))
         config["seed"] = seed
         assert train.main(["--run-id", run_id, "-c", str(write_config(tmp_path, config))]) == 0, capsys.readouterr().err
-        row = json.loads((tmp_path / "saved" / "digits_cnn" / run_id / "metrics.jsonl").read_text())
+        row = json.loads((tmp_path / "saved" / "tiny" / run_id / "metrics.jsonl").read_text())
         rows[run_id] = {key: value for key, value in row.items() if key not in TIMING_KEYS}
     assert rows["a"] == rows["b"]
     assert rows["a"]["loss"] != rows["c"]["loss"]

@@ -54,7 +54,7 @@ def quiet(main, argv: list) -> int:
 def cv_dir(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("cv")
     assert quiet(train.main, ["-c", cv_config(tmp), "--folds", FOLDS, "--run-id", "cv", "--trust-checkpoint"]) == 0
-    return tmp / "saved" / "digits_cnn" / "cv"
+    return tmp / "saved" / "tiny" / "cv"
 
 
 def digits_targets() -> list[int]:
@@ -129,7 +129,7 @@ def test_a_cv_killed_in_its_second_fold_resumes_to_the_same_summary(cv_dir, tmp_
     env = {**TESTS_ENV, "SIGNAL_NAME": "SIGKILL", "SIGNAL_COUNT": "process", "SIGNAL_AT_BATCH": str(PASSES_PER_FOLD + 1 + batch)}
     killed = run_script("train.py", "-c", str(cv_config(tmp_path)), "--folds", str(FOLDS), "--run-id", "cv", "--trust-checkpoint", env=env)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    folder = tmp_path / "saved" / "digits_cnn" / "cv"
+    folder = tmp_path / "saved" / "tiny" / "cv"
     assert (folder / "cv_summary.json").exists() and not (folder / "fold-2").exists()
     listed = runs_table([folder])
     assert [row["state"] for row in listed] == ["finished", "failed"][: len(listed)]  # fold 1 is gone if killed before its first checkpoint
@@ -233,16 +233,16 @@ def test_the_runs_table_shows_state_and_only_the_keys_that_differ(cv_dir, tmp_pa
     finally:
         del os.environ["SIGNAL_AT_BATCH"], os.environ["SIGNAL_NAME"]
     before = tree(tmp_path)
-    claim = RunDirectory.open(folder / "digits_cnn" / "a")  # a process training in it
+    claim = RunDirectory.open(folder / "tiny" / "a")  # a process training in it
     try:
         rows = runs_table([folder])
     finally:
         claim.release()
     assert tree(tmp_path) == before, changes(before, tree(tmp_path))  # read-only
-    assert [(row["run"], row["state"], row["epochs"]) for row in rows] == [("digits_cnn/a", "running", "2/2"), ("digits_cnn/b", "stopped", "0/2")]
+    assert [(row["run"], row["state"], row["epochs"]) for row in rows] == [("tiny/a", "running", "2/2"), ("tiny/b", "stopped", "0/2")]
     assert list(rows[0])[8:] == ["arch.type", "optimizer.args.lr"]
     assert rows[0]["optimizer.args.lr"] == "0.002" and rows[1]["optimizer.args.lr"] == "0.01"
-    best = min(json.loads(line)["val_loss"] for line in (folder / "digits_cnn" / "a" / "metrics.jsonl").read_text().splitlines())
+    best = min(json.loads(line)["val_loss"] for line in (folder / "tiny" / "a" / "metrics.jsonl").read_text().splitlines())
     assert rows[0]["monitor"] == "val_loss" and float(rows[0]["best"]) == pytest.approx(best, rel=1e-5)
     assert runs_table([folder])[0]["state"] == "finished"
 
@@ -347,8 +347,8 @@ def test_under_torchrun_every_fold_runs_on_every_process(tmp_path):
     torchrun = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
     result = run_script(*torchrun, "train.py", "-c", str(write_config(tmp_path, config)), "--folds", "2", "--run-id", "cv", env={"OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stdout + result.stderr
-    assert [path.name for path in (tmp_path / "saved" / "digits_cnn").iterdir()] == ["cv"]
-    folder = tmp_path / "saved" / "digits_cnn" / "cv"
+    assert [path.name for path in (tmp_path / "saved" / "tiny").iterdir()] == ["cv"]
+    folder = tmp_path / "saved" / "tiny" / "cv"
     for fold in range(2):
         manifest = json.loads((folder / f"fold-{fold}" / "manifest.json").read_text())
         assert manifest["world_size"] == 2 and manifest["ended"]["state"] == "finished"

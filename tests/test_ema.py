@@ -75,10 +75,10 @@ def ema_runs(tmp_path_factory):
     assert straight.returncode == 0, straight.stderr
     first = run_here("train.py", "-c", str(path), "--run-id", "split", "trainer.epochs=2")
     assert first.returncode == 0, first.stderr
-    split = tmp_path / "saved" / "digits_cnn" / "split"
+    split = tmp_path / "saved" / "tiny" / "split"
     second = run_here("train.py", "-r", str(split / "checkpoints" / "last.pth"), "trainer.epochs=4")
     assert second.returncode == 0, second.stderr
-    return tmp_path / "saved" / "digits_cnn" / "straight", split
+    return tmp_path / "saved" / "tiny" / "straight", split
 
 
 @pytest.mark.slow

@@ -23,7 +23,7 @@ def digits_run(tmp_path_factory):
     config = write_config(tmp_path, tiny_config(tmp_path, full_metrics=True, epochs=3, save_period=2, tensorboard=True))
     result = run_script("train.py", "-c", str(config), "--run-id", "e2e")
     assert result.returncode == 0, result.stderr
-    return tmp_path / "saved" / "digits_cnn" / "e2e", result
+    return tmp_path / "saved" / "tiny" / "e2e", result
 
 
 @pytest.mark.slow

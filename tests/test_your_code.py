@@ -63,7 +63,7 @@ def shrinking_config(tmp_path: Path, epochs: int) -> Path:
 
 
 def test_a_user_trainer_subclass_changes_the_step_and_four_epochs_equal_two_plus_a_resume_of_two(tmp_path):
-    saved = tmp_path / "saved" / "digits_cnn"
+    saved = tmp_path / "saved" / "tiny"
     assert run("train", "-c", shrinking_config(tmp_path, 4), "--run-id", "four", "--trust-checkpoint") == 0
     assert run("train", "-c", shrinking_config(tmp_path, 2), "--run-id", "two", "--trust-checkpoint") == 0
     assert run("train", "-r", saved / "two" / "checkpoints" / "last.pth", "trainer.epochs=4", "--trust-checkpoint") == 0
@@ -174,7 +174,7 @@ def resnet_config(tmp_path: Path, images: Path) -> dict:
 def test_a_model_named_by_function_trains_then_tests_predicts_and_resumes_with_no_flag(tmp_path, three_classes, capsys):
     config = write_config(tmp_path, resnet_config(tmp_path, three_classes))
     assert run("train", "-c", config, "--run-id", "r18") == 0, capsys.readouterr().err
-    checkpoints = tmp_path / "saved" / "digits_cnn" / "r18" / "checkpoints"
+    checkpoints = tmp_path / "saved" / "tiny" / "r18" / "checkpoints"
     assert run("test", "-r", checkpoints / "best.pth", "--out", tmp_path / "m.json") == 0, capsys.readouterr().err
     assert json.loads((tmp_path / "m.json").read_text())["samples"] == 9
     assert run("predict", "-r", checkpoints / "best.pth", "--out", tmp_path / "p.jsonl") == 0
@@ -201,7 +201,7 @@ def test_a_checkpoint_naming_a_data_or_test_folder_imports_nothing(tmp_path, cap
     config = tiny_config(tmp_path, epochs=1, limit_batches=1)
     config["loss"] = "user_steps:nll_plus_input_energy"
     assert run("train", "-c", write_config(tmp_path, config), "--run-id", "t", "--trust-checkpoint") == 0
-    last = tmp_path / "saved" / "digits_cnn" / "t" / "checkpoints" / "last.pth"
+    last = tmp_path / "saved" / "tiny" / "t" / "checkpoints" / "last.pth"
     private = ("torch.nn.attention._fa3:register_flash_attention_fa3", "torch.nn:_reduction")  # a library's machinery: one imports a module it is given
     for name in ("tests.user_steps:nll_plus_input_energy", "data.downloaded.loader:Loader", "saved.x:y", "benchmarks.overhead:SyntheticDataLoader", *private):
         state = torch.load(last, weights_only=True)
@@ -214,7 +214,7 @@ def test_a_checkpoint_naming_a_data_or_test_folder_imports_nothing(tmp_path, cap
     # and a -c config naming such code is refused when it starts, not when its checkpoint is resumed
     assert run("train", "-c", write_config(tmp_path, config, "again.json"), "--run-id", "u") == 2
     assert "so this run's checkpoints could not be resumed" in capsys.readouterr().err
-    assert not (tmp_path / "saved" / "digits_cnn" / "u").exists()
+    assert not (tmp_path / "saved" / "tiny" / "u").exists()
 
 
 # -- fine-tuning any model: freeze and load_exclude ------------------------------------------------------
@@ -237,7 +237,7 @@ def test_a_frozen_batchnorm_stays_frozen_when_ddp_makes_it_a_syncbatchnorm():
 def test_a_fine_tune_starts_its_head_fresh_and_keeps_the_frozen_part_bitwise(tmp_path, three_classes, capsys):
     config = resnet_config(tmp_path, three_classes)
     assert run("train", "-c", write_config(tmp_path, config), "--run-id", "base") == 0
-    source = tmp_path / "saved" / "digits_cnn" / "base" / "checkpoints" / "last.pth"
+    source = tmp_path / "saved" / "tiny" / "base" / "checkpoints" / "last.pth"
     trained = torch.load(source, weights_only=True)["model"]
     frozen = ("conv1.", "bn1.", "layer1.", "layer2.")
     config["trainer"].update(freeze=["conv1", "bn1", "layer1", "layer2"], load_exclude=["fc"], epochs=2)
