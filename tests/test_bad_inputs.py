@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import ROOT, TESTS_ENV, changes, entry_point, save_crafted, set_key, tiny_config, tree, write_config
+from helpers import ROOT, TESTS_ENV, TINY, changes, entry_point, save_crafted, set_key, tiny_config, tree, write_config
 
 import predict
 import train
@@ -172,7 +172,7 @@ def trusting(overrides: tuple) -> list[str]:
 
 
 def with_confusion_matrix(data: dict) -> None:
-    data["metrics"] = json.loads((ROOT / "config.json").read_text())["metrics"]
+    data["metrics"] = json.loads(TINY.read_text())["metrics"]
 
 
 def new(*overrides: str, change=None, name: str = "config.json", replace: tuple = ()) -> Callable[[Ctx], list]:
@@ -970,7 +970,7 @@ def test_a_checkpoint_naming_os_system_runs_nothing(script, tmp_path, finished, 
 OUTSIDE_CODE = '''
 from pathlib import Path
 
-from model.model import DigitsCNN
+from fixtures.model import TinyCNN as DigitsCNN
 
 
 class OutsideCNN(DigitsCNN):

@@ -181,9 +181,9 @@ def test_export_runs_without_this_code(tmp_path, finished_run):
     )
     assert loaded.returncode == 0, loaded.stderr
     sys.path.insert(0, str(ROOT))
-    from model import DigitsCNN
+    from fixtures.model import TinyCNN
 
-    model = DigitsCNN()
+    model = TinyCNN()
     model.load_state_dict(torch.load(finished_run / "checkpoints" / "best.pth", weights_only=True)["model"])
     torch.testing.assert_close(torch.load(tmp_path / "out.pt"), model.eval()(images))
     assert json.loads((tmp_path / "m.json").read_text())["samples"] == 359

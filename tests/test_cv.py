@@ -39,7 +39,7 @@ evaluate = entry_point("test.py")
 
 def cv_config(tmp: Path) -> Path:
     config = tiny_config(tmp, epochs=EPOCHS, limit_batches=BATCHES, save_every_n_steps=3)
-    config["arch"]["type"] = "fault_injection:SignalingDigitsCNN"  # DigitsCNN unless told to signal
+    config["arch"]["type"] = "fault_injection:SignalingDigitsCNN"  # TinyCNN unless told to signal
     return write_config(tmp, config)
 
 
@@ -58,7 +58,7 @@ def cv_dir(tmp_path_factory) -> Path:
 
 
 def digits_targets() -> list[int]:
-    from data_loader.data_loaders import digits_dataset
+    from fixtures.data import tiny_dataset as digits_dataset
 
     return digits_dataset(training=True).tensors[1].tolist()
 
@@ -75,7 +75,7 @@ def test_the_folds_partition_the_training_pool_with_each_class_in_proportion(cv_
         counts = Counter(targets[index] for index in chosen)
         for label, total in whole.items():
             assert abs(counts[label] - total / FOLDS) < 1, (label, counts[label], total)
-    from data_loader.data_loaders import digits_dataset
+    from fixtures.data import tiny_dataset as digits_dataset
 
     assert len(digits_dataset(training=False)) == 359  # the test split is its own data set: it never enters a fold
 
@@ -185,8 +185,8 @@ def test_the_ensemble_is_the_mean_of_the_folds_probabilities(cv_dir, tmp_path):
     assert all(single["loss"] != ensemble["loss"] for single in singles)
 
     # the same number by hand: each fold's best model, softmax, mean, negative log-likelihood
-    from data_loader.data_loaders import digits_dataset
-    from model.model import DigitsCNN
+    from fixtures.data import tiny_dataset as digits_dataset
+    from fixtures.model import TinyCNN as DigitsCNN
 
     images, labels = digits_dataset(training=False).tensors
     probabilities = []

@@ -99,14 +99,14 @@ def test_test_py_evaluates_the_ema_weights_unless_asked_for_the_raw_ones(ema_run
     straight, _ = ema_runs
     checkpoint = straight / "checkpoints" / "last.pth"
     state = last_checkpoint(straight)
-    from data_loader import DigitsDataLoader
-    from model import DigitsCNN
+    from fixtures.data import TinyDataLoader
+    from fixtures.model import TinyCNN
 
-    loader = DigitsDataLoader(training=False, batch_size=359)
+    loader = TinyDataLoader(training=False, batch_size=359)
     images, labels = next(iter(loader))
     accuracies = {}
     for weights in ("ema", "raw"):
-        model = DigitsCNN(dropout=0.3)
+        model = TinyCNN(dropout=0.3)
         model.load_state_dict({**state["model"], **(state["ema"]["weights"] if weights == "ema" else {})})
         with torch.no_grad():
             accuracies[weights] = (model.eval()(images).argmax(1) == labels).sum().item() / len(labels)

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fixtures.data import tiny_dataset as digits_dataset
 from helpers import ROOT, metric_rows, tiny_config, write_config
 
 import train
-from data_loader.data_loaders import digits_dataset
 from logger.logger import close_log_files
 
 MANUAL = ROOT / "TEMPLATE.md" if (ROOT / "TEMPLATE.md").exists() else ROOT / "README.md"  # a new project keeps the manual as TEMPLATE.md
