@@ -1233,7 +1233,7 @@ def test_read_only_places_are_one_line_and_stay_as_they_were(processes, name, ex
         ("train.py -r when the first history write hits a size limit", "file size limit"),
         ("predict.py under a file size limit", "--out: cannot write"),
         ("test.py --export into a read-only folder", "--export: cannot write"),
-        ("new_project.py into a read-only folder", "cannot write the project"),
+        pytest.param("new_project.py into a read-only folder", "cannot write the project", marks=pytest.mark.skipif(not (ROOT / "new_project.py").exists(), reason="new_project.py stays in the template; this project was made from it")),
     ],
 )
 def test_files_that_cannot_be_written_are_one_line_and_nothing_is_left_or_changed(processes, name, expected):

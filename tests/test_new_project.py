@@ -185,6 +185,10 @@ def test_project_names(tmp_path, capsys):
     assert new_project.project_name("my_exp.v2", tmp_path / "x") == "my_exp.v2"
     assert new_project.main([str(tmp_path / "x"), "--name", "my exp"]) == EXIT_USER_ERROR
     assert capsys.readouterr().err.startswith("error: --name: 'my exp'")
+    assert new_project.main([str(tmp_path / "x"), "--name", "a" * 300]) == EXIT_USER_ERROR  # valid characters, but no name
+    err = capsys.readouterr().err
+    assert err.startswith("error: --name: 300 characters is too long") and err.count("\n") == 1
+    assert new_project.project_name("a" * new_project.MAX_NAME, tmp_path / "x") == "a" * new_project.MAX_NAME
     assert not (tmp_path / "x").exists()
 
 

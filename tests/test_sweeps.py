@@ -316,7 +316,7 @@ def test_two_workers_on_one_postgresql_study_finish_exactly_the_total(tmp_path):
     config = write_config(tmp_path, tiny_config(tmp_path, epochs=1, limit_batches=3))
     with postgres_server() as url:
         common = ["-c", str(config), "--space", str(space), "--storage", url]
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+        env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", "OMP_NUM_THREADS": "1"}
         torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
         workers = [
             subprocess.Popen([sys.executable, "sweep.py", *common, f"trainer.save_dir={tmp_path / 'a'}"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True),
