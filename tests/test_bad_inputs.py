@@ -573,7 +573,7 @@ ROWS = [
     Row(
         "dict output to a metric function",
         "train",
-        new("arch.type=user_bugs:DictOutputCNN", "loss=user_bugs:dict_nll_loss", "metrics=[accuracy]"),
+        new("arch.type=user_bugs:DictOutputCNN", "loss=user_bugs:dict_nll_loss", "metrics=[fixtures.metric:accuracy]"),
         2,
         ("metrics: accuracy", "dict"),
     ),
@@ -664,7 +664,7 @@ ROWS = [
     Row(
         "fine-tune another model strictly",
         "train",
-        lambda c: ["-r", c.ckpt(), "-c", c.config(set_key("arch", {"type": "MLP", "args": {"num_classes": 10}}))],
+        lambda c: ["-r", c.ckpt(), "-c", c.config(set_key("arch", {"type": "fixtures.model:MLP", "args": {"num_classes": 10}}))],
         2,
         ("weights do not match the model",),
     ),
@@ -710,7 +710,7 @@ ROWS = [
     Row(
         "test.py checkpoint of another model",
         "test",
-        evaluate("-c", lambda c: c.config(set_key("arch", {"type": "MLP", "args": {"num_classes": 10}}))),
+        evaluate("-c", lambda c: c.config(set_key("arch", {"type": "fixtures.model:MLP", "args": {"num_classes": 10}}))),
         2,
         ("weights do not match the model",),
     ),
@@ -804,7 +804,7 @@ ROWS = [
     Row("test.py --export name too long", "test", evaluate("--export", lambda c: c.tmp / f"{LONG}.pt2"), 2, ("--export", "name is too long")),
     Row("test.py --out name too long", "test", evaluate("--out", lambda c: c.tmp / f"{LONG}.json"), 2, ("--out", "name is too long")),
     Row("save_dir of a user that does not exist", "train", new("trainer.save_dir=~nosuchuser_x/runs"), 2, ("trainer.save_dir", "names no user")),
-    Row("arch names a function returning a number", "train", new("metrics=[accuracy]", "arch={type: 'torch.nn.init:calculate_gain', args: {nonlinearity: relu}}"), 2, ("arch.type", "not a torch.nn.Module")),
+    Row("arch names a function returning a number", "train", new("metrics=[fixtures.metric:accuracy]", "arch={type: 'torch.nn.init:calculate_gain', args: {nonlinearity: relu}}"), 2, ("arch.type", "not a torch.nn.Module")),
     Row("optimizer names a module", "train", new("optimizer={type: 'torch.nn:Identity'}"), 2, ("optimizer.type", "not a torch.optim.Optimizer")),
     Row("data loader names a module", "train", new("data_loader={type: 'torch.nn:Identity'}"), 2, ("data_loader.type", "gives no batches")),
     Row("loss that takes one argument", "train", new("loss={type: 'torch.nn:Identity'}"), 2, ("loss: it cannot take",)),

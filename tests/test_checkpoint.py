@@ -147,7 +147,7 @@ def test_fine_tuning_names_mismatched_weights_and_strict_is_configurable(tmp_pat
     source = finished_run / "checkpoints" / "best.pth"
     config = tiny_config(tmp_path, epochs=1)
     config["arch"]["args"]["num_classes"] = 12  # a head of another shape
-    config["metrics"] = ["accuracy"]
+    config["metrics"] = ["fixtures.metric:accuracy"]
     path = write_config(tmp_path, config, "five.json")
     strict = run_here("train.py", "-r", str(source), "-c", str(path), "--run-id", "strict")
     assert strict.returncode == 2

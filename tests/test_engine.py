@@ -12,7 +12,7 @@ import pytest
 import torch
 from helpers import ROOT, build_trainer, metric_rows, run_here, tiny_config, write_config
 
-MLP = {"type": "MLP", "args": {"in_features": 64, "hidden": 32, "num_classes": 10, "dropout": 0.0}}
+MLP = {"type": "fixtures.model:MLP", "args": {"in_features": 64, "hidden": 32, "num_classes": 10, "dropout": 0.0}}
 
 
 def mlp_config(tmp_path, **trainer) -> dict:

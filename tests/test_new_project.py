@@ -241,7 +241,7 @@ def test_new_project_is_clean_green_and_trains(tmp_path):
     # manual's snippets, this module, which skips there): the copy stands alone. The template's suite
     # runs them here already; a copy differs only in what new_project.py writes or leaves out.
     env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"} | {"PYTHONPATH": str(target)}
-    chosen = ["tests/test_structure.py", "tests/test_readme.py", "tests/test_new_project.py", "tests/test_config.py::test_every_shipped_config_loads_validates_and_builds"]
+    chosen = ["tests/test_structure.py", "tests/examples/test_manual.py", "tests/test_new_project.py", "tests/test_config.py::test_every_shipped_config_loads_validates_and_builds"]
     nested = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", f"--basetemp={tmp_path / 'nested'}", *chosen],
         cwd=target,
