@@ -264,12 +264,12 @@ def test_the_runs_table_shows_state_and_only_the_keys_that_differ(cv_dir, tmp_pa
     "argv, expected",
     [
         (["--folds", "1"], "--folds: must be a whole number of at least 2"),
-        (["--folds", "3", 'data_loader={type: DigitsStreamLoader, args: {data_dir: "x"}}'], "takes no folds/fold arguments"),
+        (["--folds", "3", 'data_loader={type: "fixtures.data:NoFoldsDataLoader"}'], "takes no folds/fold arguments"),
         (["--folds", "5000"], "data_loader.args.folds: 5000 folds of 1438 samples leave a fold empty"),
         (["--folds", "2", "data_loader.args.fold_groups=nothing"], "data_loader.args.fold_groups: 'nothing' is neither"),
         (["--folds", "2", "data_loader.args.folds=3"], "--folds 2: the config's data_loader.args.folds is 3; remove it"),
     ],
-    ids=["one fold", "a streaming loader", "more folds than samples", "unknown groups", "another count in the config"],
+    ids=["one fold", "a loader without folds", "more folds than samples", "unknown groups", "another count in the config"],
 )
 def test_a_bad_cross_validation_is_one_line_and_leaves_nothing(argv, expected, tmp_path, capsys):
     config = write_config(tmp_path, tiny_config(tmp_path, epochs=1, limit_batches=1))
