@@ -357,6 +357,7 @@ def damaged_shard(damage: Callable[[Path], None]) -> Callable[[Ctx], list]:
     """configs/digits_stream.json, in the main process, with one of its shards damaged."""
 
     def args(c: Ctx) -> list:
+        pytest.importorskip("data_loader.digit_shards", reason="the streams example is not in this project")
         from data_loader.digit_shards import write_digits_shards
 
         folder = c.tmp / "shards"
@@ -551,7 +552,7 @@ ROWS = [
     Row(
         "input shape vs model",
         "train",
-        new("arch={type: MLP, args: {in_features: 10, num_classes: 10}}"),
+        new("arch={type: 'fixtures.model:MLP', args: {in_features: 10, num_classes: 10}}"),
         2,
         ("arch: the model cannot take the data's inputs", "mat1 and mat2 shapes cannot be multiplied"),
     ),
@@ -580,7 +581,7 @@ ROWS = [
     Row(
         "dict output to a metric object",
         "train",
-        new("arch.type=user_bugs:DictOutputCNN", "loss=user_bugs:dict_nll_loss", "metrics=[{type: Accuracy, name: accuracy}]"),
+        new("arch.type=user_bugs:DictOutputCNN", "loss=user_bugs:dict_nll_loss", "metrics=[{type: 'fixtures.metric:Accuracy', name: accuracy}]"),
         2,
         ("metrics: accuracy", "dict"),
     ),
@@ -623,7 +624,7 @@ ROWS = [
         2,
         ("optimizer: the checkpoint holds the state of Adam",),
     ),
-    Row("resume with another arch", "train", resume("arch={type: MLP}", ckpt="epoch-1.pth"), 2, ("weights do not match the model",)),
+    Row("resume with another arch", "train", resume("arch={type: 'fixtures.model:MLP'}", ckpt="epoch-1.pth"), 2, ("weights do not match the model",)),
     Row(
         "resume without its scheduler", "train", resume("lr_scheduler=null"), 2, ("lr_scheduler: the checkpoint holds the state of StepLR",)
     ),
@@ -809,8 +810,8 @@ ROWS = [
     Row("data loader names a module", "train", new("data_loader={type: 'torch.nn:Identity'}"), 2, ("data_loader.type", "gives no batches")),
     Row("loss that takes one argument", "train", new("loss={type: 'torch.nn:Identity'}"), 2, ("loss: it cannot take",)),
     # -- silently wrong before: now refused ---------------------------------------------------------------
-    Row("metric named loss", "train", new("metrics=[{type: accuracy, name: loss}]"), 2, ("metrics.0.name", "'loss' would overwrite")),
-    Row("metric named val_accuracy", "train", new("metrics=[{type: accuracy, name: val_accuracy}]"), 2, ("metrics.0.name", "'val_accuracy'")),
+    Row("metric named loss", "train", new("metrics=[{type: 'fixtures.metric:accuracy', name: loss}]"), 2, ("metrics.0.name", "'loss' would overwrite")),
+    Row("metric named val_accuracy", "train", new("metrics=[{type: 'fixtures.metric:accuracy', name: val_accuracy}]"), 2, ("metrics.0.name", "'val_accuracy'")),
     Row("resume with --run-id", "train", resume("--run-id", "other"), 2, ("--run-id", "a resume continues")),
     # -- resuming a damaged run directory: one line, and the directory as it was ----------------------------
     Row("resume: config.json is not JSON", "train", damaged_history("config.json", b"{oops"), 2, ("config.json", "not valid JSON")),
@@ -911,7 +912,7 @@ def test_the_table_is_large_and_ids_are_unique():
     "override, expected",
     [
         ("optimizer={type: SGD, args: {lr: 0.1}}", "optimizer: the checkpoint holds the state of Adam"),
-        ("arch={type: MLP}", "weights do not match the model"),
+        ("arch={type: 'fixtures.model:MLP'}", "weights do not match the model"),
     ],
     ids=["Adam run resumed with SGD", "arch changed"],
 )
