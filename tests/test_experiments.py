@@ -36,6 +36,11 @@ TINY_OVERRIDES = (
 )
 
 
+SEEN: dict[str, Path] = {}
+"""Resolved config digest -> the first config file tested with it: a second file that resolves to
+the same experiment is not trained twice."""
+
+
 def experiment_configs() -> list[Path]:
     """config.json and the run configs under configs/ (not the sweep search spaces)."""
     found = [ROOT / "config.json"] if (ROOT / "config.json").is_file() else []
@@ -80,6 +85,12 @@ def experiment(request, tmp_path_factory) -> tuple[Path, Path]:
     reason = skipped().get(str(path.relative_to(ROOT)))
     if reason:
         pytest.skip(f"{path.relative_to(ROOT)}: {reason} (pyproject.toml [tool.pytorch-template.experiment-tests.skip])")
+    from app.config import Config
+
+    digest = Config.from_file(path).digest()
+    if digest in SEEN:  # e.g. configs/digits.yaml, config.json written in YAML
+        pytest.skip(f"{path.relative_to(ROOT)}: the same experiment as {SEEN[digest].relative_to(ROOT)}, tested there")
+    SEEN[digest] = path
     save_dir = tmp_path_factory.mktemp("experiment") / "saved"
     train(path, save_dir, "-c", str(path), "--run-id", "straight", "trainer.epochs=2")
     train(path, save_dir, "-c", str(path), "--run-id", "split", "trainer.epochs=1")
