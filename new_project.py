@@ -123,7 +123,7 @@ def project_name(name: str | None, target: Path) -> str:
     """The name given with --name (must be valid), or one derived from the folder's name."""
     if name is not None:
         if len(name) > MAX_NAME:
-            raise UserError(f"--name: {len(name)} characters is too long for a project name; use at most {MAX_NAME}, e.g. {_clean(name)[:30]!r}")
+            raise UserError(f"--name: {len(name)} characters is too long for a project name; use at most {MAX_NAME}")
         if not PROJECT_NAME.match(name):
             raise UserError(f"--name: {name!r} is not a project name; use letters, digits, '.', '-' or '_', e.g. {_clean(name)!r}")
         return name
