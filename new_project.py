@@ -37,6 +37,9 @@ ROOT_SKIP = frozenset({".git", ".venv", "saved", "data", "new_project.py", "READ
 CACHE_PATTERNS = ("__pycache__", ".pytest_cache", ".ruff_cache", ".mypy_cache", ".ipynb_checkpoints", "*.egg-info", "*.pyc", ".DS_Store")
 
 PROJECT_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")  # PEP 508 project names
+MAX_NAME = 100
+"""Longest project name: PEP 508 sets no bound, but the name titles the README and names folders
+and packages, and 255 bytes is a file name's limit; a longer one is a slip, not a name."""
 
 README = """\
 # {name}
@@ -119,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
 def project_name(name: str | None, target: Path) -> str:
     """The name given with --name (must be valid), or one derived from the folder's name."""
     if name is not None:
+        if len(name) > MAX_NAME:
+            raise UserError(f"--name: {len(name)} characters is too long for a project name; use at most {MAX_NAME}")
         if not PROJECT_NAME.match(name):
             raise UserError(f"--name: {name!r} is not a project name; use letters, digits, '.', '-' or '_', e.g. {_clean(name)!r}")
         return name

@@ -8,22 +8,22 @@ check's forward pass is the first, so training batch ``k`` is pass ``k + 1``) an
 builds one per fold), so a signal can land inside a later fold. ``SIGNAL_ATTEMPT=N`` signals only
 in torchrun's N-th restart of the workers (``TORCHELASTIC_RESTART_COUNT``), so a restarted worker
 does not kill itself again.
-Without the variables it is exactly ``DigitsCNN``; counting consumes no random numbers.
+Without the variables it is exactly ``fixtures.model.TinyCNN``; counting consumes no random numbers.
 """
 
 import os
 import signal
 import time
 
+from fixtures.data import tiny_dataset
+from fixtures.metric import nll_loss
+from fixtures.model import TinyCNN
 from torch.utils.data import Dataset
 
 from base import BaseDataLoader
-from data_loader.data_loaders import digits_dataset
-from model.loss import nll_loss
-from model.model import DigitsCNN
 
 
-class SignalingDigitsCNN(DigitsCNN):
+class SignalingDigitsCNN(TinyCNN):
     def __init__(self, num_classes: int = 10, dropout: float = 0.25):
         super().__init__(num_classes, dropout)
         self.calls = 0
@@ -67,7 +67,7 @@ class SleepyDigitsDataLoader(BaseDataLoader):
     """The digits, with a Dataset that sleeps ``delay`` seconds per sample (a slow disk or decoder)."""
 
     def __init__(self, batch_size: int = 64, delay: float = 0.002, validation_split: int | float = 0.15):
-        super().__init__(SleepyDataset(digits_dataset(training=True), delay), batch_size, validation_split=validation_split)
+        super().__init__(SleepyDataset(tiny_dataset(training=True), delay), batch_size, validation_split=validation_split)
 
 
 class SleepyDataset(Dataset):

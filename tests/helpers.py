@@ -17,15 +17,20 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS_ENV = {"PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"}
-"""Environment for runs whose config names test-only classes (``fault_injection:...``)."""
+"""Environment for runs whose config names test-only classes (``fault_injection:...``, ``fixtures.model:...``)."""
+TINY = ROOT / "tests" / "fixtures" / "tiny.json"
+"""The engine tests' own experiment (``tests/fixtures``): never the project's ``config.json``."""
+EXPERIMENT = "tiny"
+"""``TINY``'s name: its runs land in ``<save_dir>/tiny/<run id>``."""
 TIMING_KEYS = {"samples_per_sec", "data_wait"}
 """Row values that measure time: equal runs differ in them."""
 
 
 def run_script(*args: str, cwd: Path = ROOT, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run ``python <args>`` from the project root; returns the completed process (output captured)."""
-    # One thread per process: the models are tiny and parallel test processes share 2 cores.
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
+    # One thread per process: the models are tiny and parallel test processes share 2 cores. tests/
+    # is on the path, so a run of the engine tests' fixtures (``fixtures.model:...``) imports them.
+    full_env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run([sys.executable, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -65,12 +70,14 @@ def run_here(script: str, *args, env: dict | None = None) -> subprocess.Complete
 
 
 def tiny_config(tmp_path: Path, full_metrics: bool = False, **trainer) -> dict:
-    """The default digits experiment, shrunk to run in seconds, writing under ``tmp_path``.
+    """The engine tests' experiment (``tests/fixtures/tiny.json``: digits, a small CNN), shrunk to
+    run in seconds, writing under ``tmp_path``; nothing in it depends on the project's config.json,
+    model/ or data_loader/.
 
-    Its metrics are the template's own (accuracy, top-k) unless ``full_metrics``: importing
+    Its metrics are the fixtures' own (accuracy, top-k) unless ``full_metrics``: importing
     torchmetrics costs every process 2 s (it imports torchvision and scipy), and the tests of
     torchmetrics metrics (state across resume, DDP sync, test.py) ask for them."""
-    config = json.loads((ROOT / "config.json").read_text())
+    config = json.loads(TINY.read_text())
     if not full_metrics:
         config["metrics"] = [metric for metric in config["metrics"] if "torchmetrics" not in str(metric.get("type"))]
     config["trainer"].update({"epochs": 2, "save_dir": str(tmp_path / "saved"), "tensorboard": False, "early_stop": 0}, **trainer)
@@ -95,7 +102,7 @@ def build_trainer(tmp_path: Path, config: dict, *overrides: str, run_id: str = "
     return session.trainer, run_dir
 
 
-TEST_MODULES = ("user_bugs:", "user_steps:", "fault_injection:", "stream_recorder:", "benchmarks.")
+TEST_MODULES = ("user_bugs:", "user_steps:", "fault_injection:", "stream_recorder:", "benchmarks.", "fixtures.")
 """Test modules stand in for a user's code but live in tests/, outside the project's source packages."""
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import ROOT, TESTS_ENV, changes, entry_point, save_crafted, set_key, tiny_config, tree, write_config
+from helpers import ROOT, TESTS_ENV, TINY, changes, entry_point, save_crafted, set_key, tiny_config, tree, write_config
 
 import predict
 import sweep
@@ -71,7 +71,7 @@ def finished(tmp_path_factory) -> Path:
     with contextlib.redirect_stdout(None):
         assert train.main(["-c", str(config), "--run-id", "run"]) == 0
     close_log_files()
-    run_dir = tmp / "saved" / "digits_cnn" / "run"
+    run_dir = tmp / "saved" / "tiny" / "run"
     assert {"metrics.jsonl", "config.json", "train.log"} <= {p.name for p in run_dir.iterdir()}
     assert list(run_dir.glob("events.out.tfevents.*"))
     return run_dir
@@ -91,7 +91,7 @@ def mid_epoch(tmp_path_factory) -> Path:
         del os.environ["SIGNAL_AT_BATCH"], os.environ["SIGNAL_NAME"]
         close_log_files()
     assert code == 128 + signal.SIGTERM
-    run_dir = tmp / "saved" / "digits_cnn" / "mid"
+    run_dir = tmp / "saved" / "tiny" / "mid"
     assert torch.load(run_dir / "checkpoints" / "last.pth", weights_only=True)["progress"]["batch_in_epoch"] == 2
     return run_dir
 
@@ -117,9 +117,9 @@ class Ctx:
         return path
 
     def run(self, source: Path | None = None) -> Path:
-        """A copy of the finished run (or ``source``) at ``<tmp>/saved/digits_cnn/<its name>``."""
+        """A copy of the finished run (or ``source``) at ``<tmp>/saved/tiny/<its name>``."""
         source = source or self.finished
-        target = self.tmp / "saved" / "digits_cnn" / source.name
+        target = self.tmp / "saved" / "tiny" / source.name
         if not target.exists():
             shutil.copytree(source, target)
         return target
@@ -174,7 +174,7 @@ def trusting(overrides: tuple) -> list[str]:
 
 
 def with_confusion_matrix(data: dict) -> None:
-    data["metrics"] = json.loads((ROOT / "config.json").read_text())["metrics"]
+    data["metrics"] = json.loads(TINY.read_text())["metrics"]
 
 
 def new(*overrides: str, change=None, name: str = "config.json", replace: tuple = ()) -> Callable[[Ctx], list]:
@@ -271,7 +271,7 @@ def in_existing(name: str, as_file: bool | None) -> Callable[[Ctx], list]:
     folder that holds a file, or (``as_file`` None) nothing: another run is there."""
 
     def args(c: Ctx) -> list:
-        folder = c.tmp / "saved" / "digits_cnn"
+        folder = c.tmp / "saved" / "tiny"
         folder.mkdir(parents=True)
         if as_file is None:
             (folder / "earlier_run").mkdir()
@@ -365,6 +365,7 @@ def damaged_shard(damage: Callable[[Path], None]) -> Callable[[Ctx], list]:
     """configs/digits_stream.json, in the main process, with one of its shards damaged."""
 
     def args(c: Ctx) -> list:
+        pytest.importorskip("data_loader.digit_shards", reason="the streams example is not in this project")
         from data_loader.digit_shards import write_digits_shards
 
         folder = c.tmp / "shards"
@@ -421,7 +422,7 @@ ROWS = [
     Row(
         "yaml !!timestamp",
         "train",
-        new(name="c.yaml", replace=[("name: digits_cnn", "name: !!timestamp 2024-01-01")]),
+        new(name="c.yaml", replace=[("name: tiny", "name: !!timestamp 2024-01-01")]),
         2,
         ("name:", "not plain data"),
     ),
@@ -429,7 +430,7 @@ ROWS = [
     Row(
         "yaml !!binary",
         "train",
-        new(name="c.yaml", replace=[("name: digits_cnn", "name: !!binary aGVsbG8=")]),
+        new(name="c.yaml", replace=[("name: tiny", "name: !!binary aGVsbG8=")]),
         2,
         ("name:", "not plain data"),
     ),
@@ -438,7 +439,7 @@ ROWS = [
         "train",
         lambda c: [
             "-c",
-            c.config(name="c.yaml", replace=[("name: digits_cnn", f"name: !!python/object/apply:os.system ['touch {c.marker}']")]),
+            c.config(name="c.yaml", replace=[("name: tiny", f"name: !!python/object/apply:os.system ['touch {c.marker}']")]),
         ],
         2,
         ("invalid YAML",),
@@ -576,7 +577,7 @@ ROWS = [
     Row(
         "input shape vs model",
         "train",
-        new("arch={type: MLP, args: {in_features: 10, num_classes: 10}}"),
+        new("arch={type: 'fixtures.model:MLP', args: {in_features: 10, num_classes: 10}}"),
         2,
         ("arch: the model cannot take the data's inputs", "mat1 and mat2 shapes cannot be multiplied"),
     ),
@@ -598,14 +599,14 @@ ROWS = [
     Row(
         "dict output to a metric function",
         "train",
-        new("arch.type=user_bugs:DictOutputCNN", "loss=user_bugs:dict_nll_loss", "metrics=[accuracy]"),
+        new("arch.type=user_bugs:DictOutputCNN", "loss=user_bugs:dict_nll_loss", "metrics=[fixtures.metric:accuracy]"),
         2,
         ("metrics: accuracy", "dict"),
     ),
     Row(
         "dict output to a metric object",
         "train",
-        new("arch.type=user_bugs:DictOutputCNN", "loss=user_bugs:dict_nll_loss", "metrics=[{type: Accuracy, name: accuracy}]"),
+        new("arch.type=user_bugs:DictOutputCNN", "loss=user_bugs:dict_nll_loss", "metrics=[{type: 'fixtures.metric:Accuracy', name: accuracy}]"),
         2,
         ("metrics: accuracy", "dict"),
     ),
@@ -648,7 +649,7 @@ ROWS = [
         2,
         ("optimizer: the checkpoint holds the state of Adam",),
     ),
-    Row("resume with another arch", "train", resume("arch={type: MLP}", ckpt="epoch-1.pth"), 2, ("weights do not match the model",)),
+    Row("resume with another arch", "train", resume("arch={type: 'fixtures.model:MLP'}", ckpt="epoch-1.pth"), 2, ("weights do not match the model",)),
     Row(
         "resume without its scheduler", "train", resume("lr_scheduler=null"), 2, ("lr_scheduler: the checkpoint holds the state of StepLR",)
     ),
@@ -689,7 +690,7 @@ ROWS = [
     Row(
         "fine-tune another model strictly",
         "train",
-        lambda c: ["-r", c.ckpt(), "-c", c.config(set_key("arch", {"type": "MLP", "args": {"num_classes": 10}}))],
+        lambda c: ["-r", c.ckpt(), "-c", c.config(set_key("arch", {"type": "fixtures.model:MLP", "args": {"num_classes": 10}}))],
         2,
         ("weights do not match the model",),
     ),
@@ -735,7 +736,7 @@ ROWS = [
     Row(
         "test.py checkpoint of another model",
         "test",
-        evaluate("-c", lambda c: c.config(set_key("arch", {"type": "MLP", "args": {"num_classes": 10}}))),
+        evaluate("-c", lambda c: c.config(set_key("arch", {"type": "fixtures.model:MLP", "args": {"num_classes": 10}}))),
         2,
         ("weights do not match the model",),
     ),
@@ -829,13 +830,13 @@ ROWS = [
     Row("test.py --export name too long", "test", evaluate("--export", lambda c: c.tmp / f"{LONG}.pt2"), 2, ("--export", "name is too long")),
     Row("test.py --out name too long", "test", evaluate("--out", lambda c: c.tmp / f"{LONG}.json"), 2, ("--out", "name is too long")),
     Row("save_dir of a user that does not exist", "train", new("trainer.save_dir=~nosuchuser_x/runs"), 2, ("trainer.save_dir", "names no user")),
-    Row("arch names a function returning a number", "train", new("metrics=[accuracy]", "arch={type: 'torch.nn.init:calculate_gain', args: {nonlinearity: relu}}"), 2, ("arch.type", "not a torch.nn.Module")),
+    Row("arch names a function returning a number", "train", new("metrics=[fixtures.metric:accuracy]", "arch={type: 'torch.nn.init:calculate_gain', args: {nonlinearity: relu}}"), 2, ("arch.type", "not a torch.nn.Module")),
     Row("optimizer names a module", "train", new("optimizer={type: 'torch.nn:Identity'}"), 2, ("optimizer.type", "not a torch.optim.Optimizer")),
     Row("data loader names a module", "train", new("data_loader={type: 'torch.nn:Identity'}"), 2, ("data_loader.type", "gives no batches")),
     Row("loss that takes one argument", "train", new("loss={type: 'torch.nn:Identity'}"), 2, ("loss: it cannot take",)),
     # -- silently wrong before: now refused ---------------------------------------------------------------
-    Row("metric named loss", "train", new("metrics=[{type: accuracy, name: loss}]"), 2, ("metrics.0.name", "'loss' would overwrite")),
-    Row("metric named val_accuracy", "train", new("metrics=[{type: accuracy, name: val_accuracy}]"), 2, ("metrics.0.name", "'val_accuracy'")),
+    Row("metric named loss", "train", new("metrics=[{type: 'fixtures.metric:accuracy', name: loss}]"), 2, ("metrics.0.name", "'loss' would overwrite")),
+    Row("metric named val_accuracy", "train", new("metrics=[{type: 'fixtures.metric:accuracy', name: val_accuracy}]"), 2, ("metrics.0.name", "'val_accuracy'")),
     Row("resume with --run-id", "train", resume("--run-id", "other"), 2, ("--run-id", "a resume continues")),
     # -- resuming a damaged run directory: one line, and the directory as it was ----------------------------
     Row("resume: config.json is not JSON", "train", damaged_history("config.json", b"{oops"), 2, ("config.json", "not valid JSON")),
@@ -1118,7 +1119,7 @@ def test_the_table_is_large_and_ids_are_unique():
     "override, expected",
     [
         ("optimizer={type: SGD, args: {lr: 0.1}}", "optimizer: the checkpoint holds the state of Adam"),
-        ("arch={type: MLP}", "weights do not match the model"),
+        ("arch={type: 'fixtures.model:MLP'}", "weights do not match the model"),
     ],
     ids=["Adam run resumed with SGD", "arch changed"],
 )
@@ -1177,7 +1178,7 @@ def test_a_checkpoint_naming_os_system_runs_nothing(script, tmp_path, finished, 
 OUTSIDE_CODE = '''
 from pathlib import Path
 
-from model.model import DigitsCNN
+from fixtures.model import TinyCNN as DigitsCNN
 
 
 class OutsideCNN(DigitsCNN):
@@ -1245,7 +1246,7 @@ def test_resuming_an_early_stopped_run_with_more_epochs_trains_on(tmp_path, caps
     # lr 0: the weights never change, so val_loss ties from epoch 2 on and the run stops after epoch 3
     path = Ctx(tmp_path, tmp_path, None).config(lambda data: data["trainer"].update(epochs=10, early_stop=2))
     assert invoke("train", ["-c", path, "optimizer.args.lr=0", "--run-id", "es"], capsys)[0] == 0
-    run_dir = tmp_path / "saved" / "digits_cnn" / "es"
+    run_dir = tmp_path / "saved" / "tiny" / "es"
     epochs = lambda: [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
     assert epochs() == [1, 2, 3]
     code, err = invoke("train", ["-r", run_dir / "checkpoints" / "last.pth", "trainer.epochs=10"], capsys)
@@ -1327,7 +1328,7 @@ def processes(tmp_path_factory, finished):
     cases: dict[str, dict] = {}
 
     def copy(name: str) -> Path:
-        target = tmp / name / "saved" / "digits_cnn" / "run"
+        target = tmp / name / "saved" / "tiny" / "run"
         shutil.copytree(finished, target)
         return target
 
@@ -1387,7 +1388,7 @@ def processes(tmp_path_factory, finished):
         "preexec": read_only,
         "watch": tmp / "ro_project",
     }
-    timestamp = ctx.config(name="timestamp.yaml", replace=[("name: digits_cnn", "name: !!timestamp 2024-01-01")])
+    timestamp = ctx.config(name="timestamp.yaml", replace=[("name: tiny", "name: !!timestamp 2024-01-01")])
     cases["train.py: a config error"] = {"args": ["train.py", "-c", timestamp], "watch": tmp / "saved"}
     cases["train.py: a bug in the user's model"] = {
         "args": ["train.py", "-c", config, "arch.type=user_bugs:MisspelledArgumentCNN", "--trust-checkpoint"],
@@ -1440,7 +1441,7 @@ def test_read_only_places_are_one_line_and_stay_as_they_were(processes, name, ex
         ("train.py -r when the first history write hits a size limit", "file size limit"),
         ("predict.py under a file size limit", "--out: cannot write"),
         ("test.py --export into a read-only folder", "--export: cannot write"),
-        ("new_project.py into a read-only folder", "cannot write the project"),
+        pytest.param("new_project.py into a read-only folder", "cannot write the project", marks=pytest.mark.skipif(not (ROOT / "new_project.py").exists(), reason="new_project.py stays in the template; this project was made from it")),
     ],
 )
 def test_files_that_cannot_be_written_are_one_line_and_nothing_is_left_or_changed(processes, name, expected):
@@ -1484,7 +1485,7 @@ def test_two_train_py_with_the_same_run_id_one_trains_the_other_exits_2(tmp_path
     config["data_loader"] = {"type": "fault_injection:SleepyDigitsDataLoader", "args": {"batch_size": 64, "delay": 0.005}}
     path = write_config(tmp_path, config)
     racers = [start("train.py", "-c", path, "--run-id", "same", "--trust-checkpoint") for _ in range(2)]
-    run_dir = tmp_path / "saved" / "digits_cnn" / "same"
+    run_dir = tmp_path / "saved" / "tiny" / "same"
     last = run_dir / "checkpoints" / "last.pth"
     deadline = time.monotonic() + 240
     while not last.exists() and time.monotonic() < deadline and all(r.poll() in (None, 2) for r in racers):
@@ -1549,7 +1550,7 @@ def test_signals_during_start_up_leave_nothing_or_a_resumable_run(tmp_path, fini
         if not save_dir.exists():
             assert "nothing was created" in err, (name, err)
             continue
-        (resumable,) = save_dir.glob("digits_cnn/*/checkpoints/last.pth")  # else: a run directory one can resume
+        (resumable,) = save_dir.glob("tiny/*/checkpoints/last.pth")  # else: a run directory one can resume
         code, err = invoke("train", ["-r", resumable, "--trust-checkpoint"], capsys)
         assert code == 0, (name, err)
     code, err = finish(evaluation)

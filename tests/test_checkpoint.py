@@ -55,10 +55,10 @@ def test_compiled_and_ddp_prefixes_never_reach_a_checkpoint():
 def test_sigkill_at_any_moment_leaves_a_loadable_last_checkpoint(tmp_path, rng):
     """Checkpoint after every step and kill the process at random moments, mid-write included."""
     config = write_config(tmp_path, tiny_config(tmp_path, epochs=50, save_every_n_steps=1))
-    last = tmp_path / "saved" / "digits_cnn" / "run" / "checkpoints" / "last.pth"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    last = tmp_path / "saved" / "tiny" / "run" / "checkpoints" / "last.pth"
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", "OMP_NUM_THREADS": "1"}
     for attempt in range(3):
-        args = ["-c", str(config), "--run-id", "run"] if attempt == 0 else ["-r", str(last)]
+        args = ["-c", str(config), "--run-id", "run", "--trust-checkpoint"] if attempt == 0 else ["-r", str(last), "--trust-checkpoint"]
         process = subprocess.Popen(
             [sys.executable, "train.py", *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
@@ -135,7 +135,7 @@ def test_fine_tuning_takes_weights_only_into_a_new_run(tmp_path, finished_run):
     path = write_config(tmp_path, config, "finetune.json")
     result = run_here("train.py", "-r", str(source), "-c", str(path), "--run-id", "tuned")
     assert result.returncode == 0, result.stderr
-    tuned = torch.load(tmp_path / "saved" / "digits_cnn" / "tuned" / "checkpoints" / "last.pth", weights_only=True)
+    tuned = torch.load(tmp_path / "saved" / "tiny" / "tuned" / "checkpoints" / "last.pth", weights_only=True)
     original = torch.load(source, weights_only=True)
     assert tuned["progress"]["epoch"] == 1 and tuned["progress"]["global_step"] == 20 and tuned["optimizer"]["state"]["param_groups"][0]["lr"] == 0.0
     for key, value in original["model"].items():
@@ -147,7 +147,7 @@ def test_fine_tuning_names_mismatched_weights_and_strict_is_configurable(tmp_pat
     source = finished_run / "checkpoints" / "best.pth"
     config = tiny_config(tmp_path, epochs=1)
     config["arch"]["args"]["num_classes"] = 12  # a head of another shape
-    config["metrics"] = ["accuracy"]
+    config["metrics"] = ["fixtures.metric:accuracy"]
     path = write_config(tmp_path, config, "five.json")
     strict = run_here("train.py", "-r", str(source), "-c", str(path), "--run-id", "strict")
     assert strict.returncode == 2
@@ -156,9 +156,9 @@ def test_fine_tuning_names_mismatched_weights_and_strict_is_configurable(tmp_pat
     loose = run_here("train.py", "-r", str(source), "-c", str(path), "--run-id", "loose", "trainer.load_strict=false")
     assert loose.returncode == 0, loose.stderr
     assert "different shapes ['fc2.weight', 'fc2.bias']" in loose.stdout
-    tuned = torch.load(tmp_path / "saved" / "digits_cnn" / "loose" / "checkpoints" / "last.pth", weights_only=True)
+    tuned = torch.load(tmp_path / "saved" / "tiny" / "loose" / "checkpoints" / "last.pth", weights_only=True)
     assert tuned["model"]["fc2.weight"].shape == (12, 128)
-    assert len(metric_rows(tmp_path / "saved" / "digits_cnn" / "loose")) == 1
+    assert len(metric_rows(tmp_path / "saved" / "tiny" / "loose")) == 1
 
 
 @pytest.mark.slow
@@ -181,9 +181,9 @@ def test_export_runs_without_this_code(tmp_path, finished_run):
     )
     assert loaded.returncode == 0, loaded.stderr
     sys.path.insert(0, str(ROOT))
-    from model import DigitsCNN
+    from fixtures.model import TinyCNN
 
-    model = DigitsCNN()
+    model = TinyCNN()
     model.load_state_dict(torch.load(finished_run / "checkpoints" / "best.pth", weights_only=True)["model"])
     torch.testing.assert_close(torch.load(tmp_path / "out.pt"), model.eval()(images))
     assert json.loads((tmp_path / "m.json").read_text())["samples"] == 359

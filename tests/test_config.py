@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from helpers import ROOT, TIMING_KEYS, run_here, run_script, set_key, tiny_config, write_config
+from helpers import ROOT, TIMING_KEYS, TINY, run_here, run_script, set_key, tiny_config, write_config
 
 import train
 from app.config import (
@@ -44,9 +44,9 @@ def config_from(tmp_path: Path, data: dict, name: str = "config.json", overrides
 def minimal() -> dict:
     """The required keys only; everything else comes from the defaults."""
     return {
-        "arch": {"type": "DigitsCNN"},
-        "data_loader": {"type": "DigitsDataLoader", "args": {"batch_size": 64}},
-        "loss": "nll_loss",
+        "arch": {"type": "fixtures.model:TinyCNN"},
+        "data_loader": {"type": "fixtures.data:TinyDataLoader", "args": {"batch_size": 64}},
+        "loss": "fixtures.metric:nll_loss",
         "optimizer": {"type": "Adam", "args": {"lr": 0.01}},
     }
 
@@ -65,38 +65,17 @@ def test_yaml_and_json_give_the_same_resolved_config(tmp_path):
     assert read_config_file(json_path) == data  # reading adds nothing; defaults are the Config's job
 
 
-def test_digits_yaml_is_the_default_experiment():
-    assert Config.from_file(ROOT / "configs" / "digits.yaml").to_dict() == Config.from_file(ROOT / "config.json").to_dict()
-
-
-def test_digits_stream_extends_digits_yaml_and_resolves_as_written_out():
-    """configs/digits_stream.json is digits.yaml with a streamed loader: the same config as the file written in full."""
-    full = json.loads((ROOT / "config.json").read_text())
-    full["name"] = "digits_stream"
-    full["data_loader"] = {
-        "type": "DigitsStreamLoader",
-        "args": {"data_dir": "data/digits_shards", "batch_size": 32, "shuffle": True, "num_workers": 2, "shuffle_buffer": 256},
-    }
-    stream = Config.from_file(ROOT / "configs" / "digits_stream.json")
-    assert stream.to_dict() == Config.from_dict(full, "written out").to_dict()
-    assert [Path(entry["path"]) for entry in stream.files] == [ROOT / "configs" / "digits.yaml", ROOT / "configs" / "digits_stream.json"]
-
-
 def test_yaml_values_mean_what_they_look_like(tmp_path):
     """YAML 1.1 would read `off` as False and `1e-3` as a string; configs use YAML 1.2 scalars."""
-    text = (ROOT / "configs" / "digits.yaml").read_text()
-    text = (
-        text.replace("lr: 0.002", "lr: 1e-3")
-        .replace("monitor: min val_loss", "monitor: off")
-        .replace("name: digits_cnn", "name: 2024-01-01")
-    )
+    text = yaml.safe_dump(json.loads(TINY.read_text()), sort_keys=False)
+    text = text.replace("lr: 0.002", "lr: 1e-3").replace("monitor: min val_loss", "monitor: off").replace("name: tiny", "name: 2024-01-01")
     (tmp_path / "c.yaml").write_text(text)
     config = Config.from_file(tmp_path / "c.yaml", ["trainer.early_stop=0", "data_loader.args.shuffle=false"])
     assert config["optimizer"]["args"]["lr"] == 0.001 and config["optimizer"]["args"]["weight_decay"] == 0.0001
     assert config.trainer["monitor"] == "off" and config.monitor() == ("off", None)
     assert config["name"] == "2024-01-01"
     assert config["data_loader"]["args"]["shuffle"] is False
-    same = Config.from_file(ROOT / "config.json", ["trainer.monitor=off", "optimizer.args.lr=1e-3", "name=2024-01-01"])
+    same = Config.from_file(TINY, ["trainer.monitor=off", "optimizer.args.lr=1e-3", "name=2024-01-01"])
     assert same.trainer["monitor"] == "off" and same["optimizer"]["args"]["lr"] == 0.001 and same["name"] == "2024-01-01"
 
 
@@ -118,7 +97,7 @@ def test_overrides_are_parsed_as_yaml_scalars_and_lists(tmp_path):
             "trainer.epochs=3",
             "optimizer.args.lr=0.01",
             "arch.args.dropout=0",
-            "metrics=[accuracy, {type: top_k_acc, args: {k: 2}, name: top2}]",
+            "metrics=['fixtures.metric:accuracy', {type: 'fixtures.metric:top_k_acc', args: {k: 2}, name: top2}]",
             "trainer.clip_grad_norm=1.5",
             "trainer.amp=bf16",
             "trainer.len_epoch=null",
@@ -129,7 +108,7 @@ def test_overrides_are_parsed_as_yaml_scalars_and_lists(tmp_path):
     )
     assert config.trainer["epochs"] == 3 and config["optimizer"]["args"]["lr"] == 0.01
     assert config["arch"]["args"]["dropout"] == 0 and isinstance(config["arch"]["args"]["dropout"], int)
-    assert config["metrics"] == ["accuracy", {"type": "top_k_acc", "args": {"k": 4}, "name": "top2"}]
+    assert config["metrics"] == ["fixtures.metric:accuracy", {"type": "fixtures.metric:top_k_acc", "args": {"k": 4}, "name": "top2"}]
     assert config.trainer["clip_grad_norm"] == 1.5 and config.trainer["amp"] == "bf16" and config.trainer["len_epoch"] is None
     assert config["lr_scheduler"]["args"] == {"step_size": 10, "gamma": 0.1}
     assert config["name"] == "my run"
@@ -142,7 +121,7 @@ def test_documented_keys_can_be_overridden_when_the_file_leaves_them_out(tmp_pat
         overrides=(
             "trainer.epochs=2",
             "trainer.monitor=max val_accuracy",
-            "metrics=[accuracy]",
+            "metrics=['fixtures.metric:accuracy']",
             "lr_scheduler.type=StepLR",
             "lr_scheduler.args.step_size=3",
             "lr_scheduler.interval=step",
@@ -152,7 +131,7 @@ def test_documented_keys_can_be_overridden_when_the_file_leaves_them_out(tmp_pat
     )
     assert config.trainer["epochs"] == 2
     assert config["lr_scheduler"] == {"type": "StepLR", "args": {"step_size": 3}, "interval": "step"}
-    assert config["arch"] == {"type": "DigitsCNN", "args": {"dropout": 0.5}}
+    assert config["arch"] == {"type": "fixtures.model:TinyCNN", "args": {"dropout": 0.5}}
     model = config.init_obj("arch")
     optimizer = build_optimizer(config, model)
     assert [group["lr"] for group in optimizer.param_groups] == [0.01, 0.001]
@@ -187,7 +166,7 @@ def test_plus_adds_a_key_that_does_not_exist():
 
 def test_added_keys_are_still_validated(tmp_path):
     path = write_config(tmp_path, tiny_config(tmp_path))
-    with pytest.raises(UserError, match=r"data_loader\.args\.colour: DigitsDataLoader has no parameter"):
+    with pytest.raises(UserError, match=r"data_loader\.args\.colour: TinyDataLoader has no parameter"):
         Config.from_file(path, ["+data_loader.args.colour=red"])
     with pytest.raises(UserError, match=r"trainer\.colour: unknown key"):
         Config.from_file(path, ["+trainer.colour=red"])
@@ -196,16 +175,16 @@ def test_added_keys_are_still_validated(tmp_path):
 # -- building by name -----------------------------------------------------------------------------
 
 
-def test_types_resolve_in_project_modules_torch_and_full_paths(tmp_path):
+def test_types_resolve_in_torch_and_full_paths(tmp_path):
     data = minimal()
-    data["arch"] = {"type": "model.model:MLP", "args": {"in_features": 64, "hidden": 8}}
+    data["arch"] = {"type": "Linear", "args": {"in_features": 64, "out_features": 8}}  # torch.nn
     data["loss"] = {"type": "CrossEntropyLoss", "args": {"label_smoothing": 0.1}}  # torch.nn
-    data["metrics"] = ["accuracy", {"type": "top_k_acc", "args": {"k": 2}, "name": "top2"}]
+    data["metrics"] = ["fixtures.metric:accuracy", {"type": "fixtures.metric:top_k_acc", "args": {"k": 2}, "name": "top2"}]
     data["optimizer"] = {"type": "torch.optim:SGD", "args": {"lr": 0.1, "momentum": 0.9}}
     data["lr_scheduler"] = {"type": "OneCycleLR", "args": {"max_lr": 0.1, "total_steps": 10}, "interval": "step"}
     config = config_from(tmp_path, data)
     model = config.init_obj("arch")
-    assert type(model).__name__ == "MLP" and model.net[1].out_features == 8
+    assert isinstance(model, torch.nn.Linear) and model.out_features == 8
     loss = build_loss(config)
     assert isinstance(loss, torch.nn.CrossEntropyLoss) and loss.label_smoothing == 0.1
     optimizer = build_optimizer(config, model)
@@ -298,11 +277,11 @@ ERRORS = [
     ("missing required key", _delete("arch"), [], ["arch: missing"]),
     ("missing type", _delete("optimizer.type"), [], ['optimizer: missing "type"']),
     ("unknown node key", set_key("optimizer.arg", {}), [], ["optimizer.arg: unknown key", "'optimizer.args'"]),
-    ("unknown class", None, ["arch.type=DigitCNN"], ["arch.type: unknown name 'DigitCNN'", "'DigitsCNN'"]),
-    ("unknown loss", set_key("loss", "nll_los"), [], ["loss.type: unknown name 'nll_los'", "'nll_loss'"]),
-    ("unknown metric", set_key("metrics", ["acuracy"]), [], ["metrics.0.type: unknown name 'acuracy'", "'accuracy'"]),
+    ("unknown class", None, ["arch.type=Conv2e"], ["arch.type: unknown name 'Conv2e'", "'Conv2d'"]),
+    ("unknown loss", set_key("loss", "NLLLos"), [], ["loss.type: unknown name 'NLLLos'", "'NLLLoss'"]),
+    ("unknown metric", set_key("metrics", ["MulticlassAcuracy"]), [], ["metrics.0.type: unknown name 'MulticlassAcuracy'", "'MulticlassAccuracy'"]),
     ("unknown module path", None, ["optimizer.type=torch.optimz:SGD"], ["optimizer.type: cannot import module 'torch.optimz'"]),
-    ("unknown argument", set_key("arch.args.dropot", 0.1), [], ["arch.args.dropot: DigitsCNN has no parameter", "'arch.args.dropout'"]),
+    ("unknown argument", set_key("arch.args.dropot", 0.1), [], ["arch.args.dropot: TinyCNN has no parameter", "'arch.args.dropout'"]),
     ("missing argument", set_key("lr_scheduler", {"type": "StepLR"}), [], ["lr_scheduler.args.step_size: StepLR needs this argument"]),
     ("bad monitor", None, ["trainer.monitor=maximize val_accuracy"], ["trainer.monitor: must be"]),
     ("monitor not produced", None, ["trainer.monitor=max val_precision"], ["trainer.monitor: the run does not produce 'val_precision'"]),
@@ -394,7 +373,7 @@ def test_overrides_land_in_the_saved_config_and_checkpoint(tmp_path):
     ]
     result = run_here("train.py", "--run-id", "r", "-c", str(path), *overrides, env=THREADS)
     assert result.returncode == 0, result.stderr
-    run_dir = tmp_path / "saved" / "digits_cnn" / "r"
+    run_dir = tmp_path / "saved" / "tiny" / "r"
     saved = json.loads((run_dir / "config.json").read_text())
     assert saved == Config.from_file(path, overrides).to_dict()
     assert saved["trainer"]["epochs"] == 1 and saved["optimizer"]["args"]["lr"] == 0.01 and saved["arch"]["args"]["dropout"] == 0
@@ -415,7 +394,7 @@ def test_the_seed_decides_the_run(tmp_path, capsys):
         config = copy.deepcopy(tiny_config(tmp_path, epochs=1, limit_batches=4, monitor="off"))
         config["seed"] = seed
         assert train.main(["--run-id", run_id, "-c", str(write_config(tmp_path, config))]) == 0, capsys.readouterr().err
-        row = json.loads((tmp_path / "saved" / "digits_cnn" / run_id / "metrics.jsonl").read_text())
+        row = json.loads((tmp_path / "saved" / "tiny" / run_id / "metrics.jsonl").read_text())
         rows[run_id] = {key: value for key, value in row.items() if key not in TIMING_KEYS}
     assert rows["a"] == rows["b"]
     assert rows["a"]["loss"] != rows["c"]["loss"]

@@ -39,7 +39,7 @@ evaluate = entry_point("test.py")
 
 def cv_config(tmp: Path) -> Path:
     config = tiny_config(tmp, epochs=EPOCHS, limit_batches=BATCHES, save_every_n_steps=3)
-    config["arch"]["type"] = "fault_injection:SignalingDigitsCNN"  # DigitsCNN unless told to signal
+    config["arch"]["type"] = "fault_injection:SignalingDigitsCNN"  # TinyCNN unless told to signal
     return write_config(tmp, config)
 
 
@@ -54,11 +54,11 @@ def quiet(main, argv: list) -> int:
 def cv_dir(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("cv")
     assert quiet(train.main, ["-c", cv_config(tmp), "--folds", FOLDS, "--run-id", "cv", "--trust-checkpoint"]) == 0
-    return tmp / "saved" / "digits_cnn" / "cv"
+    return tmp / "saved" / "tiny" / "cv"
 
 
 def digits_targets() -> list[int]:
-    from data_loader.data_loaders import digits_dataset
+    from fixtures.data import tiny_dataset as digits_dataset
 
     return digits_dataset(training=True).tensors[1].tolist()
 
@@ -75,7 +75,7 @@ def test_the_folds_partition_the_training_pool_with_each_class_in_proportion(cv_
         counts = Counter(targets[index] for index in chosen)
         for label, total in whole.items():
             assert abs(counts[label] - total / FOLDS) < 1, (label, counts[label], total)
-    from data_loader.data_loaders import digits_dataset
+    from fixtures.data import tiny_dataset as digits_dataset
 
     assert len(digits_dataset(training=False)) == 359  # the test split is its own data set: it never enters a fold
 
@@ -129,7 +129,7 @@ def test_a_cv_killed_in_its_second_fold_resumes_to_the_same_summary(cv_dir, tmp_
     env = {**TESTS_ENV, "SIGNAL_NAME": "SIGKILL", "SIGNAL_COUNT": "process", "SIGNAL_AT_BATCH": str(PASSES_PER_FOLD + 1 + batch)}
     killed = run_script("train.py", "-c", str(cv_config(tmp_path)), "--folds", str(FOLDS), "--run-id", "cv", "--trust-checkpoint", env=env)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    folder = tmp_path / "saved" / "digits_cnn" / "cv"
+    folder = tmp_path / "saved" / "tiny" / "cv"
     assert (folder / "cv_summary.json").exists() and not (folder / "fold-2").exists()
     listed = runs_table([folder])
     assert [row["state"] for row in listed] == ["finished", "failed"][: len(listed)]  # fold 1 is gone if killed before its first checkpoint
@@ -185,8 +185,8 @@ def test_the_ensemble_is_the_mean_of_the_folds_probabilities(cv_dir, tmp_path):
     assert all(single["loss"] != ensemble["loss"] for single in singles)
 
     # the same number by hand: each fold's best model, softmax, mean, negative log-likelihood
-    from data_loader.data_loaders import digits_dataset
-    from model.model import DigitsCNN
+    from fixtures.data import tiny_dataset as digits_dataset
+    from fixtures.model import TinyCNN as DigitsCNN
 
     images, labels = digits_dataset(training=False).tensors
     probabilities = []
@@ -233,16 +233,16 @@ def test_the_runs_table_shows_state_and_only_the_keys_that_differ(cv_dir, tmp_pa
     finally:
         del os.environ["SIGNAL_AT_BATCH"], os.environ["SIGNAL_NAME"]
     before = tree(tmp_path)
-    claim = RunDirectory.open(folder / "digits_cnn" / "a")  # a process training in it
+    claim = RunDirectory.open(folder / "tiny" / "a")  # a process training in it
     try:
         rows = runs_table([folder])
     finally:
         claim.release()
     assert tree(tmp_path) == before, changes(before, tree(tmp_path))  # read-only
-    assert [(row["run"], row["state"], row["epochs"]) for row in rows] == [("digits_cnn/a", "running", "2/2"), ("digits_cnn/b", "stopped", "0/2")]
+    assert [(row["run"], row["state"], row["epochs"]) for row in rows] == [("tiny/a", "running", "2/2"), ("tiny/b", "stopped", "0/2")]
     assert list(rows[0])[8:] == ["arch.type", "optimizer.args.lr"]
     assert rows[0]["optimizer.args.lr"] == "0.002" and rows[1]["optimizer.args.lr"] == "0.01"
-    best = min(json.loads(line)["val_loss"] for line in (folder / "digits_cnn" / "a" / "metrics.jsonl").read_text().splitlines())
+    best = min(json.loads(line)["val_loss"] for line in (folder / "tiny" / "a" / "metrics.jsonl").read_text().splitlines())
     assert rows[0]["monitor"] == "val_loss" and float(rows[0]["best"]) == pytest.approx(best, rel=1e-5)
     assert runs_table([folder])[0]["state"] == "finished"
 
@@ -264,12 +264,12 @@ def test_the_runs_table_shows_state_and_only_the_keys_that_differ(cv_dir, tmp_pa
     "argv, expected",
     [
         (["--folds", "1"], "--folds: must be a whole number of at least 2"),
-        (["--folds", "3", 'data_loader={type: DigitsStreamLoader, args: {data_dir: "x"}}'], "takes no folds/fold arguments"),
+        (["--folds", "3", 'data_loader={type: "fixtures.data:NoFoldsDataLoader"}'], "takes no folds/fold arguments"),
         (["--folds", "5000"], "data_loader.args.folds: 5000 folds of 1438 samples leave a fold empty"),
         (["--folds", "2", "data_loader.args.fold_groups=nothing"], "data_loader.args.fold_groups: 'nothing' is neither"),
         (["--folds", "2", "data_loader.args.folds=3"], "--folds 2: the config's data_loader.args.folds is 3; remove it"),
     ],
-    ids=["one fold", "a streaming loader", "more folds than samples", "unknown groups", "another count in the config"],
+    ids=["one fold", "a loader without folds", "more folds than samples", "unknown groups", "another count in the config"],
 )
 def test_a_bad_cross_validation_is_one_line_and_leaves_nothing(argv, expected, tmp_path, capsys):
     config = write_config(tmp_path, tiny_config(tmp_path, epochs=1, limit_batches=1))
@@ -347,8 +347,8 @@ def test_under_torchrun_every_fold_runs_on_every_process(tmp_path):
     torchrun = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
     result = run_script(*torchrun, "train.py", "-c", str(write_config(tmp_path, config)), "--folds", "2", "--run-id", "cv", env={"OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stdout + result.stderr
-    assert [path.name for path in (tmp_path / "saved" / "digits_cnn").iterdir()] == ["cv"]
-    folder = tmp_path / "saved" / "digits_cnn" / "cv"
+    assert [path.name for path in (tmp_path / "saved" / "tiny").iterdir()] == ["cv"]
+    folder = tmp_path / "saved" / "tiny" / "cv"
     for fold in range(2):
         manifest = json.loads((folder / f"fold-{fold}" / "manifest.json").read_text())
         assert manifest["world_size"] == 2 and manifest["ended"]["state"] == "finished"

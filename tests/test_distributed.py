@@ -52,14 +52,14 @@ def ddp_run(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("ddp")
     result = torchrun("-c", str(experiment(tmp_path, 32)), "--run-id", "ddp")
     assert result.returncode == 0, result.stdout + result.stderr
-    return tmp_path / "saved" / "digits_cnn" / "ddp", result
+    return tmp_path / "saved" / "tiny" / "ddp", result
 
 
 def test_two_processes_of_batch_b_equal_one_process_of_batch_2b(tmp_path, ddp_run):
     ddp_dir, _ = ddp_run
     single = run_here("train.py", "-c", str(experiment(tmp_path, 64)), "--run-id", "single", "--trust-checkpoint", env=ENV)
     assert single.returncode == 0, single.stderr
-    single_dir = tmp_path / "saved" / "digits_cnn" / "single"
+    single_dir = tmp_path / "saved" / "tiny" / "single"
     a, b = last(ddp_dir), last(single_dir)
     assert a["world_size"] == 2 and b["world_size"] == 1
     assert not any(key.startswith("module.") for key in a["model"])
@@ -116,14 +116,14 @@ def test_sigterm_on_one_rank_mid_epoch_resumes_exactly_under_ddp(tmp_path):
     assert straight.returncode == 0, straight.stderr
     stopped = torchrun("-c", str(config), "--run-id", "stopped", env={"SIGNAL_AT_BATCH": "28", "SIGNAL_RANK": "0"})
     assert stopped.returncode != 0
-    run_dir = tmp_path / "saved" / "digits_cnn" / "stopped"
+    run_dir = tmp_path / "saved" / "tiny" / "stopped"
     state = last(run_dir)
     assert (state["progress"]["epoch"], state["progress"]["batch_in_epoch"], state["world_size"]) == (2, 7, 2)
     assert f"stopped by {signal.SIGTERM.name}" in stopped.stdout
     resumed = torchrun("-r", str(run_dir / "checkpoints" / "last.pth"))
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming epoch 2 at batch 7 of 20" in resumed.stdout
-    reference = last(tmp_path / "saved" / "digits_cnn" / "straight")
+    reference = last(tmp_path / "saved" / "tiny" / "straight")
     for key, value in reference["model"].items():
         torch.testing.assert_close(last(run_dir)["model"][key], value, rtol=1e-5, atol=1e-6, msg=key)
-    assert rows(run_dir)[-1]["loss"] == pytest.approx(rows(tmp_path / "saved" / "digits_cnn" / "straight")[-1]["loss"], rel=1e-5)
+    assert rows(run_dir)[-1]["loss"] == pytest.approx(rows(tmp_path / "saved" / "tiny" / "straight")[-1]["loss"], rel=1e-5)

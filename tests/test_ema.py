@@ -75,10 +75,10 @@ def ema_runs(tmp_path_factory):
     assert straight.returncode == 0, straight.stderr
     first = run_here("train.py", "-c", str(path), "--run-id", "split", "trainer.epochs=2")
     assert first.returncode == 0, first.stderr
-    split = tmp_path / "saved" / "digits_cnn" / "split"
+    split = tmp_path / "saved" / "tiny" / "split"
     second = run_here("train.py", "-r", str(split / "checkpoints" / "last.pth"), "trainer.epochs=4")
     assert second.returncode == 0, second.stderr
-    return tmp_path / "saved" / "digits_cnn" / "straight", split
+    return tmp_path / "saved" / "tiny" / "straight", split
 
 
 @pytest.mark.slow
@@ -99,14 +99,14 @@ def test_test_py_evaluates_the_ema_weights_unless_asked_for_the_raw_ones(ema_run
     straight, _ = ema_runs
     checkpoint = straight / "checkpoints" / "last.pth"
     state = last_checkpoint(straight)
-    from data_loader import DigitsDataLoader
-    from model import DigitsCNN
+    from fixtures.data import TinyDataLoader
+    from fixtures.model import TinyCNN
 
-    loader = DigitsDataLoader(training=False, batch_size=359)
+    loader = TinyDataLoader(training=False, batch_size=359)
     images, labels = next(iter(loader))
     accuracies = {}
     for weights in ("ema", "raw"):
-        model = DigitsCNN(dropout=0.3)
+        model = TinyCNN(dropout=0.3)
         model.load_state_dict({**state["model"], **(state["ema"]["weights"] if weights == "ema" else {})})
         with torch.no_grad():
             accuracies[weights] = (model.eval()(images).argmax(1) == labels).sum().item() / len(labels)

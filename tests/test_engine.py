@@ -12,7 +12,7 @@ import pytest
 import torch
 from helpers import ROOT, build_trainer, metric_rows, run_here, tiny_config, write_config
 
-MLP = {"type": "MLP", "args": {"in_features": 64, "hidden": 32, "num_classes": 10, "dropout": 0.0}}
+MLP = {"type": "fixtures.model:MLP", "args": {"in_features": 64, "hidden": 32, "num_classes": 10, "dropout": 0.0}}
 
 
 def mlp_config(tmp_path, **trainer) -> dict:
@@ -134,7 +134,7 @@ def test_non_finite_loss_stops_with_epoch_and_step_and_keeps_last_checkpoint(tmp
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("error: non-finite loss (nan) in epoch 2 at optimizer step 27")
     assert "Traceback" not in result.stderr
-    state = torch.load(tmp_path / "saved" / "digits_cnn" / "nan" / "checkpoints" / "last.pth", weights_only=True)
+    state = torch.load(tmp_path / "saved" / "tiny" / "nan" / "checkpoints" / "last.pth", weights_only=True)
     assert (state["progress"]["epoch"], state["progress"]["batch_in_epoch"]) == (1, 0)
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 

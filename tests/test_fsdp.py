@@ -56,11 +56,11 @@ def runs(tmp_path_factory):
     for run_id, strategy in (("ddp", "ddp"), ("fsdp", "fsdp")):
         result = torchrun("-c", str(config), "--run-id", run_id, f"trainer.strategy={strategy}")
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    saved = tmp_path / "saved" / "digits_cnn"
+    saved = tmp_path / "saved" / "tiny"
     shutil.copytree(saved / "fsdp", saved / "split", symlinks=True)  # its first epoch, resumed: the run as a preemption leaves it
     resumed = torchrun("-r", str(saved / "split" / "checkpoints" / "epoch-1.dcp"), "trainer.epochs=2")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    return tmp_path, tmp_path / "saved" / "digits_cnn"
+    return tmp_path, tmp_path / "saved" / "tiny"
 
 
 def test_fsdp_ends_where_ddp_ends_after_16_adamw_steps(runs):
@@ -125,7 +125,7 @@ def test_dcp_to_torch_output_loads_with_weights_only_and_is_accepted(runs):
 
 def test_sigkill_while_saving_every_step_leaves_the_previous_snapshot_loadable(tmp_path, rng):
     config = experiment(tmp_path, save_every_n_steps=1, epochs=50)
-    run_dir = tmp_path / "saved" / "digits_cnn" / "killed"
+    run_dir = tmp_path / "saved" / "tiny" / "killed"
     last = run_dir / "checkpoints" / "last.dcp"
     command = [sys.executable, *TORCHRUN, "train.py", "-c", str(config), "--run-id", "killed", "trainer.strategy=fsdp"]
     process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **ENV}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

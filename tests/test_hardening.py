@@ -164,7 +164,7 @@ def test_a_rank_killed_mid_run_is_one_line_on_its_peer_and_a_damaged_rank_state_
     assert rank0.returncode == 3 and "Traceback" not in err0, err0
     assert [line for line in err0.splitlines() if "error:" in line][0].startswith("error: another process of this run is gone"), err0
 
-    finished = tmp_path / "saved" / "digits_cnn"
+    finished = tmp_path / "saved" / "tiny"
     both = ranks("-c", signaling_config(tmp_path, limit_batches=3), "--run-id", "whole", "--trust-checkpoint")
     assert [p.wait(timeout=180) for p in both] == [0, 0], [p.communicate()[1][-2000:] for p in both]
     state = torch.load(finished / "whole" / "checkpoints" / "last.pth", weights_only=True)
@@ -186,7 +186,7 @@ def test_workers_whose_launcher_is_killed_stop_with_a_checkpoint(tmp_path):
     config_data["trainer"].update(epochs=20, log_step=1)
     config = write_config(tmp_path, config_data, "long.json")
     launcher = popen("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py", "-c", config, "--run-id", "orphan", "--trust-checkpoint")
-    log = tmp_path / "saved" / "digits_cnn" / "orphan" / "train.log"
+    log = tmp_path / "saved" / "tiny" / "orphan" / "train.log"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (log.exists() and " step " in log.read_text()):
         time.sleep(0.05)

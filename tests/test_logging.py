@@ -66,7 +66,7 @@ def run_on_terminal(*args: str, env: dict) -> tuple[int, str, str]:
     """``python <args>`` with stderr on a pseudo-terminal, as in an interactive shell: (exit code, stdout, terminal output)."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **env}
+    full_env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", **env}
     proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=slave, text=True)
     os.close(slave)
     chunks: list[bytes] = []
@@ -95,7 +95,7 @@ def runs(tmp_path_factory) -> dict:
     tmp_path = tmp_path_factory.mktemp("logging")
     config = tiny_config(tmp_path, full_metrics=True, epochs=2, tensorboard=True, log_step=LOG_STEP, keep_last=0)
     path = write_config(tmp_path, config)
-    run_dir = tmp_path / "saved" / "digits_cnn" / "run"
+    run_dir = tmp_path / "saved" / "tiny" / "run"
     first = run_here("train.py", "--run-id", "run", "-c", str(path), env=THREADS)
     assert first.returncode == 0, first.stderr
     after_first = {
@@ -162,10 +162,10 @@ def test_step_loss_every_log_step_and_no_images_or_histograms_unless_asked(runs)
 def test_train_log_holds_the_header_and_epoch_lines(runs):
     log, run_dir = runs["after_first"]["log"], runs["run_dir"]
     header = [
-        r"experiment   digits_cnn \(.*config\.json, new\)",
+        r"experiment   tiny \(.*config\.json, new\)",
         rf"run dir      {re.escape(str(run_dir))}\n",
         r"device       cpu, world size 1, strategy single, batch 64 per process = global batch 64",
-        r"model        DigitsCNN: [\d,]+ trainable of [\d,]+ parameters",
+        r"model        fixtures\.model:TinyCNN: [\d,]+ trainable of [\d,]+ parameters",
         r"data         [\d,]+ training samples, [\d,]+ validation samples, \d+ batches per epoch",
         r"epochs       1\.\.2, monitor min val_loss",
         rf"resume with  python train.py -r {re.escape(str(run_dir / 'checkpoints' / 'last.pth'))}",
@@ -236,7 +236,7 @@ def test_a_terminal_gets_train_and_validation_bars(runs):
 def test_train_log_continues_across_the_resume(runs):
     log = runs["log"]
     assert log.startswith(runs["after_first"]["log"])
-    assert re.findall(r"experiment   digits_cnn \(.*, (new|resume)\)$", log, flags=re.M) == ["new", "resume"]
+    assert re.findall(r"experiment   tiny \(.*, (new|resume)\)$", log, flags=re.M) == ["new", "resume"]
     assert re.search(r"epochs       3\.\.4", log)
     assert [int(e) for e in re.findall(r"INFO epoch (\d+)  loss \S+  accuracy", log)] == [1, 2, 3, 4]
     assert log.count("done: best val_loss") == 2

@@ -12,10 +12,10 @@ import math
 import pytest
 import torch
 import torchmetrics
-from helpers import build_trainer, metric_rows, run_here, run_script, tiny_config
+from fixtures.metric import Accuracy, accuracy
+from helpers import build_trainer, run_here, run_script, tiny_config
 
 from base.progress import Monitor
-from model.metric import Accuracy, accuracy
 from trainer.metric_groups import GROUP_BATCHES
 from trainer.metrics import MetricSet
 
@@ -223,10 +223,10 @@ def digits_checkpoint(tmp_path_factory):
 
 @pytest.mark.slow
 def test_test_py_f1_and_auroc_are_the_same_for_any_batch_size_and_equal_scikit_learn(digits_checkpoint):
+    from fixtures.data import TinyDataLoader as DigitsDataLoader
+    from fixtures.model import TinyCNN as DigitsCNN
     from sklearn.metrics import f1_score, roc_auc_score
 
-    from data_loader import DigitsDataLoader
-    from model import DigitsCNN
     from utils.checkpoints import load_checkpoint
 
     tmp_path, checkpoint = digits_checkpoint
@@ -260,28 +260,3 @@ def test_test_py_under_torchrun_reports_what_one_process_reports(digits_checkpoi
     for key in ("accuracy", "f1", "auroc", "confusion", "samples"):
         assert a[key] == b[key], key
     assert b["loss"] == pytest.approx(a["loss"], rel=1e-6)
-
-
-@pytest.mark.slow
-def test_the_regression_example_trains_and_reports_r2(tmp_path):
-    from sklearn.metrics import mean_absolute_error, r2_score
-
-    from data_loader.diabetes import diabetes_dataset
-
-    result = run_here("train.py", "-c", "configs/diabetes.json", "--run-id", "r", f"trainer.save_dir={tmp_path}", "trainer.epochs=15")
-    assert result.returncode == 0, result.stderr
-    run_dir = tmp_path / "diabetes_regression" / "r"
-    rows = metric_rows(run_dir)
-    assert {"mae", "r2", "val_mae", "val_r2"} <= set(rows[0])
-    predictions = tmp_path / "p.npz"
-    predicted = run_here("predict.py", "-r", str(run_dir / "checkpoints" / "best.pth"), "--out", str(predictions))
-    assert predicted.returncode == 0, predicted.stderr
-    tested = run_here("test.py", "-r", str(run_dir / "checkpoints" / "best.pth"), "--out", str(tmp_path / "t.json"))
-    assert tested.returncode == 0, tested.stderr
-    reported = json.loads((tmp_path / "t.json").read_text())
-    import numpy as np
-
-    values = np.load(predictions)["prediction"]
-    target = diabetes_dataset(training=False).tensors[1].numpy()
-    assert reported["r2"] == pytest.approx(r2_score(target, values), abs=1e-5) and reported["r2"] > 0.3
-    assert reported["mae"] == pytest.approx(mean_absolute_error(target, values), abs=1e-5)

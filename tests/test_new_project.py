@@ -185,6 +185,10 @@ def test_project_names(tmp_path, capsys):
     assert new_project.project_name("my_exp.v2", tmp_path / "x") == "my_exp.v2"
     assert new_project.main([str(tmp_path / "x"), "--name", "my exp"]) == EXIT_USER_ERROR
     assert capsys.readouterr().err.startswith("error: --name: 'my exp'")
+    assert new_project.main([str(tmp_path / "x"), "--name", "a" * 300]) == EXIT_USER_ERROR  # valid characters, but no name
+    err = capsys.readouterr().err
+    assert err.startswith("error: --name: 300 characters is too long") and err.count("\n") == 1
+    assert new_project.project_name("a" * new_project.MAX_NAME, tmp_path / "x") == "a" * new_project.MAX_NAME
     assert not (tmp_path / "x").exists()
 
 
@@ -237,7 +241,7 @@ def test_new_project_is_clean_green_and_trains(tmp_path):
     # manual's snippets, this module, which skips there): the copy stands alone. The template's suite
     # runs them here already; a copy differs only in what new_project.py writes or leaves out.
     env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"} | {"PYTHONPATH": str(target)}
-    chosen = ["tests/test_structure.py", "tests/test_readme.py", "tests/test_new_project.py", "tests/test_config.py::test_every_shipped_config_loads_validates_and_builds"]
+    chosen = ["tests/test_structure.py", "tests/examples/test_manual.py", "tests/test_new_project.py", "tests/test_config.py::test_every_shipped_config_loads_validates_and_builds"]
     nested = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", f"--basetemp={tmp_path / 'nested'}", *chosen],
         cwd=target,

@@ -89,7 +89,7 @@ def test_an_existing_file_needs_force_and_bad_outputs_are_one_line_errors(digits
 def test_ten_times_more_samples_need_less_than_a_fifth_more_memory(tmp_path):
     """Rows are written as they come: peak memory barely grows with the number of predictions."""
     config = tiny_config(tmp_path, epochs=1, limit_batches=1, monitor="min loss")
-    config["arch"] = {"type": "MLP", "args": {"in_features": 64, "hidden": 64, "num_classes": 100}}
+    config["arch"] = {"type": "fixtures.model:MLP", "args": {"in_features": 64, "hidden": 64, "num_classes": 100}}
     config["data_loader"] = {"type": "benchmarks.overhead:SyntheticDataLoader", "args": {"shape": [64], "num_classes": 100, "num_samples": 2000}}
     config["metrics"] = []
     trainer, run_dir = build_trainer(tmp_path, config)

@@ -53,14 +53,14 @@ def reference(tmp_path_factory):
     config = experiment(tmp_path)
     result = train(config, "straight")
     assert result.returncode == 0, result.stderr
-    return tmp_path / "saved" / "digits_cnn" / "straight"
+    return tmp_path / "saved" / "tiny" / "straight"
 
 
 def test_resume_at_epoch_boundary_is_bitwise_exact(tmp_path, reference):
     config = experiment(tmp_path)
     first = train(config, "split", "trainer.epochs=1")
     assert first.returncode == 0, first.stderr
-    run_dir = tmp_path / "saved" / "digits_cnn" / "split"
+    run_dir = tmp_path / "saved" / "tiny" / "split"
     second = resume(run_dir / "checkpoints" / "last.pth", "trainer.epochs=3")
     assert second.returncode == 0, second.stderr
     assert_same_run(reference, run_dir)
@@ -72,7 +72,7 @@ def test_sigterm_mid_epoch_then_resume_is_bitwise_exact(tmp_path, reference, rng
     config = experiment(tmp_path)
     stopped = train(config, "interrupted", env={"SIGNAL_AT_BATCH": str(at + 1), "SIGNAL_NAME": "SIGTERM"})
     assert stopped.returncode == 128 + signal.SIGTERM, (at, stopped.stdout, stopped.stderr)
-    run_dir = tmp_path / "saved" / "digits_cnn" / "interrupted"
+    run_dir = tmp_path / "saved" / "tiny" / "interrupted"
     assert "python train.py -r" in stopped.stdout
     state = last_checkpoint(run_dir)
     assert (state["progress"]["epoch"], state["progress"]["batch_in_epoch"]) == (2, at - batches_per_epoch), at
@@ -93,7 +93,7 @@ def test_sigkill_with_step_checkpoints_then_resume_is_bitwise_exact(tmp_path, re
     config = experiment(tmp_path, save_every_n_steps=7)
     killed = train(config, "killed", env={"SIGNAL_AT_BATCH": str(at + 1), "SIGNAL_NAME": "SIGKILL"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    run_dir = tmp_path / "saved" / "digits_cnn" / "killed"
+    run_dir = tmp_path / "saved" / "tiny" / "killed"
     state = last_checkpoint(run_dir)  # whatever the moment of the kill, last.pth loads
     assert state["progress"]["global_step"] <= at - 1
     resumed = resume(run_dir / "checkpoints" / "last.pth")
@@ -109,10 +109,10 @@ def test_sigterm_with_dataloader_workers_is_bitwise_exact(tmp_path):
     assert straight.returncode == 0, straight.stderr
     stopped = train(config, "interrupted", *overrides, env={"SIGNAL_AT_BATCH": "28", "SIGNAL_NAME": "SIGINT"})
     assert stopped.returncode == 128 + signal.SIGINT, stopped.stderr
-    run_dir = tmp_path / "saved" / "digits_cnn" / "interrupted"
+    run_dir = tmp_path / "saved" / "tiny" / "interrupted"
     resumed = resume(run_dir / "checkpoints" / "last.pth")
     assert resumed.returncode == 0, resumed.stderr
-    assert_same_run(tmp_path / "saved" / "digits_cnn" / "straight", run_dir)
+    assert_same_run(tmp_path / "saved" / "tiny" / "straight", run_dir)
 
 
 def test_a_signal_to_the_whole_process_group_with_workers_stops_at_a_step_and_resumes(tmp_path, rng):
@@ -123,7 +123,7 @@ def test_a_signal_to_the_whole_process_group_with_workers_stops_at_a_step_and_re
     command = [sys.executable, "train.py", "-c", str(config), "--run-id", "group", *overrides, "--trust-checkpoint"]
     env = {**os.environ, **TESTS_ENV, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    log = tmp_path / "saved" / "digits_cnn" / "group" / "train.log"
+    log = tmp_path / "saved" / "tiny" / "group" / "train.log"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (log.exists() and " step " in log.read_text()):
         time.sleep(0.05)
@@ -133,5 +133,5 @@ def test_a_signal_to_the_whole_process_group_with_workers_stops_at_a_step_and_re
     assert process.returncode in (128 + signal.SIGTERM, 128 + signal.SIGINT), stderr[-3000:]
     assert "worker" not in stderr and "Traceback" not in stderr, stderr[-3000:]
     assert "resume with: python train.py -r" in stdout
-    resumed = resume(tmp_path / "saved" / "digits_cnn" / "group" / "checkpoints" / "last.pth", *overrides[:2])
+    resumed = resume(tmp_path / "saved" / "tiny" / "group" / "checkpoints" / "last.pth", *overrides[:2])
     assert resumed.returncode == 0, resumed.stderr

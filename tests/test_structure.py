@@ -54,7 +54,7 @@ def test_only_the_checkpoint_store_asks_whether_checkpoints_are_sharded():
 
 def test_a_run_with_plain_metrics_imports_neither_dcp_nor_torchmetrics(tmp_path):
     config = tiny_config(tmp_path, epochs=1, limit_batches=1)
-    config["metrics"] = ["accuracy", {"type": "Accuracy", "name": "exact"}, {"type": "top_k_acc", "args": {"k": 3}}]
+    config["metrics"] = ["fixtures.metric:accuracy", {"type": "fixtures.metric:Accuracy", "name": "exact"}, {"type": "fixtures.metric:top_k_acc", "args": {"k": 3}}]
     path = write_config(tmp_path, config)
     probe = "import sys, json, train; code = train.main(sys.argv[1:]); print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('torchmetrics', 'sklearn', 'scipy', 'mlflow', 'wandb') or m.startswith('torch.distributed.checkpoint')))); sys.exit(code)"
     result = run_script("-c", probe, "-c", str(path), "--run-id", "plain")

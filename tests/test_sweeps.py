@@ -65,7 +65,7 @@ def grid_sweep(tmp_path_factory) -> Path:
         "params": {"optimizer.args.lr": {"choices": GRID_LRS}, "arch.args.dropout": {"choices": [0.0]}},
     })  # fmt: skip
     assert quiet(sweep.main, ["-c", config, "--space", space]) == 0
-    return tmp / "saved" / "digits_cnn" / "sweeps" / "space"
+    return tmp / "saved" / "tiny" / "sweeps" / "space"
 
 
 def test_a_sweep_folder_holds_its_trials_results_best_and_plots(grid_sweep):
@@ -224,7 +224,7 @@ def test_a_killed_worker_and_the_same_command_again_resume_the_trial_exactly(tmp
     at = passes + 1 + rng.randrange(BATCHES + 1, EPOCHS * BATCHES)  # in trial 1, after its first checkpoint
     killed = run_script("sweep.py", *argv, env={**TESTS_ENV, "SIGNAL_NAME": "SIGKILL", "SIGNAL_COUNT": "process", "SIGNAL_AT_BATCH": str(at)})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    folder = tmp_path / "saved" / "digits_cnn" / "sweeps" / "space"
+    folder = tmp_path / "saved" / "tiny" / "sweeps" / "space"
     assert (folder / "trial-0001" / "checkpoints" / "last.pth").exists() and not (folder / "trial-0002").exists()
 
     assert quiet(sweep.main, argv) == 0  # the same command
@@ -238,7 +238,7 @@ def test_a_killed_worker_and_the_same_command_again_resume_the_trial_exactly(tmp
     shutil.copy(folder / "trial-0001" / "config.json", straight)
     assert quiet(train.main, ["-c", straight, "--run-id", "straight", "--trust-checkpoint"]) == 0
     resumed = torch.load(folder / "trial-0001" / "checkpoints" / "last.pth", weights_only=True)["model"]
-    fresh = torch.load(tmp_path / "saved" / "digits_cnn" / "straight" / "checkpoints" / "last.pth", weights_only=True)["model"]
+    fresh = torch.load(tmp_path / "saved" / "tiny" / "straight" / "checkpoints" / "last.pth", weights_only=True)["model"]
     assert resumed.keys() == fresh.keys() and all(torch.equal(resumed[key], fresh[key]) for key in resumed)
 
 
@@ -253,7 +253,7 @@ def test_a_signal_stops_the_trial_at_a_checkpoint_and_it_waits_in_the_study(tmp_
     finally:
         for key in ("SIGNAL_AT_BATCH", "SIGNAL_NAME"):
             del os.environ[key]
-    folder = tmp_path / "saved" / "digits_cnn" / "sweeps" / "space"
+    folder = tmp_path / "saved" / "tiny" / "sweeps" / "space"
     states = [(t.user_attrs["slot"], t.state.name) for t in study_of(folder).trials]
     assert states == [(0, "WAITING"), (1, "WAITING")]
     assert (folder / "trial-0000" / "checkpoints" / "last.pth").exists()
@@ -267,7 +267,8 @@ def test_every_shipped_space_reads_against_the_default_config():
     from app.sweeps.space import read_space
 
     spaces = sorted((ROOT / "configs").glob("*_space.yaml"))
-    assert spaces
+    if not spaces:  # a project may have none: nothing to check
+        pytest.skip("no sweep spaces (configs/*_space.yaml) in this project")
     for path in spaces:
         space = read_space(str(path), None, Config.from_file(str(ROOT / "config.json")), str(ROOT / "config.json"), [])
         assert space.trials >= 1 and space.params
@@ -277,7 +278,7 @@ def test_each_trial_a_cross_validation_whose_objective_is_the_mean_over_folds(tm
     config = write_config(tmp_path, tiny_config(tmp_path, epochs=1, limit_batches=2))
     space = write_space(tmp_path, {"trials": 2, "sampler": "random", "params": {"arch.args.dropout": {"choices": [0.0, 0.5]}}})
     assert quiet(sweep.main, ["-c", config, "--space", space, "--folds", "2"]) == 0
-    folder = tmp_path / "saved" / "digits_cnn" / "sweeps" / "space"
+    folder = tmp_path / "saved" / "tiny" / "sweeps" / "space"
     for trial in study_of(folder).trials:
         summary = json.loads((folder / f"trial-{trial.user_attrs['slot']:04d}" / "cv_summary.json").read_text())
         assert trial.state.name == "COMPLETE" and trial.value == summary["across"]["val_loss"]["mean"]
@@ -331,7 +332,7 @@ def test_two_workers_on_one_postgresql_study_finish_exactly_the_total(tmp_path):
     config = write_config(tmp_path, tiny_config(tmp_path, epochs=1, limit_batches=3))
     with postgres_server() as url:
         common = ["-c", str(config), "--space", str(space), "--storage", url]
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+        env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", "OMP_NUM_THREADS": "1"}
         torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
         workers = [
             subprocess.Popen([sys.executable, "sweep.py", *common, f"trainer.save_dir={tmp_path / 'a'}"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True),
@@ -343,10 +344,10 @@ def test_two_workers_on_one_postgresql_study_finish_exactly_the_total(tmp_path):
         assert len(study.trials) == trials and all(t.state.name == "COMPLETE" for t in study.trials)
         assert sorted(t.user_attrs["slot"] for t in study.trials) == list(range(trials))
         assert sorted(t.number for t in study.trials) == list(range(trials))
-    made = {side: sorted(p.name for p in (tmp_path / side / "digits_cnn" / "sweeps" / "space").glob("trial-*")) for side in "ab"}
+    made = {side: sorted(p.name for p in (tmp_path / side / "tiny" / "sweeps" / "space").glob("trial-*")) for side in "ab"}
     assert sorted(made["a"] + made["b"]) == [f"trial-{slot:04d}" for slot in range(trials)] and made["a"] and made["b"], made
     for name in made["b"]:
-        manifest = json.loads((tmp_path / "b" / "digits_cnn" / "sweeps" / "space" / name / "manifest.json").read_text())
+        manifest = json.loads((tmp_path / "b" / "tiny" / "sweeps" / "space" / name / "manifest.json").read_text())
         assert manifest["world_size"] == 2
 
 
@@ -407,7 +408,7 @@ def test_a_trial_left_running_unsigned_by_a_worker_killed_while_taking_it_is_tak
     config = write_config(tmp_path, tiny_config(tmp_path, epochs=1, limit_batches=2))
     space = write_space(tmp_path, {"trials": 1, "sampler": "random", "pruner": "none", "params": {"optimizer.args.lr": {"low": 1e-3, "high": 1e-2, "log": True}}})
     assert quiet(sweep.main, ["-c", config, "--space", space]) == 0
-    folder = tmp_path / "saved" / "digits_cnn" / "sweeps" / "space"
+    folder = tmp_path / "saved" / "tiny" / "sweeps" / "space"
     study = study_of(folder)
     study.enqueue_trial({"optimizer.args.lr": 0.005}, user_attrs={"slot": 1})
     waiting = next(t for t in study.get_trials(deepcopy=False) if t.state.name == "WAITING")
@@ -426,7 +427,7 @@ def test_a_trial_whose_values_the_data_refuses_fails_and_the_sweep_goes_on(tmp_p
     # with drop_last, only the data can refuse.
     space = write_space(tmp_path, {"sampler": "grid", "params": {"data_loader.args.batch_size": {"choices": [4096, 32]}}})
     assert quiet(sweep.main, ["-c", config, "--space", space, "data_loader.args.drop_last=true"]) == 0
-    trials = study_of(tmp_path / "saved" / "digits_cnn" / "sweeps" / "space").trials
+    trials = study_of(tmp_path / "saved" / "tiny" / "sweeps" / "space").trials
     assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
     assert "data_loader.args.batch_size" in trials[0].user_attrs["failure"]
 

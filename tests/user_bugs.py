@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from fixtures.data import tiny_dataset
+from fixtures.model import TinyCNN
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 from base import BaseDataLoader, BaseModel
-from data_loader.data_loaders import digits_dataset
-from model.model import DigitsCNN
 
 # -- bugs in the user's own code: a traceback into this file, exit code 1 -----------------------------
 
 
-class MisspelledArgumentCNN(DigitsCNN):
+class MisspelledArgumentCNN(TinyCNN):
     """``__init__`` passes a keyword that ``nn.Linear`` does not have."""
 
     def __init__(self, num_classes: int = 10, dropout: float = 0.25):
@@ -29,7 +29,7 @@ class MisspelledArgumentCNN(DigitsCNN):
         self.extra = nn.Linear(num_classes, num_classes, biass=True)  # BUG: biass
 
 
-class NameErrorCNN(DigitsCNN):
+class NameErrorCNN(TinyCNN):
     """``forward`` uses a name that does not exist."""
 
     def forward(self, x):
@@ -37,7 +37,7 @@ class NameErrorCNN(DigitsCNN):
         return x * temperature  # BUG: temperature  # noqa: F821
 
 
-class ShapeBugCNN(DigitsCNN):
+class ShapeBugCNN(TinyCNN):
     """``forward`` reshapes with a wrong size: a bug in the model, whatever the data."""
 
     def forward(self, x):
@@ -57,12 +57,12 @@ class MisspelledDigitsDataLoader(BaseDataLoader):
     """``__init__`` calls the dataset builder with a misspelled keyword."""
 
     def __init__(self, batch_size: int = 64, validation_split: float = 0.15):
-        super().__init__(digits_dataset(trainig=True), batch_size, validation_split=validation_split)  # BUG: trainig
+        super().__init__(tiny_dataset(trainig=True), batch_size, validation_split=validation_split)  # BUG: trainig
 
 
 class BrokenItemDataset(Dataset):
     def __init__(self):
-        self.data = digits_dataset(training=True)
+        self.data = tiny_dataset(training=True)
 
     def __len__(self) -> int:
         return len(self.data)
@@ -90,7 +90,7 @@ def per_sample_metric(output, target) -> torch.Tensor:
     return (output.argmax(dim=1) == target).float()
 
 
-class DictOutputCNN(DigitsCNN):
+class DictOutputCNN(TinyCNN):
     """Returns ``{"logits": ...}``; ``dict_nll_loss`` reads it, tensor metrics cannot."""
 
     def forward(self, x):
@@ -105,7 +105,7 @@ class DictDigits(Dataset):
     """The digits as ``{"image": ..., "digit": ...}`` samples: the target is under a key of its own."""
 
     def __init__(self, training: bool):
-        self.data = digits_dataset(training)
+        self.data = tiny_dataset(training)
 
     def __len__(self) -> int:
         return len(self.data)
@@ -125,7 +125,7 @@ class ImageKeywordCNN(BaseModel):
 
     def __init__(self, num_classes: int = 10):
         super().__init__()
-        self.net = DigitsCNN(num_classes, 0.0)
+        self.net = TinyCNN(num_classes, 0.0)
 
     def forward(self, image):
         return self.net(image)
@@ -143,5 +143,5 @@ class ShiftedLabelsDataLoader(BaseDataLoader):
     """The digits with labels 1..10 instead of 0..9 (``-1`` forgotten): 10 is beyond 10 classes."""
 
     def __init__(self, batch_size: int = 64, validation_split: float = 0.15, shift: int = 1):
-        images, labels = digits_dataset(training=True).tensors
+        images, labels = tiny_dataset(training=True).tensors
         super().__init__(TensorDataset(images, labels + shift), batch_size, validation_split=validation_split)

@@ -27,7 +27,7 @@ import torch
 from helpers import ROOT, TESTS_ENV, last_checkpoint, metric_rows, run_here, run_script, seeded_random, write_config
 from stream_recorder import recorded
 
-from app.config import read_config
+from app.config import Config, read_config
 from base import BaseStreamLoader
 from data_loader import DigitsDataLoader, DigitsStreamLoader
 from data_loader.digit_shards import SHARD_WEIGHTS, write_digits_shards
@@ -680,3 +680,16 @@ def test_a_mid_epoch_ddp_checkpoint_resumed_by_one_process_is_refused_and_change
     lines = refused.stderr.strip().splitlines()
     assert len(lines) == 1 and "written mid-epoch by 2 process(es)" in lines[0] and "same number of processes" in lines[0]
     assert files_of(snapshot) == before
+
+
+def test_digits_stream_extends_digits_yaml_and_resolves_as_written_out():
+    """configs/digits_stream.json is digits.yaml with a streamed loader: the same config as the file written in full."""
+    full = json.loads((ROOT / "config.json").read_text())
+    full["name"] = "digits_stream"
+    full["data_loader"] = {
+        "type": "DigitsStreamLoader",
+        "args": {"data_dir": "data/digits_shards", "batch_size": 32, "shuffle": True, "num_workers": 2, "shuffle_buffer": 256},
+    }
+    stream = Config.from_file(ROOT / "configs" / "digits_stream.json")
+    assert stream.to_dict() == Config.from_dict(full, "written out").to_dict()
+    assert [Path(entry["path"]) for entry in stream.files] == [ROOT / "configs" / "digits.yaml", ROOT / "configs" / "digits_stream.json"]

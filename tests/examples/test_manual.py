@@ -1,4 +1,4 @@
-"""The README's "Write your own" snippets run as written.
+"""The manual's "Write your own" snippets run as written, on the shipped examples they name (digits, MLP): these tests leave with the examples.
 
 Each Python snippet starts with the file a user would put it in (``# model/mixup.py``); it is
 written to a temporary module (``readme_mixup``) and each JSON fragment that names it is merged
@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fixtures.data import tiny_dataset as digits_dataset
 from helpers import ROOT, metric_rows, tiny_config, write_config
 
 import train
-from data_loader.data_loaders import digits_dataset
 from logger.logger import close_log_files
 
 MANUAL = ROOT / "TEMPLATE.md" if (ROOT / "TEMPLATE.md").exists() else ROOT / "README.md"  # a new project keeps the manual as TEMPLATE.md
@@ -83,7 +83,7 @@ def test_a_loader_with_its_own_validation_files(tmp_path, snippets):
     config = tiny_config(tmp_path, epochs=1, limit_batches=2)
     config["data_loader"] = {"type": "readme_tensor_files:TensorFilesDataLoader", "args": {"data_dir": str(tmp_path), "batch_size": 50}}
     assert train_main("-c", write_config(tmp_path, config), "--run-id", "files", "--trust-checkpoint") == 0
-    run_dir = tmp_path / "saved" / "digits_cnn" / "files"
+    run_dir = tmp_path / "saved" / "tiny" / "files"
     assert "1,000 training samples, 200 validation samples" in (run_dir / "train.log").read_text()
     config["data_loader"]["args"]["batchsize"] = 8
     assert train_main("-c", write_config(tmp_path, config, "typo.json"), "--trust-checkpoint") == 2
@@ -102,7 +102,7 @@ def test_a_scaler_fitted_on_the_training_split_only(tmp_path, snippets):
         assert torch.allclose(features.mean(0), torch.zeros(64), atol=1e-4)
         assert len(loader.valid_subset) == (200 if not folds else len(loader.split["validation"]))
     config = tiny_config(tmp_path, epochs=1, limit_batches=2)
-    config["arch"] = {"type": "MLP", "args": {"in_features": 64, "num_classes": 10}}
+    config["arch"] = {"type": "fixtures.model:MLP", "args": {"in_features": 64, "num_classes": 10}}
     config["data_loader"] = {"type": "readme_scaled_csv:ScaledCsvDataLoader", "args": {"data_dir": str(tmp_path), "batch_size": 64}}
     assert train_main("-c", write_config(tmp_path, config), "--run-id", "csv", "--trust-checkpoint") == 0
 
@@ -112,7 +112,7 @@ def test_mixup_trains_and_resumes_bitwise(tmp_path, snippets):
     for epochs, run_id in ((2, "whole"), (1, "half")):
         config["trainer"]["epochs"] = epochs
         assert train_main("-c", write_config(tmp_path, config, f"{run_id}.json"), "--run-id", run_id, "--trust-checkpoint") == 0
-    saved = tmp_path / "saved" / "digits_cnn"
+    saved = tmp_path / "saved" / "tiny"
     assert train_main("-r", saved / "half" / "checkpoints" / "last.pth", "trainer.epochs=2", "--trust-checkpoint") == 0
     whole, resumed = (torch.load(saved / r / "checkpoints" / "last.pth", weights_only=True)["model"] for r in ("whole", "half"))
     assert all(torch.equal(whole[key], resumed[key]) for key in whole)
@@ -122,14 +122,14 @@ def test_an_autoencoder_whose_loss_takes_the_inputs(tmp_path, snippets):
     config = merged(tiny_config(tmp_path, epochs=3, limit_batches=6), fragment_with(snippets, "reconstruction_loss"))
     config["trainer"]["monitor"] = "min val_loss"
     assert train_main("-c", write_config(tmp_path, config), "--run-id", "ae", "--trust-checkpoint") == 0
-    rows = metric_rows(tmp_path / "saved" / "digits_cnn" / "ae")
+    rows = metric_rows(tmp_path / "saved" / "tiny" / "ae")
     assert rows[-1]["val_loss"] < rows[0]["val_loss"]
 
 
 def test_a_metric_function(tmp_path, snippets):
     config = merged(tiny_config(tmp_path, epochs=1, limit_batches=2), fragment_with(snippets, "mean_confidence"))
     assert train_main("-c", write_config(tmp_path, config), "--run-id", "m", "--trust-checkpoint") == 0
-    row = metric_rows(tmp_path / "saved" / "digits_cnn" / "m")[0]
+    row = metric_rows(tmp_path / "saved" / "tiny" / "m")[0]
     assert 0.0 < row["confidence"] <= 1.0 and 0.0 < row["val_confidence"] <= 1.0
 
 
@@ -138,15 +138,15 @@ def test_a_fine_tune_with_a_new_head(tmp_path, snippets):
     assert command[:3] == ["python", "train.py", "-r"] and command[4] == "-c"
     config = tiny_config(tmp_path, epochs=1, limit_batches=2)
     assert train_main("-c", write_config(tmp_path, config), "--run-id", "base") == 0
-    source = tmp_path / "saved" / "digits_cnn" / "base" / "checkpoints" / "best.pth"
+    source = tmp_path / "saved" / "tiny" / "base" / "checkpoints" / "best.pth"
     finetune = merged(tiny_config(tmp_path, limit_batches=2), fragment_with(snippets, "load_exclude"))
     finetune["trainer"]["epochs"] = 1
     assert train_main("-r", source, "-c", write_config(tmp_path, finetune, "finetune.json"), "--run-id", "tuned") == 0
     before = torch.load(source, weights_only=True)["model"]
-    after = torch.load(tmp_path / "saved" / "digits_cnn" / "tuned" / "checkpoints" / "last.pth", weights_only=True)["model"]
+    after = torch.load(tmp_path / "saved" / "tiny" / "tuned" / "checkpoints" / "last.pth", weights_only=True)["model"]
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(("conv1", "conv2")))
     assert not torch.equal(before["fc1.weight"], after["fc1.weight"])
-    log = (tmp_path / "saved" / "digits_cnn" / "tuned" / "train.log").read_text()
+    log = (tmp_path / "saved" / "tiny" / "tuned" / "train.log").read_text()
     assert "loaded 6 tensors" in log and "excluded (trainer.load_exclude, kept as initialised): 2" in log
 
 

@@ -1,9 +1,11 @@
-"""The shipped metrics against their textbook definitions."""
+"""The digits example's metrics (model/metric.py) against their textbook definitions; they leave with the example."""
 
 from __future__ import annotations
 
 import torch
+from helpers import ROOT
 
+from app.config import Config
 from model.metric import accuracy, top_k_acc
 
 
@@ -18,3 +20,7 @@ def test_top_k_matches_torch_topk_without_ties_and_counts_ties_for_the_target():
     assert torch.equal(top_k_acc(output, target, 1), accuracy(output, target))
     tied = torch.tensor([[1.0, 1.0, 0.0], [0.0, 2.0, 2.0]])
     assert top_k_acc(tied, torch.tensor([1, 2]), k=1).item() == 1.0
+
+
+def test_digits_yaml_is_the_default_experiment():
+    assert Config.from_file(ROOT / "configs" / "digits.yaml").to_dict() == Config.from_file(ROOT / "config.json").to_dict()

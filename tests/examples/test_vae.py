@@ -1,0 +1,93 @@
+"""The VAE example (configs/vae.json, model/vae.py): a subclass in the project, a loss with inputs, a
+dict output; it resumes, tests and predicts. It leaves with the example."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import ROOT, metric_rows
+
+import predict
+import train
+from app.config import Config
+from app.prediction_files import read_predictions
+from logger.logger import close_log_files
+
+TEST_PY = None
+
+
+def run(script: str, *args) -> int:
+    """An entry script's ``main`` in-process, its output swallowed; the exit code."""
+    global TEST_PY
+    if script == "test" and TEST_PY is None:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("test_entry_your_code", ROOT / "test.py")
+        TEST_PY = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = TEST_PY
+        spec.loader.exec_module(TEST_PY)
+    main = {"train": train.main, "test": TEST_PY.main if TEST_PY else None, "predict": predict.main}[script]
+    with contextlib.redirect_stdout(None):
+        try:
+            return main([str(a) for a in args])
+        finally:
+            close_log_files()
+
+
+def final_weights(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints" / "last.pth", weights_only=True)["model"]
+
+
+# -- the shipped VAE: a subclass in the project, a loss with inputs, a dict output ------------------------
+
+
+@pytest.fixture(scope="module")
+def vae_run(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("vae")
+    overrides = [f"trainer.save_dir={tmp}", "trainer.epochs=2", "trainer.tensorboard=false", "trainer.args.kl_warmup_epochs=2"]
+    assert run("train", "-c", ROOT / "configs" / "vae.json", "--run-id", "vae", *overrides) == 0
+    return tmp / "digits_vae" / "vae"
+
+
+def test_the_vae_resumes_tests_and_predicts_one_array_per_field_in_data_set_order(vae_run, tmp_path):
+    checkpoint = vae_run / "checkpoints" / "best.pth"
+    rows = metric_rows(vae_run)
+    assert [row["epoch"] for row in rows] == [1, 2] and rows[1]["val_loss"] < rows[0]["val_loss"] and "val_kl" in rows[1]
+    assert run("test", "-r", checkpoint, "--out", tmp_path / "test.json") == 0
+    results = json.loads((tmp_path / "test.json").read_text())
+    assert results["samples"] == 359 and results["loss"] > 0 and results["kl"] > 0
+    assert run("predict", "-r", checkpoint, "--out", tmp_path / "p.npz") == 0
+    arrays = read_predictions(tmp_path / "p.npz")
+    assert {key: arrays[key].shape for key in arrays} == {
+        "index": (359,),
+        "target": (359,),
+        "recon": (359, 1, 8, 8),
+        "mu": (359, 8),
+        "logvar": (359, 8),
+    }
+    assert (arrays["index"] == np.arange(359)).all()
+
+    config = Config.from_dict(torch.load(checkpoint, weights_only=True)["config"], "checkpoint", trusted=False)
+    model = config.init_obj("arch")
+    model.load_state_dict(torch.load(checkpoint, weights_only=True)["model"])
+    images, _ = config.init_obj("data_loader", training=False).dataset.tensors
+    with torch.no_grad():
+        expected = model.eval()(images[:50])
+    assert np.allclose(arrays["mu"][:50], expected["mu"].numpy(), atol=1e-6) and np.allclose(
+        arrays["recon"][:50], expected["recon"].numpy(), atol=1e-6
+    )
+
+    assert run("predict", "-r", checkpoint, "--out", tmp_path / "mu.csv", "--fields", "logvar,mu") == 0
+    header = (tmp_path / "mu.csv").read_text().splitlines()[0].split(",")
+    assert header == ["index", "target", *(f"logvar_{i}" for i in range(8)), *(f"mu_{i}" for i in range(8))]
+    assert run("predict", "-r", checkpoint, "--out", tmp_path / "x.jsonl", "--fields", "sigma") == 2
+    assert not list(tmp_path.glob(".x.jsonl*")) and not (tmp_path / "x.jsonl").exists()
+
+    assert run("train", "-r", vae_run / "checkpoints" / "last.pth", "trainer.epochs=3") == 0  # a subclass in model/: no flag needed
+    assert [row["epoch"] for row in metric_rows(vae_run)] == [1, 2, 3]
