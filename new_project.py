@@ -21,11 +21,11 @@ import contextlib
 import os
 import re
 import shutil
-import sys
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
-from utils.errors import EXIT_USER_ERROR, UserError
+from utils.ending import finish, leave
+from utils.errors import UserError
 from utils.files import describe_os_error
 
 TEMPLATE = Path(__file__).resolve().parent
@@ -104,19 +104,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        target = Path(args.target).expanduser().resolve()
+
+    def body() -> int:
+        try:
+            target = Path(args.target).expanduser().resolve()
+        except RuntimeError:  # expanduser: ~name of a user this machine does not have
+            raise UserError(f"{args.target}: names no user of this machine; write the folder's path out") from None
         name = project_name(args.name, target)
         written = create_project(TEMPLATE, target, name, args.force)
-    except RuntimeError:  # expanduser: ~name of a user this machine does not have
-        print(f"error: {args.target}: names no user of this machine; write the folder's path out", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    print(f"created project {name!r} in {target} ({len(written)} files from {TEMPLATE})")
-    print(f"next: cd {target} && make test && make train")
-    return 0
+        print(f"created project {name!r} in {target} ({len(written)} files from {TEMPLATE})")
+        print(f"next: cd {target} && make test && make train")
+        return 0
+
+    return finish(body)
 
 
 def project_name(name: str | None, target: Path) -> str:
@@ -284,4 +284,4 @@ def set_project_name(pyproject: str, name: str) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    leave(main)

@@ -49,7 +49,7 @@ def reference(tmp_path_factory):
     started = run_here(*command(config, "straight"), env=TESTS_ENV)
     assert started.returncode == 0, started.stderr
     assert "run id straight (from --run-id)" in started.stdout and "auto-resume: starting" in started.stdout
-    return config, tmp_path / "saved" / "digits_cnn"
+    return config, tmp_path / "saved" / "tiny"
 
 
 def test_the_same_command_on_a_finished_run_has_nothing_to_train(reference):
@@ -184,7 +184,7 @@ def test_torchrun_restarts_a_killed_worker_into_the_same_run(tmp_path):
     killed = run_script(*torchrun, *command(config, "killed", *args), env={**env, **kill}, timeout=300)
     assert killed.returncode == 0, killed.stdout + killed.stderr
     assert "continuing" in killed.stdout and "mid-epoch" in killed.stdout, killed.stdout
-    saved = tmp_path / "saved" / "digits_cnn"
+    saved = tmp_path / "saved" / "tiny"
     assert sorted(p.name for p in saved.iterdir()) == ["ddp", "killed"]
     assert [row["epoch"] for row in metric_rows(saved / "killed")] == [1, 2]
     assert_same_run(saved / "ddp", saved / "killed")

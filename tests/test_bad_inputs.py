@@ -887,7 +887,7 @@ ROWS = [
     Row("extends: a cycle of bases", "train", chain_of({"v.yaml": "extends: w.yaml\n", "w.yaml": "extends: [base.json, v.yaml]\n"}), 2, ("a cycle of bases", "v.yaml -> ", "w.yaml -> ", "remove one")),
     Row("extends: a base that is a list", "train", chain_of({"v.yaml": "extends: list.yaml\n", "list.yaml": "- 1\n- 2\n"}), 2, ("v.yaml: extends:", "list.yaml is not a config")),
     Row("extends: not a path", "train", chain_of({"v.yaml": "extends: {a: 1}\n"}), 2, ("v.yaml: extends: must be a file path or a list of paths",)),
-    Row("extends: a mapping over a string", "train", chain_of({"v.yaml": "extends: base.json\nloss: {type: NLLLoss}\n"}), 2, ("v.yaml: loss: a mapping cannot merge into \"nll_loss\", set by", "base.json:", '"_replace_": true')),
+    Row("extends: a mapping over a string", "train", chain_of({"v.yaml": "extends: base.json\nloss: {type: NLLLoss}\n"}), 2, ("v.yaml: loss: a mapping cannot merge into \"fixtures.metric:nll_loss\", set by", "base.json:", '"_replace_": true')),
     Row("extends: _delete_ of a missing key", "train", chain_of({"v.yaml": "extends: base.json\nlr_schedulr: {_delete_: true}\n"}), 2, ("v.yaml: lr_schedulr: _delete_ deletes a key the bases do not have",)),
     Row("patch: an index past the end", "train", chain_of({"v.yaml": "extends: base.json\npatch: {'metrics[9].args.k': 1}\n"}), 2, ("v.yaml: patch: 'metrics[9].args.k'", "metrics[9] is not an index of a list of 2 items", "[+]")),
     Row("patch: no metric of that name", "train", chain_of({"v.yaml": "extends: base.json\npatch: {'metrics[name=acuracy].name': a}\n"}), 2, ("v.yaml: patch:", "no item has name 'acuracy'", "'accuracy'")),

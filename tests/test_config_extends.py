@@ -43,8 +43,8 @@ def written_out(tmp_path: Path, name: str) -> dict:
     data["name"] = f"digits_{name}"
     data["arch"]["args"]["dropout"] = dropout
     data["optimizer"]["args"]["lr"] = lr
-    data["metrics"] = [m for m in data["metrics"] if m.get("type") != "top_k_acc"] + [
-        {"type": "top_k_acc", "args": {"k": 2}, "name": "top2"}
+    data["metrics"] = [m for m in data["metrics"] if m.get("type") != "fixtures.metric:top_k_acc"] + [
+        {"type": "fixtures.metric:top_k_acc", "args": {"k": 2}, "name": "top2"}
     ]
     data["lr_scheduler"] = None
     return data
@@ -62,7 +62,7 @@ def family(tmp_path_factory) -> Path:
             "arch": {"args": {"dropout": dropout}},
             "optimizer": {"args": {"lr": lr}},
             "lr_scheduler": None,
-            "patch": {"~metrics[type=top_k_acc]": None, "metrics[+]": {"type": "top_k_acc", "args": {"k": 2}, "name": "top2"}},
+            "patch": {"~metrics[type=fixtures.metric:top_k_acc]": None, "metrics[+]": {"type": "fixtures.metric:top_k_acc", "args": {"k": 2}, "name": "top2"}},
         }
         (tmp / "variants").mkdir(exist_ok=True)
         if index % 2:
@@ -94,7 +94,7 @@ def test_a_variant_trains_to_the_weights_of_its_written_out_config_and_records_i
     assert a["model"].keys() == b["model"].keys() and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     saved = json.loads((runs / "variant" / "config.json").read_text())
     assert saved == json.loads((runs / "full" / "config.json").read_text())
-    assert saved["metrics"][-1] == {"type": "top_k_acc", "args": {"k": 3}, "name": "top2"}
+    assert saved["metrics"][-1] == {"type": "fixtures.metric:top_k_acc", "args": {"k": 3}, "name": "top2"}
     printed = run_here("train.py", "-r", runs / "variant" / "checkpoints" / "last.pth", "--print-config")
     assert printed.returncode == 0 and "optimizer.args.lr: 0.005" in printed.stdout and "last.pth (its config)" in printed.stdout
     manifest = json.loads((runs / "variant" / "manifest.json").read_text())
@@ -126,13 +126,13 @@ def test_merge_order_replace_delete_and_bases_of_bases(tmp_path):
 
 def test_a_patch_in_a_file_and_the_same_key_paths_on_the_command_line_agree(tmp_path):
     base = base_config(tmp_path)
-    base["metrics"] = ["accuracy", {"type": "top_k_acc", "args": {"k": 3}}, {"type": "top_k_acc", "args": {"k": 5}, "name": "top5"}]
+    base["metrics"] = ["fixtures.metric:accuracy", {"type": "fixtures.metric:top_k_acc", "args": {"k": 3}}, {"type": "fixtures.metric:top_k_acc", "args": {"k": 5}, "name": "top5"}]
     write_config(tmp_path, base, "base.json")
     paths = {
-        "metrics[0]": "Accuracy",  # by index
+        "metrics[0]": "fixtures.metric:Accuracy",  # by index
         "metrics[name=top5].args.k": 4,  # by name
-        "~metrics[name=top_k_acc]": None,  # the unnamed top_k_acc: its type is its name ([type=top_k_acc] would be two)
-        "metrics[+]": {"type": "top_k_acc", "args": {"k": 2}, "name": "top2"},
+        "~metrics[name=top_k_acc]": None,  # the unnamed top_k_acc: its type is its name ([type=...] would be two)
+        "metrics[+]": {"type": "fixtures.metric:top_k_acc", "args": {"k": 2}, "name": "top2"},
         "~lr_scheduler": None,
     }
     patched = write_yaml(tmp_path / "patched.yaml", {"extends": "base.json", "patch": paths})
@@ -140,13 +140,13 @@ def test_a_patch_in_a_file_and_the_same_key_paths_on_the_command_line_agree(tmp_
     in_file, on_line = Config.from_file(patched).to_dict(), Config.from_file(tmp_path / "base.json", overrides).to_dict()
     assert in_file == on_line
     assert in_file["metrics"] == [
-        "Accuracy",
-        {"type": "top_k_acc", "args": {"k": 4}, "name": "top5"},
-        {"type": "top_k_acc", "args": {"k": 2}, "name": "top2"},
+        "fixtures.metric:Accuracy",
+        {"type": "fixtures.metric:top_k_acc", "args": {"k": 4}, "name": "top5"},
+        {"type": "fixtures.metric:top_k_acc", "args": {"k": 2}, "name": "top2"},
     ]
     assert in_file["lr_scheduler"] is None
-    with pytest.raises(UserError, match=r"metrics\[type=top_k_acc\]: items \[1, 2\] both have type 'top_k_acc'; select one by index"):
-        Config.from_file(tmp_path / "base.json", ["metrics[type=top_k_acc].args.k=1"])
+    with pytest.raises(UserError, match=r"metrics\[type=fixtures.metric:top_k_acc\]: items \[1, 2\] both have type 'fixtures.metric:top_k_acc'; select one by index"):
+        Config.from_file(tmp_path / "base.json", ["metrics[type=fixtures.metric:top_k_acc].args.k=1"])
 
 
 def test_vars_hold_the_users_values_and_references_resolve_after_merging_across_bases(tmp_path):

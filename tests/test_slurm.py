@@ -163,7 +163,7 @@ def test_the_sbatch_script_warned_in_validation_requeues_itself_then_survives_sc
     text = out.read_text()
     assert "stopped by SIGUSR1" in text and f"requeued Slurm job {job}" in text, text[-3000:]
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=slurm, check=True)  # Slurm delays a requeued job
-    run_dir = tmp_path / "saved" / "digits_cnn" / f"slurm-{job}"
+    run_dir = tmp_path / "saved" / "tiny" / f"slurm-{job}"
     wait_for(
         lambda: f"continuing {run_dir} from last.pth, epoch 1" in out.read_text() and "epoch 2 [4/10]" in out.read_text(), 120, "epoch 2"
     )

@@ -88,7 +88,7 @@ def test_a_database_away_for_a_while_is_waited_for_and_one_away_too_long_leaves_
     then stops for good in trial 1 (one line, exit 2); once it is back, the same command resumes trial 1."""
     config = write_config(tmp_path, tiny_config(tmp_path, epochs=3, limit_batches=1))
     space = write_space(tmp_path, {"trials": 2, "sampler": "random", "pruner": "median", "heartbeat": 0, "params": {"optimizer.args.lr": {"low": 1e-3, "high": 1e-2}}})
-    folder = tmp_path / "saved" / "digits_cnn" / "sweeps" / "space"
+    folder = tmp_path / "saved" / "tiny" / "sweeps" / "space"
     with postgres_server() as url:
         server = Path(url.split("host=")[1])
         argv = [str(arg) for arg in ["-c", config, "--space", space, "--storage", url]]
