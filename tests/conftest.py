@@ -26,3 +26,25 @@ def root():
 def rng(request) -> random.Random:
     """Seeded randomness for tests that pick random moments; the seed is printed (see helpers.seeded_random)."""
     return seeded_random(request)
+
+
+LONG_FIRST = (
+    "test_slurm.py",
+    "test_sweep_hardening.py",
+    "test_auto_resume.py",
+    "test_streams.py",
+    "test_distributed.py",
+    "test_fsdp.py",
+    "test_hardening.py",
+)
+"""Modules that mostly wait on real processes (Slurm daemons, torchrun, a database away): with
+``--dist loadscope`` pytest-xdist hands out modules in collection order, so these start first and
+their waits overlap the rest of the suite instead of adding to its end."""
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    def rank(item) -> int:
+        name = item.path.name
+        return LONG_FIRST.index(name) if name in LONG_FIRST else len(LONG_FIRST)
+
+    items.sort(key=rank)  # stable: the order inside each module, and of the other modules, is kept

@@ -133,7 +133,7 @@ def _retry_while_away(storage, shown: str, sqlite: bool) -> None:
         if name.startswith("__") or name in _NOT_RETRIED or not callable(method) or isinstance(method, type):
             continue
         if not name.startswith("_") or name.startswith(("_get_", "_create_new_trial", "_set_trial")):
-            setattr(storage, name, _retrying(method, shown, state))
+            setattr(storage, name, _retrying(method, shown, state, storage))
     assert isinstance(storage, optuna.storages.RDBStorage)
 
 
@@ -147,7 +147,9 @@ def lost_connection(exc: BaseException) -> BaseException | None:
     import sqlalchemy.exc
 
     for error in (exc, exc.__cause__):
-        if isinstance(error, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
+        # PendingRollbackError: a session whose connection broke mid-transaction refuses every later
+        # call until it is rolled back; the retry discards that session (:func:`_retrying`).
+        if isinstance(error, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, sqlalchemy.exc.PendingRollbackError)):
             return error
     return None
 
@@ -166,7 +168,7 @@ def lost_connection_said(shown: str):
         raise UserError(f"--storage: {shown}: {first_line(lost)}; when it answers, run the same command again to continue") from None
 
 
-def _retrying(method, shown: str, state: dict):
+def _retrying(method, shown: str, state: dict, storage: Any = None):
 
     @functools.wraps(method)
     def call(*args: Any, **kwargs: Any) -> Any:
@@ -195,6 +197,8 @@ def _retrying(method, shown: str, state: dict):
                     if not warned:
                         get_logger().warning("sweep: the storage %s is unreachable (%s); trying again for up to %g s", shown, first_line(exc), RETRY_SECONDS)
                         warned = True
+                    if storage is not None:
+                        storage.scoped_session.remove()  # a broken transaction is not retried: the next try gets a new session
                     time.sleep(1.0)
         finally:
             _inside.depth = 0
