@@ -436,10 +436,10 @@ def export_at_end(config: Any, run_dir: Path) -> int:
 def export_finished_run(config: Any, run_dir: Path) -> list[tuple[Path, dict]]:
     from app.session import build_model
     from trainer.batches import BatchReader
-    from utils.checkpoints import load_checkpoint, load_weights
+    from utils.checkpoints import find_checkpoint, load_checkpoint, load_weights
 
     folder = run_dir / "checkpoints"
-    found = next((folder / name for name in ("best.pth", "best.dcp", "last.pth", "last.dcp") if (folder / name).exists()), None)
+    found = next((path for name in ("best", "last") if (path := find_checkpoint(folder, name)) is not None), None)
     if found is None:
         raise UserError(f"trainer.export: {folder} holds no checkpoint to export")
     checkpoint = load_checkpoint(str(found))

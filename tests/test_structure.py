@@ -100,3 +100,19 @@ def test_every_entry_script_ends_through_one_function():
         guard = tree.body[-1]
         assert isinstance(guard, ast.If) and "leave" in calls_in(guard), f"{script}: its __main__ block must leave(...)"
         assert not calls_in(tree) & {"report", "exit_quietly", "exit_on_signals", "exit"}, f"{script} ends on its own: use utils.ending"
+
+
+def test_no_checkpoint_file_name_is_spelled_outside_the_store():
+    """Callers ask the store by name (``find_checkpoint(folder, "last")``); only utils/checkpoints/
+    knows that a ``last`` is ``last.pth`` or a ``last.dcp`` snapshot."""
+    import re
+
+    spelled = []
+    for folder in LAYERS:
+        for path in (ROOT / folder).rglob("*.py"):
+            if "checkpoints" in path.relative_to(ROOT).parts:
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Constant) and isinstance(node.value, str) and re.fullmatch(r"(best|last|epoch-\d+)\.(pth|dcp)", node.value):
+                    spelled.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.value!r}")
+    assert not spelled, f"checkpoint file names spelled outside utils/checkpoints/: {spelled}"

@@ -25,12 +25,13 @@ from app.sweeps.client import StudyClient
 from app.sweeps.jobs import Job
 from app.sweeps.study import slot_of
 from logger.logger import get_logger
+from utils.checkpoints import find_checkpoint
 from utils.errors import UserError, first_line
 
 
 def last_checkpoint(folder: Path) -> Path | None:
     """A trial's ``last`` checkpoint (a file or a DCP snapshot), if it has one."""
-    return next((folder / "checkpoints" / name for name in ("last.pth", "last.dcp") if (folder / "checkpoints" / name).exists()), None)
+    return find_checkpoint(folder / "checkpoints", "last")
 
 
 class SlotTaker:
