@@ -9,82 +9,60 @@
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import os
 import threading
 from pathlib import Path
 
 from logger.logger import get_logger
 from utils.errors import first_line
-from utils.files import same_file
+from utils.files import FileLock
 
 
-class SlotLock:
+class SlotLock(FileLock):
     """``<sweep>/.slot-NNNN.lock``: held by the worker training that slot, for as long as it does."""
 
     def __init__(self, folder: Path, slot: int):
-        self.path = folder / f".slot-{slot:04d}.lock"
-        self.fd: int | None = None
+        super().__init__(folder / f".slot-{slot:04d}.lock")
 
-    def acquire(self) -> bool:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            return False
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self.fd = fd
-        return True
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+    def acquire(self) -> bool:  # type: ignore[override]
+        """Whether this worker now holds the slot (False: another worker does)."""
+        return super().acquire() is None
 
 
-class FolderLock:
+class FolderLock(FileLock):
     """``<sweep>/.claim``: taking a slot (and taking over a dead worker's) happens under it, so a
     slot that was just taken is never seen as abandoned by another worker on this machine."""
 
     def __init__(self, folder: Path):
-        self.path = folder / ".claim"
+        super().__init__(folder / ".claim", wait=True)
 
     def __enter__(self) -> FolderLock:
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        self.acquire()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        os.close(self.fd)
+        self.release()
 
 
-class SetupLock:
+class SetupLock(FileLock):
     """``<sweeps>/.<study>.lock``, beside the sweep folder: the workers of this machine open (or
     create) the study one at a time, so two started together never race to create its tables or its
     folder, and a new sweep that fails can remove its folder without pulling it from under another.
     The file goes when it is released; a waiter that then holds the removed file takes the new one."""
 
     def __init__(self, path: Path):
-        self.path = path
-        self.fd: int | None = None
+        super().__init__(path, wait=True, fresh=True)
 
     def __enter__(self) -> SetupLock:
         while True:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            if same_file(fd, self.path):
-                self.fd = fd
+            try:
+                self.acquire()
                 return self
-            os.close(fd)
+            except FileNotFoundError:  # the folder went between the mkdir and the open: make it again
+                continue
 
     def __exit__(self, *exc: object) -> None:
-        with contextlib.suppress(OSError):
-            self.path.unlink()
-        os.close(self.fd)
+        self.release()
 
 
 class Heartbeat:
