@@ -37,6 +37,27 @@ def run_script(*args: str, cwd: Path = ROOT, env: dict | None = None, timeout: i
 _MAINS: dict = {}
 
 
+def script_main(script: str):
+    """The ``main`` of ``script`` (``train.py``, ``test.py`` ...), loaded once per process."""
+    if script not in _MAINS:
+        _MAINS[script] = entry_point(script) if script in ("test.py", "predict.py") else importlib.import_module(script[:-3]).main
+    return _MAINS[script]
+
+
+def run_quiet(script: str, *args) -> int:
+    """``script``'s ``main`` (``"train"``, ``"test"``, ``"predict"``) in-process, its standard output
+    swallowed and its standard error left to the test (capsys); the exit code."""
+    import contextlib
+
+    from logger.logger import close_log_files
+
+    with contextlib.redirect_stdout(None):
+        try:
+            return script_main(f"{script}.py")([str(arg) for arg in args])
+        finally:
+            close_log_files()
+
+
 def run_here(script: str, *args, env: dict | None = None) -> subprocess.CompletedProcess:
     """``python <script> <args>`` run in this process (``main(argv)``): what :func:`run_script`
     returns, for tests that check what a script does, not what a process does (signals, kills,
@@ -46,9 +67,7 @@ def run_here(script: str, *args, env: dict | None = None) -> subprocess.Complete
 
     from logger.logger import close_log_files
 
-    if script not in _MAINS:
-        _MAINS[script] = entry_point(script) if script in ("test.py", "predict.py") else importlib.import_module(script[:-3]).main
-    main = _MAINS[script]
+    main = script_main(script)
     argv = [str(arg) for arg in args]
     before = {key: os.environ.get(key) for key in (env or {})}
     os.environ.update(env or {})

@@ -3,41 +3,17 @@ dict output; it resumes, tests and predicts. It leaves with the example."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from helpers import ROOT, metric_rows
+from helpers import run_quiet as run
 
-import predict
-import train
 from app.config import Config
 from app.prediction_files import read_predictions
-from logger.logger import close_log_files
-
-TEST_PY = None
-
-
-def run(script: str, *args) -> int:
-    """An entry script's ``main`` in-process, its output swallowed; the exit code."""
-    global TEST_PY
-    if script == "test" and TEST_PY is None:
-        import importlib.util
-
-        spec = importlib.util.spec_from_file_location("test_entry_your_code", ROOT / "test.py")
-        TEST_PY = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = TEST_PY
-        spec.loader.exec_module(TEST_PY)
-    main = {"train": train.main, "test": TEST_PY.main if TEST_PY else None, "predict": predict.main}[script]
-    with contextlib.redirect_stdout(None):
-        try:
-            return main([str(a) for a in args])
-        finally:
-            close_log_files()
 
 
 def final_weights(run_dir: Path) -> dict:
