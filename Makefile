@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: install train test lint fix clean-runs
+.PHONY: install train test lint fix clean-runs new-project
 
 install: $(STAMP)
 
@@ -36,3 +36,9 @@ test: install lint
 
 clean-runs:
 	rm -rf saved/*/
+
+# A new project from this template (new_project.py needs Copier, so it runs in the venv):
+# make new-project DIR=../MyProject ARGS="--examples text"
+new-project: install
+	@test -n "$(DIR)" || { echo "error: name the new project's folder: make new-project DIR=../MyProject"; exit 2; }
+	$(PY) new_project.py "$(DIR)" $(ARGS)
