@@ -40,11 +40,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset  # noqa: E402
 
 from app.config import Config, build_loss, build_lr_scheduler, build_metrics, build_optimizer, read_config_file, scheduler_interval  # noqa: E402
 from app.run_dir import RunDirectory  # noqa: E402
-from base import BaseDataLoader  # noqa: E402
+from base import BaseDataLoader, BaseModel  # noqa: E402
 from logger import get_logger, setup_logging  # noqa: E402
 from logger.run_log import RunLog  # noqa: E402
 from trainer import Trainer  # noqa: E402
@@ -79,6 +80,43 @@ class SyntheticDataLoader(BaseDataLoader):
         super().__init__(dataset, batch_size, shuffle, num_workers=num_workers, in_memory=in_memory, drop_last=drop_last)
 
 
+class BenchLeNet(BaseModel):
+    """LeNet-style CNN for 1x28x28 inputs (MNIST-sized): the benchmark's own, so it runs in a project
+    that replaced or removed the shipped examples (``model/model.py``'s ``LeNet`` is the same network)."""
+
+    def __init__(self, num_classes: int = 10, dropout: float = 0.5):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(1, 10, kernel_size=5)
+        self.conv2 = torch.nn.Conv2d(10, 20, kernel_size=5)
+        self.conv2_drop = torch.nn.Dropout2d(dropout)
+        self.fc1 = torch.nn.Linear(320, 50)
+        self.fc2 = torch.nn.Linear(50, num_classes)
+        self.dropout = torch.nn.Dropout(dropout)
+
+    def forward(self, x):
+        x = F.relu(F.max_pool2d(self.conv1(x), 2))
+        x = F.relu(F.max_pool2d(self.conv2_drop(self.conv2(x)), 2))
+        x = self.dropout(F.relu(self.fc1(x.view(-1, 320))))
+        return F.log_softmax(self.fc2(x), dim=1)
+
+
+class BenchMLP(BaseModel):
+    """A 64-64-10 perceptron, where per-step overhead dominates: the benchmark's own (as :class:`BenchLeNet`)."""
+
+    def __init__(self, in_features: int = 64, hidden: int = 64, num_classes: int = 10):
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            torch.nn.Flatten(),
+            torch.nn.Linear(in_features, hidden),
+            torch.nn.ReLU(),
+            torch.nn.Dropout(0.0),
+            torch.nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, x):
+        return F.log_softmax(self.net(x), dim=1)
+
+
 # -- workloads ------------------------------------------------------------------------------------
 
 
@@ -90,11 +128,23 @@ class Workload:
     paths: tuple[str, ...]
 
 
+SYNTHETIC_BASE = {
+    "seed": 0,
+    "device": "auto",
+    "loss": "nll_loss",
+    "metrics": ["accuracy"],
+    "optimizer": {"type": "Adam", "args": {"lr": 0.002, "weight_decay": 0.0001, "fused": True}},
+    "lr_scheduler": {"type": "StepLR", "args": {"step_size": 10, "gamma": 0.5}, "interval": "epoch"},
+    "trainer": {"save_period": 5, "keep_last": 2, "verbosity": 1, "tensorboard": True, "log_step": 50},
+}
+"""The synthetic workloads' loss, optimizer, scheduler and trainer settings: the digits example's
+(config.json as shipped), fixed here so that the workloads do not change with the project's config."""
+
+
 def synthetic(name: str, arch: dict, shape: list[int], batch_size: int, num_samples: int) -> dict:
-    """config.json with its model and data swapped and accuracy as the training metric: same loss,
-    optimizer, scheduler and trainer settings."""
-    config = read_config_file(ROOT / "config.json")
-    config.update(name=name, arch=arch, metrics=["accuracy"])
+    """A workload of the benchmark's own model and data, trained as :data:`SYNTHETIC_BASE` says."""
+    config = copy.deepcopy(SYNTHETIC_BASE)
+    config.update(name=name, arch=arch)
     config["data_loader"] = {
         "type": "benchmarks.overhead:SyntheticDataLoader",
         "args": {"shape": shape, "num_samples": num_samples, "batch_size": batch_size},
@@ -102,15 +152,23 @@ def synthetic(name: str, arch: dict, shape: list[int], batch_size: int, num_samp
     return config
 
 
-def workloads() -> dict[str, Workload]:
-    """config.json itself, an MNIST-sized LeNet, and a tiny MLP where per-step overhead dominates."""
-    lenet = synthetic("bench_lenet", {"type": "LeNet", "args": {}}, [1, 28, 28], 128, 10_240)
-    mlp = synthetic("bench_mlp", {"type": "MLP", "args": {"in_features": 64}}, [64], 64, 8192)
-    return {
-        "digits": Workload("DigitsCNN on the digits (config.json, batch 32)", read_config_file(ROOT / "config.json"), 100, ("memory",)),
-        "lenet": Workload("LeNet on synthetic 1x28x28 (MNIST-sized), batch 128", lenet, 60, ("memory",)),
-        "mlp": Workload("MLP on 64 features, batch 64 (per-step overhead dominates)", mlp, 1000, ("memory", "loader")),
-    }
+def workloads(names: list[str]) -> dict[str, Workload]:
+    """The project's config.json itself, an MNIST-sized LeNet, and a tiny MLP where per-step overhead
+    dominates; only ``config`` (alias ``digits``, its name when config.json was the digits example)
+    reads a project file, so the others run in any project."""
+    known = {}
+    for name in names:
+        if name in ("config", "digits"):
+            config = read_config_file(ROOT / "config.json")
+            batch = config.get("data_loader", {}).get("args", {}).get("batch_size", "?")
+            known[name] = Workload(f"{config.get('arch', {}).get('type', '?')} of config.json, batch {batch}", config, 100, ("memory",))
+        elif name == "lenet":
+            config = synthetic("bench_lenet", {"type": "benchmarks.overhead:BenchLeNet", "args": {}}, [1, 28, 28], 128, 10_240)
+            known[name] = Workload("LeNet on synthetic 1x28x28 (MNIST-sized), batch 128", config, 60, ("memory",))
+        elif name == "mlp":
+            config = synthetic("bench_mlp", {"type": "benchmarks.overhead:BenchMLP", "args": {"in_features": 64}}, [64], 64, 8192)
+            known[name] = Workload("MLP on 64 features, batch 64 (per-step overhead dominates)", config, 1000, ("memory", "loader"))
+    return known
 
 
 # -- building both sides from one config --------------------------------------------------------
@@ -393,7 +451,7 @@ def report(title: str, steps: int, sides: list[Side]) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workloads", default="digits,lenet,mlp", help="comma-separated, from: digits, lenet, mlp (default: all)")
+    parser.add_argument("--workloads", default="config,lenet,mlp", help="comma-separated, from: config (config.json; alias digits), lenet, mlp (default: all)")
     parser.add_argument("--repeats", type=int, default=15, help="timed rounds (one run of each side) after a warm-up round (default: 15)")
     parser.add_argument("--steps", type=int, help="optimizer steps per run (default: per workload; 200 with --config)")
     parser.add_argument("--paths", help="data paths: memory, loader or memory,loader (default: per workload; the config's own)")
@@ -416,7 +474,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-WORKLOAD_NAMES = ("digits", "lenet", "mlp")
+WORKLOAD_NAMES = ("config", "digits", "lenet", "mlp")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -424,7 +482,7 @@ def run(args: argparse.Namespace) -> None:
         data = read_config_file(args.config)
         jobs = [(args.config, args.config, data, args.steps or 200, args.paths or (None,), args.without_metrics)]
     else:
-        known = workloads()
+        known = workloads(args.workloads.split(","))
         jobs = [
             (
                 known[name].title,

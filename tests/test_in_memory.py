@@ -253,3 +253,22 @@ def test_overhead_benchmark_runs(tmp_path, capsys) -> None:
     out = capsys.readouterr().out
     assert out.count("identical") == 1 and "loader trainer" in out
     assert overhead.main(["--config", str(tmp_path / "missing.json")]) == 2
+
+
+def test_overhead_workloads_need_no_shipped_example() -> None:
+    """lenet and mlp bring their own model and data (a copy may have removed the examples) and are
+    the shipped LeNet and MLP, weight for weight and output for output, so their numbers still compare."""
+    from benchmarks import overhead
+
+    known = overhead.workloads(["lenet", "mlp"])
+    for workload in known.values():
+        names = [workload.config["arch"]["type"], workload.config["data_loader"]["type"]]
+        assert all(name.startswith("benchmarks.overhead:") for name in names), names
+    shipped = pytest.importorskip("model.model")
+    if not hasattr(shipped, "LeNet") or not hasattr(shipped, "MLP"):
+        pytest.skip("this project's model/model.py has no LeNet and MLP to compare with")
+    for ours, theirs, shape in ((overhead.BenchLeNet(), shipped.LeNet(), (4, 1, 28, 28)), (overhead.BenchMLP(), shipped.MLP(), (4, 64))):
+        theirs.load_state_dict(ours.state_dict())  # the same parameter names and shapes, or this raises
+        ours.eval(), theirs.eval()
+        x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+        assert torch.equal(ours(x), theirs(x))
