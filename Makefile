@@ -39,6 +39,7 @@ clean-runs:
 
 # A new project from this template (new_project.py needs Copier, so it runs in the venv):
 # make new-project DIR=../MyProject ARGS="--examples text"
-new-project: install
+new-project:
 	@test -n "$(DIR)" || { echo "error: name the new project's folder: make new-project DIR=../MyProject"; exit 2; }
+	@$(MAKE) --no-print-directory install
 	$(PY) new_project.py "$(DIR)" $(ARGS)
