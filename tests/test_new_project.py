@@ -238,6 +238,16 @@ def test_a_copy_with_uncommitted_changes_is_refused_with_one_line(updated, capsy
     assert snapshot(copy) == before
 
 
+def test_an_update_from_another_template_than_the_copys_is_refused(template, updated):
+    """Copier updates from the template the copy records; another checkout's --update says which one to use."""
+    before = snapshot(updated["copy"])
+    with pytest.raises(
+        UserError, match=f"was copied from the template at {re.escape(str(updated['source']))}, not {re.escape(str(template))}"
+    ):
+        new_project.update_project(template, updated["copy"])
+    assert snapshot(updated["copy"]) == before
+
+
 def test_a_template_with_uncommitted_changes_is_refused(template, tmp_path):
     source = later_template(template, tmp_path / "template")
     (source / "draft.py").write_text("X = 1\n")
