@@ -267,7 +267,8 @@ def git(folder: Path, *args: str) -> str:
     except FileNotFoundError:
         raise UserError("git is not installed; new_project.py needs it (Copier copies a template's commits): install git") from None
     if done.returncode != 0:
-        raise UserError(f"{folder}: git {args[-1] if args else ''} failed ({one_line(done.stderr) or f'exit {done.returncode}'})")
+        command = next((arg for arg in args if not arg.startswith("-") and "=" not in arg), "")
+        raise UserError(f"{folder}: git {command} failed ({one_line(done.stderr) or f'exit {done.returncode}'})")
     return done.stdout
 
 
