@@ -38,15 +38,18 @@ class TwoLossTrainer(Trainer):
     """Returns ``{"body": ..., "head": ...}``, only for the optimizers that step; ``stop_at``: ask to
     stop (as SIGTERM would) during engine step ``stop_at`` (0 never), for a mid-epoch resume."""
 
-    def __init__(self, *args: Any, stop_at: int = 0, **kwargs: Any):
+    def __init__(self, *args: Any, stop_at: int = 0, returns: list[str] | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.stop_at = stop_at
+        self.returns = returns  # the names to return losses under instead (bad-input tests): the head's loss for a name of neither
 
     def training_step(self, inputs: torch.Tensor, target: torch.Tensor):
         if self.stop_at and self.global_step == self.stop_at and not self.in_preflight:
             self.stop.signum = signal.SIGTERM
         output = self.forward(inputs)
         losses = two_losses(self.model.module, output, target)
+        if self.returns is not None:
+            return {name: losses.get(name, losses["head"]) for name in self.returns}, output
         return {name: loss for name, loss in losses.items() if name in self.stepping}, output
 
     def validation_step(self, inputs: torch.Tensor, target: torch.Tensor):
@@ -55,11 +58,17 @@ class TwoLossTrainer(Trainer):
 
 
 def config(tmp_path, **trainer) -> dict:
-    """The tiny digits experiment with ``TwoPart``: the body's Adam steps every 2nd engine step (and
-    is scheduled per step), the head's SGD every step (scheduled per epoch)."""
+    """The tiny digits experiment with ``TwoPart`` (see :func:`two_part`), 2 epochs."""
     from helpers import tiny_config
 
     data = tiny_config(tmp_path, epochs=2, **trainer)
+    two_part(data)
+    return data
+
+
+def two_part(data: dict) -> None:
+    """Make a tiny config train ``TwoPart`` with two optimizers: the body's Adam steps every 2nd engine
+    step (and is scheduled per step), the head's SGD every step (scheduled per epoch)."""
     data["arch"] = {"type": "two_optimizers:TwoPart", "args": {}}
     data["metrics"] = [data["metrics"][0]]
     data["trainer"]["type"] = "two_optimizers:TwoLossTrainer"
@@ -72,4 +81,3 @@ def config(tmp_path, **trainer) -> dict:
         "body": {"type": "StepLR", "args": {"step_size": 3, "gamma": 0.5}, "interval": "step"},
         "head": {"type": "StepLR", "args": {"step_size": 1, "gamma": 0.5}},
     }
-    return data
