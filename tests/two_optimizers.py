@@ -61,7 +61,7 @@ def config(tmp_path, **trainer) -> dict:
     """The tiny digits experiment with ``TwoPart`` (see :func:`two_part`), 2 epochs."""
     from helpers import tiny_config
 
-    data = tiny_config(tmp_path, epochs=2, **trainer)
+    data = tiny_config(tmp_path, **{"epochs": 2, **trainer})
     two_part(data)
     return data
 
@@ -72,6 +72,7 @@ def two_part(data: dict) -> None:
     data["arch"] = {"type": "two_optimizers:TwoPart", "args": {}}
     data["metrics"] = [data["metrics"][0]]
     data["trainer"]["type"] = "two_optimizers:TwoLossTrainer"
+    data["trainer"]["args"] = {"stop_at": 0}
     data["trainer"]["monitor"] = "min val_loss"
     data["optimizer"] = {
         "body": {"type": "Adam", "args": {"lr": 0.01}, "params": "body.", "every": 2},
