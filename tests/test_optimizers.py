@@ -122,3 +122,28 @@ def test_bf16_autocast_trains_both_parts(tmp_path, straight):
     fp32 = last_checkpoint(straight)["model"]
     changed = {key for key, value in last_checkpoint(run_dir)["model"].items() if not torch.equal(value, fp32[key])}
     assert {"body.1.weight", "head.weight"} <= changed  # bf16 arithmetic: another trajectory of both parts
+
+
+@pytest.mark.slow
+def test_two_processes_of_batch_b_equal_one_process_of_batch_2b(tmp_path):
+    """Under torchrun (gloo) there is no DDP wrapper: the engine averages each optimizer's gradients
+    over the processes itself, so 2 x 32 trains as 1 x 64 does (over the same data order)."""
+    from helpers import ROOT, run_script
+
+    def experiment(batch_size: int):
+        data = config(tmp_path, epochs=1, accumulate_steps=2)
+        data["arch"]["args"].update(dropout=0.0, norm=False)
+        data["data_loader"]["args"].update(batch_size=batch_size, validation_split=157, drop_last=True, in_memory=False)
+        return write_config(tmp_path, data, f"b{batch_size}.json")
+
+    env = {"PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", "OMP_NUM_THREADS": "1"}
+    torchrun = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py")
+    two = run_script(*torchrun, "-c", str(experiment(32)), "--run-id", "two", TRUST, env=env, timeout=600)
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    one = run_here("train.py", "-c", experiment(64), "--run-id", "one", TRUST)
+    assert one.returncode == 0, one.stderr
+    a, b = (last_checkpoint(tmp_path / "saved" / "tiny" / run) for run in ("two", "one"))
+    assert (a["world_size"], b["world_size"]) == (2, 1)
+    for key in b["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=1e-4, atol=1e-5, msg=key)
+    assert a["progress"]["global_step"] == b["progress"]["global_step"] == 10  # 1,280 samples / 128 per step

@@ -18,9 +18,10 @@ from trainer import Trainer
 class TwoPart(BaseModel):
     """``body`` (flattened 8x8 image -> features, with dropout and a BatchNorm buffer) then ``head`` (-> log-probabilities)."""
 
-    def __init__(self, hidden: int = 16, num_classes: int = 10, dropout: float = 0.2):
+    def __init__(self, hidden: int = 16, num_classes: int = 10, dropout: float = 0.2, norm: bool = True):
         super().__init__()
-        self.body = nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Dropout(dropout))
+        normalise = nn.BatchNorm1d(hidden) if norm else nn.Identity()  # off where per-process batch statistics would differ
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), normalise, nn.ReLU(), nn.Dropout(dropout))
         self.head = nn.Linear(hidden, num_classes)
 
     def forward(self, x):
