@@ -1118,7 +1118,7 @@ ROWS += [
     Row(
         "one loss with several optimizers",
         "train",
-        new(TRUST, change=two_optimizers(set_key("trainer.type", "Trainer"))),
+        new(TRUST, change=two_optimizers(set_key("trainer.type", "Trainer"), set_key("trainer.args", {}))),
         2,
         ("training_step", "one loss", "several optimizers (body, head)", "{name: loss}"),
     ),
@@ -1142,6 +1142,17 @@ ROWS += [
         new(TRUST, change=two_optimizers(set_key("optimizer.body.every", 0))),
         2,
         ("optimizer.body.every", ">= 1", "got 0"),
+    ),
+    Row(
+        "a manual step that never steps",
+        "train",
+        new(
+            TRUST,
+            change=two_optimizers(set_key("trainer.type", "two_optimizers:ManualTwoTrainer"), set_key("trainer.args", {"step_optimizers": False})),
+        ),
+        2,
+        ("training_step", "manual optimization", "stepped no optimizer in engine step 0", "self.optimizers[name].step()"),
+        started_training=True,
     ),
     Row(
         "an optimizer name that is no identifier",

@@ -147,3 +147,19 @@ def test_two_processes_of_batch_b_equal_one_process_of_batch_2b(tmp_path):
     for key in b["model"]:
         torch.testing.assert_close(a["model"][key], b["model"][key], rtol=1e-4, atol=1e-5, msg=key)
     assert a["progress"]["global_step"] == b["progress"]["global_step"] == 10  # 1,280 samples / 128 per step
+
+
+def test_a_manual_step_trains_as_the_automatic_one_and_resumes_bitwise(tmp_path, straight):
+    """``automatic_optimization = False`` (``trainer/manual.py``): the same backward and steps written in
+    the step equal the automatic run bitwise, with pre-flight on (its real optimizer steps put back),
+    and with it off after a stop mid-epoch and a resume."""
+    manual = "trainer.type=two_optimizers:ManualTwoTrainer"
+    result, run_dir = train(tmp_path, "manual", manual)
+    assert result.returncode == 0, result.stderr
+    assert_same_state(last_checkpoint(straight), last_checkpoint(run_dir))
+    assert metric_rows(straight, timing=False) == metric_rows(run_dir, timing=False)
+    stopped, stopped_dir = train(tmp_path, "manual-stopped", manual, "trainer.args.stop_at=12", "trainer.preflight=false")
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr
+    resumed = run_here("train.py", "-r", stopped_dir / "checkpoints" / "last.pth", TRUST)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_state(last_checkpoint(straight), last_checkpoint(stopped_dir))

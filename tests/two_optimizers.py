@@ -83,3 +83,30 @@ def two_part(data: dict) -> None:
         "body": {"type": "StepLR", "args": {"step_size": 3, "gamma": 0.5}, "interval": "step"},
         "head": {"type": "StepLR", "args": {"step_size": 1, "gamma": 0.5}},
     }
+
+
+class ManualTwoTrainer(Trainer):
+    """What :class:`TwoLossTrainer` asks of the engine, done by hand (``automatic_optimization = False``):
+    each loss backpropagated into its optimizer's parameters, in the declared order, and each
+    stepping optimizer stepped; ``step_optimizers=False`` forgets the steps (a bad-input test)."""
+
+    automatic_optimization = False
+
+    def __init__(self, *args: Any, stop_at: int = 0, step_optimizers: bool = True, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.stop_at, self.step_optimizers = stop_at, step_optimizers
+
+    def training_step(self, inputs: torch.Tensor, target: torch.Tensor):
+        if self.stop_at and self.global_step == self.stop_at and not self.in_preflight:
+            self.stop.signum = signal.SIGTERM
+        output = self.forward(inputs)
+        losses = {name: loss for name, loss in two_losses(self.model.module, output, target).items() if name in self.stepping}
+        for index, (name, loss) in enumerate(losses.items()):
+            self.optimizers[name].zero_grad()  # deferred inside a group: the group's gradients add up
+            self.backward(loss, optimizer=name, retain_graph=index + 1 < len(losses))
+        if self.step_optimizers:
+            for name in losses:
+                self.optimizers[name].step()  # real on the group's last micro-batch only
+        return {name: loss.detach() for name, loss in losses.items()}, output
+
+    validation_step = TwoLossTrainer.validation_step

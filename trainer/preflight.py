@@ -61,8 +61,10 @@ def run_preflight(trainer: Trainer) -> None:
         _check_schedule(trainer)
     finally:
         trainer.in_preflight = False
+        if trainer.manual is not None:
+            trainer.manual.stepped.clear()  # what the step stepped was put back below
         trainer.train_logged.reset()
-        for optimizer in trainer.optimizers.values():
+        for optimizer in trainer.real_optimizers.values():
             optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():
             for kept, buffer in zip(buffers, module.buffers()):
@@ -126,7 +128,10 @@ def _check_batch(trainer: Trainer, batch: Any) -> dict[str, Any]:
         trainer._forward_module = trainer.model.train_forward
         trainer.progress.epoch = epoch
     losses = {"": loss}
-    if trainer.optimizer_set is not None:  # one loss per stepping optimizer (trainer/optimizers.py)
+    manual = trainer.manual is not None  # the step did its backward and steps (trainer/manual.py); its loss is for the log
+    if manual and isinstance(loss, dict):
+        losses = loss
+    elif trainer.optimizer_set is not None and not manual:  # one loss per stepping optimizer (trainer/optimizers.py)
         losses = trainer.optimizer_set.check_losses(loss, trainer.stepping)
     for name, each in losses.items():
         if not isinstance(each, torch.Tensor) or each.numel() != 1 or not each.is_floating_point():
@@ -134,9 +139,11 @@ def _check_batch(trainer: Trainer, batch: Any) -> dict[str, Any]:
             raise UserError(f"{what}; a loss must be one floating-point number per batch (e.g. reduce it with .mean())")
     loss = sum(losses.values()) if len(losses) > 1 else next(iter(losses.values()))
     produced = {"loss": loss.item(), **_check_metrics(trainer, output, target)}
-    if trainer.optimizer_set is not None:
+    if trainer.optimizer_set is not None or len(losses) > 1:
         produced.update({f"loss_{name}": each.item() for name, each in losses.items()})
     produced.update({name: float(value) for name, value in trainer.train_logged.pending.items()})  # self.log's, monitorable
+    if manual:
+        return produced
     try:
         loss.backward()
     except RuntimeError as exc:
@@ -242,7 +249,7 @@ def _metric_failure(name: str, exc: Exception, output: Any, target: Any) -> Exce
 
 def _check_optimizer(trainer: Trainer) -> None:
     """One step of each optimizer's class with its settings, on a stand-in parameter per group."""
-    for name, optimizer in trainer.optimizers.items():
+    for name, optimizer in trainer.real_optimizers.items():
         _check_one_optimizer(optimizer, "optimizer" if trainer.optimizer_set is None else f"optimizer.{name}")
 
 
@@ -277,7 +284,7 @@ def _check_schedule(trainer: Trainer) -> None:
         return
     for name, schedule in trainer.schedule.schedules.items():
         every = trainer.optimizer_set.every[name]  # a step schedule steps with its optimizer
-        _check_one_schedule(schedule, trainer.optimizers[name], steps // every, f"lr_scheduler.{name}", trainer.settings.epochs)
+        _check_one_schedule(schedule, trainer.real_optimizers[name], steps // every, f"lr_scheduler.{name}", trainer.settings.epochs)
 
 
 def _check_one_schedule(schedule: Any, optimizer: torch.optim.Optimizer, steps: int, key: str, epochs: int) -> None:

@@ -44,8 +44,9 @@ from trainer.batches import BatchReader, next_batch, run_model
 from trainer.ema import EMA
 from trainer.evaluator import Evaluator
 from trainer.loss import Loss
+from trainer.manual import ManualSteps
 from trainer.metrics import LossTracker, MetricSet
-from trainer.optimizers import ONE, OptimizerSet, OptimizerStates, Schedules, broadcast_state
+from trainer.optimizers import ONE, OptimizerSet, OptimizerStates, Schedules, broadcast_state, sum_losses
 from trainer.parallel import PreparedModel, prepare_model
 from trainer.precision import NO_CONTEXT, Precision
 from trainer.schedule import Schedule
@@ -65,6 +66,9 @@ class Trainer(BaseTrainer):
     ``trainer.type``; autocast, accumulation, clipping, DDP/FSDP, EMA, metrics, checkpoints and exact
     resume stay the engine's."""
 
+    automatic_optimization = True
+    """False in a subclass whose step calls ``self.backward`` and steps ``self.optimizers`` itself (``trainer/manual.py``)."""
+
     def __init__(
         self,
         model: nn.Module | PreparedModel,
@@ -80,9 +84,10 @@ class Trainer(BaseTrainer):
         **base: Any,
     ):
         several = isinstance(optimizer, OptimizerSet)
-        self.model = prepare_model(model, settings, device, wrap=not several)
-        if several and self.model.ddp is not None:
-            raise ValueError("several optimizers train a model without DDP's wrapper: prepare it with prepare_model(..., wrap=False)")
+        manual = not type(self).automatic_optimization
+        self.model = prepare_model(model, settings, device, wrap=not (several or manual))
+        if (several or manual) and self.model.ddp is not None:
+            raise ValueError("several optimizers and manual optimization train a model without DDP's wrapper: prepare it with prepare_model(..., wrap=False)")
         super().__init__(settings, device, store=open_store(self.model.checkpoint_store), **base)
         self.loss = Loss(criterion, device)
         self.criterion = self.loss.criterion
@@ -100,6 +105,13 @@ class Trainer(BaseTrainer):
         else:
             self.schedule = Schedule(lr_scheduler, scheduler_interval)
         self.precision = Precision(settings.amp, device)
+        self.real_optimizers = dict(self.optimizers)
+        """Every optimizer itself, by name (``self.optimizers`` holds the manual mode's wrappers)."""
+        self.manual: ManualSteps | None = None
+        if manual:  # trainer/manual.py: the step's self.optimizers are wrappers that respect accumulation
+            params = optimizer.params if several else {ONE: self.trainable}
+            self.manual = ManualSteps(self.optimizers, params, self.precision, settings.clip_grad_norm)
+            self.optimizers = dict(self.manual.optimizers)
         self.read_batch = BatchReader(device, data_loader, settings.target_key, settings.channels_last)
         self.data = epochs_of(data_loader)
         self.data.plan_epochs(device, settings.len_epoch, settings.overfit_batches, settings.limit_batches)
@@ -220,7 +232,7 @@ class Trainer(BaseTrainer):
         return {
             **super().state_parts(),
             "model": ModelWeights(self.model.module),
-            "optimizer": OptimizerState(self.optimizer, self.model.module) if self.optimizer_set is None else OptimizerStates(self.optimizers),
+            "optimizer": OptimizerState(self.optimizer, self.model.module) if self.optimizer_set is None else OptimizerStates(self.real_optimizers),
             "lr_scheduler": self.schedule,
             "precision": self.precision,
             "ema": self.ema or _NoEMA(),
@@ -274,10 +286,14 @@ class Trainer(BaseTrainer):
             group_size = min(s.accumulate_steps, total - group_start)
             last_in_group = batch_idx + 1 == group_start + group_size
 
+            if self.manual is not None:
+                self.manual.begin(group_size, last_in_group)
             with self.model.no_sync(sync=last_in_group):
                 with self.precision.autocast():
                     loss, output = self.training_step(inputs, target)
-                if several is None:
+                if self.manual is not None:
+                    loss = loss if isinstance(loss, torch.Tensor) else sum_losses(loss, self.train_logged, "loss_")
+                elif several is None:
                     self.precision.backward(loss / group_size if group_size > 1 else loss)
                 else:
                     loss = several.backward(loss, self.stepping, self.precision, group_size, self.train_logged)
@@ -290,7 +306,9 @@ class Trainer(BaseTrainer):
                 self.train_metrics.update(output.detach() if isinstance(output, torch.Tensor) else map_tensors(output, torch.Tensor.detach), target, size)
 
             if last_in_group:
-                if several is None:
+                if self.manual is not None:
+                    self._end_manual_group()
+                elif several is None:
                     self.precision.step(self.optimizer, self.trainable, s.clip_grad_norm)
                     self.optimizer.zero_grad(set_to_none=True)
                     self.schedule.after_optimizer_step()
@@ -350,6 +368,23 @@ class Trainer(BaseTrainer):
         self.schedule.after_optimizer_step(stepping)
         if self.distributed:
             broadcast_state(self.model.module, buffers_only=True)
+
+    def _end_manual_group(self) -> None:
+        stepped = self.manual.end_group(self.progress.global_step)
+        if self.optimizer_set is not None:
+            self.schedule.after_optimizer_step(stepped)
+        elif ONE in stepped:
+            self.schedule.after_optimizer_step()
+        if self.distributed:
+            broadcast_state(self.model.module, buffers_only=True)
+
+    def backward(self, loss: torch.Tensor, optimizer: str | None = None, retain_graph: bool | None = None) -> None:
+        """Manual optimization's backward (``trainer/manual.py``): ``loss`` scaled for the GradScaler and
+        for accumulation; with an optimizer's name, gradients only into that optimizer's parameters
+        (``retain_graph=True`` when another loss backpropagates through the same forward after it)."""
+        if self.manual is None:
+            raise UserError("self.backward: the engine does backward in automatic optimization; set automatic_optimization = False in your Trainer to call it")
+        self.manual.backward(loss, optimizer, retain_graph)
 
     def _step_profiler(self) -> None:
         """Advance ``trainer.profile``'s window; after its last active step the trace is written."""
