@@ -163,3 +163,22 @@ def test_a_manual_step_trains_as_the_automatic_one_and_resumes_bitwise(tmp_path,
     resumed = run_here("train.py", "-r", stopped_dir / "checkpoints" / "last.pth", TRUST)
     assert resumed.returncode == 0, resumed.stderr
     assert_same_state(last_checkpoint(straight), last_checkpoint(stopped_dir))
+
+
+@pytest.mark.slow
+def test_a_step_that_bypasses_ddp_is_one_line_not_silent_drift(tmp_path):
+    """One optimizer keeps DDP; a step calling ``self.model.module`` directly is caught after its first step."""
+    from helpers import ROOT, run_script, tiny_config
+
+    data = tiny_config(tmp_path, epochs=1)
+    data["trainer"]["type"] = "two_optimizers:BypassingTrainer"
+    data["data_loader"]["args"].update(validation_split=157, drop_last=True, in_memory=False)
+    env = {"PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", "OMP_NUM_THREADS": "1"}
+    torchrun = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py")
+    result = run_script(*torchrun, "-c", str(write_config(tmp_path, data)), "--run-id", "drift", TRUST, env=env, timeout=600)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors and all("weights differ after optimizer step 1" in line and "self.forward(inputs)" in line for line in errors), (
+        result.stderr[-3000:]
+    )
+    assert not (tmp_path / "saved" / "tiny" / "drift" / "checkpoints" / "last.pth").exists()

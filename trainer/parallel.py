@@ -107,6 +107,24 @@ def prepare_model(model: nn.Module | PreparedModel, settings: TrainerSettings, d
     return PreparedModel(model, wrapped, evaluated, ddp, strategy)
 
 
+def replicas_agree(module: nn.Module) -> bool:
+    """Whether every process holds the same trainable weights (a collective): two numbers per parameter
+    (its sum and sum of squares, in float64), compared by their maximum and minimum over processes.
+    Under DDP the replicas are equal up to rounding; a step that called a sub-model outside DDP's
+    wrapper (``self.model.module.part(x)``) left its gradients unaveraged, and they drift apart."""
+    import torch.distributed as dist
+
+    with torch.no_grad():
+        values = [torch.stack([p.double().sum(), p.double().pow(2).sum()]) for p in module.parameters() if p.requires_grad]
+        if not values:
+            return True
+        mine = torch.cat(values)
+        high, low = mine.clone(), -mine
+        dist.all_reduce(high, op=dist.ReduceOp.MAX)
+        dist.all_reduce(low, op=dist.ReduceOp.MAX)
+        return bool(torch.allclose(high, -low, rtol=1e-5, atol=1e-8))
+
+
 def apply_activation_checkpointing(model: nn.Module, names: list[str]) -> None:
     """Recompute the named modules' activations in backward instead of keeping them.
 

@@ -47,7 +47,7 @@ from trainer.loss import Loss
 from trainer.manual import ManualSteps
 from trainer.metrics import LossTracker, MetricSet
 from trainer.optimizers import ONE, OptimizerSet, OptimizerStates, Schedules, broadcast_state, sum_losses
-from trainer.parallel import PreparedModel, prepare_model
+from trainer.parallel import PreparedModel, prepare_model, replicas_agree
 from trainer.precision import NO_CONTEXT, Precision
 from trainer.schedule import Schedule
 from trainer.step_log import LoggedValues
@@ -148,6 +148,7 @@ class Trainer(BaseTrainer):
         # When a forward is a collective (FSDP gathers weights), every process evaluates as many batches.
         self.valid_steps = distributed.all_reduce_max(source.batches_per_epoch) if self.model.collective_forward and source is not None else None
         self.data_wait_hinted = False
+        self.replicas_checked = False  # DDP's replicas compared after the first step (check_replicas)
         self.in_preflight = False
         """True while the pre-flight batch runs the step (``trainer/preflight.py``); what the step changes is put back after it."""
         self.epoch_samples = 0
@@ -343,6 +344,8 @@ class Trainer(BaseTrainer):
     def _after_step(self, epoch: int, total: int, samples: int, started: float, bar: Any) -> bool:
         """Logging, step checkpoints and the stop check after an optimizer step; True to stop."""
         step = self.progress.global_step
+        if not self.replicas_checked:
+            self.check_replicas()
         if step % self.settings.log_step == 0:
             mean = self._check_losses(epoch)
             rate = samples * distributed.world_size() / max(time.perf_counter() - started, 1e-9)
@@ -360,6 +363,22 @@ class Trainer(BaseTrainer):
         if stopping:
             bar.close()
         return stopping
+
+    def check_replicas(self) -> None:
+        """Under DDP, after the first step and before every checkpoint: the processes' weights must agree
+        (``trainer/parallel.py``: ``replicas_agree``), else the step bypassed DDP, which is one line."""
+        self.replicas_checked = True
+        if self.model.ddp is None or replicas_agree(self.model.module):
+            return
+        raise UserError(
+            f"training_step: the processes' weights differ after optimizer step {self.progress.global_step}: the step called the model "
+            f"outside DDP's wrapper (self.model.module...), so its gradients were not averaged; call the model through self.forward(inputs), "
+            f"or set automatic_optimization = False or declare several optimizers (no DDP wrapper: the engine averages the gradients, docs/optimizers.md)"
+        )
+
+    def save_last(self) -> None:
+        self.check_replicas()
+        super().save_last()
 
     def _step_several(self, several: OptimizerSet) -> None:
         """The end of an accumulation group with several optimizers (``trainer/optimizers.py``)."""
