@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from trainer.optimizers import average_gradients
+from trainer.optimizers import ONE, Schedules, average_gradients, broadcast_state
 from utils import distributed
 from utils.errors import UserError
 
@@ -60,8 +60,9 @@ class ManualSteps:
         self.precision.step(self.optimizers[name].optimizer, self.params[name], self.clip, update=False)
         self.stepped.add(name)
 
-    def end_group(self, step: int) -> frozenset[str]:
-        """After a group's last micro-batch: every gradient zeroed, the scaler moved once; the names that stepped."""
+    def end_group(self, step: int, schedule: Any, module: torch.nn.Module) -> None:
+        """After a group's last micro-batch: every gradient zeroed, the scaler moved once, the per-step
+        schedules of the optimizers that stepped, rank 0's buffers to every process."""
         stepped = frozenset(self.stepped)
         self.stepped.clear()
         for wrapper in self.optimizers.values():
@@ -72,7 +73,11 @@ class ManualSteps:
                 f"call self.optimizers[name].step() in it ({', '.join(self.optimizers)}), or set automatic_optimization = True"
             )
         self.precision.update()
-        return stepped
+        if isinstance(schedule, Schedules):
+            schedule.after_optimizer_step(stepped)
+        elif ONE in stepped:
+            schedule.after_optimizer_step()
+        broadcast_state(module, buffers_only=True)
 
 
 class ManualOptimizer:

@@ -115,8 +115,9 @@ class OptimizerSet:
             )
         return sum_losses(losses, logged, "loss_")
 
-    def step(self, stepping: frozenset[str], precision: Any, clip_grad_norm: float | None) -> None:
-        """The end of an accumulation group: average, unscale, clip, step and zero each stepping optimizer."""
+    def step(self, stepping: frozenset[str], precision: Any, clip_grad_norm: float | None, schedule: Schedules, module: nn.Module) -> None:
+        """The end of an accumulation group: average, unscale, clip, step and zero each stepping optimizer;
+        their per-step schedules; rank 0's buffers to every process."""
         for name in self.names:
             if name not in stepping:
                 continue
@@ -126,6 +127,8 @@ class OptimizerSet:
             self.optimizers[name].zero_grad(set_to_none=True)
         if stepping:
             precision.update()
+        schedule.after_optimizer_step(stepping)
+        broadcast_state(module, buffers_only=True)
 
     def zero_grad(self) -> None:
         for optimizer in self.optimizers.values():

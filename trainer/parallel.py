@@ -125,6 +125,18 @@ def replicas_agree(module: nn.Module) -> bool:
         return bool(torch.allclose(high, -low, rtol=1e-5, atol=1e-8))
 
 
+def check_replicas(prepared: PreparedModel, step: int) -> None:
+    """Under DDP (after the first step and before every checkpoint): one line when the processes'
+    weights differ, since the step then bypassed DDP's gradient averaging."""
+    if prepared.ddp is None or replicas_agree(prepared.module):
+        return
+    raise UserError(
+        f"training_step: the processes' weights differ after optimizer step {step}: the step called the model "
+        f"outside DDP's wrapper (self.model.module...), so its gradients were not averaged; call the model through self.forward(inputs), "
+        f"or set automatic_optimization = False or declare several optimizers (no DDP wrapper: the engine averages the gradients, docs/optimizers.md)"
+    )
+
+
 def apply_activation_checkpointing(model: nn.Module, names: list[str]) -> None:
     """Recompute the named modules' activations in backward instead of keeping them.
 

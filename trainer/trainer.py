@@ -46,8 +46,8 @@ from trainer.evaluator import Evaluator
 from trainer.loss import Loss
 from trainer.manual import ManualSteps
 from trainer.metrics import LossTracker, MetricSet
-from trainer.optimizers import ONE, OptimizerSet, OptimizerStates, Schedules, broadcast_state, sum_losses
-from trainer.parallel import PreparedModel, prepare_model, replicas_agree
+from trainer.optimizers import ONE, OptimizerSet, OptimizerStates, Schedules, sum_losses
+from trainer.parallel import PreparedModel, check_replicas, prepare_model
 from trainer.precision import NO_CONTEXT, Precision
 from trainer.schedule import Schedule
 from trainer.step_log import LoggedValues
@@ -148,7 +148,7 @@ class Trainer(BaseTrainer):
         # When a forward is a collective (FSDP gathers weights), every process evaluates as many batches.
         self.valid_steps = distributed.all_reduce_max(source.batches_per_epoch) if self.model.collective_forward and source is not None else None
         self.data_wait_hinted = False
-        self.replicas_checked = False  # DDP's replicas compared after the first step (check_replicas)
+        self.replicas_checked = False  # DDP's replicas compared after the first step (trainer/parallel.py)
         self.in_preflight = False
         """True while the pre-flight batch runs the step (``trainer/preflight.py``); what the step changes is put back after it."""
         self.epoch_samples = 0
@@ -308,13 +308,13 @@ class Trainer(BaseTrainer):
 
             if last_in_group:
                 if self.manual is not None:
-                    self._end_manual_group()
+                    self.manual.end_group(self.progress.global_step, self.schedule, self.model.module)
                 elif several is None:
                     self.precision.step(self.optimizer, self.trainable, s.clip_grad_norm)
                     self.optimizer.zero_grad(set_to_none=True)
                     self.schedule.after_optimizer_step()
                 else:
-                    self._step_several(several)
+                    several.step(self.stepping, self.precision, s.clip_grad_norm, self.schedule, self.model.module)
                 if self.ema is not None:
                     self.ema.update(self.progress.global_step)
                 if self.profiler is not None:
@@ -344,8 +344,9 @@ class Trainer(BaseTrainer):
     def _after_step(self, epoch: int, total: int, samples: int, started: float, bar: Any) -> bool:
         """Logging, step checkpoints and the stop check after an optimizer step; True to stop."""
         step = self.progress.global_step
-        if not self.replicas_checked:
-            self.check_replicas()
+        if not self.replicas_checked:  # and after the first step
+            self.replicas_checked = True
+            check_replicas(self.model, step)
         if step % self.settings.log_step == 0:
             mean = self._check_losses(epoch)
             rate = samples * distributed.world_size() / max(time.perf_counter() - started, 1e-9)
@@ -364,38 +365,9 @@ class Trainer(BaseTrainer):
             bar.close()
         return stopping
 
-    def check_replicas(self) -> None:
-        """Under DDP, after the first step and before every checkpoint: the processes' weights must agree
-        (``trainer/parallel.py``: ``replicas_agree``), else the step bypassed DDP, which is one line."""
-        self.replicas_checked = True
-        if self.model.ddp is None or replicas_agree(self.model.module):
-            return
-        raise UserError(
-            f"training_step: the processes' weights differ after optimizer step {self.progress.global_step}: the step called the model "
-            f"outside DDP's wrapper (self.model.module...), so its gradients were not averaged; call the model through self.forward(inputs), "
-            f"or set automatic_optimization = False or declare several optimizers (no DDP wrapper: the engine averages the gradients, docs/optimizers.md)"
-        )
-
     def save_last(self) -> None:
-        self.check_replicas()
+        check_replicas(self.model, self.progress.global_step)  # DDP's replicas agree before each checkpoint
         super().save_last()
-
-    def _step_several(self, several: OptimizerSet) -> None:
-        """The end of an accumulation group with several optimizers (``trainer/optimizers.py``)."""
-        stepping = self.stepping
-        several.step(stepping, self.precision, self.settings.clip_grad_norm)
-        self.schedule.after_optimizer_step(stepping)
-        if self.distributed:
-            broadcast_state(self.model.module, buffers_only=True)
-
-    def _end_manual_group(self) -> None:
-        stepped = self.manual.end_group(self.progress.global_step)
-        if self.optimizer_set is not None:
-            self.schedule.after_optimizer_step(stepped)
-        elif ONE in stepped:
-            self.schedule.after_optimizer_step()
-        if self.distributed:
-            broadcast_state(self.model.module, buffers_only=True)
 
     def backward(self, loss: torch.Tensor, optimizer: str | None = None, retain_graph: bool | None = None) -> None:
         """Manual optimization's backward (``trainer/manual.py``): ``loss`` scaled for the GradScaler and
