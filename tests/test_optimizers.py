@@ -182,3 +182,20 @@ def test_a_step_that_bypasses_ddp_is_one_line_not_silent_drift(tmp_path):
         result.stderr[-3000:]
     )
     assert not (tmp_path / "saved" / "tiny" / "drift" / "checkpoints" / "last.pth").exists()
+
+
+def test_a_manual_step_with_the_one_optimizer_equals_the_template_step(tmp_path):
+    """Accumulation 3 (the epoch's last group shorter), a per-step schedule and clipping, by hand and by the engine."""
+    from helpers import tiny_config
+
+    data = tiny_config(tmp_path, epochs=1, accumulate_steps=3, clip_grad_norm=0.5, limit_batches=8)
+    data["lr_scheduler"] = {"type": "StepLR", "args": {"step_size": 2, "gamma": 0.5}, "interval": "step"}
+    path = write_config(tmp_path, data)
+    runs = {}
+    for run_id, kind in (("engine", "Trainer"), ("manual", "two_optimizers:ManualOneTrainer")):
+        result = run_here("train.py", "-c", path, "--run-id", run_id, f"trainer.type={kind}", TRUST)
+        assert result.returncode == 0, result.stderr
+        runs[run_id] = last_checkpoint(tmp_path / "saved" / "tiny" / run_id)
+    for key, value in runs["engine"]["model"].items():
+        assert torch.equal(value, runs["manual"]["model"][key]), key
+    assert runs["engine"]["lr_scheduler"] == runs["manual"]["lr_scheduler"]

@@ -119,3 +119,19 @@ class BypassingTrainer(Trainer):
     def training_step(self, inputs: torch.Tensor, target: torch.Tensor):
         output = self.model.module(inputs)
         return self.loss(output, target, inputs), output
+
+
+class ManualOneTrainer(Trainer):
+    """The template's step with its one optimizer, written by hand (``self.optimizers["optimizer"]``)."""
+
+    automatic_optimization = False
+
+    def training_step(self, inputs: torch.Tensor, target: torch.Tensor):
+        output = self.forward(inputs)
+        loss = self.loss(output, target, inputs)
+        optimizer = self.optimizers["optimizer"]
+        optimizer.zero_grad()
+        self.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad()
+        return loss.detach(), output
