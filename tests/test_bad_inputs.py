@@ -1144,6 +1144,13 @@ ROWS += [
         ("optimizer.body.every", ">= 1", "got 0"),
     ),
     Row(
+        "resume with several optimizers",
+        "train",
+        resume("optimizer={a: {type: SGD, args: {lr: 0.1}, params: conv}, b: {type: SGD, args: {lr: 0.1}, params: fc}}", "lr_scheduler=null"),
+        2,
+        ("training_step", "returned one loss", "several optimizers (a, b)"),  # the pre-flight, before any part is restored
+    ),
+    Row(
         "a manual step that never steps",
         "train",
         new(

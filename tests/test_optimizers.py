@@ -113,6 +113,15 @@ def test_preflight_changes_nothing_with_two_optimizers(tmp_path, straight):
     assert_same_state(last_checkpoint(straight), last_checkpoint(run_dir))
 
 
+def test_fp16_steps_both_optimizers_through_one_grad_scaler(tmp_path):
+    result, run_dir = train(tmp_path, "fp16", "trainer.amp=fp16", "trainer.clip_grad_norm=1.0", "trainer.epochs=1")
+    assert result.returncode == 0, result.stderr
+    row = metric_rows(run_dir)[-1]
+    assert torch.isfinite(torch.tensor([row["loss_body"], row["loss_head"], row["val_loss"]])).all()
+    scaler = last_checkpoint(run_dir)["precision"]
+    assert scaler["_growth_tracker"] == 10  # one update per engine step (10), none skipped: not once per optimizer
+
+
 def test_bf16_autocast_trains_both_parts(tmp_path, straight):
     result, run_dir = train(tmp_path, "bf16", "trainer.amp=bf16")
     assert result.returncode == 0, result.stderr
@@ -199,3 +208,22 @@ def test_a_manual_step_with_the_one_optimizer_equals_the_template_step(tmp_path)
     for key, value in runs["engine"]["model"].items():
         assert torch.equal(value, runs["manual"]["model"][key]), key
     assert runs["engine"]["lr_scheduler"] == runs["manual"]["lr_scheduler"]
+
+
+def test_a_checkpoint_of_other_optimizers_is_refused_by_name(straight):
+    """The parts hold one entry per name: a checkpoint of one optimizer, or of other names, is one line."""
+    from trainer.optimizers import OptimizerStates, Schedules
+    from utils.errors import UserError
+
+    state = last_checkpoint(straight)
+    head = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    with pytest.raises(
+        UserError, match=r"optimizer: the checkpoint holds the optimizers \['body', 'head'\], this config declares \['head'\]"
+    ):
+        OptimizerStates({"head": head}).load_state_dict(state["optimizer"])
+    with pytest.raises(UserError, match=r"the checkpoint holds one optimizer, this config declares \['head'\]"):
+        OptimizerStates({"head": head}).load_state_dict({"type": "SGD", "state": head.state_dict()})
+    with pytest.raises(
+        UserError, match=r"lr_scheduler: the checkpoint holds the lr_schedulers \['body', 'head'\], this config declares none"
+    ):
+        Schedules({}, {}).load_state_dict(state["lr_scheduler"])
