@@ -1081,6 +1081,13 @@ ROWS += [
         ("optimizer.head.params", "'body.1.weight'", "owned by optimizer 'body' too"),
     ),
     Row(
+        "an optimizer of frozen parameters only",
+        "train",
+        new(TRUST, "trainer.freeze=[body]", change=two_optimizers()),
+        2,
+        ("optimizer.body.params", "only frozen parameters (trainer.freeze) start with 'body.'", "unfreeze"),
+    ),
+    Row(
         "a parameter owned by no optimizer",
         "train",
         new(TRUST, change=two_optimizers(set_key("optimizer.head.params", "head.bias"))),

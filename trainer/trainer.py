@@ -13,6 +13,11 @@ keeps working: autocast (the step runs inside it), accumulation, backward, clipp
 optimizer and scheduler, DDP/FSDP, EMA, metrics (on the returned ``output``), checkpoints and
 exact mid-epoch resume.
 
+**Several optimizers** (``optimizer`` a mapping of names, ``trainer/optimizers.py``): the step returns
+``{name: loss}`` and ``self.stepping`` names the optimizers that step now; a subclass with
+``automatic_optimization = False`` does backward and steps itself (``trainer/manual.py``). Both
+train without DDP's wrapper; ``docs/optimizers.md``.
+
 ``_train_epoch`` reads top to bottom: take the next batch (timing the wait) -> move and split it
 -> autocast ``training_step`` -> accumulation -> backward -> unscale, clip, optimizer step ->
 per-step scheduler -> EMA. Losses and metric state stay on the device (``trainer/metrics.py``);

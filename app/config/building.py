@@ -307,7 +307,7 @@ def build_optimizer(config: Config, model: nn.Module) -> Any:
 
     if not declares_several(config["optimizer"]):
         return _build_one(config, "optimizer", config["optimizer"], named)
-    owned = _owners(config, named)
+    owned = _owners(config, named, [name for name, p in model.named_parameters() if not p.requires_grad])
     optimizers, params, every = {}, {}, {}
     for name, node in config["optimizer"].items():
         mine = [(n, p) for n, p in named if owned[n] == name]
@@ -317,7 +317,7 @@ def build_optimizer(config: Config, model: nn.Module) -> Any:
     return OptimizerSet(optimizers, params, every)
 
 
-def _owners(config: Config, named: list[tuple[str, nn.Parameter]]) -> dict[str, str]:
+def _owners(config: Config, named: list[tuple[str, nn.Parameter]], frozen: list[str]) -> dict[str, str]:
     """Which optimizer owns each trainable parameter (by its ``params`` prefixes); a parameter owned twice or by none, and a prefix matching nothing, are one line each."""
     owners: dict[str, str] = {}
     for name, node in config["optimizer"].items():
@@ -325,6 +325,11 @@ def _owners(config: Config, named: list[tuple[str, nn.Parameter]]) -> dict[str, 
         prefixes = [prefixes] if isinstance(prefixes, str) else list(prefixes)
         for prefix in prefixes:
             matched = [n for n, _ in named if n.startswith(prefix)]
+            if not matched and any(n.startswith(prefix) for n in frozen):
+                raise config.error(
+                    f"optimizer.{name}.params", f"only frozen parameters (trainer.freeze) start with {prefix!r}, and frozen ones have no optimizer; "
+                    f"remove the prefix (or optimizer {name!r}), or unfreeze them"
+                )
             if not matched:
                 names = sorted({n.split(".")[0] + "." for n, _ in named})
                 raise config.error(f"optimizer.{name}.params", f"no trainable parameter name starts with {prefix!r}; the model's trainable parameters start with {names}")
