@@ -40,6 +40,7 @@ from logger.manifest import extend_manifest, fingerprint, record_end, write_mani
 from logger.run_log import RunLog
 from logger.trackers import EXTRAS, RunInfo, Trackers, TrackerSettings, missing_extras
 from trainer import Trainer
+from trainer.optimizers import declares_several
 from trainer.parallel import prepare_model
 from trainer.preflight import run_preflight
 from utils import distributed
@@ -416,9 +417,11 @@ def build_trainer(
         loaded = load_weights(model, checkpoint.weights(ema=settings.ema_evaluate), settings.load_strict, source, settings.load_exclude)
         (notes if notes is not None else []).extend(f"fine-tuning from {source}: {line}" for line in loaded.lines())
     freeze(model, settings.freeze)
-    prepared = prepare_model(model, settings, device)  # before the optimizer: FSDP replaces the parameters
-    optimizer = build_optimizer(config, prepared.module)
     trainer_class = config.trainer_class()
+    # Several optimizers or a manual step: no DDP wrapper (trainer/optimizers.py, trainer/manual.py).
+    wrap = not declares_several(config["optimizer"]) and trainer_class.automatic_optimization
+    prepared = prepare_model(model, settings, device, wrap=wrap)  # before the optimizer: FSDP replaces the parameters
+    optimizer = build_optimizer(config, prepared.module)
     return trainer_class(
         prepared,
         build_loss(config),

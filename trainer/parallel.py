@@ -62,8 +62,12 @@ class PreparedModel:
         return "snapshots" if self.strategy == "fsdp" else "files"
 
 
-def prepare_model(model: nn.Module | PreparedModel, settings: TrainerSettings, device: torch.device) -> PreparedModel:
-    """Wrap ``model`` for ``settings.strategy`` (see the module docstring); a prepared model is returned as it is."""
+def prepare_model(model: nn.Module | PreparedModel, settings: TrainerSettings, device: torch.device, wrap: bool = True) -> PreparedModel:
+    """Wrap ``model`` for ``settings.strategy`` (see the module docstring); a prepared model is returned as it is.
+
+    ``wrap=False`` (several optimizers, ``trainer/optimizers.py``): no DDP wrapper under torchrun
+    (strategy ``"replicated"``): rank 0's weights are broadcast once here and the engine averages
+    the gradients itself; FSDP is refused."""
     if isinstance(model, PreparedModel):
         return model
     check_module_names(model, "trainer.fsdp_shard", settings.fsdp_shard or [])  # also in one process: a typo shows at once
@@ -76,6 +80,8 @@ def prepare_model(model: nn.Module | PreparedModel, settings: TrainerSettings, d
     ddp = None
     if distributed.is_distributed():
         strategy = settings.strategy
+        if strategy == "fsdp" and not wrap:
+            raise UserError('trainer.strategy: "fsdp" cannot shard a model trained by several optimizers; use "ddp" (each process holds the whole model)')
         if strategy == "fsdp":
             from trainer.fsdp import shard_model
 
@@ -85,14 +91,50 @@ def prepare_model(model: nn.Module | PreparedModel, settings: TrainerSettings, d
                 frozen = frozen_names(model)
                 model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
                 refreeze(model, frozen)  # a frozen BatchNorm is a new SyncBatchNorm now: frozen again
-            device_ids = [device] if device.type == "cuda" else None
-            ddp = DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=settings.find_unused_parameters)
-            wrapped = ddp
+            if wrap:
+                device_ids = [device] if device.type == "cuda" else None
+                ddp = DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=settings.find_unused_parameters)
+                wrapped = ddp
+            else:
+                from trainer.optimizers import broadcast_state
+
+                broadcast_state(model)
+                strategy = "replicated"
     evaluated: nn.Module = model
     if settings.compile:
         wrapped = torch.compile(wrapped)
         evaluated = wrapped if ddp is None else model
     return PreparedModel(model, wrapped, evaluated, ddp, strategy)
+
+
+def replicas_agree(module: nn.Module) -> bool:
+    """Whether every process holds the same trainable weights (a collective): two numbers per parameter
+    (its sum and sum of squares, in float64), compared by their maximum and minimum over processes.
+    Under DDP the replicas are equal up to rounding; a step that called a sub-model outside DDP's
+    wrapper (``self.model.module.part(x)``) left its gradients unaveraged, and they drift apart."""
+    import torch.distributed as dist
+
+    with torch.no_grad():
+        values = [torch.stack([p.double().sum(), p.double().pow(2).sum()]) for p in module.parameters() if p.requires_grad]
+        if not values:
+            return True
+        mine = torch.cat(values)
+        high, low = mine.clone(), -mine
+        dist.all_reduce(high, op=dist.ReduceOp.MAX)
+        dist.all_reduce(low, op=dist.ReduceOp.MAX)
+        return bool(torch.allclose(high, -low, rtol=1e-5, atol=1e-8))
+
+
+def check_replicas(prepared: PreparedModel, step: int) -> None:
+    """Under DDP (after the first step and before every checkpoint): one line when the processes'
+    weights differ, since the step then bypassed DDP's gradient averaging."""
+    if prepared.ddp is None or replicas_agree(prepared.module):
+        return
+    raise UserError(
+        f"training_step: the processes' weights differ after optimizer step {step}: the step called the model "
+        f"outside DDP's wrapper (self.model.module...), so its gradients were not averaged; call the model through self.forward(inputs), "
+        f"or set automatic_optimization = False or declare several optimizers (no DDP wrapper: the engine averages the gradients, docs/optimizers.md)"
+    )
 
 
 def apply_activation_checkpointing(model: nn.Module, names: list[str]) -> None:

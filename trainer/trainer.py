@@ -13,6 +13,11 @@ keeps working: autocast (the step runs inside it), accumulation, backward, clipp
 optimizer and scheduler, DDP/FSDP, EMA, metrics (on the returned ``output``), checkpoints and
 exact mid-epoch resume.
 
+**Several optimizers** (``optimizer`` a mapping of names, ``trainer/optimizers.py``): the step returns
+``{name: loss}`` and ``self.stepping`` names the optimizers that step now; a subclass with
+``automatic_optimization = False`` does backward and steps itself (``trainer/manual.py``). Both
+train without DDP's wrapper; ``docs/optimizers.md``.
+
 ``_train_epoch`` reads top to bottom: take the next batch (timing the wait) -> move and split it
 -> autocast ``training_step`` -> accumulation -> backward -> unscale, clip, optimizer step ->
 per-step scheduler -> EMA. Losses and metric state stay on the device (``trainer/metrics.py``);
@@ -44,8 +49,10 @@ from trainer.batches import BatchReader, next_batch, run_model
 from trainer.ema import EMA
 from trainer.evaluator import Evaluator
 from trainer.loss import Loss
+from trainer.manual import ManualSteps
 from trainer.metrics import LossTracker, MetricSet
-from trainer.parallel import PreparedModel, prepare_model
+from trainer.optimizers import ONE, OptimizerSet, OptimizerStates, Schedules, sum_losses
+from trainer.parallel import PreparedModel, check_replicas, prepare_model
 from trainer.precision import NO_CONTEXT, Precision
 from trainer.schedule import Schedule
 from trainer.step_log import LoggedValues
@@ -55,6 +62,7 @@ from utils.errors import NonFiniteLossError, UserError
 from utils.nested import map_tensors
 
 DATA_WAIT_HINT = 0.5
+_ONE_STEPPING = frozenset({ONE})
 
 
 class Trainer(BaseTrainer):
@@ -63,11 +71,14 @@ class Trainer(BaseTrainer):
     ``trainer.type``; autocast, accumulation, clipping, DDP/FSDP, EMA, metrics, checkpoints and exact
     resume stay the engine's."""
 
+    automatic_optimization = True
+    """False in a subclass whose step calls ``self.backward`` and steps ``self.optimizers`` itself (``trainer/manual.py``)."""
+
     def __init__(
         self,
         model: nn.Module | PreparedModel,
         criterion: Callable,
-        optimizer: torch.optim.Optimizer,
+        optimizer: torch.optim.Optimizer | OptimizerSet,
         settings: TrainerSettings,
         device: torch.device,
         data_loader: Any,
@@ -77,15 +88,35 @@ class Trainer(BaseTrainer):
         scheduler_interval: str = "epoch",
         **base: Any,
     ):
-        self.model = prepare_model(model, settings, device)
+        several = isinstance(optimizer, OptimizerSet)
+        manual = not type(self).automatic_optimization
+        self.model = prepare_model(model, settings, device, wrap=not (several or manual))
+        if (several or manual) and self.model.ddp is not None:
+            raise ValueError("several optimizers and manual optimization train a model without DDP's wrapper: prepare it with prepare_model(..., wrap=False)")
         super().__init__(settings, device, store=open_store(self.model.checkpoint_store), **base)
         self.loss = Loss(criterion, device)
         self.criterion = self.loss.criterion
         self._forward_module: Any = self.model.train_forward  # what self.forward calls in this phase
-        self.optimizer = optimizer
+        self.optimizer_set = optimizer if several else None
+        """The named optimizers when the config declares several (``trainer/optimizers.py``), else None."""
+        self.optimizers: dict[str, torch.optim.Optimizer] = dict(optimizer.optimizers) if several else {ONE: optimizer}
+        """Every optimizer by name (``{"optimizer": opt}`` with one)."""
+        self.optimizer = None if several else optimizer
         self.trainable = [p for p in self.model.module.parameters() if p.requires_grad]
-        self.schedule = Schedule(lr_scheduler, scheduler_interval)
+        if several:
+            self.schedule = lr_scheduler if isinstance(lr_scheduler, Schedules) else Schedules({}, {})
+            if lr_scheduler is not None and not isinstance(lr_scheduler, Schedules):
+                raise ValueError("several optimizers take a Schedules of their schedulers by name (trainer.optimizers.Schedules)")
+        else:
+            self.schedule = Schedule(lr_scheduler, scheduler_interval)
         self.precision = Precision(settings.amp, device)
+        self.real_optimizers = dict(self.optimizers)
+        """Every optimizer itself, by name (``self.optimizers`` holds the manual mode's wrappers)."""
+        self.manual: ManualSteps | None = None
+        if manual:  # trainer/manual.py: the step's self.optimizers are wrappers that respect accumulation
+            params = optimizer.params if several else {ONE: self.trainable}
+            self.manual = ManualSteps(self.optimizers, params, self.precision, settings.clip_grad_norm)
+            self.optimizers = dict(self.manual.optimizers)
         self.read_batch = BatchReader(device, data_loader, settings.target_key, settings.channels_last)
         self.data = epochs_of(data_loader)
         self.data.plan_epochs(device, settings.len_epoch, settings.overfit_batches, settings.limit_batches)
@@ -122,6 +153,7 @@ class Trainer(BaseTrainer):
         # When a forward is a collective (FSDP gathers weights), every process evaluates as many batches.
         self.valid_steps = distributed.all_reduce_max(source.batches_per_epoch) if self.model.collective_forward and source is not None else None
         self.data_wait_hinted = False
+        self.replicas_checked = False  # DDP's replicas compared after the first step (trainer/parallel.py)
         self.in_preflight = False
         """True while the pre-flight batch runs the step (``trainer/preflight.py``); what the step changes is put back after it."""
         self.epoch_samples = 0
@@ -176,6 +208,14 @@ class Trainer(BaseTrainer):
             self._forward_module = self.model.train_forward
 
     @property
+    def stepping(self) -> frozenset[str]:
+        """The names of the optimizers that step at this engine step (``optimizer.<name>.every``), so a
+        step can skip the work of the others; with one optimizer always ``{"optimizer"}``."""
+        if self.optimizer_set is None:
+            return _ONE_STEPPING
+        return self.optimizer_set.stepping_at(self.progress.global_step)
+
+    @property
     def epoch(self) -> int:
         """The epoch in progress, 1-based (during validation: the epoch being validated)."""
         return self.progress.epoch
@@ -198,7 +238,7 @@ class Trainer(BaseTrainer):
         return {
             **super().state_parts(),
             "model": ModelWeights(self.model.module),
-            "optimizer": OptimizerState(self.optimizer, self.model.module),
+            "optimizer": OptimizerState(self.optimizer, self.model.module) if self.optimizer_set is None else OptimizerStates(self.real_optimizers),
             "lr_scheduler": self.schedule,
             "precision": self.precision,
             "ema": self.ema or _NoEMA(),
@@ -238,6 +278,7 @@ class Trainer(BaseTrainer):
             self.profiler = start_profiler(s.profile, self.run.run_dir / "profile")
         batches = iter(self.data.epoch_batches(epoch, start))
         measured = bool(self.train_metrics.names)
+        several = self.optimizer_set
 
         for batch_idx in range(start, total):
             waiting = time.perf_counter()
@@ -251,10 +292,17 @@ class Trainer(BaseTrainer):
             group_size = min(s.accumulate_steps, total - group_start)
             last_in_group = batch_idx + 1 == group_start + group_size
 
+            if self.manual is not None:
+                self.manual.begin(group_size, last_in_group)
             with self.model.no_sync(sync=last_in_group):
                 with self.precision.autocast():
                     loss, output = self.training_step(inputs, target)
-                self.precision.backward(loss / group_size if group_size > 1 else loss)
+                if self.manual is not None:
+                    loss = loss if isinstance(loss, torch.Tensor) else sum_losses(loss, self.train_logged, "loss_")
+                elif several is None:
+                    self.precision.backward(loss / group_size if group_size > 1 else loss)
+                else:
+                    loss = several.backward(loss, self.stepping, self.precision, group_size, self.train_logged)
             size = self.read_batch.count(inputs, target)
             samples += size
             if self.train_logged.pending:
@@ -264,9 +312,14 @@ class Trainer(BaseTrainer):
                 self.train_metrics.update(output.detach() if isinstance(output, torch.Tensor) else map_tensors(output, torch.Tensor.detach), target, size)
 
             if last_in_group:
-                self.precision.step(self.optimizer, self.trainable, s.clip_grad_norm)
-                self.optimizer.zero_grad(set_to_none=True)
-                self.schedule.after_optimizer_step()
+                if self.manual is not None:
+                    self.manual.end_group(self.progress.global_step, self.schedule, self.model.module)
+                elif several is None:
+                    self.precision.step(self.optimizer, self.trainable, s.clip_grad_norm)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.schedule.after_optimizer_step()
+                else:
+                    several.step(self.stepping, self.precision, s.clip_grad_norm, self.schedule, self.model.module)
                 if self.ema is not None:
                     self.ema.update(self.progress.global_step)
                 if self.profiler is not None:
@@ -296,6 +349,9 @@ class Trainer(BaseTrainer):
     def _after_step(self, epoch: int, total: int, samples: int, started: float, bar: Any) -> bool:
         """Logging, step checkpoints and the stop check after an optimizer step; True to stop."""
         step = self.progress.global_step
+        if not self.replicas_checked:  # and after the first step
+            self.replicas_checked = True
+            check_replicas(self.model, step)
         if step % self.settings.log_step == 0:
             mean = self._check_losses(epoch)
             rate = samples * distributed.world_size() / max(time.perf_counter() - started, 1e-9)
@@ -313,6 +369,18 @@ class Trainer(BaseTrainer):
         if stopping:
             bar.close()
         return stopping
+
+    def save_last(self) -> None:
+        check_replicas(self.model, self.progress.global_step)  # DDP's replicas agree before each checkpoint
+        super().save_last()
+
+    def backward(self, loss: torch.Tensor, optimizer: str | None = None, retain_graph: bool | None = None) -> None:
+        """Manual optimization's backward (``trainer/manual.py``): ``loss`` scaled for the GradScaler and
+        for accumulation; with an optimizer's name, gradients only into that optimizer's parameters
+        (``retain_graph=True`` when another loss backpropagates through the same forward after it)."""
+        if self.manual is None:
+            raise UserError("self.backward: the engine does backward in automatic optimization; set automatic_optimization = False in your Trainer to call it")
+        self.manual.backward(loss, optimizer, retain_graph)
 
     def _step_profiler(self) -> None:
         """Advance ``trainer.profile``'s window; after its last active step the trace is written."""
@@ -365,6 +433,8 @@ class Trainer(BaseTrainer):
         self.schedule.after_epoch(row, self.monitor.metric)
 
     def _learning_rates(self) -> dict:
+        if self.optimizer_set is not None:
+            return self.optimizer_set.learning_rates()
         groups = self.optimizer.param_groups
         rates = {"lr": float(groups[0]["lr"])}  # float(): a tensor when the optimizer keeps lr as one
         rates.update({f"lr_group{i}": float(group["lr"]) for i, group in enumerate(groups) if i})

@@ -276,6 +276,9 @@ def is_documented(data: dict, parts: list[str], trusted: bool = True) -> bool:
         return parts[-1] in SECTIONS[".".join(parts[:-1])]
     if head not in OBJECT_KEYS or head == "metrics":
         return False
+    if head in ("optimizer", "lr_scheduler") and len(parts) > 2 and _declares_several(data.get(head)) and parts[1] in data[head]:
+        named = {**data, head: data[head][parts[1]]}  # optimizer.<name>.args.lr: a key of that optimizer's node
+        return parts[2] in ("params", "every") or is_documented(named, [head, *parts[2:]], trusted)
     if len(parts) == 2:
         return parts[1] in OBJECT_KEYS[head]
     if len(parts) == 3 and parts[1] == "args":
@@ -311,6 +314,12 @@ def _hint(data: dict, parents: list[str], part: str, trusted: bool) -> str:
     if len(parents) >= 2:
         return f"; write +{prefix}{part}=... to add a key the config does not have"
     return "; see the README configuration reference for the keys"
+
+
+def _declares_several(node: Any) -> bool:
+    from trainer.optimizers import declares_several
+
+    return declares_several(node)
 
 
 def _parameters_of(data: dict, key: str, trusted: bool) -> set[str] | None:

@@ -66,8 +66,17 @@ SCHEMA: dict[str, Setting] = {
     "metrics": Setting(
         (list,), [], "Metric functions from `model/metric.py` or torchmetrics classes: names, or `{type, args, name}`."
     ),
-    "optimizer": Setting((dict,), REQUIRED, "`{type, args, param_groups}` from `torch.optim`; gets trainable parameters only."),
-    "lr_scheduler": Setting((dict, NoneType), None, "`{type, args, interval}` from `torch.optim.lr_scheduler`, or null."),
+    "optimizer": Setting(
+        (dict,),
+        REQUIRED,
+        "`{type, args, param_groups}` from `torch.optim`; gets trainable parameters only. Several: a mapping of names to "
+        "`{type, args, params, every}` ([docs/optimizers.md](optimizers.md)).",
+    ),
+    "lr_scheduler": Setting(
+        (dict, NoneType),
+        None,
+        "`{type, args, interval}` from `torch.optim.lr_scheduler`, or null; with several optimizers, a mapping of their names to them.",
+    ),
     "trainer": Setting((dict,), {}, "Training-loop settings, see the `trainer.*` keys."),
     "logger": Setting((dict,), {}, "Experiment trackers (TensorBoard, MLflow, Weights & Biases), see the `logger.*` keys."),
 }
@@ -148,6 +157,9 @@ OBJECT_KEY_DOCS = {
     "args": "every object node; default `{}`. Keyword arguments for `type`; unknown names are errors.",
     "param_groups": 'optimizer only; default `[]`. `[{"params": "prefix" or ["prefixes"], "lr": ..., ...}]`: '
     "parameters whose names start with a prefix get their own group and settings; the rest use `args`.",
+    "params": "an optimizer of several only; required. The module-name prefix (or list of prefixes) of the trainable parameters it owns, "
+    "each owned exactly once (docs/optimizers.md).",
+    "every": "an optimizer of several only; default 1. It steps at engine steps n with (n + 1) % every == 0.",
     "interval": 'lr_scheduler only; default `"epoch"`. `"step"` steps the scheduler after every optimizer step.',
     "name": "metrics entries only; default the function or class name. The name the metric is logged under.",
     "output": "metrics entries only; default the whole output. The field of a structured output the metric takes: "
