@@ -40,6 +40,7 @@ from logger.manifest import extend_manifest, fingerprint, record_end, write_mani
 from logger.run_log import RunLog
 from logger.trackers import EXTRAS, RunInfo, Trackers, TrackerSettings, missing_extras
 from trainer import Trainer
+from trainer.optimizers import declares_several
 from trainer.parallel import prepare_model
 from trainer.preflight import run_preflight
 from utils import distributed
@@ -416,7 +417,8 @@ def build_trainer(
         loaded = load_weights(model, checkpoint.weights(ema=settings.ema_evaluate), settings.load_strict, source, settings.load_exclude)
         (notes if notes is not None else []).extend(f"fine-tuning from {source}: {line}" for line in loaded.lines())
     freeze(model, settings.freeze)
-    prepared = prepare_model(model, settings, device)  # before the optimizer: FSDP replaces the parameters
+    several = declares_several(config["optimizer"])  # several optimizers: no DDP wrapper (trainer/optimizers.py)
+    prepared = prepare_model(model, settings, device, wrap=not several)  # before the optimizer: FSDP replaces the parameters
     optimizer = build_optimizer(config, prepared.module)
     trainer_class = config.trainer_class()
     return trainer_class(

@@ -1056,6 +1056,103 @@ ROWS += [
 ]  # fmt: skip
 
 
+# -- several optimizers (issue 38, trainer/optimizers.py): each bad declaration is one line -----------------
+
+
+def two_optimizers(*changes: Callable[[dict], None]) -> Callable[[dict], None]:
+    """The tiny config training ``tests/two_optimizers.py``'s two-part model with two optimizers, then ``changes``."""
+    from two_optimizers import two_part
+
+    def change(data: dict) -> None:
+        two_part(data)
+        for each in changes:
+            each(data)
+
+    return change
+
+
+TRUST = "--trust-checkpoint"  # the model and Trainer live in tests/
+ROWS += [
+    Row(
+        "a parameter owned by two optimizers",
+        "train",
+        new(TRUST, change=two_optimizers(set_key("optimizer.head.params", ["head.", "body.1."]))),
+        2,
+        ("optimizer.head.params", "'body.1.weight'", "owned by optimizer 'body' too"),
+    ),
+    Row(
+        "a parameter owned by no optimizer",
+        "train",
+        new(TRUST, change=two_optimizers(set_key("optimizer.head.params", "head.bias"))),
+        2,
+        ("optimizer:", "'head.weight'", "owned by no optimizer", "trainer.freeze"),
+    ),
+    Row(
+        "an optimizer's prefix matching nothing",
+        "train",
+        new(TRUST, change=two_optimizers(set_key("optimizer.head.params", ["head.", "neck."]))),
+        2,
+        ("optimizer.head.params", "'neck.'", "start with ['body.', 'head.']"),
+    ),
+    Row(
+        "an optimizer without params",
+        "train",
+        new(TRUST, change=two_optimizers(lambda d: d["optimizer"]["head"].pop("params"))),
+        2,
+        ("optimizer.head.params", "module-name prefix"),
+    ),
+    Row(
+        "a loss for no optimizer",
+        "train",
+        new(TRUST, change=two_optimizers(set_key("trainer.args.returns", ["body", "head", "neck"]))),
+        2,
+        ("training_step", "'neck'", "no optimizer's name", "body, head"),
+    ),
+    Row(
+        "an optimizer without a loss",
+        "train",
+        new(TRUST, change=two_optimizers(set_key("trainer.args.returns", ["head"]), set_key("optimizer.body.every", 1))),
+        2,
+        ("training_step", "no loss for optimizer 'body'", "self.stepping"),
+    ),
+    Row(
+        "one loss with several optimizers",
+        "train",
+        new(TRUST, change=two_optimizers(set_key("trainer.type", "Trainer"))),
+        2,
+        ("training_step", "one loss", "several optimizers (body, head)", "{name: loss}"),
+    ),
+    Row(
+        "a schedule naming no optimizer",
+        "train",
+        new(TRUST, change=two_optimizers(set_key("lr_scheduler.haed", {"type": "StepLR", "args": {"step_size": 1}}))),
+        2,
+        ("lr_scheduler.haed", "names no optimizer", "'lr_scheduler.head'"),
+    ),
+    Row(
+        "one schedule with several optimizers",
+        "train",
+        new(TRUST, change=two_optimizers(set_key("lr_scheduler", {"type": "StepLR", "args": {"step_size": 1}}))),
+        2,
+        ("lr_scheduler:", "several optimizers", "null"),
+    ),
+    Row(
+        "every below 1",
+        "train",
+        new(TRUST, change=two_optimizers(set_key("optimizer.body.every", 0))),
+        2,
+        ("optimizer.body.every", ">= 1", "got 0"),
+    ),
+    Row(
+        "an optimizer name that is no identifier",
+        "train",
+        new(TRUST, change=two_optimizers(lambda d: d["optimizer"].update({"the head": d["optimizer"].pop("head")}))),
+        2,
+        ("optimizer.the head", "Python identifier"),
+    ),
+]
+
+
 @pytest.fixture(autouse=True)
 def from_the_project_root(monkeypatch):
     """Run as users do (``python train.py`` in the project), with no train.log of an earlier in-process run attached."""
@@ -1556,3 +1653,4 @@ def test_signals_during_start_up_leave_nothing_or_a_resumable_run(tmp_path, fini
     code, err = finish(evaluation)
     assert code == 143 and "Traceback" not in err, err
     assert tree(run_dir) == before, changes(before, tree(run_dir))
+

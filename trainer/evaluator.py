@@ -24,6 +24,7 @@ from logger.progress import progress_iter
 from trainer.batches import BatchReader, each_batch, run_model
 from trainer.loss import Loss
 from trainer.metrics import LossTracker, MetricSet
+from trainer.optimizers import sum_losses
 from trainer.precision import Precision
 from trainer.step_log import LoggedValues
 from utils.errors import UserError
@@ -93,6 +94,8 @@ class Evaluator:
             inputs, target = self.reader(batch)
             with self.precision.autocast():
                 loss, output = self.step(inputs, target)
+            if isinstance(loss, dict):  # one loss per optimizer: their sum, each logged as loss_<name> (trainer/optimizers.py)
+                loss = sum_losses(loss, self.logged, "loss_")
             size = self.reader.count(inputs, target)
             losses.add(loss, size, count)
             if self.logged is not None and self.logged.pending:

@@ -62,8 +62,12 @@ class PreparedModel:
         return "snapshots" if self.strategy == "fsdp" else "files"
 
 
-def prepare_model(model: nn.Module | PreparedModel, settings: TrainerSettings, device: torch.device) -> PreparedModel:
-    """Wrap ``model`` for ``settings.strategy`` (see the module docstring); a prepared model is returned as it is."""
+def prepare_model(model: nn.Module | PreparedModel, settings: TrainerSettings, device: torch.device, wrap: bool = True) -> PreparedModel:
+    """Wrap ``model`` for ``settings.strategy`` (see the module docstring); a prepared model is returned as it is.
+
+    ``wrap=False`` (several optimizers, ``trainer/optimizers.py``): no DDP wrapper under torchrun
+    (strategy ``"replicated"``): rank 0's weights are broadcast once here and the engine averages
+    the gradients itself; FSDP is refused."""
     if isinstance(model, PreparedModel):
         return model
     check_module_names(model, "trainer.fsdp_shard", settings.fsdp_shard or [])  # also in one process: a typo shows at once
@@ -76,6 +80,8 @@ def prepare_model(model: nn.Module | PreparedModel, settings: TrainerSettings, d
     ddp = None
     if distributed.is_distributed():
         strategy = settings.strategy
+        if strategy == "fsdp" and not wrap:
+            raise UserError('trainer.strategy: "fsdp" cannot shard a model trained by several optimizers; use "ddp" (each process holds the whole model)')
         if strategy == "fsdp":
             from trainer.fsdp import shard_model
 
@@ -85,9 +91,15 @@ def prepare_model(model: nn.Module | PreparedModel, settings: TrainerSettings, d
                 frozen = frozen_names(model)
                 model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
                 refreeze(model, frozen)  # a frozen BatchNorm is a new SyncBatchNorm now: frozen again
-            device_ids = [device] if device.type == "cuda" else None
-            ddp = DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=settings.find_unused_parameters)
-            wrapped = ddp
+            if wrap:
+                device_ids = [device] if device.type == "cuda" else None
+                ddp = DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=settings.find_unused_parameters)
+                wrapped = ddp
+            else:
+                from trainer.optimizers import broadcast_state
+
+                broadcast_state(model)
+                strategy = "replicated"
     evaluated: nn.Module = model
     if settings.compile:
         wrapped = torch.compile(wrapped)

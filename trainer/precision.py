@@ -35,18 +35,24 @@ class Precision:
     def backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
-    def step(self, optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor], clip_grad_norm: float | None) -> None:
+    def step(self, optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor], clip_grad_norm: float | None, update: bool = True) -> None:
         """Unscale (fp16) and clip the gradients when asked, then step the optimizer (skipped by the
-        scaler when fp16 gradients overflowed)."""
+        scaler when fp16 gradients overflowed). ``update=False``: several optimizers step with one
+        scale, which :meth:`update` then moves once (``trainer/optimizers.py``)."""
         if clip_grad_norm is not None:
             if self.scaler is not None:
                 self.scaler.unscale_(optimizer)
             nn.utils.clip_grad_norm_(params, clip_grad_norm)
         if self.scaler is not None:
             self.scaler.step(optimizer)
-            self.scaler.update()
+            if update:
+                self.scaler.update()
         else:
             optimizer.step()
+
+    def update(self) -> None:
+        if self.scaler is not None:
+            self.scaler.update()
 
     def state_dict(self) -> dict | None:
         return self.scaler.state_dict() if self.scaler is not None else None

@@ -62,7 +62,8 @@ def run_preflight(trainer: Trainer) -> None:
     finally:
         trainer.in_preflight = False
         trainer.train_logged.reset()
-        trainer.optimizer.zero_grad(set_to_none=True)
+        for optimizer in trainer.optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():
             for kept, buffer in zip(buffers, module.buffers()):
                 buffer.copy_(kept)
@@ -124,9 +125,17 @@ def _check_batch(trainer: Trainer, batch: Any) -> dict[str, Any]:
     finally:
         trainer._forward_module = trainer.model.train_forward
         trainer.progress.epoch = epoch
-    if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.is_floating_point():
-        raise UserError(f"loss: it returned {describe(loss)}; a loss must be one floating-point number per batch (e.g. reduce it with .mean())")
+    losses = {"": loss}
+    if trainer.optimizer_set is not None:  # one loss per stepping optimizer (trainer/optimizers.py)
+        losses = trainer.optimizer_set.check_losses(loss, trainer.stepping)
+    for name, each in losses.items():
+        if not isinstance(each, torch.Tensor) or each.numel() != 1 or not each.is_floating_point():
+            what = f"loss: it returned {describe(each)}" if not name else f"training_step: the loss of optimizer {name!r} is {describe(each)}"
+            raise UserError(f"{what}; a loss must be one floating-point number per batch (e.g. reduce it with .mean())")
+    loss = sum(losses.values()) if len(losses) > 1 else next(iter(losses.values()))
     produced = {"loss": loss.item(), **_check_metrics(trainer, output, target)}
+    if trainer.optimizer_set is not None:
+        produced.update({f"loss_{name}": each.item() for name, each in losses.items()})
     produced.update({name: float(value) for name, value in trainer.train_logged.pending.items()})  # self.log's, monitorable
     try:
         loss.backward()
@@ -232,8 +241,12 @@ def _metric_failure(name: str, exc: Exception, output: Any, target: Any) -> Exce
 
 
 def _check_optimizer(trainer: Trainer) -> None:
-    """One step of the optimizer's class with its settings, on a stand-in parameter per group."""
-    optimizer = trainer.optimizer
+    """One step of each optimizer's class with its settings, on a stand-in parameter per group."""
+    for name, optimizer in trainer.optimizers.items():
+        _check_one_optimizer(optimizer, "optimizer" if trainer.optimizer_set is None else f"optimizer.{name}")
+
+
+def _check_one_optimizer(optimizer: torch.optim.Optimizer, key: str) -> None:
     if not optimizer.param_groups:
         return
     groups = []
@@ -250,23 +263,32 @@ def _check_optimizer(trainer: Trainer) -> None:
         probe.step()
     except TypeError as exc:
         if "closure" in str(exc):
-            raise UserError(f"optimizer.type: {name} steps with a closure, which the Trainer does not give; choose another optimizer") from None
-        raise UserError(f"optimizer.args: {name} cannot step with these settings ({first_line(exc)}); fix optimizer.args") from None
+            raise UserError(f"{key}.type: {name} steps with a closure, which the Trainer does not give; choose another optimizer") from None
+        raise UserError(f"{key}.args: {name} cannot step with these settings ({first_line(exc)}); fix {key}.args") from None
     except (ValueError, IndexError, KeyError, RuntimeError, ZeroDivisionError) as exc:
-        raise UserError(f"optimizer.args: {name} cannot step with these settings ({first_line(exc)}); fix optimizer.args") from None
+        raise UserError(f"{key}.args: {name} cannot step with these settings ({first_line(exc)}); fix {key}.args") from None
 
 
 def _check_schedule(trainer: Trainer) -> None:
-    """One step of the scheduler, undone; and a schedule of a fixed length must cover the run."""
-    scheduler, optimizer = trainer.schedule.scheduler, trainer.optimizer
+    """One step of each scheduler, undone; and a schedule of a fixed length must cover the run."""
+    steps = trainer.settings.epochs * ceil_div(trainer.batches_per_epoch, trainer.settings.accumulate_steps)
+    if trainer.optimizer_set is None:
+        _check_one_schedule(trainer.schedule, trainer.optimizer, steps, "lr_scheduler", trainer.settings.epochs)
+        return
+    for name, schedule in trainer.schedule.schedules.items():
+        every = trainer.optimizer_set.every[name]  # a step schedule steps with its optimizer
+        _check_one_schedule(schedule, trainer.optimizers[name], steps // every, f"lr_scheduler.{name}", trainer.settings.epochs)
+
+
+def _check_one_schedule(schedule: Any, optimizer: torch.optim.Optimizer, steps: int, key: str, epochs: int) -> None:
+    scheduler = schedule.scheduler
     if scheduler is None:
         return
     total = getattr(scheduler, "total_steps", None)
-    steps = trainer.settings.epochs * ceil_div(trainer.batches_per_epoch, trainer.settings.accumulate_steps)
-    if trainer.schedule.interval == "step" and isinstance(total, int) and total < steps:
+    if schedule.interval == "step" and isinstance(total, int) and total < steps:
         raise UserError(
-            f"lr_scheduler.args.total_steps: {type(scheduler).__name__} is set for {total} steps but the run takes {steps} "
-            f"optimizer steps ({trainer.settings.epochs} epochs); set total_steps to at least {steps}"
+            f"{key}.args.total_steps: {type(scheduler).__name__} is set for {total} steps but the run takes {steps} "
+            f"optimizer steps ({epochs} epochs); set total_steps to at least {steps}"
         )
     if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
         return
@@ -277,7 +299,7 @@ def _check_schedule(trainer: Trainer) -> None:
             warnings.simplefilter("ignore")  # "lr_scheduler.step() before optimizer.step()": on purpose here
             scheduler.step()
     except (ValueError, ZeroDivisionError, IndexError, TypeError, RuntimeError) as exc:
-        raise UserError(f"lr_scheduler.args: {type(scheduler).__name__} cannot step with these settings ({first_line(exc)}); fix lr_scheduler.args") from None
+        raise UserError(f"{key}.args: {type(scheduler).__name__} cannot step with these settings ({first_line(exc)}); fix {key}.args") from None
     finally:
         scheduler.load_state_dict(state)
         for group, saved in zip(optimizer.param_groups, groups):

@@ -45,6 +45,7 @@ from trainer.ema import EMA
 from trainer.evaluator import Evaluator
 from trainer.loss import Loss
 from trainer.metrics import LossTracker, MetricSet
+from trainer.optimizers import ONE, OptimizerSet, OptimizerStates, Schedules, broadcast_state
 from trainer.parallel import PreparedModel, prepare_model
 from trainer.precision import NO_CONTEXT, Precision
 from trainer.schedule import Schedule
@@ -55,6 +56,7 @@ from utils.errors import NonFiniteLossError, UserError
 from utils.nested import map_tensors
 
 DATA_WAIT_HINT = 0.5
+_ONE_STEPPING = frozenset({ONE})
 
 
 class Trainer(BaseTrainer):
@@ -67,7 +69,7 @@ class Trainer(BaseTrainer):
         self,
         model: nn.Module | PreparedModel,
         criterion: Callable,
-        optimizer: torch.optim.Optimizer,
+        optimizer: torch.optim.Optimizer | OptimizerSet,
         settings: TrainerSettings,
         device: torch.device,
         data_loader: Any,
@@ -77,14 +79,26 @@ class Trainer(BaseTrainer):
         scheduler_interval: str = "epoch",
         **base: Any,
     ):
-        self.model = prepare_model(model, settings, device)
+        several = isinstance(optimizer, OptimizerSet)
+        self.model = prepare_model(model, settings, device, wrap=not several)
+        if several and self.model.ddp is not None:
+            raise ValueError("several optimizers train a model without DDP's wrapper: prepare it with prepare_model(..., wrap=False)")
         super().__init__(settings, device, store=open_store(self.model.checkpoint_store), **base)
         self.loss = Loss(criterion, device)
         self.criterion = self.loss.criterion
         self._forward_module: Any = self.model.train_forward  # what self.forward calls in this phase
-        self.optimizer = optimizer
+        self.optimizer_set = optimizer if several else None
+        """The named optimizers when the config declares several (``trainer/optimizers.py``), else None."""
+        self.optimizers: dict[str, torch.optim.Optimizer] = dict(optimizer.optimizers) if several else {ONE: optimizer}
+        """Every optimizer by name (``{"optimizer": opt}`` with one)."""
+        self.optimizer = None if several else optimizer
         self.trainable = [p for p in self.model.module.parameters() if p.requires_grad]
-        self.schedule = Schedule(lr_scheduler, scheduler_interval)
+        if several:
+            self.schedule = lr_scheduler if isinstance(lr_scheduler, Schedules) else Schedules({}, {})
+            if lr_scheduler is not None and not isinstance(lr_scheduler, Schedules):
+                raise ValueError("several optimizers take a Schedules of their schedulers by name (trainer.optimizers.Schedules)")
+        else:
+            self.schedule = Schedule(lr_scheduler, scheduler_interval)
         self.precision = Precision(settings.amp, device)
         self.read_batch = BatchReader(device, data_loader, settings.target_key, settings.channels_last)
         self.data = epochs_of(data_loader)
@@ -176,6 +190,14 @@ class Trainer(BaseTrainer):
             self._forward_module = self.model.train_forward
 
     @property
+    def stepping(self) -> frozenset[str]:
+        """The names of the optimizers that step at this engine step (``optimizer.<name>.every``), so a
+        step can skip the work of the others; with one optimizer always ``{"optimizer"}``."""
+        if self.optimizer_set is None:
+            return _ONE_STEPPING
+        return self.optimizer_set.stepping_at(self.progress.global_step)
+
+    @property
     def epoch(self) -> int:
         """The epoch in progress, 1-based (during validation: the epoch being validated)."""
         return self.progress.epoch
@@ -198,7 +220,7 @@ class Trainer(BaseTrainer):
         return {
             **super().state_parts(),
             "model": ModelWeights(self.model.module),
-            "optimizer": OptimizerState(self.optimizer, self.model.module),
+            "optimizer": OptimizerState(self.optimizer, self.model.module) if self.optimizer_set is None else OptimizerStates(self.optimizers),
             "lr_scheduler": self.schedule,
             "precision": self.precision,
             "ema": self.ema or _NoEMA(),
@@ -238,6 +260,7 @@ class Trainer(BaseTrainer):
             self.profiler = start_profiler(s.profile, self.run.run_dir / "profile")
         batches = iter(self.data.epoch_batches(epoch, start))
         measured = bool(self.train_metrics.names)
+        several = self.optimizer_set
 
         for batch_idx in range(start, total):
             waiting = time.perf_counter()
@@ -254,7 +277,10 @@ class Trainer(BaseTrainer):
             with self.model.no_sync(sync=last_in_group):
                 with self.precision.autocast():
                     loss, output = self.training_step(inputs, target)
-                self.precision.backward(loss / group_size if group_size > 1 else loss)
+                if several is None:
+                    self.precision.backward(loss / group_size if group_size > 1 else loss)
+                else:
+                    loss = several.backward(loss, self.stepping, self.precision, group_size, self.train_logged)
             size = self.read_batch.count(inputs, target)
             samples += size
             if self.train_logged.pending:
@@ -264,9 +290,12 @@ class Trainer(BaseTrainer):
                 self.train_metrics.update(output.detach() if isinstance(output, torch.Tensor) else map_tensors(output, torch.Tensor.detach), target, size)
 
             if last_in_group:
-                self.precision.step(self.optimizer, self.trainable, s.clip_grad_norm)
-                self.optimizer.zero_grad(set_to_none=True)
-                self.schedule.after_optimizer_step()
+                if several is None:
+                    self.precision.step(self.optimizer, self.trainable, s.clip_grad_norm)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.schedule.after_optimizer_step()
+                else:
+                    self._step_several(several)
                 if self.ema is not None:
                     self.ema.update(self.progress.global_step)
                 if self.profiler is not None:
@@ -313,6 +342,14 @@ class Trainer(BaseTrainer):
         if stopping:
             bar.close()
         return stopping
+
+    def _step_several(self, several: OptimizerSet) -> None:
+        """The end of an accumulation group with several optimizers (``trainer/optimizers.py``)."""
+        stepping = self.stepping
+        several.step(stepping, self.precision, self.settings.clip_grad_norm)
+        self.schedule.after_optimizer_step(stepping)
+        if self.distributed:
+            broadcast_state(self.model.module, buffers_only=True)
 
     def _step_profiler(self) -> None:
         """Advance ``trainer.profile``'s window; after its last active step the trace is written."""
@@ -365,6 +402,8 @@ class Trainer(BaseTrainer):
         self.schedule.after_epoch(row, self.monitor.metric)
 
     def _learning_rates(self) -> dict:
+        if self.optimizer_set is not None:
+            return self.optimizer_set.learning_rates()
         groups = self.optimizer.param_groups
         rates = {"lr": float(groups[0]["lr"])}  # float(): a tensor when the optimizer keeps lr as one
         rates.update({f"lr_group{i}": float(group["lr"]) for i, group in enumerate(groups) if i})

@@ -292,8 +292,9 @@ def build_metrics(config: Config) -> dict[str, Any]:
     return metrics
 
 
-def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
-    """The optimizer over trainable parameters only, with optional per-prefix groups.
+def build_optimizer(config: Config, model: nn.Module) -> Any:
+    """The optimizer over trainable parameters only, with optional per-prefix groups; with several
+    declared (``trainer/optimizers.py``), an :class:`~trainer.optimizers.OptimizerSet` of them.
 
     ``optimizer.param_groups: [{"params": "backbone.", "lr": 1e-4}]`` puts every trainable
     parameter whose name starts with a given prefix in its own group with its own settings;
@@ -302,45 +303,105 @@ def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     if not named:
         raise config.error("arch", "the model has no trainable parameter (is everything frozen?)")
+    from trainer.optimizers import OptimizerSet, declares_several
+
+    if not declares_several(config["optimizer"]):
+        return _build_one(config, "optimizer", config["optimizer"], named)
+    owned = _owners(config, named)
+    optimizers, params, every = {}, {}, {}
+    for name, node in config["optimizer"].items():
+        mine = [(n, p) for n, p in named if owned[n] == name]
+        optimizers[name] = _build_one(config, f"optimizer.{name}", node, mine)
+        params[name] = [p for _, p in mine]
+        every[name] = node.get("every", 1)
+    return OptimizerSet(optimizers, params, every)
+
+
+def _owners(config: Config, named: list[tuple[str, nn.Parameter]]) -> dict[str, str]:
+    """Which optimizer owns each trainable parameter (by its ``params`` prefixes); a parameter owned twice or by none, and a prefix matching nothing, are one line each."""
+    owners: dict[str, str] = {}
+    for name, node in config["optimizer"].items():
+        prefixes = node.get("params")
+        prefixes = [prefixes] if isinstance(prefixes, str) else list(prefixes)
+        for prefix in prefixes:
+            matched = [n for n, _ in named if n.startswith(prefix)]
+            if not matched:
+                names = sorted({n.split(".")[0] + "." for n, _ in named})
+                raise config.error(f"optimizer.{name}.params", f"no trainable parameter name starts with {prefix!r}; the model's trainable parameters start with {names}")
+            for n in matched:
+                if owners.get(n, name) != name:
+                    raise config.error(
+                        f"optimizer.{name}.params", f"parameter {n!r} is owned by optimizer {owners[n]!r} too; give every trainable parameter one owner"
+                    )
+                owners[n] = name
+    orphans = [n for n, _ in named if n not in owners]
+    if orphans:
+        first = next(iter(config["optimizer"]))
+        raise config.error(
+            "optimizer", f"trainable parameter {orphans[0]!r} ({len(orphans)} in all) is owned by no optimizer; add its prefix to the params "
+            f"of one (optimizer.{first}.params), or freeze it (trainer.freeze)"
+        )
+    return owners
+
+
+def _build_one(config: Config, key: str, node: dict, named: list[tuple[str, nn.Parameter]]) -> torch.optim.Optimizer:
     groups = []
     taken: set[str] = set()
-    for index, spec in enumerate(config["optimizer"].get("param_groups") or []):
+    for index, spec in enumerate(node.get("param_groups") or []):
         prefixes = [spec["params"]] if isinstance(spec["params"], str) else list(spec["params"])
         chosen = {name for name, _ in named if name not in taken and name.startswith(tuple(prefixes))}
         params = [p for name, p in named if name in chosen]
         if not params:
-            raise config.error(f"optimizer.param_groups.{index}.params", f"no trainable parameter name starts with {prefixes}")
+            raise config.error(f"{key}.param_groups.{index}.params", f"no trainable parameter name starts with {prefixes}")
         taken |= chosen
         groups.append({**{k: v for k, v in spec.items() if k != "params"}, "params": params})
     rest = [p for name, p in named if name not in taken]
     if rest:
         groups.insert(0, {"params": rest})
-    optimizer = built_as(config, "optimizer", build(config, "optimizer", config["optimizer"], groups), torch.optim.Optimizer, "a torch.optim.Optimizer")
+    built = build(config, key, {k: v for k, v in node.items() if k in ("type", "args")}, groups)
+    optimizer = built_as(config, key, built, torch.optim.Optimizer, "a torch.optim.Optimizer", node)
     if any("lr" not in group for group in optimizer.param_groups):  # logged every epoch, changed by schedulers
         raise config.error(
-            "optimizer.type", f"{config['optimizer']['type']!r} keeps no learning rate ('lr') in its parameter groups, which the Trainer logs "
+            f"{key}.type", f"{node['type']!r} keeps no learning rate ('lr') in its parameter groups, which the Trainer logs "
             f"and schedulers change; name an optimizer that takes lr"
         )
     return optimizer
 
 
-def build_lr_scheduler(config: Config, optimizer: torch.optim.Optimizer) -> Any:
-    """The LR scheduler, or None when ``lr_scheduler`` is null."""
-    if config["lr_scheduler"] is None:
+def build_lr_scheduler(config: Config, optimizer: Any) -> Any:
+    """The LR scheduler, or None when ``lr_scheduler`` is null; with several optimizers, a
+    :class:`~trainer.optimizers.Schedules` of the named ones."""
+    from trainer.optimizers import OptimizerSet, Schedules
+
+    node = config["lr_scheduler"]
+    if isinstance(optimizer, OptimizerSet):
+        schedulers, intervals = {}, {}
+        for name, spec in (node or {}).items():
+            if name not in optimizer.optimizers:
+                raise config.error(f"lr_scheduler.{name}", f"names no optimizer{closest(name, optimizer.names, 'lr_scheduler.') or ''}; the optimizers are {', '.join(optimizer.names)}")
+            schedulers[name] = _build_scheduler(config, f"lr_scheduler.{name}", spec, optimizer.optimizers[name])
+            intervals[name] = spec.get("interval", "epoch")
+        return Schedules(schedulers, intervals)
+    if node is None:
         return None
-    scheduler = build(config, "lr_scheduler", config["lr_scheduler"], optimizer)
+    return _build_scheduler(config, "lr_scheduler", node, optimizer)
+
+
+def _build_scheduler(config: Config, key: str, node: dict, optimizer: torch.optim.Optimizer) -> Any:
+    scheduler = build(config, key, {k: v for k, v in node.items() if k in ("type", "args")}, optimizer)
     if not all(callable(getattr(scheduler, name, None)) for name in ("step", "state_dict", "load_state_dict")):
-        raise config.error("lr_scheduler.type", f"{config['lr_scheduler']['type']!r} built a {type(scheduler).__name__}, not a learning-rate scheduler (step, state_dict); name one from torch.optim.lr_scheduler")
+        raise config.error(f"{key}.type", f"{node['type']!r} built a {type(scheduler).__name__}, not a learning-rate scheduler (step, state_dict); name one from torch.optim.lr_scheduler")
     return scheduler
 
 
-def built_as(config: Config, key: str, obj: Any, kind: type, described: str) -> Any:
+def built_as(config: Config, key: str, obj: Any, kind: type, described: str, node: dict | None = None) -> Any:
     """``obj`` when it is a ``kind``; else one line naming ``key`` (a name that builds something else)."""
     if not isinstance(obj, kind):
-        raise config.error(f"{key}.type", f"{config[key]['type']!r} built a {type(obj).__name__}, not {described}; name one")
+        raise config.error(f"{key}.type", f"{(node or config[key])['type']!r} built a {type(obj).__name__}, not {described}; name one")
     return obj
 
 
 def scheduler_interval(config: Config) -> str:
-    """``"epoch"`` or ``"step"``: when the scheduler steps."""
-    return (config["lr_scheduler"] or {}).get("interval", "epoch")
+    """``"epoch"`` or ``"step"``: when the scheduler steps (with several optimizers, each schedule's own)."""
+    node = config["lr_scheduler"] or {}
+    return node.get("interval", "epoch") if "type" in node else "epoch"

@@ -205,9 +205,10 @@ class Config:
                 if problem:
                     raise self.error(f"{path}.{key}", problem)
         self._check_trainer_class()
-        for key in ("arch", "data_loader", "optimizer", "lr_scheduler", "loss"):
+        for key in ("arch", "data_loader", "loss"):
             if isinstance(data[key], dict):
                 self._check_object(key, data[key])
+        self._check_optimizers(data["optimizer"], data["lr_scheduler"])
         for index, entry in enumerate(data["metrics"]):
             if isinstance(entry, dict):
                 self._check_object(f"metrics.{index}", entry, "metrics")
@@ -244,7 +245,7 @@ class Config:
         if kind == "lr_scheduler" and node.get("interval", "epoch") not in ("epoch", "step"):
             raise self.error(f"{key}.interval", f'must be "epoch" or "step", got {node["interval"]!r}')
         if kind == "optimizer":
-            self._check_param_groups(node.get("param_groups") or [])
+            self._check_param_groups(node.get("param_groups") or [], key)
         building.check_arguments(self, key, resolve_type(key, node["type"], self.source, self.trusted), args)
         self._check_nested_types(f"{key}.args", args)
 
@@ -271,12 +272,47 @@ class Config:
             raise self.error("trainer.type", f"{name!r} is not a subclass of trainer.Trainer; subclass it to change the train step")
         building.check_arguments(self, "trainer", target, self.data["trainer"]["args"], code_kwargs=building.trainer_parameters())
 
-    def _check_param_groups(self, groups: Any) -> None:
+    def _check_param_groups(self, groups: Any, key: str = "optimizer") -> None:
         if not isinstance(groups, list):
-            raise self.error("optimizer.param_groups", "must be a list of {params: prefix or [prefixes], ...}")
+            raise self.error(f"{key}.param_groups", "must be a list of {params: prefix or [prefixes], ...}")
         for index, group in enumerate(groups):
             if not isinstance(group, dict) or "params" not in group:
-                raise self.error(f"optimizer.param_groups.{index}", 'needs "params": a parameter-name prefix or a list of them')
+                raise self.error(f"{key}.param_groups.{index}", 'needs "params": a parameter-name prefix or a list of them')
+
+    def _check_optimizers(self, optimizer: dict, scheduler: Any) -> None:
+        """One optimizer node, or a mapping of names to them (``trainer/optimizers.py``), each with
+        ``params`` and ``every``; ``lr_scheduler`` then null or a mapping of some of those names."""
+        from trainer.optimizers import declares_several
+
+        if not declares_several(optimizer):
+            self._check_object("optimizer", optimizer)
+            if isinstance(scheduler, dict):
+                if declares_several(scheduler):
+                    first = next(iter(scheduler))
+                    raise self.error(f"lr_scheduler.{first}", "names an optimizer, but the config declares one optimizer (no names); write lr_scheduler as {type, args, interval}")
+                self._check_object("lr_scheduler", scheduler)
+            return
+        for name, node in optimizer.items():
+            key = f"optimizer.{name}"
+            if not name.isidentifier():
+                raise self.error(key, f"{name!r} cannot name an optimizer; use a Python identifier such as 'generator'")
+            spec = {k: v for k, v in node.items() if k not in ("params", "every")}
+            self._check_object(key, spec, "optimizer")
+            params = node.get("params")
+            prefixes = [params] if isinstance(params, str) else params
+            if not isinstance(prefixes, list) or not prefixes or not all(isinstance(p, str) for p in prefixes):
+                raise self.error(f"{key}.params", f'needs the module-name prefix of the parameters it owns ("generator." or a list of them), got {params!r}')
+            every = node.get("every", 1)
+            if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+                raise self.error(f"{key}.every", f"must be a whole number >= 1 (this optimizer steps at every every-th engine step), got {every!r}")
+        if scheduler is None:
+            return
+        if not declares_several(scheduler):
+            raise self.error("lr_scheduler", f"the config declares several optimizers ({', '.join(optimizer)}): name each one's schedule, {{\"{next(iter(optimizer))}\": {{type, args, interval}}}}, or null")
+        for name, node in scheduler.items():
+            if name not in optimizer:
+                raise self.error(f"lr_scheduler.{name}", f"names no optimizer{closest(name, optimizer, 'lr_scheduler.') or ''}; the optimizers are {', '.join(optimizer)}")
+            self._check_object(f"lr_scheduler.{name}", node, "lr_scheduler")
 
     def _check_monitor(self) -> None:
         _, metric = self.monitor()
