@@ -47,20 +47,30 @@ OBJECT_KEYS = frozenset({"type", "args", "param_groups"})
 
 def declares_several(node: Any) -> bool:
     """Whether an ``optimizer`` (or ``lr_scheduler``) node is a mapping of names to specs, not one spec."""
-    return isinstance(node, dict) and bool(node) and "type" not in node and not (set(node) & OBJECT_KEYS) and all(isinstance(v, dict) for v in node.values())
+    return (
+        isinstance(node, dict)
+        and bool(node)
+        and "type" not in node
+        and not (set(node) & OBJECT_KEYS)
+        and all(isinstance(v, dict) for v in node.values())
+    )
 
 
 class OptimizerSet:
     """The named optimizers of a run, in step order, with the parameters each owns and its ``every``."""
 
-    def __init__(self, optimizers: dict[str, torch.optim.Optimizer], params: dict[str, list[torch.Tensor]], every: dict[str, int] | None = None):
+    def __init__(
+        self, optimizers: dict[str, torch.optim.Optimizer], params: dict[str, list[torch.Tensor]], every: dict[str, int] | None = None
+    ):
         self.optimizers = dict(optimizers)
         self.names = tuple(self.optimizers)
         self.params = {name: list(params[name]) for name in self.names}
         self.every = {name: int((every or {}).get(name, 1)) for name in self.names}
         for name, value in self.every.items():
             if value < 1:
-                raise UserError(f"optimizer.{name}.every: must be a whole number >= 1 (steps of the engine per step of {name}), got {value}")
+                raise UserError(
+                    f"optimizer.{name}.every: must be a whole number >= 1 (steps of the engine per step of {name}), got {value}"
+                )
         self._stepping: dict[int, frozenset[str]] = {}
 
     def stepping_at(self, step: int) -> frozenset[str]:
@@ -82,7 +92,9 @@ class OptimizerSet:
             )
         unknown = [name for name in losses if name not in self.optimizers]
         if unknown:
-            raise UserError(f"{where}: returned a loss for {unknown[0]!r}, which is no optimizer's name; the optimizers are {', '.join(self.names)}")
+            raise UserError(
+                f"{where}: returned a loss for {unknown[0]!r}, which is no optimizer's name; the optimizers are {', '.join(self.names)}"
+            )
         missing = [name for name in self.names if name in stepping and name not in losses]
         if missing:
             raise UserError(
@@ -98,7 +110,9 @@ class OptimizerSet:
         scaler = precision.scaler
         for index, name in enumerate(order):
             loss = losses[name] / group_size if group_size > 1 else losses[name]
-            torch.autograd.backward(scaler.scale(loss) if scaler is not None else loss, inputs=self.params[name], retain_graph=index + 1 < len(order))
+            torch.autograd.backward(
+                scaler.scale(loss) if scaler is not None else loss, inputs=self.params[name], retain_graph=index + 1 < len(order)
+            )
         return sum_losses(losses, logged, "loss_")
 
     def step(self, stepping: frozenset[str], precision: Any, clip_grad_norm: float | None) -> None:
