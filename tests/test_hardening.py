@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT, TESTS_ENV, build_trainer, entry_point, save_crafted, tiny_config, write_config
+from helpers import ROOT, TESTS_ENV, build_trainer, entry_point, run_here, save_crafted, tiny_config, write_config
 
 import predict
 from logger.logger import close_log_files
@@ -79,9 +79,8 @@ def test_a_signal_during_predict_leaves_nothing_and_a_kill_leaves_what_the_next_
         if signum != signal.SIGKILL:
             assert not leftovers(tmp_path, "p.jsonl"), leftovers(tmp_path, "p.jsonl")
     assert leftovers(tmp_path, "p.jsonl")  # what SIGKILL left: its part and its claim
-    done = popen(*args)
-    _, err = done.communicate(timeout=120)
-    assert done.returncode == 0, err
+    done = run_here(*args)  # the next run: what it sweeps up is the check, not its process
+    assert done.returncode == 0, done.stderr
     assert len(out.read_text().splitlines()) == 1222 and not leftovers(tmp_path, "p.jsonl")
 
 
