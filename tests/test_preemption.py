@@ -18,7 +18,7 @@ import pytest
 import torch
 from helpers import ROOT, TESTS_ENV, last_checkpoint, metric_rows, run_here, run_script, tiny_config, write_config
 
-pytestmark = pytest.mark.slow  # every test here trains in subprocesses
+pytestmark = pytest.mark.slow  # real signals; the SIGKILLed runs and the process-group signal in subprocesses
 
 
 def experiment(tmp_path: Path, **trainer) -> Path:
@@ -28,9 +28,12 @@ def experiment(tmp_path: Path, **trainer) -> Path:
 
 
 def train(config: Path, run_id: str, *overrides: str, env: dict | None = None):
-    if not env:  # no signal: nothing a process must show
-        return run_here("train.py", "-c", str(config), "--run-id", run_id, *overrides, "--trust-checkpoint")
-    return run_script("train.py", "-c", str(config), "--run-id", run_id, *overrides, "--trust-checkpoint", env={**TESTS_ENV, **(env or {})})
+    """In-process unless the run is to be SIGKILLed: a SIGTERM or SIGINT the model sends its own
+    process is a real signal here too, and ``main`` returns the exit code the process would end with."""
+    args = ("train.py", "-c", str(config), "--run-id", run_id, *overrides, "--trust-checkpoint")
+    if (env or {}).get("SIGNAL_NAME") != "SIGKILL":
+        return run_here(*args, env={**TESTS_ENV, **(env or {})})
+    return run_script(*args, env={**TESTS_ENV, **env})
 
 
 def resume(checkpoint: Path, *overrides: str):
