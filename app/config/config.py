@@ -180,8 +180,8 @@ class Config:
                 continue
             if key not in SCHEMA:
                 hint = f"; did you mean 'trainer.{key}'?" if key in TRAINER_SCHEMA else closest(key, SCHEMA)
-                fix = "; your own values go under vars (used as ${vars.NAME}); see the README configuration reference"
-                raise self.error(key, f"unknown top-level key{hint or fix}")
+                hint = hint or "; your own values go under vars (used as ${vars.NAME}); see the README configuration reference"
+                raise self.error(key, f"unknown top-level key{hint}")
         for key, spec in SCHEMA.items():
             if key not in data:
                 raise self.error(key, "missing; every experiment needs it (see the README configuration reference)")

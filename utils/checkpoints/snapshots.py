@@ -110,12 +110,12 @@ def read_metadata(folder: Path) -> Any:
         metadata = reader(folder).read_metadata()
     except Exception as exc:  # noqa: BLE001 - nothing was executed: the allow-list refused, or the file is damaged
         raise UserError(f"{folder}: unreadable sharded checkpoint metadata ({first_line(exc, 160)})") from None
-    check_claims(metadata, folder)
+    check_stated_sizes(metadata, folder)
     return metadata
 
 
-def check_claims(metadata: Any, folder: Path) -> None:
-    """A snapshot's metadata says how large each tensor is and where its bytes are; claims the files
+def check_stated_sizes(metadata: Any, folder: Path) -> None:
+    """A snapshot's metadata says how large each tensor is and where its bytes are; sizes the files
     cannot hold (a 4 TB tensor in a 1 MB snapshot) are a damaged snapshot, said before any allocation."""
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
