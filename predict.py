@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from app.loading import add_loading_arguments, load_trained_model
-from app.prediction_files import PartWriter, RowFormatter, claim_output, merge
+from app.prediction_files import PartWriter, RowFormatter, lock_output, merge
 from dataflow.epochs import ceil_div, prediction_batches, prediction_share
 from logger import get_logger
 from logger.progress import progress_iter
@@ -57,20 +57,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     starting(None)
-    claims: list = []  # the output file, claimed by rank 0 before any work
+    outputs: list = []  # the output file, locked by rank 0 before any work
 
     def body() -> int:
         if args.fields is not None:
-            names_of("--fields", args.fields)  # said before anything is claimed or loaded
-        if int(os.environ.get("RANK", 0)) == 0:  # rank 0 writes the file: it claims it before any work
-            claims.append(claim_output(Path(args.out), args.force))
+            names_of("--fields", args.fields)  # said before anything is locked or loaded
+        if int(os.environ.get("RANK", 0)) == 0:  # rank 0 writes the file: it locks it before any work
+            outputs.append(lock_output(Path(args.out), args.force))
         loaded = load_trained_model(args)
         if loaded.folds is not None and args.split != "test" and not args.input:
             raise UserError(f"--split {args.split}: each fold of {args.resume} has its own {args.split} split; pick one with --fold I")
-        predict(args, loaded, claims[0] if claims else None)
+        predict(args, loaded, outputs[0] if outputs else None)
         return 0
 
-    return finish(body, hooks=Hooks(cleanup=lambda: [claim.release() for claim in claims]))
+    return finish(body, hooks=Hooks(cleanup=lambda: [output.release() for output in outputs]))
 
 
 def names_of(flag: str, text: str) -> list[str]:
@@ -126,7 +126,7 @@ def prediction_step(loaded):
     return trainer.predict
 
 
-def predict(args: argparse.Namespace, loaded, claim) -> None:
+def predict(args: argparse.Namespace, loaded, output) -> None:
     config, device = loaded.config, loaded.device
     if device.type == "cpu":
         # CPU kernels may round differently with another number of threads; one per process makes the
@@ -145,13 +145,13 @@ def predict(args: argparse.Namespace, loaded, claim) -> None:
             part.write(formatter.lines(batch))
         part.close()
         parts = [Path(path) for path in distributed.gather_objects(str(part.path))]
-        rows = distributed.on_main(lambda: merge(claim, parts))  # every rank keeps its part until rank 0 merged it
+        rows = distributed.on_main(lambda: merge(output, parts))  # every rank keeps its part until rank 0 merged it
     finally:
         part.discard()
-    if claim is not None:
+    if output is not None:
         elapsed = max(time.perf_counter() - started, 1e-9)
         get_logger().info("predicted %d rows with the %s weights in %.2f s (%.0f samples/s)", rows, loaded.weights, elapsed, rows / elapsed)
-        print(f"wrote {claim.path}")
+        print(f"wrote {output.path}")
 
 
 if __name__ == "__main__":

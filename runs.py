@@ -27,10 +27,10 @@ import json
 import sys
 from pathlib import Path
 
-from app.run_records import RunRecord, differing_keys, find_run_dirs, read_run
+from app.run_records import RunView, differing_keys, find_run_dirs, read_run
 from utils.ending import finish, leave
 from utils.errors import UserError
-from utils.files import OutputClaim, file_error, temporary_name
+from utils.files import OutputLock, file_error, temporary_name
 from utils.nested import flatten
 
 FIXED = ("run", "name", "run_id", "state", "epochs", "monitor", "best", "best_epoch")
@@ -46,9 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def collect(paths: list[str]) -> tuple[list[tuple[str, RunRecord]], list[str]]:
+def collect(paths: list[str]) -> tuple[list[tuple[str, RunView]], list[str]]:
     """(label, record) for every run found, and one line per run directory that could not be read."""
-    runs: list[tuple[str, RunRecord]] = []
+    runs: list[tuple[str, RunView]] = []
     problems: list[str] = []
     seen: set[Path] = set()
     for given in paths:
@@ -70,7 +70,7 @@ def collect(paths: list[str]) -> tuple[list[tuple[str, RunRecord]], list[str]]:
     return runs, problems
 
 
-def rows_of(runs: list[tuple[str, RunRecord]]) -> tuple[list[str], list[list[str]]]:
+def rows_of(runs: list[tuple[str, RunView]]) -> tuple[list[str], list[list[str]]]:
     """The header and one row of text per run."""
     keys = differing_keys([record.config for _, record in runs]) if len(runs) > 1 else []
     header = [*FIXED, *keys]
@@ -119,11 +119,11 @@ def as_csv(header: list[str], rows: list[list[str]]) -> str:
 
 
 def write_csv(path: Path, text: str, force: bool) -> None:
-    with OutputClaim(path, "--csv", force) as claim:
+    with OutputLock(path, "--csv", force) as output:
         tmp = temporary_name(path)
         try:
             tmp.write_text(text, encoding="utf-8")
-            claim.publish(tmp)
+            output.publish(tmp)
         except OSError as exc:
             raise file_error("--csv", path, exc, "pass --csv with a writable place") from None
         finally:

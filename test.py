@@ -37,7 +37,7 @@ from trainer.batches import BatchReader
 from utils import distributed
 from utils.checkpoints import run_dir_of
 from utils.ending import Hooks, finish, leave, starting
-from utils.files import OutputClaim, file_error, refuse_link, temporary_name
+from utils.files import OutputLock, file_error, refuse_link, temporary_name
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -55,18 +55,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     starting(None)
-    claims: list[OutputClaim] = []
+    outputs: list[OutputLock] = []
 
     def body() -> int:
-        if int(os.environ.get("RANK", 0)) == 0:  # rank 0 writes the results: it claims them before any work
-            claims.extend(claim_outputs(args))
-        evaluate(args, *claims)
+        if int(os.environ.get("RANK", 0)) == 0:  # rank 0 writes the results: it locks them before any work
+            outputs.extend(lock_outputs(args))
+        evaluate(args, *outputs)
         return 0
 
-    return finish(body, hooks=Hooks(cleanup=lambda: [claim.release() for claim in claims]))
+    return finish(body, hooks=Hooks(cleanup=lambda: [output.release() for output in outputs]))
 
 
-def claim_outputs(args: argparse.Namespace) -> list[OutputClaim]:
+def lock_outputs(args: argparse.Namespace) -> list[OutputLock]:
     """The metrics file (``--out``, or the run's own ``test_metrics.json``, replaced freely) and the
     ``--export`` file, each this process's until it ends; a file you named needs ``--force`` to be replaced."""
     if args.export and not _is_folder(Path(args.export)):
@@ -74,17 +74,17 @@ def claim_outputs(args: argparse.Namespace) -> list[OutputClaim]:
     out = Path(args.out) if args.out else default_out(args)
     if not args.out:
         refuse_link(out)  # the run directory's own file: a link there is not replaced (or followed) unasked
-    claims = [OutputClaim(out, "--out", force=args.force or not args.out)]
+    outputs = [OutputLock(out, "--out", force=args.force or not args.out)]
     if args.export:
-        claims.append(OutputClaim(Path(args.export), "--export", force=args.force))
+        outputs.append(OutputLock(Path(args.export), "--export", force=args.force))
     try:
-        for claim in claims:
-            claim.acquire()
+        for output in outputs:
+            output.acquire()
     except BaseException:
-        for claim in claims:
-            claim.release()
+        for output in outputs:
+            output.release()
         raise
-    return claims
+    return outputs
 
 
 def default_out(args: argparse.Namespace) -> Path:
@@ -100,10 +100,10 @@ def _is_folder(path: Path) -> bool:
     try:
         return path.is_dir()
     except OSError:
-        return False  # a name too long: the claim says so
+        return False  # a name too long: the lock says so
 
 
-def evaluate(args: argparse.Namespace, out: OutputClaim | None = None, export: OutputClaim | None = None) -> dict:
+def evaluate(args: argparse.Namespace, out: OutputLock | None = None, export: OutputLock | None = None) -> dict:
     loaded = load_trained_model(args)
     config, device, model = loaded.config, loaded.device, loaded.model
     trainer = build_trainer(config, device, model=model, settings=evaluation_settings(config))
@@ -135,18 +135,18 @@ def evaluate(args: argparse.Namespace, out: OutputClaim | None = None, export: O
     return results
 
 
-def publish(claim: OutputClaim, data: bytes) -> None:
-    tmp = temporary_name(claim.path)
+def publish(output: OutputLock, data: bytes) -> None:
+    tmp = temporary_name(output.path)
     try:
         tmp.write_bytes(data)
-        claim.publish(tmp)
+        output.publish(tmp)
     except OSError as exc:
-        raise file_error(claim.flag, claim.path, exc, f"pass {claim.flag} with a writable place") from None
+        raise file_error(output.flag, output.path, exc, f"pass {output.flag} with a writable place") from None
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def export_model(loaded, read_batch: BatchReader, data_loader, claim: OutputClaim, source: str) -> dict:
+def export_model(loaded, read_batch: BatchReader, data_loader, output: OutputLock, source: str) -> dict:
     """Ship the model with its serving transforms as one module (``app/export.py``): a ``.pt2``
     (load it with ``torch.export.load(path).module()``) or an ``.onnx`` (ONNX Runtime), checked on
     the test split against this model in eager mode before it is kept; no code of this project
@@ -157,8 +157,8 @@ def export_model(loaded, read_batch: BatchReader, data_loader, claim: OutputClai
         check_one_serving_state(Path(source), loaded.folds, state)
     served = served_model(copy.deepcopy(loaded.model).cpu(), data_loader, state)
     batches = raw_batches(data_loader, read_batch, served.before is not None)
-    record = export(served, batches, claim.path, claim.publish)
-    print(describe(claim.path, record))
+    record = export(served, batches, output.path, output.publish)
+    print(describe(output.path, record))
     return record
 
 

@@ -32,7 +32,7 @@ from dataclasses import replace
 
 from app import auto_resume
 from app.cv import cross_validate, is_cv_dir
-from app.session import RunRequest, Session, load_config
+from app.session import Session, TrainRequest, load_config
 from logger.logger import log_to_files
 from logger.manifest import command_line
 from utils import distributed
@@ -88,8 +88,8 @@ def requeue_signal(name: str) -> int | None:
         raise UserError(f"--requeue-signal: {name!r} is not a signal name; use e.g. SIGUSR1, SIGUSR2 or none") from None
 
 
-def request_of(args: argparse.Namespace, argv: list[str]) -> RunRequest:
-    return RunRequest(
+def request_of(args: argparse.Namespace, argv: list[str]) -> TrainRequest:
+    return TrainRequest(
         config=args.config,
         resume=args.resume,
         overrides=list(args.overrides),

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from app.config import Config
-from app.session import RunRequest
+from app.session import TrainRequest
 from utils.checkpoints import hand_over, newest_loadable
 from utils.errors import UserError
 from utils.files import read_json
@@ -45,7 +45,7 @@ NOTHING_TO_TRAIN = 0
 class Decision:
     """What ``--auto-resume`` made of the command: the request to run, or a finished run's message."""
 
-    request: RunRequest | None
+    request: TrainRequest | None
     run_id: str
     message: str
 
@@ -87,7 +87,7 @@ def _value(data: dict, path: str) -> Any:
     return data
 
 
-def decide(request: RunRequest, announce=print) -> Decision:
+def decide(request: TrainRequest, announce=print) -> Decision:
     """The request ``--auto-resume`` means for ``request`` (a ``-c CONFIG`` command; see the module docstring)."""
     if request.resume is not None or request.config is None:
         raise UserError("--auto-resume: give the command that starts the run (-c CONFIG [overrides]), not -r; it continues the run itself")

@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from app.export import export_cv_at_end
-from app.run_dir import CHECKPOINTS, RunDirectory, lock_holder, read_config, refuse_links
-from app.run_records import best_row, latest_config, read_run, training_over
-from app.session import RunRequest, Session, claim_new_run_dir, config_of, launcher
+from app.run_dir import CHECKPOINTS, RunDirClaim, lock_holder, read_config, refuse_links
+from app.run_records import best_row, latest_config, read_run, training_end_reason
+from app.session import Session, TrainRequest, claim_new_run_dir, config_of, launcher
 from logger.logger import get_logger, setup_logging
 from logger.trackers import close_parent, open_parent
 from utils import distributed
@@ -59,17 +59,17 @@ def is_cv_dir(path: str | Path) -> bool:
         return False
 
 
-def read_description(folder: Path, fix: str = "it is not a cross-validation this code can read") -> dict:
+def read_description(folder: Path, advice: str = "it is not a cross-validation this code can read") -> dict:
     """``cv.json``, read strictly: ``folds`` a whole number of at least 2, ``config`` a mapping with a
     ``data_loader``. The CV's run directory may hold no link (``app/run_dir.py``): a ``fold-i`` that
     links to another run is never taken for a fold."""
     refuse_links(folder)
-    data = read_json(folder / CV_FILE, "cross-validation description", fix)
+    data = read_json(folder / CV_FILE, "cross-validation description", advice)
     folds, config = data.get("folds"), data.get("config")
     if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
-        raise UserError(f"{folder / CV_FILE}: damaged (folds {folds!r}, not a whole number of at least 2); {fix}")
+        raise UserError(f"{folder / CV_FILE}: damaged (folds {folds!r}, not a whole number of at least 2); {advice}")
     if not isinstance(config, dict) or not isinstance(config.get("data_loader"), dict):
-        raise UserError(f"{folder / CV_FILE}: damaged (config is {type(config).__name__}, not a config with a data_loader); {fix}")
+        raise UserError(f"{folder / CV_FILE}: damaged (config is {type(config).__name__}, not a config with a data_loader); {advice}")
     return data
 
 
@@ -81,10 +81,10 @@ def folds_of(folder: Path, fold: int | None = None) -> int:
     return folds
 
 
-def summary_of(folder: Path, fix: str) -> dict:
-    """``cv_summary.json`` (a mapping), or ``{}`` before a fold has finished; ``fix`` words its errors."""
+def summary_of(folder: Path, advice: str) -> dict:
+    """``cv_summary.json`` (a mapping), or ``{}`` before a fold has finished; ``advice`` ends its errors (a fix, or why the folder cannot be used)."""
     path = folder / SUMMARY
-    return read_json(path, "cross-validation summary", fix) if os.path.lexists(path) else {}
+    return read_json(path, "cross-validation summary", advice) if os.path.lexists(path) else {}
 
 
 def read_summary(folder: Path, folds: int, fix: str) -> dict[int, dict]:
@@ -180,7 +180,7 @@ class CrossValidation:
     """``--trust-checkpoint``: the folds' checkpoints may name code outside the project."""
     config_trusted: bool = True
     """The config came from ``-c`` (code the user chose), not from a ``cv.json`` read back (data)."""
-    claim: RunDirectory | None = None
+    claim: RunDirClaim | None = None
     after_fold: Callable[[int, dict | None], str | None] | None = None
     """Called on every rank after each finished fold with the summary so far (rank 0; None elsewhere);
     a returned reason ends the cross-validation there (a sweep's pruner), every rank the same."""
@@ -193,7 +193,7 @@ class CrossValidation:
     """The CV's parent tracker run, opened when a fold first starts (rank 0): every fold's trackers link to it."""
 
     @classmethod
-    def start(cls, request: RunRequest, folds: Any, command: str) -> CrossValidation:
+    def start(cls, request: TrainRequest, folds: Any, command: str) -> CrossValidation:
         """A new CV: its config checked, its run directory claimed (rank 0; ``request.run_dir`` when a
         driver names it) and described in ``cv.json``."""
         if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
@@ -207,7 +207,7 @@ class CrossValidation:
         join_process_group(config["device"], request.devices)  # under torchrun, rank 0 alone claims the CV's directory
         claim, folder = None, None
         if distributed.is_main_process():
-            claim = RunDirectory.create(request.run_dir) if request.run_dir is not None else claim_new_run_dir(config, request.run_id)
+            claim = RunDirClaim.create(request.run_dir) if request.run_dir is not None else claim_new_run_dir(config, request.run_id)
             folder = claim.path
             description = {"folds": folds, "config": config.to_dict(), "trust_checkpoint": request.trust_checkpoint, "command": command}
             write_atomic(folder / CV_FILE, json.dumps(description, indent=2) + "\n", "run directory", "make it writable")
@@ -220,7 +220,7 @@ class CrossValidation:
         data = read_description(folder, "it is not a cross-validation this code can continue")
         folds, config = data["folds"], data["config"]
         join_process_group(config.get("device", "auto"), devices)
-        claim = RunDirectory.open(folder) if distributed.is_main_process() else None
+        claim = RunDirClaim.open(folder) if distributed.is_main_process() else None
         # cv.json is data, as a checkpoint is: its "trust_checkpoint" is never trust itself; the
         # resume command the CV printed repeats --trust-checkpoint when the CV was started with it.
         return cls(folder, folds, config, trust_checkpoint, trust_checkpoint, claim)
@@ -308,23 +308,23 @@ class CrossValidation:
     def run_fold(self, fold: int, stop: StopRequest) -> int:
         folder = self.folder / f"fold-{fold}"
 
-        def found() -> tuple[Path | None, str | None]:
+        def fold_progress() -> tuple[Path | None, str | None]:
             last = latest_checkpoint(folder)
-            return last, (training_over(last) if last is not None else None)
+            return last, (training_end_reason(last) if last is not None else None)
 
-        last, over = distributed.broadcast_object(found() if distributed.is_main_process() else None)
-        if over is not None:  # trained to its end by a process killed before the summary said so
-            get_logger().info("fold %d of %d: trained (%s) before the cross-validation stopped; read from %s", fold, self.folds, over, folder)
+        last, ended = distributed.broadcast_object(fold_progress() if distributed.is_main_process() else None)
+        if ended is not None:  # trained to its end by a process killed before the summary said so
+            get_logger().info("fold %d of %d: trained (%s) before the cross-validation stopped; read from %s", fold, self.folds, ended, folder)
             return 0
         if self.folds_parent is None and distributed.is_main_process():
             self.folds_parent = open_parent("cv", self.folder, self.config, parent=self.tracker_parent)
         common = {"trust_checkpoint": self.trusted, "resume_hint": self.resume_command(), "tracker_parent": self.folds_parent}
         if last is not None:
-            request = RunRequest(resume=str(last), command=self.resume_command(), **common)
+            request = TrainRequest(resume=str(last), command=self.resume_command(), **common)
         else:
             source = f"{self.folder / CV_FILE} (fold {fold} of {self.folds})"
             data = fold_config(self.config, self.folds, fold, source, self.config_trusted)
-            request = RunRequest(
+            request = TrainRequest(
                 config_data=data,
                 config_source=source,
                 config_trusted=self.config_trusted,
@@ -419,7 +419,7 @@ def table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def cross_validate(request: RunRequest, folds: int | None, stop: StopRequest) -> int:
+def cross_validate(request: TrainRequest, folds: int | None, stop: StopRequest) -> int:
     """``train.py -c CONFIG --folds K`` (a new CV) or ``train.py -r CV_RUN_DIR`` (continue one); the exit code."""
     if folds is not None:
         cv = CrossValidation.start(request, folds, request.command)

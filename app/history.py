@@ -3,7 +3,7 @@
 A resume appends to a run's history (``train.log``, ``metrics.jsonl``, ``manifest.json``,
 TensorBoard events, a ``config-resume-N.json``). Before anything is written:
 
-- :meth:`RunHistory.read` refuses a run directory with a symbolic link among its entries
+- :meth:`ResumedHistory.read` refuses a run directory with a symbolic link among its entries
   (``app/run_dir.py``: a link would be written through), reads ``config.json``, ``manifest.json`` and ``metrics.jsonl`` strictly
   (not JSON, not a mapping, a folder in their place, a damaged row: one line naming the file and
   the fix) and checks that the run directory and its ``checkpoints/`` can be written to;
@@ -28,7 +28,7 @@ REWRITTEN = (CONFIG, MANIFEST, METRICS, "metrics.superseded.jsonl", LOCK_FILE)
 
 
 @dataclass
-class RunHistory:
+class ResumedHistory:
     """A run directory's history (config, manifest, metrics rows), read strictly before a resume touches it, so
     a damaged file stops the resume instead of being rewritten."""
 
@@ -38,7 +38,7 @@ class RunHistory:
     rows: list[dict]
 
     @classmethod
-    def read(cls, run_dir: Path, checkpoint: str) -> RunHistory:
+    def read(cls, run_dir: Path, checkpoint: str) -> ResumedHistory:
         fix = f"repair it, or start a new run from the checkpoint with -r {checkpoint} -c CONFIG"
         refuse_links(run_dir)  # nothing is read through a link, and nothing will be written through one
         config = read_config(run_dir / CONFIG, fix) if os.path.lexists(run_dir / CONFIG) else None

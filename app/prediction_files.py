@@ -4,10 +4,10 @@ Every process writes its rows (JSON lines) to a hidden temporary part beside the
 then reads the parts in rank order and writes the final file through a temporary and one link or
 rename, so a file is never half-written and no process holds all predictions in memory. Because
 each process predicts a contiguous run of whole batches of the one-process batching, the merged
-file is the one a single process writes, byte for byte. The output is claimed first
-(``utils/files.py``: :class:`~utils.files.OutputClaim`): a second ``predict.py`` to the same file
+file is the one a single process writes, byte for byte. The output is locked first
+(``utils/files.py``: :class:`~utils.files.OutputLock`): a second ``predict.py`` to the same file
 is one line, an existing file needs ``--force``, and a part or temporary left by a killed run is
-swept by the next claim of the same name; on any other exit they are removed at once.
+swept by the next lock of the same name; on any other exit they are removed at once.
 
 Columns, by the output's extension:
 
@@ -40,13 +40,13 @@ import torch
 
 from trainer.predictor import PredictionBatch
 from utils.errors import UserError
-from utils.files import OutputClaim, file_error, temporary_name
+from utils.files import OutputLock, file_error, temporary_name
 
 FORMATS = (".jsonl", ".csv", ".npz", ".pt")
 
 
-def claim_output(path: Path, force: bool) -> OutputClaim:
-    """Refuse, before any work, an output that cannot be written as asked; else claim it."""
+def lock_output(path: Path, force: bool) -> OutputLock:
+    """Refuse, before any work, an output that cannot be written as asked; else lock it."""
     try:
         folder = path.is_dir()
     except OSError as exc:
@@ -55,9 +55,9 @@ def claim_output(path: Path, force: bool) -> OutputClaim:
         raise UserError(f"--out: {path} is a folder; name a file, e.g. {path / 'predictions.jsonl'}")
     if path.suffix not in FORMATS:
         raise UserError(f"--out: {path.name} has no known extension; use one of {', '.join(FORMATS)}")
-    claim = OutputClaim(path, "--out", force)
-    claim.acquire()
-    return claim
+    output = OutputLock(path, "--out", force)
+    output.acquire()
+    return output
 
 
 def _number(value: float) -> float:
@@ -98,7 +98,7 @@ class RowFormatter:
 
 
 class PartWriter:
-    """This process's rows, in a hidden temporary beside ``out`` (swept by the next claim if the
+    """This process's rows, in a hidden temporary beside ``out`` (swept by the next lock if the
     process is killed); :meth:`discard` removes it."""
 
     def __init__(self, out: Path):
@@ -130,16 +130,16 @@ class PartWriter:
         self.path.unlink(missing_ok=True)
 
 
-def merge(claim: OutputClaim, parts: list[Path]) -> int:
-    """Rank 0: the parts, in rank order, as the claimed output; returns the row count."""
-    out = claim.path
+def merge(output: OutputLock, parts: list[Path]) -> int:
+    """Rank 0: the parts, in rank order, as the locked output; returns the row count."""
+    out = output.path
     tmp = temporary_name(out)
     try:
         if out.suffix in (".npz", ".pt"):
             rows = _write_arrays(parts, tmp, torch_file=out.suffix == ".pt")
         else:
             rows = (_write_jsonl if out.suffix == ".jsonl" else _write_csv)(parts, tmp)
-        claim.publish(tmp)
+        output.publish(tmp)
     except OSError as exc:
         raise file_error("--out", out, exc, "choose a writable place with free space for --out") from None
     finally:

@@ -100,7 +100,7 @@ def lock_holder(path: Path) -> str | None:
     return file_lock_holder(Path(path) / LOCK_FILE)
 
 
-class RunDirectory:
+class RunDirClaim:
     """A claimed run directory; :meth:`release` (or the process's end) gives it up."""
 
     def __init__(self, path: Path, created: bool, made: list[Path]):
@@ -110,7 +110,7 @@ class RunDirectory:
         self._lock = FileLock(path / LOCK_FILE)
 
     @classmethod
-    def create(cls, path: Path) -> RunDirectory:
+    def create(cls, path: Path) -> RunDirClaim:
         """Make a new run directory (and missing parents), already locked; it must not exist.
 
         The directory is built under a temporary name with its lock taken, then renamed into place:
@@ -152,7 +152,7 @@ class RunDirectory:
         return UserError(f"--run-id: {path} already exists; choose another --run-id, or resume it with -r {path}/checkpoints/last.pth")
 
     @classmethod
-    def open(cls, path: Path) -> RunDirectory:
+    def open(cls, path: Path) -> RunDirClaim:
         """Lock an existing run directory (to resume the run in it)."""
         claim = cls(Path(path), False, [])
         claim._take_lock()

@@ -53,7 +53,7 @@ def best_row(rows: list[dict], monitor: Any) -> dict | None:
 
 
 @dataclass
-class RunRecord:
+class RunView:
     """One run directory as ``runs.py`` shows it: its latest config, metrics rows, manifest and state (running,
     finished, stopped, failed)."""
 
@@ -98,7 +98,7 @@ def latest_config(path: Path) -> Path:
     return max(resumed)[1] if resumed else path / "config.json"
 
 
-def read_run(path: Path, fix: str = "repair it, or move the run directory away") -> RunRecord:
+def read_run(path: Path, fix: str = "repair it, or move the run directory away") -> RunView:
     """A run directory's record, its files read strictly (``app/run_dir.py``); a file that cannot
     be read is a :class:`UserError` naming it and ending with ``fix``."""
     config = read_config(latest_config(path), fix)
@@ -112,7 +112,7 @@ def read_run(path: Path, fix: str = "repair it, or move the run directory away")
         state = ended["state"]
     else:
         state = "failed"
-    return RunRecord(path, config, rows, manifest, state, ended)
+    return RunView(path, config, rows, manifest, state, ended)
 
 
 def last_session(manifest: dict) -> dict:
@@ -152,7 +152,7 @@ def find_run_dirs(folder: Path) -> list[Path]:
     return sorted(found)
 
 
-def training_over(checkpoint: Path) -> str | None:
+def training_end_reason(checkpoint: Path) -> str | None:
     """Why the run whose ``last`` checkpoint this is has nothing left to train (``"all epochs"``,
     ``"early stop"``), or None. For the drivers of runs of runs: a run killed after its last
     checkpoint but before its end was recorded is finished, to be read, not resumed (a resume would

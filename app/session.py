@@ -1,6 +1,6 @@
 """A run's life, from a request to a finished, stopped or failed run directory.
 
-``train.py`` builds a :class:`RunRequest` from its command line; the drivers of runs of runs
+``train.py`` builds a :class:`TrainRequest` from its command line; the drivers of runs of runs
 (sweeps, cross-validation) build one per trial or fold, so each of those is an ordinary run
 with every guarantee of a single one. A :class:`Session` then goes through the stages:
 
@@ -31,14 +31,14 @@ from torch import nn
 from app.config import Config, build_loss, build_lr_scheduler, build_metrics, build_optimizer, scheduler_interval
 from app.config.building import require_rebuildable, starts_new_run
 from app.export import export_at_end
-from app.history import ResumeGuard, RunHistory
+from app.history import ResumedHistory, ResumeGuard
 from app.loading import LOADED_MODELS
-from app.run_dir import LOCK_FILE, RunDirectory, refuse_links
+from app.run_dir import LOCK_FILE, RunDirClaim, refuse_links
 from base.freezing import freeze, matching_modules
 from logger import get_logger, setup_logging
 from logger.manifest import extend_manifest, fingerprint, record_end, write_manifest
-from logger.run_log import RunLog
-from logger.trackers import EXTRAS, RunInfo, Trackers, TrackerSettings, missing_extras
+from logger.run_log import RunRecorder
+from logger.trackers import EXTRAS, TrackedRun, Trackers, TrackerSettings, missing_extras
 from trainer import Trainer
 from trainer.optimizers import declares_several
 from trainer.parallel import prepare_model
@@ -54,7 +54,7 @@ from utils.signals import StartupStopped, StopRequest
 
 
 @dataclass
-class RunRequest:
+class TrainRequest:
     """What to run: ``train.py``'s flags, or a driver's in-memory equivalent.
 
     ``config`` is a file (``-c``); a driver passes ``config_data`` (a config it made, e.g. a trial's)
@@ -94,14 +94,14 @@ class RunRequest:
 class Session:
     """One run: what it has claimed, so a failure can take back exactly that."""
 
-    request: RunRequest
+    request: TrainRequest
     stop: StopRequest
-    claim: RunDirectory | None = None
+    claim: RunDirClaim | None = None
     trainer: Trainer | None = None
     config: Config | None = None
     run_dir: Path | None = None
     training: bool = False
-    history: RunHistory | None = None
+    history: ResumedHistory | None = None
     guard: ResumeGuard | None = None  # a resumed run directory as it was, put back if the resume fails before training
 
     def run(self) -> int:
@@ -151,21 +151,21 @@ class Session:
             distributed.agree(lambda: trainer.resume(checkpoint))  # a rank that cannot restore its part stops every rank
             check_work_left(trainer, request.resume)
             if distributed.is_main_process():
-                self.history = RunHistory.read(run_dir_of(request.resume), request.resume)
+                self.history = ResumedHistory.read(run_dir_of(request.resume), request.resume)
         self.stop.while_running()  # from the claim on, a signal stops at a step with a checkpoint
         if distributed.any_process(self.stop.requested):
             return None
         run_dir = self.run_dir = self.claim_run_dir(config)
         try:
             trackers = open_trackers(config, run_dir, request, checkpoint, trainer, self.history)
-            run = open_run_log(run_dir, config, trainer, request.mode, self.history, trackers)
+            recorder = open_recorder(run_dir, config, trainer, request.mode, self.history, trackers)
         except OSError as exc:  # a write the checks could not foresee (a full disk): the guard puts things back
             raise file_error(
                 "run directory", run_dir, exc, "make it writable to resume there, or start a new run with -r CKPT -c CONFIG"
             ) from None
-        run.claim = self.claim  # released when the run log closes, at the end of training
-        trainer.attach_run(run)
-        trainer.epoch_end.insert(0, run.epoch_saved)  # trackers get each epoch once its checkpoint is written
+        recorder.claim = self.claim  # released when the recorder closes, at the end of training
+        trainer.attach_recorder(recorder)
+        trainer.epoch_end.insert(0, recorder.epoch_saved)  # trackers get each epoch once its checkpoint is written
         record_manifest(run_dir, config, trainer, device, request.mode, request.resume, request.command, self.history)
         split = getattr(trainer.data, "split", None)  # which samples validate (BaseDataLoader): checkable, and comparable between folds
         if split is not None and request.mode != "resume" and distributed.is_main_process():
@@ -185,10 +185,10 @@ class Session:
                     folder = run_dir_of(request.resume)
                     lock = folder / LOCK_FILE
                     before = lock.read_bytes() if lock.is_file() else None
-                    self.claim = RunDirectory.open(folder)
+                    self.claim = RunDirClaim.open(folder)
                     self.guard = ResumeGuard(folder, before)
                 elif request.run_dir is not None:
-                    self.claim = RunDirectory.create(request.run_dir)
+                    self.claim = RunDirClaim.create(request.run_dir)
                 else:
                     self.claim = claim_new_run_dir(config, request.run_id)
                 outcome = ("ok", str(self.claim.path))
@@ -241,7 +241,7 @@ class Session:
         """How this session ended, in ``manifest.json`` (rank 0; ``runs.py`` reads it)."""
         if distributed.is_main_process() and self.run_dir is not None and self.trainer is not None:
             record_end(self.run_dir, state, self.trainer.progress.completed_epochs, reason)
-            self.trainer.run.end(state)  # after the manifest records the end: the trackers keep it as it is
+            self.trainer.recorder.end(state)  # after the manifest records the end: the trackers keep it as it is
 
     def abandon(self, stopped: bool, reason: str = "") -> None:
         """After a failure or stop: a new run directory with no checkpoint in it goes (unless a
@@ -251,15 +251,15 @@ class Session:
             return
         if self.guard is not None and not self.training:
             if self.trainer is not None:
-                self.trainer.run.close()
+                self.trainer.recorder.close()
             self.guard.roll_back()
             self.claim.release()
             return
         written = self.trainer is not None and self.trainer.saved_once
         if not written and (stopped or not self.training):
             if self.trainer is not None:
-                self.trainer.run.close()
-                self.trainer.run.end("discarded")  # before the folder goes: a tracker may still write in it
+                self.trainer.recorder.close()
+                self.trainer.recorder.end("discarded")  # before the folder goes: a tracker may still write in it
             self.claim.discard()
         elif self.training:
             self.record_end("stopped" if stopped else "failed", reason or ("stopped" if stopped else "an error"))
@@ -281,7 +281,7 @@ def stopped_during_start_up(stop: StopRequest) -> int:
     return 128 + getattr(signal, name).value
 
 
-def load_config(request: RunRequest) -> tuple[Config, Checkpoint | None]:
+def load_config(request: TrainRequest) -> tuple[Config, Checkpoint | None]:
     """The run's config (and the checkpoint of a resume or fine-tune), checked."""
     check_run_id(request.run_id)
     mode = request.mode
@@ -309,7 +309,7 @@ def load_config(request: RunRequest) -> tuple[Config, Checkpoint | None]:
     return Config.from_dict(checkpoint.config, source, request.overrides, trusted=request.trust_checkpoint), checkpoint
 
 
-def config_of(request: RunRequest) -> Config:
+def config_of(request: TrainRequest) -> Config:
     """The config a new run's request names: a file (``-c``) or a driver's ``config_data``, with its
     overrides and its trust (a ``cv.json`` read back is data). The one place a request becomes a config."""
     if request.config_data is None:
@@ -350,16 +350,16 @@ def check_run_id(run_id: str | None) -> None:
         raise UserError(f"--run-id: too long for a folder name ({len(run_id.encode())} bytes, at most 255); choose a shorter one")
 
 
-def claim_new_run_dir(config: Config, run_id: str | None) -> RunDirectory:
+def claim_new_run_dir(config: Config, run_id: str | None) -> RunDirClaim:
     """``<save_dir>/<name>/<run_id>``, created; without ``--run-id`` a time stamp, with ``_2``, ``_3`` ... when
     another run started in the same second."""
     parent = Path(config.settings.save_dir).expanduser() / config["name"]
     if run_id is not None:
-        return RunDirectory.create(parent / run_id)
+        return RunDirClaim.create(parent / run_id)
     stamp = time.strftime("%m%d_%H%M%S")
     for attempt in range(1, 100):
         try:
-            return RunDirectory.create(parent / (stamp if attempt == 1 else f"{stamp}_{attempt}"))
+            return RunDirClaim.create(parent / (stamp if attempt == 1 else f"{stamp}_{attempt}"))
         except UserError as exc:
             if "--run-id" not in str(exc):
                 raise
@@ -451,20 +451,20 @@ def evaluation_settings(config: Config) -> object:
     return replace(config.settings, strategy="ddp", compile=False, ema_decay=None, freeze=[], preflight=False)
 
 
-def open_run_log(
-    run_dir: Path, config: Config, trainer: Trainer, mode: str, history: RunHistory | None = None, trackers: Trackers | None = None
-) -> RunLog:
+def open_recorder(
+    run_dir: Path, config: Config, trainer: Trainer, mode: str, history: ResumedHistory | None = None, trackers: Trackers | None = None
+) -> RunRecorder:
     if not distributed.is_main_process():
-        return RunLog.off()
+        return RunRecorder.off()
     tensorboard = config.settings.tensorboard and "tensorboard" in config["logger"]["trackers"]  # written when both allow it
     if mode == "resume":
         progress = trainer.progress
-        return RunLog.resume(run_dir, config.to_dict(), history.config, progress.completed_epochs, progress.global_step, tensorboard, trackers)
-    return RunLog.start(run_dir, config.to_dict(), tensorboard, trackers)
+        return RunRecorder.resume(run_dir, config.to_dict(), history.config, progress.completed_epochs, progress.global_step, tensorboard, trackers)
+    return RunRecorder.start(run_dir, config.to_dict(), tensorboard, trackers)
 
 
 def open_trackers(
-    config: Config, run_dir: Path, request: RunRequest, checkpoint: Checkpoint | None, trainer: Trainer, history: RunHistory | None
+    config: Config, run_dir: Path, request: TrainRequest, checkpoint: Checkpoint | None, trainer: Trainer, history: ResumedHistory | None
 ) -> Trackers:
     """The run's experiment trackers (rank 0; they start with training): a resume continues the tracker
     runs it names (``trackers.json``, else its checkpoint) and sends them what they lack of
@@ -477,8 +477,8 @@ def open_trackers(
     source = {"checkpoint": str(request.resume), "trackers": kept} if request.mode == "finetune" else None
     done = trainer.progress.completed_epochs
     rows = [row for row in history.rows if row["epoch"] <= done] if history is not None and request.mode == "resume" else []
-    run = RunInfo(run_dir, config.to_dict(), request.mode, request.tracker_parent, source, completed_epochs=done)
-    return Trackers(settings, run, kept if request.mode == "resume" else None, rows)
+    tracked = TrackedRun(run_dir, config.to_dict(), request.mode, request.tracker_parent, source, completed_epochs=done)
+    return Trackers(settings, tracked, kept if request.mode == "resume" else None, rows)
 
 
 def record_manifest(
@@ -489,7 +489,7 @@ def record_manifest(
     mode: str,
     checkpoint: str | None,
     command: str,
-    history: RunHistory | None = None,
+    history: ResumedHistory | None = None,
 ) -> None:
     """``manifest.json``: written for a new run, extended by a resume (``logger/manifest.py``); collective under DDP."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)

@@ -20,7 +20,7 @@ from base.progress import Monitor, Progress
 from base.settings import TrainerSettings
 from base.training_state import RngState
 from logger.logger import get_logger
-from logger.run_log import RunLog
+from logger.run_log import RunRecorder
 from utils import distributed
 from utils.checkpoints import Stateful, open_store, restore
 from utils.signals import StopRequest
@@ -36,7 +36,7 @@ class BaseTrainer(ABC):
         self,
         settings: TrainerSettings,
         device: torch.device,
-        run: RunLog | None = None,
+        recorder: RunRecorder | None = None,
         stop: StopRequest | None = None,
         checkpoint_meta: dict | None = None,
         store: Any = None,
@@ -46,7 +46,7 @@ class BaseTrainer(ABC):
         self.store.asynchronous = settings.async_save  # a snapshot store ignores it: every rank writes its shards at once
         self.device = device
         self.logger = get_logger()
-        self.run = run or RunLog.off()
+        self.recorder = recorder or RunRecorder.off()
         self.checkpoint_meta = checkpoint_meta or {}
         self.progress = Progress()
         self.monitor = Monitor(settings.monitor_mode, settings.monitor_metric, settings.early_stop)
@@ -80,11 +80,17 @@ class BaseTrainer(ABC):
                 self.logger.info("early stop: the count of epochs without improvement restarts at 0 (trainer.early_stop_reset)")
             self.monitor.reset_count()
 
-    def attach_run(self, run: RunLog) -> None:
+    @property
+    def run(self) -> RunRecorder:
+        """The run's recorder by its former name, read-only: a subclass written against ``run``
+        (its ``tensorboard``, ``run_dir``) keeps working; new code uses ``self.recorder``."""
+        return self.recorder
+
+    def attach_recorder(self, recorder: RunRecorder) -> None:
         """Where logs, metrics and checkpoints go, once the run directory exists (and is locked: what a
         killed writer left half-written there is swept). A collective call."""
-        self.run = run
-        self.store.attach(run.checkpoint_dir)
+        self.recorder = recorder
+        self.store.attach(recorder.checkpoint_dir)
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -96,7 +102,7 @@ class BaseTrainer(ABC):
         """Run the remaining epochs; SIGINT/SIGTERM checkpoint and stop (``stopped_by``)."""
         installed = self.stop.install() if not self.stop.installed else None
         self.store.sweep()
-        self.run.begin()
+        self.recorder.begin()
         try:
             for epoch in self.epochs:
                 if self.stop_agreed():
@@ -107,7 +113,7 @@ class BaseTrainer(ABC):
                 row = {"epoch": epoch, **train_row, **self._valid_epoch(epoch), **self._learning_rates()}
                 improved = self.monitor.update(row)
                 self._after_epoch(row)
-                self.run.log_epoch(row, self.progress.global_step)
+                self.recorder.log_epoch(row, self.progress.global_step)
                 self.save_epoch_checkpoints(epoch, improved)
                 reasons = [reason for hook in self.epoch_end if (reason := hook(row))]
                 if reasons:
@@ -127,7 +133,7 @@ class BaseTrainer(ABC):
             self.store.wait()  # a stop or the run's end: the last checkpoint is on disk before anyone is told
             if installed is not None:
                 self.stop.restore()
-            self.run.close()
+            self.recorder.close()
 
     def stop_agreed(self) -> bool:
         """True on every rank once any rank received a stop signal; ``stopped_by`` names the same signal
@@ -165,7 +171,7 @@ class BaseTrainer(ABC):
     def save_last(self) -> None:
         """Write ``last`` atomically; every rank takes part."""
         mid_epoch = self.progress.batch_in_epoch > 0
-        meta = {**self.checkpoint_meta, **self.run.checkpoint_meta()}  # the tracker runs' ids, once they exist
+        meta = {**self.checkpoint_meta, **self.recorder.checkpoint_meta()}  # the tracker runs' ids, once they exist
         self.store.save("last", meta, self.state_parts(), self.rank_parts(), mid_epoch)
         self.saved_once = True
         last = self.store.path("last")

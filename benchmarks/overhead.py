@@ -44,10 +44,10 @@ import torch.nn.functional as F  # noqa: E402
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset  # noqa: E402
 
 from app.config import Config, build_loss, build_lr_scheduler, build_metrics, build_optimizer, read_config_file, scheduler_interval  # noqa: E402
-from app.run_dir import RunDirectory  # noqa: E402
+from app.run_dir import RunDirClaim  # noqa: E402
 from base import BaseDataLoader, BaseModel  # noqa: E402
 from logger import get_logger, setup_logging  # noqa: E402
-from logger.run_log import RunLog  # noqa: E402
+from logger.run_log import RunRecorder  # noqa: E402
 from trainer import Trainer  # noqa: E402
 from trainer.batches import unpack_batch  # noqa: E402
 from utils.device import select_device  # noqa: E402
@@ -215,7 +215,7 @@ def run_trainer(config: Config, loader: Any, device: torch.device, run_dir: Path
     """Seconds for ``trainer.train()``, and the trained model."""
     parts = build_parts(config, device)
     settings = config.settings
-    run = RunLog.start(RunDirectory.create(run_dir).path, config.to_dict(), settings.tensorboard)
+    run = RunRecorder.start(RunDirClaim.create(run_dir).path, config.to_dict(), settings.tensorboard)
     trainer = Trainer(
         parts.model,
         parts.criterion,
@@ -226,7 +226,7 @@ def run_trainer(config: Config, loader: Any, device: torch.device, run_dir: Path
         metrics=parts.metrics,
         lr_scheduler=parts.scheduler,
         scheduler_interval=scheduler_interval(config),
-        run=run,
+        recorder=run,
     )
     seed_everything(config["seed"])
     started = time.perf_counter()

@@ -58,7 +58,7 @@ def samples_per_sec(config: Config) -> float:
     trainer = build_trainer(config, torch.device("cpu"))
     trainer.valid_data = None  # training throughput only
     rows: list[dict] = []
-    trainer.run.log_epoch = lambda row, step: rows.append(row)
+    trainer.recorder.log_epoch = lambda row, step: rows.append(row)
     trainer.train()
     return statistics.median(row["samples_per_sec"] for row in rows)
 

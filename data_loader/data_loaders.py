@@ -1,7 +1,10 @@
 """Concrete data loaders, built by name from ``data_loader.type``.
 
 Each builds a ``Dataset`` and hands it to :class:`BaseDataLoader`, which owns splitting,
-shuffling, sharding and the in-memory path. ``training=False`` gives the test split.
+shuffling, sharding and the in-memory path. ``training=False`` gives the test split. A loader names
+the arguments it uses or whose default it changes, and passes ``**kwargs`` on to ``BaseDataLoader``
+(``shuffle``, ``num_workers``, ``in_memory``, ``folds``, ...: see its docstring), as the README teaches;
+an argument the loader sets itself (its ``dataset``) is refused by :func:`refuse_set_args`.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,6 +60,14 @@ def held_out_split(samples: int, test_fraction: float, seed: int, training: bool
     return (order[n_test:] if training else order[:n_test]).sort().values
 
 
+def refuse_set_args(loader: str, kwargs: dict, **why: str) -> None:
+    """One line for a config that names a ``BaseDataLoader`` argument this loader sets itself (``why``
+    says how), instead of a clash inside the loader or a value silently used against its design."""
+    for name, reason in why.items():
+        if name in kwargs:
+            raise UserError(f"data_loader.args.{name}: {loader} {reason}; remove it from data_loader.args")
+
+
 class HeldOutDataLoader(BaseDataLoader):
     """A data set in memory with a fixed held-out test split (``training=False``); subclasses name
     the data set in ``make_dataset(training)``."""
@@ -63,34 +75,10 @@ class HeldOutDataLoader(BaseDataLoader):
     def make_dataset(self, training: bool) -> TensorDataset:
         raise NotImplementedError
 
-    def __init__(
-        self,
-        batch_size: int = 64,
-        shuffle: bool = True,
-        validation_split: int | float = 0.15,
-        num_workers: int = 0,
-        training: bool = True,
-        split_seed: int = 0,
-        in_memory: bool = False,
-        drop_last: bool = False,
-        folds: int = 0,
-        fold: int = 0,
-        fold_groups: str | None = None,
-    ):
-        super().__init__(
-            self.make_dataset(training),
-            batch_size,
-            shuffle,
-            validation_split,
-            num_workers,
-            training=training,
-            split_seed=split_seed,
-            in_memory=in_memory,
-            drop_last=drop_last,
-            folds=folds,
-            fold=fold,
-            fold_groups=fold_groups,
-        )
+    def __init__(self, batch_size: int = 64, *, validation_split: int | float = 0.15, training: bool = True, **kwargs: Any):
+        """``batch_size`` and ``validation_split`` with this loader's defaults; the rest: :class:`BaseDataLoader`."""
+        refuse_set_args(type(self).__name__, kwargs, dataset="makes its data set in make_dataset(training)")
+        super().__init__(self.make_dataset(training), batch_size, validation_split=validation_split, training=training, **kwargs)
 
 
 class DigitsDataLoader(HeldOutDataLoader):
@@ -114,21 +102,22 @@ class MnistDataLoader(BaseDataLoader):
         self,
         data_dir: str = "data/",
         batch_size: int = 128,
-        shuffle: bool = True,
+        *,
         validation_split: int | float = 0.1,
         num_workers: int = 2,
         training: bool = True,
         download: bool = True,
-        split_seed: int = 0,
         transforms: dict | None = None,
-        in_memory: bool = False,
-        drop_last: bool = False,
-        folds: int = 0,
-        fold: int = 0,
-        fold_groups: str | None = None,
+        **kwargs: Any,
     ):
         from torchvision import datasets
 
+        refuse_set_args(
+            "MnistDataLoader",
+            kwargs,
+            dataset="reads MNIST from data_dir",
+            validation_dataset="validates on its training images with the eval transforms",
+        )
         lists = {"train": [], "eval": [], **check_transforms(transforms)}  # default: the images as they are
         tail = to_normalized_tensor(MNIST_MEAN, MNIST_STD)
         eval_transform = pipeline(lists["eval"], tail, "data_loader.args.transforms.eval")
@@ -153,15 +142,9 @@ class MnistDataLoader(BaseDataLoader):
         super().__init__(
             dataset,
             batch_size,
-            shuffle,
-            validation_split,
-            num_workers,
+            validation_split=validation_split,
+            num_workers=num_workers,
             training=training,
             validation_dataset=validation_dataset,
-            split_seed=split_seed,
-            in_memory=in_memory,
-            drop_last=drop_last,
-            folds=folds,
-            fold=fold,
-            fold_groups=fold_groups,
+            **kwargs,
         )

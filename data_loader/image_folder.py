@@ -15,10 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from torch.utils.data import Dataset
 
 from base import BaseDataLoader
+from data_loader.data_loaders import refuse_set_args
 from dataflow.transforms import check_transforms, pipeline, to_normalized_tensor
 from utils.errors import UserError, first_line
 
@@ -73,28 +75,28 @@ class ImageFolderDataLoader(BaseDataLoader):
             ``package.module:Name`` (``dataflow/transforms.py``); a phase left out keeps
             :func:`default_transforms`. The conversion to a float tensor and ``mean``/``std``
             normalisation are appended to every list.
-        The rest: see :class:`BaseDataLoader` (``validation_split`` does not exist here: ``val/`` is the
-        validation set, unless ``folds`` partitions ``train/`` into folds).
+        folds: partition ``train/`` into folds (``val/`` is then not used).
+        The rest (``**kwargs``): see :class:`BaseDataLoader` (``validation_split`` is refused here:
+        ``val/`` is the validation set, unless ``folds`` partitions ``train/`` into folds).
     """
 
     def __init__(
         self,
         data_dir: str,
         batch_size: int = 32,
+        *,
         image_size: int = 224,
-        shuffle: bool = True,
         num_workers: int = 2,
         training: bool = True,
         augment: bool = True,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         transforms: dict | None = None,
-        in_memory: bool = False,
-        drop_last: bool = False,
         folds: int = 0,
-        fold: int = 0,
-        fold_groups: str | None = None,
+        **kwargs: Any,
     ):
+        validates = "validates on val/ (or, with folds, on a fold of train/)"
+        refuse_set_args("ImageFolderDataLoader", kwargs, dataset="reads data_dir", validation_split=validates, validation_dataset=validates)
         self.data_dir = Path(data_dir)
         if not self.data_dir.is_dir():
             raise UserError(f"data_loader.args.data_dir: {data_dir} is not a folder; point it at a folder holding train/ and val/")
@@ -117,17 +119,7 @@ class ImageFolderDataLoader(BaseDataLoader):
             split = "test" if (self.data_dir / "test").is_dir() else "val"
             dataset = image_folder(self.data_dir / split, eval_transform, self.data_dir, self.classes)
         super().__init__(
-            dataset,
-            batch_size,
-            shuffle,
-            num_workers=num_workers,
-            training=training,
-            validation_dataset=fold_view,
-            in_memory=in_memory,
-            drop_last=drop_last,
-            folds=folds,
-            fold=fold,
-            fold_groups=fold_groups,
+            dataset, batch_size, num_workers=num_workers, training=training, validation_dataset=fold_view, folds=folds, **kwargs
         )
 
     def unlabeled_dataset(self, path: str) -> Dataset:

@@ -17,11 +17,13 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
 from base import BaseDataLoader
+from data_loader.data_loaders import refuse_set_args
 from utils.errors import UserError
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "data" / "topics"
@@ -156,26 +158,33 @@ class TextDataLoader(BaseDataLoader):
         data_dir: folder with ``train.tsv`` and ``test.tsv``; null uses the bundled topics set.
         max_vocab: vocabulary size cap, specials included; ``arch.args.vocab_size`` must be at least this.
         min_freq: words seen fewer times in the training split become ``<unk>``.
-        The rest: see :class:`BaseDataLoader` (``fold_groups`` is not offered: the vocabulary is fitted
-        on the training part before the data set exists).
+        validation_split, split_seed, folds, fold: as :class:`BaseDataLoader` takes them; this loader
+        draws the same split first, to fit the vocabulary on the training part only.
+        The rest (``**kwargs``): see :class:`BaseDataLoader` (``fold_groups`` is refused: the vocabulary
+        is fitted on the training part before the data set exists).
     """
 
     def __init__(
         self,
         data_dir: str | None = None,
         batch_size: int = 32,
-        shuffle: bool = True,
+        *,
         validation_split: int | float = 0.2,
-        num_workers: int = 0,
         training: bool = True,
         split_seed: int = 0,
-        in_memory: bool = False,
-        drop_last: bool = False,
         max_vocab: int = 2000,
         min_freq: int = 1,
         folds: int = 0,
         fold: int = 0,
+        **kwargs: Any,
     ):
+        refuse_set_args(
+            "TextDataLoader",
+            kwargs,
+            dataset="reads data_dir",
+            collate_fn="pads its sentences with its own collate_fn",
+            fold_groups="fits its vocabulary on the training part before the data set exists",
+        )
         self.data_dir = Path(data_dir) if data_dir else BUNDLED_DIR
         train_rows = read_tsv(self.data_dir / "train.tsv")
         self.classes = sorted({label for label, _ in train_rows})
@@ -189,16 +198,13 @@ class TextDataLoader(BaseDataLoader):
         super().__init__(
             dataset,
             batch_size,
-            shuffle,
-            validation_split,
-            num_workers,
+            validation_split=validation_split,
             collate_fn=pad_collate,
             training=training,
             split_seed=split_seed,
-            in_memory=in_memory,
-            drop_last=drop_last,
             folds=folds,
             fold=fold,
+            **kwargs,
         )
 
     def unlabeled_dataset(self, path: str) -> Sentences:

@@ -8,7 +8,7 @@ normalisation, so ``[]`` means "the image as it is". ``train`` is used for the t
 ``eval`` for validation, test and ``predict.py``; a key left out keeps the loader's default.
 
 The config checks every full-path name against the trust rule before the loader is built
-(``app/config/config.py``), so a checkpoint's config cannot make a loader import other code.
+(``app/config/validation.py``), so a checkpoint's config cannot make a loader import other code.
 """
 
 from __future__ import annotations

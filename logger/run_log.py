@@ -2,16 +2,16 @@
 and TensorBoard events, in a run directory that ``app/run_dir.py`` has claimed, on rank 0 only;
 and what it sends to experiment trackers (MLflow, W&B: ``logger/trackers/``).
 
-Other ranks (and a Trainer without a run directory) get :meth:`RunLog.off`, whose methods do
+Other ranks (and a Trainer without a run directory) get :meth:`RunRecorder.off`, whose methods do
 nothing, so callers never test ranks. A resumed run appends: ``config.json`` is never replaced
 (a resume whose config differs writes ``config-resume-<N>.json`` beside it), rows of
 ``metrics.jsonl`` after the checkpoint move to ``metrics.superseded.jsonl``, and TensorBoard
 events after the checkpoint's step are purged.
 
-Trackers start when training does (:meth:`RunLog.begin`), get each epoch's row once its
-checkpoint is written (:meth:`RunLog.epoch_saved`, a ``trainer.epoch_end`` hook) and the step
-scalars (:meth:`RunLog.log_scalars`), and are ended by the session with how the run ended
-(:meth:`RunLog.end`). Nothing they do can fail the run.
+Trackers start when training does (:meth:`RunRecorder.begin`), get each epoch's row once its
+checkpoint is written (:meth:`RunRecorder.epoch_saved`, a ``trainer.epoch_end`` hook) and the step
+scalars (:meth:`RunRecorder.log_scalars`), and are ended by the session with how the run ended
+(:meth:`RunRecorder.end`). Nothing they do can fail the run.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from logger.trackers import Trackers
 from utils.files import refuse_link, write_atomic
 
 
-class RunLog:
+class RunRecorder:
     """Where a run's records go: ``train.log``, ``metrics.jsonl``, TensorBoard and the experiment trackers, for
     a run directory (or nowhere, ``run_dir=None``, for a pre-flight or a test)."""
 
@@ -47,11 +47,11 @@ class RunLog:
         self.tensorboard = TensorboardWriter(run_dir, tensorboard, purge_step=purge_step)
 
     @classmethod
-    def off(cls) -> RunLog:
+    def off(cls) -> RunRecorder:
         return cls(None)
 
     @classmethod
-    def start(cls, run_dir: Path, config: dict, tensorboard: bool, trackers: Trackers | None = None) -> RunLog:
+    def start(cls, run_dir: Path, config: dict, tensorboard: bool, trackers: Trackers | None = None) -> RunRecorder:
         """A new run in its new directory: the resolved config, then the log files."""
         write_atomic(run_dir / "config.json", json.dumps(config, indent=2) + "\n", "run directory", "make it writable")
         return cls(run_dir, tensorboard, trackers=trackers)
@@ -66,7 +66,7 @@ class RunLog:
         global_step: int,
         tensorboard: bool,
         trackers: Trackers | None = None,
-    ) -> RunLog:
+    ) -> RunRecorder:
         """Continue the run in ``run_dir`` after a checkpoint of ``completed_epochs`` epochs and ``global_step``
         steps; ``saved_config`` is its ``config.json``, read beforehand (``app/history.py``)."""
         saved = run_dir / "config.json"

@@ -25,7 +25,7 @@ from helpers import TESTS_ENV, changes, entry_point, run_script, save_crafted, t
 import predict
 import runs
 import train
-from app.run_dir import RunDirectory
+from app.run_dir import RunDirClaim
 from base import BaseDataLoader
 from dataflow.splits import kfold
 from logger.logger import close_log_files
@@ -233,7 +233,7 @@ def test_the_runs_table_shows_state_and_only_the_keys_that_differ(cv_dir, tmp_pa
     finally:
         del os.environ["SIGNAL_AT_BATCH"], os.environ["SIGNAL_NAME"]
     before = tree(tmp_path)
-    claim = RunDirectory.open(folder / "tiny" / "a")  # a process training in it
+    claim = RunDirClaim.open(folder / "tiny" / "a")  # a process training in it
     try:
         rows = runs_table([folder])
     finally:

@@ -23,7 +23,7 @@ from helpers import ROOT, TESTS_ENV, build_trainer, entry_point, run_here, save_
 
 import predict
 from logger.logger import close_log_files
-from utils.files import OutputClaim
+from utils.files import OutputLock
 
 THREADS = {"OMP_NUM_THREADS": "1"}
 
@@ -52,7 +52,7 @@ def sleepy_run(tmp_path_factory) -> Path:
 def test_an_output_another_process_writes_is_refused_and_an_existing_one_needs_force(tmp_path, sleepy_run, capsys):
     out = tmp_path / "p.jsonl"
     args = ["-r", str(sleepy_run / "checkpoints" / "last.pth"), "--split", "train", "--out", str(out), "--trust-checkpoint"]
-    with OutputClaim(out, "--out"):  # another process writing it
+    with OutputLock(out, "--out"):  # another process writing it
         assert predict.main(args) == 2
         assert f"--out: {out} is being written by process {os.getpid()}" in capsys.readouterr().err
     assert not out.exists() and not leftovers(tmp_path, "p.jsonl")

@@ -23,9 +23,9 @@ import torch
 from helpers import ROOT, run_here, tiny_config, write_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from app.run_dir import RunDirectory
+from app.run_dir import RunDirClaim
 from logger import MetricsFile, TensorboardWriter, add_log_file, close_log_files, get_logger, setup_logging
-from logger.run_log import RunLog
+from logger.run_log import RunRecorder
 from utils.errors import UserError
 
 THREADS = {"OMP_NUM_THREADS": "1"}  # the test machine's cores are shared; one thread avoids oversubscription
@@ -248,10 +248,10 @@ def test_train_log_continues_across_the_resume(runs):
 def test_a_second_run_in_the_same_process_logs_only_to_its_own_train_log(tmp_path):
     setup_logging(1)
     try:
-        first = RunLog.start(RunDirectory.create(tmp_path / "first").path, {}, tensorboard=False)
+        first = RunRecorder.start(RunDirClaim.create(tmp_path / "first").path, {}, tensorboard=False)
         get_logger().info("line of the first run")
         first.close()
-        second = RunLog.start(RunDirectory.create(tmp_path / "second").path, {}, tensorboard=False)
+        second = RunRecorder.start(RunDirClaim.create(tmp_path / "second").path, {}, tensorboard=False)
         get_logger().info("line of the second run")
         second.close()
     finally:
@@ -302,7 +302,7 @@ def test_metrics_file_moves_rows_after_the_resumed_epoch_aside_and_survives_a_to
 
 
 def test_a_resumed_writer_replaces_what_came_after_the_checkpoint(tmp_path):
-    """What RunLog does on resume: events after the checkpoint's step are purged, not duplicated."""
+    """What RunRecorder does on resume: events after the checkpoint's step are purged, not duplicated."""
     first = TensorboardWriter(tmp_path, True)
     for step in (10, 20, 30):
         first.add_scalars({"train/loss": float(step)}, step)
@@ -325,24 +325,24 @@ def test_disabled_tensorboard_writes_nothing(tmp_path):
 
 
 def test_a_run_directory_is_claimed_once_and_discarded_only_by_its_creator(tmp_path):
-    claim = RunDirectory.create(tmp_path / "saved" / "name" / "new")
-    RunLog.start(claim.path, {"name": "x"}, tensorboard=True).close()
+    claim = RunDirClaim.create(tmp_path / "saved" / "name" / "new")
+    RunRecorder.start(claim.path, {"name": "x"}, tensorboard=True).close()
     assert (claim.path / "config.json").is_file() and (claim.path / "checkpoints").is_dir()
     with pytest.raises(UserError, match=rf"in use by process {os.getpid()}; choose another --run-id"):
-        RunDirectory.create(claim.path)  # a run with the same --run-id that is still going
+        RunDirClaim.create(claim.path)  # a run with the same --run-id that is still going
     with pytest.raises(UserError, match=rf"in use by process {os.getpid()}"):
-        RunDirectory.open(claim.path)  # resuming a run that is still going
+        RunDirClaim.open(claim.path)  # resuming a run that is still going
     claim.release()
     with pytest.raises(UserError, match=r"already exists; choose another --run-id, or resume it with -r"):
-        RunDirectory.create(claim.path)
+        RunDirClaim.create(claim.path)
     claim.created = True  # what discard() takes back: the directory this claim made
     claim.discard()
     assert not (tmp_path / "saved").exists()  # the parents it made go too, when empty
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "config.json").write_text("{}")
-    old = RunDirectory.open(tmp_path / "old")
+    old = RunDirClaim.open(tmp_path / "old")
     old.discard()
     assert (tmp_path / "old" / "config.json").is_file()
-    RunDirectory.open(tmp_path / "old").release()  # the lock went with the claim
+    RunDirClaim.open(tmp_path / "old").release()  # the lock went with the claim
     close_log_files()
     assert not any(isinstance(h, logging.FileHandler) for h in get_logger().handlers)

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from helpers import changes, tree
 
-from app.run_dir import LOCK_FILE, RunDirectory, refuse_links
+from app.run_dir import LOCK_FILE, RunDirClaim, refuse_links
 from logger.logger import add_log_file, close_log_files, get_logger
 from logger.metrics_file import MetricsFile
 from utils.errors import UserError
-from utils.files import OutputClaim
+from utils.files import OutputLock
 
 
 def a_run(tmp_path: Path) -> Path:
@@ -46,7 +46,7 @@ def test_every_opener_of_a_run_file_refuses_a_link_and_writes_nothing_through_it
     openers = {
         "train.log": lambda: add_log_file(run / "train.log"),
         "metrics.jsonl": lambda: MetricsFile(run / "metrics.jsonl").append({"epoch": 2}),
-        LOCK_FILE: lambda: RunDirectory.open(run),
+        LOCK_FILE: lambda: RunDirClaim.open(run),
     }
     try:
         for name, opener in openers.items():
@@ -65,7 +65,7 @@ def test_a_claim_file_beside_an_output_is_not_followed(tmp_path):
     (tmp_path / ".metrics.json.claim").symlink_to(victim)
     before = tree(tmp_path)
     with pytest.raises(UserError, match="metrics.json.claim is a symbolic link"):
-        OutputClaim(tmp_path / "metrics.json", "--out").acquire()
+        OutputLock(tmp_path / "metrics.json", "--out").acquire()
     assert tree(tmp_path) == before
 
 

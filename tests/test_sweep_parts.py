@@ -42,7 +42,7 @@ def test_the_client_opens_the_slots_and_describes_the_sweep(client):
 def test_slot_takers_take_the_lowest_free_slot_a_released_running_one_is_taken_over_and_ends_are_told(client):
     first, second = SlotTaker(client), SlotTaker(client)
     job = first.next_job()
-    assert (job.slot, job.how) == (0, "new") and 1e-3 <= job.values["optimizer.args.lr"] <= 1e-2
+    assert (job.slot, job.action) == (0, "new") and 1e-3 <= job.values["optimizer.args.lr"] <= 1e-2
     held = second.next_job()
     assert held.slot == 1  # slot 0 is RUNNING and its lock held
     assert states(client) == [(0, "RUNNING"), (1, "RUNNING"), (2, "WAITING")]

@@ -381,7 +381,7 @@ def test_the_setup_lock_serialises_workers_and_leaves_no_file(tmp_path):
     import threading
     import time
 
-    from app.sweeps.claims import SetupLock
+    from app.sweeps.locks import SetupLock
 
     path = tmp_path / "sweeps" / ".space.lock"
     inside, overlaps = [], []

@@ -273,9 +273,9 @@ class Trainer(BaseTrainer):
         bar = progress_bar(total, f"epoch {epoch}", self.show_progress, initial=start)
         started, samples, data_wait = time.perf_counter(), 0, 0.0
         first_inputs = None
-        if s.profile and self.profile_from is None and self.run.run_dir is not None:
+        if s.profile and self.profile_from is None and self.recorder.run_dir is not None:
             self.profile_from = self.progress.global_step
-            self.profiler = start_profiler(s.profile, self.run.run_dir / "profile")
+            self.profiler = start_profiler(s.profile, self.recorder.run_dir / "profile")
         batches = iter(self.data.epoch_batches(epoch, start))
         measured = bool(self.train_metrics.names)
         several = self.optimizer_set
@@ -341,9 +341,9 @@ class Trainer(BaseTrainer):
         row.update(samples_per_sec=round(seen / elapsed, 2), data_wait=round(data_wait / elapsed, 4))
         self._hint_data_wait(row["data_wait"])
         if s.log_histograms:
-            self.run.tensorboard.add_histograms(self.model.module, self.progress.global_step)
+            self.recorder.tensorboard.add_histograms(self.model.module, self.progress.global_step)
         if first_inputs is not None:
-            self.run.tensorboard.add_images("train/inputs", first_inputs, self.progress.global_step)
+            self.recorder.tensorboard.add_images("train/inputs", first_inputs, self.progress.global_step)
         return row
 
     def _after_step(self, epoch: int, total: int, samples: int, started: float, bar: Any) -> bool:
@@ -355,7 +355,7 @@ class Trainer(BaseTrainer):
         if step % self.settings.log_step == 0:
             mean = self._check_losses(epoch)
             rate = samples * distributed.world_size() / max(time.perf_counter() - started, 1e-9)
-            self.run.log_scalars({"train/step_loss": mean, "train/step_samples_per_sec": rate}, step)
+            self.recorder.log_scalars({"train/step_loss": mean, "train/step_samples_per_sec": rate}, step)
             if self.show_progress:
                 bar.set_postfix(loss=f"{mean:.4f}", samples_s=f"{rate:,.0f}")
             else:
@@ -389,7 +389,7 @@ class Trainer(BaseTrainer):
         if self.progress.global_step + 1 - self.profile_from >= window["wait"] + window["warmup"] + window["active"]:
             self.profiler.__exit__(None, None, None)
             self.profiler = None
-            self.logger.info("profiler trace written to %s", self.run.run_dir / "profile")
+            self.logger.info("profiler trace written to %s", self.recorder.run_dir / "profile")
 
     def _check_losses(self, epoch: int) -> float | None:
         """Mean loss of the batches since the last check; stops the run if any of them was not finite."""

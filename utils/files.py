@@ -8,10 +8,10 @@
   value at the top.
 - **Writing**: :func:`replacing` gives a temporary sibling to write and renames it into place
   when the block ends well (fsynced first), so a reader sees the old file or the new one, never
-  half; the temporary is removed on any exit the process survives. :class:`OutputClaim` makes a
+  half; the temporary is removed on any exit the process survives. :class:`OutputLock` makes a
   file the user named (``--out``) this process's alone: a second process gets one line instead
   of silently replacing the first one's output, an existing file needs ``force``, and what a
-  killed claimer left behind is swept by the next claim of the same target.
+  killed writer left behind is swept by the next lock of the same target.
 - **A run's own files**: :func:`open_own` opens a file of a run directory without following a
   symbolic link (``O_NOFOLLOW``), and :func:`refuse_link` says no to a folder of one that is a
   link: a link planted as ``train.log`` or ``checkpoints/`` would make a run write outside its
@@ -233,7 +233,7 @@ def same_file(fd: int, path: Path) -> bool:
 
 class FileLock:
     """An exclusive ``fcntl.flock`` on a lock file: the one lock helper of the project (a run
-    directory's ``.lock``, an output's claim, the trackers' parent, a sweep's slots).
+    directory's ``.lock``, an output's lock, the trackers' parent, a sweep's slots).
 
     The lock goes away with the process however it ends. The holder writes its process id into the
     file, so that another process can say who holds it (:func:`lock_holder`). ``wait``: block until
@@ -290,12 +290,13 @@ def lock_holder(path: Path) -> str | None:
     return None
 
 
-class OutputClaim:
-    """A file the user named, claimed for this process until :meth:`release` (see the module docstring).
+class OutputLock:
+    """A file the user named, this process's alone until :meth:`release` (see the module docstring).
 
-    The claim is an exclusive ``flock`` on a hidden ``.NAME.claim`` beside the target: it goes
-    away with the process however it ends, so a leftover claim file is stale by definition and
-    the next claimer takes it over, sweeping the temporaries a killed writer left.
+    The lock is an exclusive ``flock`` on a hidden ``.NAME.claim`` beside the target (the file keeps
+    the name it had before this class was renamed): it goes away with the process however it
+    ends, so a leftover lock file is stale by definition and the next locker takes it over,
+    sweeping the temporaries a killed writer left.
     """
 
     def __init__(self, path: Path, flag: str, force: bool = False):
@@ -303,7 +304,7 @@ class OutputClaim:
         self.lock_path = self.path.with_name(f".{self.path.name[:200]}.claim")
         self._lock = FileLock(self.lock_path, fresh=True)
 
-    def __enter__(self) -> OutputClaim:
+    def __enter__(self) -> OutputLock:
         self.acquire()
         return self
 

@@ -78,7 +78,7 @@ def shape_problem(value: Any) -> str | None:
 
 
 class TensorBytes:
-    """The bytes a checkpoint's tensors claim against the bytes it holds: a saved tensor keeps its
+    """The bytes a checkpoint's tensors name against the bytes it holds: a saved tensor keeps its
     strides, so a one-element file can be an expanded view of billions (stride 0) that any copy
     (a checksum, ``.contiguous()``) would allocate; and one large tensor named a million times
     costs a million reads. Tied weights (a tensor named twice) are normal."""
@@ -89,7 +89,7 @@ class TensorBytes:
     def __init__(self):
         self.storages: set[int] = set()
         self.held = 0  # bytes of the distinct storages
-        self.claimed = 0  # bytes the tensors name
+        self.named = 0  # bytes the tensors name
 
     def add(self, tensor: torch.Tensor, where: str) -> str | None:
         try:
@@ -102,8 +102,8 @@ class TensorBytes:
         if storage.data_ptr() not in self.storages:
             self.storages.add(storage.data_ptr())
             self.held += storage.nbytes()
-        self.claimed += needed
-        if self.claimed > self.SLACK * self.held + self.FREE:
+        self.named += needed
+        if self.named > self.SLACK * self.held + self.FREE:
             return f"its tensors name the same {self.held:,} bytes more than {self.SLACK} times over (a crafted file)"
         return None
 

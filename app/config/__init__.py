@@ -9,6 +9,7 @@
 - ``names``: names to classes and functions, and what a checkpoint's config may name;
 - ``building``: objects from nodes, and the loss, metrics, optimizer and scheduler builders;
 - ``config``: :class:`Config`, validated data;
+- ``validation``: the checks a :class:`Config` passes when it is made (keys, kinds, names, metrics, monitor);
 - ``docs``: the README's reference table.
 
 A config is plain data (JSON or YAML) and is trusted like code, because it names classes to

@@ -1,4 +1,7 @@
-"""The validated experiment config: plain data, the file it came from, and whether it is trusted."""
+"""The validated experiment config: plain data, the file it came from, and whether it is trusted.
+
+What it is checked for is ``app/config/validation.py``; how its objects are built, ``app/config/building.py``.
+"""
 
 from __future__ import annotations
 
@@ -12,24 +15,19 @@ from typing import Any
 from app.config import building
 from app.config.extends import EXTENDS, PATCH, Chain, load_chain
 from app.config.names import UntrustedName, resolve_type, trust_rule
-from app.config.overrides import VARS, apply_override
+from app.config.overrides import apply_override
 from app.config.provenance import leaves, references_in, render
 from app.config.reading import check_shape, plain_data_problem
 from app.config.refs import escape_literals, resolve_references
 from app.config.schema import (
-    LEGACY_KEYS,
-    OBJECT_KEYS,
     REQUIRED,
     SCHEMA,
-    SECTIONS,
-    TRAINER_SCHEMA,
     metric_name,
-    reserved_metric_name,
-    section_of,
     with_defaults,
 )
+from app.config.validation import validate
 from base.settings import SETTINGS, TrainerSettings, parse_monitor
-from utils.errors import UserError, closest
+from utils.errors import UserError
 
 
 class Config:
@@ -52,7 +50,7 @@ class Config:
         self.references: dict[str, str] = {}
         """Dotted key path -> the ``${reference}`` text its value was resolved from."""
         self.data = with_defaults(data)
-        self._validate()
+        validate(self)
         self.settings = TrainerSettings(**{key: value for key, value in self.data["trainer"].items() if key in SETTINGS})
 
     @classmethod
@@ -161,165 +159,3 @@ class Config:
         if node is None:
             raise self.error(key, "missing; add it to the config")
         return node
-
-    # -- validation -------------------------------------------------------------------------
-
-    def _validate(self) -> None:
-        data = self.data
-        found = plain_data_problem(data)
-        if found:
-            raise self.error(*found)
-        for key, note in LEGACY_KEYS.items():
-            if key in data:
-                del data[key]
-                self.notes.append(f"{self.source}: {note}")
-        for key in data:
-            if key == VARS:
-                if not isinstance(data[key], dict):
-                    raise self.error(key, f"must be a mapping of your own values (used as ${{vars.NAME}}), got {data[key]!r}")
-                continue
-            if key not in SCHEMA:
-                hint = f"; did you mean 'trainer.{key}'?" if key in TRAINER_SCHEMA else closest(key, SCHEMA)
-                fix = "; your own values go under vars (used as ${vars.NAME}); see the README configuration reference"
-                raise self.error(key, f"unknown top-level key{hint or fix}")
-        for key, spec in SCHEMA.items():
-            if key not in data:
-                raise self.error(key, "missing; every experiment needs it (see the README configuration reference)")
-            problem = spec.problem(data[key])
-            if problem:
-                raise self.error(key, problem)
-        for key, value in data["trainer"].items():
-            if key not in TRAINER_SCHEMA:
-                raise self.error(
-                    f"trainer.{key}", f"unknown key{closest(key, TRAINER_SCHEMA, 'trainer.') or '; see the README configuration reference'}"
-                )
-            problem = TRAINER_SCHEMA[key].problem(value)
-            if problem:
-                raise self.error(f"trainer.{key}", problem)
-        for path, schema in SECTIONS.items():  # logger, logger.mlflow, ...: each checked as a mapping by the one above it
-            section = section_of(data, path)
-            for key, value in section.items() if isinstance(section, dict) else ():
-                if key not in schema:
-                    raise self.error(f"{path}.{key}", f"unknown key{closest(key, schema, f'{path}.') or f'; {path} takes {sorted(schema)}'}")
-                problem = schema[key].problem(value)
-                if problem:
-                    raise self.error(f"{path}.{key}", problem)
-        self._check_trainer_class()
-        for key in ("arch", "data_loader", "loss"):
-            if isinstance(data[key], dict):
-                self._check_object(key, data[key])
-        self._check_optimizers(data["optimizer"], data["lr_scheduler"])
-        for index, entry in enumerate(data["metrics"]):
-            if isinstance(entry, dict):
-                self._check_object(f"metrics.{index}", entry, "metrics")
-                if not isinstance(entry.get("name", ""), str):
-                    raise self.error(f"metrics.{index}.name", f"must be a string, got {entry['name']!r}")
-            elif isinstance(entry, str):
-                resolve_type(f"metrics.{index}", entry, self.source, self.trusted)
-            else:
-                raise self.error(f"metrics.{index}", 'must be a function name or {"type": ..., "args": {...}, "name": ...}')
-        if isinstance(data["loss"], str):
-            resolve_type("loss", data["loss"], self.source, self.trusted)
-        names = self.metric_names
-        if len(set(names)) != len(names):
-            raise self.error("metrics", f"two metrics share a name in {names}; give one a distinct 'name'")
-        for index, name in enumerate(names):
-            problem = reserved_metric_name(name)
-            if problem:
-                raise self.error(f"metrics.{index}.name", problem)
-        self._check_monitor()
-
-    def _check_object(self, key: str, node: dict, kind: str | None = None) -> None:
-        kind = kind or key
-        if "type" not in node:
-            raise self.error(key, 'missing "type"; write {"type": "ClassName", "args": {...}}')
-        if not isinstance(node["type"], str):
-            raise self.error(f"{key}.type", f"must be a name string, got {node['type']!r}")
-        for extra in node:
-            if extra not in OBJECT_KEYS[kind]:
-                hint = closest(extra, OBJECT_KEYS[kind], f"{key}.") or f"; {key} takes only {sorted(OBJECT_KEYS[kind])}"
-                raise self.error(f"{key}.{extra}", f"unknown key{hint}")
-        args = node.get("args") or {}
-        if not isinstance(args, dict):
-            raise self.error(f"{key}.args", f"must be a mapping of argument names to values, got {args!r}")
-        if kind == "lr_scheduler" and node.get("interval", "epoch") not in ("epoch", "step"):
-            raise self.error(f"{key}.interval", f'must be "epoch" or "step", got {node["interval"]!r}')
-        if kind == "optimizer":
-            self._check_param_groups(node.get("param_groups") or [], key)
-        building.check_arguments(self, key, resolve_type(key, node["type"], self.source, self.trusted), args)
-        self._check_nested_types(f"{key}.args", args)
-
-    def _check_nested_types(self, path: str, value: Any) -> None:
-        """Object nodes inside arguments (``data_loader.args.transforms``' lists): each full-path
-        name is resolved under the trust rule here, before the object that will import it is built."""
-        if isinstance(value, dict):
-            if isinstance(value.get("type"), str) and set(value) <= {"type", "args"}:
-                if ":" in value["type"] or ".transforms." in f".{path}.":
-                    resolve_type(path, value["type"], self.source, self.trusted)
-            for name, item in value.items():
-                self._check_nested_types(f"{path}.{name}", item)
-        elif isinstance(value, list):
-            for index, item in enumerate(value):
-                self._check_nested_types(f"{path}.{index}", item)
-
-    def _check_trainer_class(self) -> None:
-        """``trainer.type`` names the template's Trainer or a subclass; ``trainer.args`` are its own parameters."""
-        from trainer import Trainer
-
-        name = self.data["trainer"]["type"]
-        target = resolve_type("trainer", name, self.source, self.trusted)
-        if not (isinstance(target, type) and issubclass(target, Trainer)):
-            raise self.error("trainer.type", f"{name!r} is not a subclass of trainer.Trainer; subclass it to change the train step")
-        building.check_arguments(self, "trainer", target, self.data["trainer"]["args"], code_kwargs=building.trainer_parameters())
-
-    def _check_param_groups(self, groups: Any, key: str = "optimizer") -> None:
-        if not isinstance(groups, list):
-            raise self.error(f"{key}.param_groups", "must be a list of {params: prefix or [prefixes], ...}")
-        for index, group in enumerate(groups):
-            if not isinstance(group, dict) or "params" not in group:
-                raise self.error(f"{key}.param_groups.{index}", 'needs "params": a parameter-name prefix or a list of them')
-
-    def _check_optimizers(self, optimizer: dict, scheduler: Any) -> None:
-        """One optimizer node, or a mapping of names to them (``trainer/optimizers.py``), each with
-        ``params`` and ``every``; ``lr_scheduler`` then null or a mapping of some of those names."""
-        from trainer.optimizers import declares_several
-
-        if not declares_several(optimizer):
-            self._check_object("optimizer", optimizer)
-            if isinstance(scheduler, dict):
-                if declares_several(scheduler):
-                    first = next(iter(scheduler))
-                    raise self.error(f"lr_scheduler.{first}", "names an optimizer, but the config declares one optimizer (no names); write lr_scheduler as {type, args, interval}")
-                self._check_object("lr_scheduler", scheduler)
-            return
-        for name, node in optimizer.items():
-            key = f"optimizer.{name}"
-            if not name.isidentifier():
-                raise self.error(key, f"{name!r} cannot name an optimizer; use a Python identifier such as 'generator'")
-            spec = {k: v for k, v in node.items() if k not in ("params", "every")}
-            self._check_object(key, spec, "optimizer")
-            params = node.get("params")
-            prefixes = [params] if isinstance(params, str) else params
-            if not isinstance(prefixes, list) or not prefixes or not all(isinstance(p, str) for p in prefixes):
-                raise self.error(f"{key}.params", f'needs the module-name prefix of the parameters it owns ("generator." or a list of them), got {params!r}')
-            every = node.get("every", 1)
-            if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-                raise self.error(f"{key}.every", f"must be a whole number >= 1 (this optimizer steps at every every-th engine step), got {every!r}")
-        if scheduler is None:
-            return
-        if not declares_several(scheduler):
-            raise self.error("lr_scheduler", f"the config declares several optimizers ({', '.join(optimizer)}): name each one's schedule, {{\"{next(iter(optimizer))}\": {{type, args, interval}}}}, or null")
-        for name, node in scheduler.items():
-            if name not in optimizer:
-                raise self.error(f"lr_scheduler.{name}", f"names no optimizer{closest(name, optimizer, 'lr_scheduler.') or ''}; the optimizers are {', '.join(optimizer)}")
-            self._check_object(f"lr_scheduler.{name}", node, "lr_scheduler")
-
-    def _check_monitor(self) -> None:
-        _, metric = self.monitor()
-        if metric is None:
-            return
-        produced = ["loss", *self.metric_names]
-        produced += [f"val_{name}" for name in produced]
-        # A metric returning a mapping logs <name>_<key>: such names are checked on the pre-flight batch.
-        if metric not in produced and not any(metric.startswith(f"{name}_") for name in produced):
-            raise self.error("trainer.monitor", f"the run does not produce {metric!r}{closest(metric, produced)}; it logs {produced}")

@@ -18,8 +18,8 @@ from app.config import Config
 from app.cv import summary_of
 from app.run_records import best_row, read_run
 from app.sweeps import results
-from app.sweeps.claims import SetupLock
 from app.sweeps.jobs import Job, SweepRequest
+from app.sweeps.locks import SetupLock
 from app.sweeps.space import Space
 from app.sweeps.storage import default_storage, masked, open_storage
 from app.sweeps.study import ensure_slots, open_study, retry_stale_trial

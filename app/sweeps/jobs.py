@@ -33,5 +33,6 @@ class Job:
     number: int
     trial_id: int
     values: dict
-    how: str
-    """``new``, ``resume`` (its folder's checkpoint), ``told`` (finished before its worker could say so)."""
+    action: str
+    """``new``, ``resume`` (its folder's checkpoint), ``tell`` (its run finished before its worker
+    could tell the study: only the study is told)."""

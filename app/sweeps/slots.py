@@ -5,7 +5,7 @@ the sweep folder's lock, takes over a RUNNING trial of this machine and folder w
 (its slot lock is free), else wins the lowest WAITING slot with Optuna's atomic WAITING -> RUNNING
 step. It signs the trial (host, pid, folder), holds the slot lock and the trial's heartbeat until
 :meth:`SlotTaker.release`, asks the sampler for the trial's values and says what the slot's folder
-holds (new, resume, told). See ``app/sweeps/worker.py`` for what a worker does with what it finds.
+holds (new, resume, tell). See ``app/sweeps/worker.py`` for what a worker does with what it finds.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from typing import Any
 
 from app.cv import is_cv_dir, summary_of
 from app.run_dir import lock_holder
-from app.run_records import read_run, training_over
-from app.sweeps.claims import FolderLock, Heartbeat, SlotLock
+from app.run_records import read_run, training_end_reason
 from app.sweeps.client import StudyClient
 from app.sweeps.jobs import Job
+from app.sweeps.locks import Heartbeat, SlotLock, SlotTakingLock
 from app.sweeps.study import slot_of
 from logger.logger import get_logger
 from utils.checkpoints import find_checkpoint
@@ -35,8 +35,9 @@ def last_checkpoint(folder: Path) -> Path | None:
 
 
 class SlotTaker:
-    """Rank 0's claims: ``slot_lock`` and ``heartbeat`` while a trial is held, ``trial`` (Optuna's
-    ``Trial`` of the held slot, with its sampler and pruner) for suggestions and reports."""
+    """Takes this worker's trial slot and holds it (rank 0): ``slot_lock`` and ``heartbeat`` while a
+    trial is held, ``trial`` (Optuna's ``Trial`` of the held slot, with its sampler and pruner) for
+    suggestions and reports."""
 
     def __init__(self, client: StudyClient):
         self.client = client
@@ -56,7 +57,7 @@ class SlotTaker:
                 optuna.storages.fail_stale_trials(client.study)
             except Exception as exc:
                 get_logger().warning("sweep: could not check for stale trials (%s)", first_line(exc))
-        with FolderLock(client.folder):
+        with SlotTakingLock(client.folder):
             trials = [t for t in client.study.get_trials(deepcopy=False) if (slot_of(t) is not None and slot_of(t) < client.space.trials)]
             for trial in sorted(trials, key=lambda t: slot_of(t)):
                 if trial.state != TrialState.RUNNING or not self._mine(trial):
@@ -113,10 +114,10 @@ class SlotTaker:
         slot = slot_of(trial)
         self.trial = self._optuna_trial(trial._trial_id, slot)
         values = {param.key: self._suggest(param) for param in client.space.params}
-        how = self._inspect(client.folder / f"trial-{slot:04d}")
+        action = self._action_for(client.folder / f"trial-{slot:04d}")
         if adopted:
             get_logger().info("sweep: trial %d's worker is gone; this worker takes it over", slot)
-        return Job(slot, trial.number, trial._trial_id, values, how)
+        return Job(slot, trial.number, trial._trial_id, values, action)
 
     def _optuna_trial(self, trial_id: int, slot: int):
         import optuna
@@ -134,8 +135,9 @@ class SlotTaker:
             return trial.suggest_int(param.key, param.low, param.high, step=param.step or 1, log=param.log)
         return trial.suggest_float(param.key, param.low, param.high, step=param.step, log=param.log)
 
-    def _inspect(self, folder: Path) -> str:
-        """What the slot's folder holds: ``new`` (nothing, or nothing worth keeping), ``resume``, ``told``."""
+    def _action_for(self, folder: Path) -> str:
+        """What to do with the slot's folder (``Job.action``): ``new`` (it holds nothing, or nothing worth
+        keeping), ``resume`` (its checkpoint), ``tell`` (its run finished: only the study is told)."""
         if not folder.exists():
             return "new"
         folds = self.client.request.folds
@@ -143,7 +145,7 @@ class SlotTaker:
             if not is_cv_dir(folder):
                 return self._start_over(folder)
             summary = summary_of(folder, "remove it")
-            return "told" if len(summary.get("per_fold", [])) >= folds else "resume"
+            return "tell" if len(summary.get("per_fold", [])) >= folds else "resume"
         last = last_checkpoint(folder)
         if last is None:
             return self._start_over(folder)
@@ -151,7 +153,7 @@ class SlotTaker:
             finished = read_run(folder).state == "finished"
         except UserError:
             finished = False
-        return "told" if finished or training_over(last) is not None else "resume"  # killed after its last checkpoint: done
+        return "tell" if finished or training_end_reason(last) is not None else "resume"  # killed after its last checkpoint: done
 
     def _start_over(self, folder: Path) -> str:
         if lock_holder(folder) is None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from app.cv import CrossValidation, run_cross_validation
 from app.run_records import read_run
-from app.session import RunRequest, Session
+from app.session import Session, TrainRequest
 from app.sweeps.client import StudyClient
 from app.sweeps.jobs import Job
 from app.sweeps.slots import SlotTaker, last_checkpoint
@@ -41,11 +41,11 @@ class TrialRunner:
         folder = self.client.folder / f"trial-{job.slot:04d}"
         shown = ", ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}" for key, value in job.values.items())
         if distributed.is_main_process():
-            how = {"new": "starting", "resume": "resuming", "told": "finished"}[job.how]
-            logger.info("trial %d of %d (%s): %s", job.slot, self.client.space.trials, how, shown)
+            doing = {"new": "starting", "resume": "resuming", "tell": "finished"}[job.action]
+            logger.info("trial %d of %d (%s): %s", job.slot, self.client.space.trials, doing, shown)
         ended_by = None
         try:
-            if job.how == "told":
+            if job.action == "tell":
                 code = 0
             elif self.request.folds is not None:
                 code, ended_by = self._cross_validate(job, folder)
@@ -82,10 +82,10 @@ class TrialRunner:
             "epoch_end": [self._pruning_hook()],
             "tracker_parent": self.client.tracker_parent,
         }
-        if job.how == "resume":
+        if job.action == "resume":
             last = last_checkpoint(folder)
             distributed.on_main(lambda: self._report_history(folder))
-            request = RunRequest(resume=str(last), **common)
+            request = TrainRequest(resume=str(last), **common)
         else:
             request = self._new_trial(job, folder, **common)
         session = Session(request, self.stop)
@@ -93,7 +93,7 @@ class TrialRunner:
         return code, session.trainer.ended_by if session.trainer is not None else None
 
     def _cross_validate(self, job: Job, folder: Path) -> tuple[int, str | None]:
-        if job.how == "resume":
+        if job.action == "resume":
             cv = CrossValidation.open(folder, self.request.trust_checkpoint, self.request.devices)
         else:
             request = self._new_trial(job, folder, trust_checkpoint=self.request.trust_checkpoint, devices=self.request.devices)
@@ -101,12 +101,12 @@ class TrialRunner:
         cv.hint = self.request.hint
         cv.tracker_parent = self.client.tracker_parent
         cv.after_fold = self._fold_hook()
-        code = run_cross_validation(cv, self.stop, new=job.how == "new")
+        code = run_cross_validation(cv, self.stop, new=job.action == "new")
         return code, cv.ended_by
 
-    def _new_trial(self, job: Job, folder: Path, **settings: Any) -> RunRequest:
+    def _new_trial(self, job: Job, folder: Path, **settings: Any) -> TrainRequest:
         """A new run in ``folder``: the base config with the trial's values as overrides."""
-        return RunRequest(
+        return TrainRequest(
             config_data=self.client.raw,
             config_source=f"{self.request.config} (trial {job.slot})",
             overrides=[*self.request.overrides, *self.client.space.overrides(job.values)],

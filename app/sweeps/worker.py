@@ -1,7 +1,7 @@
 """One sweep worker: take a trial slot, train it as an ordinary run directory, tell the study, repeat.
 
 The worker is three parts: the study client (``client.py``: the study, its storage and folder,
-what they are told), the slot taker (``slots.py``: claims, heartbeats, stale trials, suggestions)
+what they are told), the slot taker (``slots.py``: locks, heartbeats, stale trials, suggestions)
 and the trial runner (``trials.py``: a trial as a run, its pruning, its end); ``Sweep`` here checks
 the request, wires them and loops.
 

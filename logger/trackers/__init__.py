@@ -11,6 +11,6 @@
 from logger.trackers.hub import RECORD, Trackers
 from logger.trackers.parents import close_parent, open_parent
 from logger.trackers.settings import EXTRAS, TRACKERS, TrackerSettings, installed, missing_extras
-from logger.trackers.tracker import RunInfo
+from logger.trackers.tracker import TrackedRun
 
-__all__ = ["EXTRAS", "RECORD", "TRACKERS", "RunInfo", "TrackerSettings", "Trackers", "close_parent", "installed", "missing_extras", "open_parent"]
+__all__ = ["EXTRAS", "RECORD", "TRACKERS", "TrackedRun", "TrackerSettings", "Trackers", "close_parent", "installed", "missing_extras", "open_parent"]

@@ -1,6 +1,6 @@
 """A run's experiment trackers: what the run sends them, and where their ids are kept.
 
-:class:`Trackers` is held by the run's ``RunLog`` (rank 0 only; other ranks and runs that name
+:class:`Trackers` is held by the run's ``RunRecorder`` (rank 0 only; other ranks and runs that name
 no tracker get :meth:`Trackers.off`, whose methods do nothing). The training loop calls
 :meth:`Trackers.log_epoch` (after the epoch's checkpoint is written, so a tracker never holds an
 epoch that a resume would train again) and :meth:`Trackers.log_step`; both only queue. Each
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from logger.logger import get_logger
 from logger.trackers.settings import TrackerSettings
-from logger.trackers.tracker import RunInfo, Tracker, describe
+from logger.trackers.tracker import TrackedRun, Tracker, describe
 from logger.trackers.worker import Worker
 from utils.checkpoints import find_checkpoint
 from utils.files import write_atomic
@@ -53,7 +53,7 @@ def marks_valid(entry: dict) -> bool:
     return all(isinstance(entry.get(key, 0), int) and not isinstance(entry.get(key, 0), bool) and entry.get(key, 0) >= 0 for key in ("epoch", "step"))
 
 
-def make_tracker(name: str, settings: TrackerSettings, run: RunInfo, stored: dict | None) -> Tracker:
+def make_tracker(name: str, settings: TrackerSettings, run: TrackedRun, stored: dict | None) -> Tracker:
     if name == "mlflow":
         from logger.trackers.mlflow_tracker import MlflowTracker
 
@@ -67,7 +67,7 @@ class Trackers:
     """The experiment trackers of one run (MLflow, W&B): each on a background thread, so a tracker that fails
     or hangs never stops training; their ids survive resumes."""
 
-    def __init__(self, settings: TrackerSettings | None = None, run: RunInfo | None = None, checkpoint_ids: dict | None = None, rows: list[dict] = ()):
+    def __init__(self, settings: TrackerSettings | None = None, run: TrackedRun | None = None, checkpoint_ids: dict | None = None, rows: list[dict] = ()):
         """``checkpoint_ids``: the ids kept in the checkpoint a resume starts from (used when
         ``trackers.json`` is missing or damaged); ``rows``: ``metrics.jsonl``'s rows up to that
         checkpoint, sent to a tracker that does not hold them yet (one added on resume, or one that

@@ -2,7 +2,7 @@
 
 ``parent = open_parent("cv", folder, config)`` creates the parent (or finds it again: a
 cross-validation or sweep that is continued, another worker process of the same sweep) and
-returns plain data to put on each child's ``RunRequest.tracker_parent``; each child's trackers
+returns plain data to put on each child's ``TrainRequest.tracker_parent``; each child's trackers
 then link to it: in MLflow the child run gets the tag ``mlflow.parentRunId`` (and is created in
 the parent's experiment), in W&B the child joins the parent's ``group`` (``job_type`` ``fold`` or
 ``trial``). ``close_parent(parent, "finished", metrics)`` records the end (and, say, the
@@ -37,7 +37,7 @@ PARENT_STATUS = {"finished": "FINISHED", "stopped": "KILLED", "failed": "FAILED"
 
 def open_parent(kind: str, folder: str | Path, config: dict, key: str | None = None, parent: dict | None = None) -> dict | None:
     """The parent tracker run of the runs made in ``folder`` (``kind``: ``"cv"`` or ``"sweep"``), for
-    ``RunRequest.tracker_parent``; None when ``config`` names no tracker besides TensorBoard.
+    ``TrainRequest.tracker_parent``; None when ``config`` names no tracker besides TensorBoard.
 
     ``parent``: a parent of this parent (a sweep's, when a trial is a cross-validation): in MLflow
     this run is its child, in W&B the children stay in its group."""

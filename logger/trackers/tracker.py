@@ -26,7 +26,7 @@ STATES = ("finished", "stopped", "failed", "unknown")
 
 
 @dataclass
-class RunInfo:
+class TrackedRun:
     """The run a tracker records: where it is, how it started, what it is linked to."""
 
     run_dir: Path
@@ -81,7 +81,7 @@ class Tracker(ABC):
 
     name = ""
 
-    def __init__(self, settings: TrackerSettings, run: RunInfo, stored: dict | None = None):
+    def __init__(self, settings: TrackerSettings, run: TrackedRun, stored: dict | None = None):
         self.settings = settings
         self.run = run
         self.stored = dict(stored or {})

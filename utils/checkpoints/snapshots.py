@@ -20,7 +20,7 @@ weights file of it.
 
 Reading is safe: DCP's stock reader unpickles ``.metadata`` and loads non-tensor values with
 ``weights_only=False``; here the metadata goes through an allow-list of DCP's own classes, every
-value through ``torch.load(weights_only=True)``, and the tensor sizes the metadata claims are
+value through ``torch.load(weights_only=True)``, and the tensor sizes the metadata states are
 checked against the bytes the files hold before anything is allocated. DCP is imported only here,
 only by runs and commands that use a snapshot.
 """
@@ -104,18 +104,18 @@ def _dcp() -> tuple[type, type]:
 
 
 def read_metadata(folder: Path) -> Any:
-    """The snapshot's DCP metadata, unpickled through the allow-list, its claims checked against the files."""
+    """The snapshot's DCP metadata, unpickled through the allow-list, the sizes it states checked against the files."""
     reader, _ = _dcp()
     try:
         metadata = reader(folder).read_metadata()
     except Exception as exc:  # noqa: BLE001 - nothing was executed: the allow-list refused, or the file is damaged
         raise UserError(f"{folder}: unreadable sharded checkpoint metadata ({first_line(exc, 160)})") from None
-    check_claims(metadata, folder)
+    check_stated_sizes(metadata, folder)
     return metadata
 
 
-def check_claims(metadata: Any, folder: Path) -> None:
-    """A snapshot's metadata says how large each tensor is and where its bytes are; claims the files
+def check_stated_sizes(metadata: Any, folder: Path) -> None:
+    """A snapshot's metadata says how large each tensor is and where its bytes are; sizes the files
     cannot hold (a 4 TB tensor in a 1 MB snapshot) are a damaged snapshot, said before any allocation."""
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 

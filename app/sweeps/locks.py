@@ -1,7 +1,7 @@
 """What a sweep worker holds while it works, so that workers never step on each other.
 
 - ``SetupLock``: ``<sweeps>/.<study>.lock``, while a worker opens or creates the study;
-- ``FolderLock``: ``<sweep>/.claim``, while it takes a slot (or a dead worker's);
+- ``SlotTakingLock``: ``<sweep>/.claim`` (a name kept from before), while it takes a slot (or a dead worker's);
 - ``SlotLock``: ``<sweep>/.slot-NNNN.lock``, for as long as it trains that slot (a free one, on a
   RUNNING trial, means its worker is gone);
 - ``Heartbeat``: the trial's heartbeat in the storage, for workers on machines that share no disk.
@@ -28,14 +28,14 @@ class SlotLock(FileLock):
         return super().acquire() is None
 
 
-class FolderLock(FileLock):
+class SlotTakingLock(FileLock):
     """``<sweep>/.claim``: taking a slot (and taking over a dead worker's) happens under it, so a
     slot that was just taken is never seen as abandoned by another worker on this machine."""
 
     def __init__(self, folder: Path):
         super().__init__(folder / ".claim", wait=True)
 
-    def __enter__(self) -> FolderLock:
+    def __enter__(self) -> SlotTakingLock:
         self.acquire()
         return self
 
