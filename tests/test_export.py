@@ -1,11 +1,11 @@
 """Issue 40, shipping a model: the export takes raw inputs and returns final predictions (the serving
 transforms inside), as .pt2 and .onnx, loads without this project, and is checked against the
-checkpoint's model; the numbers here are recomputed independently of app/export.py."""
+checkpoint's model; the numbers here are recomputed independently of app/export.py. The runs are
+the engine tests' own regression (``tests/fixtures/regression.py``: raw diabetes measurements, a
+scaler as serving transforms), never the project's diabetes example."""
 
 from __future__ import annotations
 
-import gzip
-import importlib.util
 import json
 import re
 import subprocess
@@ -15,35 +15,36 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fixtures import FOLDER
+from fixtures.regression import TinyRegressor, raw_features_and_target
+from fixtures.regression import held_out as held_out_split
 from helpers import ROOT, run_here, save_crafted
 
 from app.export import ATOL, RTOL, export
 from base.serving import ServedModel
-from data_loader.data_loaders import held_out_split
 from utils.errors import UserError
 
 DOCS = ROOT / "docs" / "export.md"
+REGRESSION = FOLDER / "regression.json"
+"""The fixture experiment; its runs land in ``<save_dir>/tiny_regression/<run id>``."""
 
 
 @pytest.fixture(scope="module")
-def diabetes_run(tmp_path_factory) -> Path:
-    """The regression example trained for an epoch, exporting both formats when it finishes."""
+def regression_run(tmp_path_factory) -> Path:
+    """The fixture regression trained for an epoch, exporting both formats when it finishes."""
     save_dir = tmp_path_factory.mktemp("export")
     result = run_here(
-        "train.py", "-c", "configs/diabetes.json", "--run-id", "r", f"trainer.save_dir={save_dir}", "trainer.epochs=1",
+        "train.py", "-c", REGRESSION, "--run-id", "r", f"trainer.save_dir={save_dir}", "trainer.epochs=1",
         "trainer.tensorboard=false", "trainer.export=[pt2, onnx]",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    return save_dir / "diabetes_regression" / "r"
+    return save_dir / "tiny_regression" / "r"
 
 
 def raw_test_features() -> np.ndarray:
-    """The 88 test patients' raw measurements, read from scikit-learn's file here (not through the loader)."""
-    folder = Path(next(iter(importlib.util.find_spec("sklearn").submodule_search_locations))) / "datasets" / "data"
-    with gzip.open(folder / "diabetes_data_raw.csv.gz", "rt") as handle:
-        table = np.loadtxt(handle)
-    chosen = held_out_split(len(table), 0.2, 20_241_128, training=False).numpy()
-    return table[chosen].astype(np.float32)
+    """The 88 test patients' raw measurements (the file as read, not through the loader)."""
+    features, target = raw_features_and_target()
+    return features[held_out_split(len(target), training=False)].numpy()
 
 
 def snippets() -> dict[str, str]:
@@ -56,18 +57,16 @@ def snippets() -> dict[str, str]:
 
 def eager_in_original_units(run_dir: Path, features: np.ndarray) -> np.ndarray:
     """The checkpoint's model by hand: standardise with the saved scaler, the MLP, un-standardise."""
-    from model.model import Regressor
-
     checkpoint = torch.load(run_dir / "checkpoints" / "best.pth", weights_only=True)
     scaler = checkpoint["serving"]
-    model = Regressor(**checkpoint["config"]["arch"]["args"]).eval()
+    model = TinyRegressor(**checkpoint["config"]["arch"]["args"]).eval()
     model.load_state_dict(checkpoint["model"])
     with torch.no_grad():
         scaled = (torch.from_numpy(features) - scaler["feature_mean"]) / scaler["feature_std"]
         return (model(scaled) * scaler["target_std"] + scaler["target_mean"]).numpy()
 
 
-def test_both_exports_load_without_the_project_and_return_predict_py_in_original_units(diabetes_run, tmp_path):
+def test_both_exports_load_without_the_project_and_return_predict_py_in_original_units(regression_run, tmp_path):
     """The done-when: a bare ``python -I`` in a folder without the project runs the docs' snippets on
     raw measurements at two batch sizes; they give predict.py's predictions in the target's units."""
     features = raw_test_features()
@@ -76,7 +75,7 @@ def test_both_exports_load_without_the_project_and_return_predict_py_in_original
     bare = tmp_path / "bare"
     bare.mkdir()
     for name in ("model.pt2", "model.onnx", "all.csv", "five.csv"):
-        source = diabetes_run / name if name.startswith("model") else tmp_path / name
+        source = regression_run / name if name.startswith("model") else tmp_path / name
         (bare / name).write_bytes(source.read_bytes())
     harness = [
         "import importlib.util, numpy",
@@ -92,9 +91,9 @@ def test_both_exports_load_without_the_project_and_return_predict_py_in_original
     assert ran.returncode == 0, ran.stderr[-3000:]
 
     predicted = tmp_path / "p.npz"
-    result = run_here("predict.py", "-r", diabetes_run / "checkpoints" / "best.pth", "--out", predicted)
+    result = run_here("predict.py", "-r", regression_run / "checkpoints" / "best.pth", "--out", predicted)
     assert result.returncode == 0, result.stderr
-    scaler = torch.load(diabetes_run / "checkpoints" / "best.pth", weights_only=True)["serving"]
+    scaler = torch.load(regression_run / "checkpoints" / "best.pth", weights_only=True)["serving"]
     expected = np.load(predicted)["prediction"] * scaler["target_std"].item() + scaler["target_mean"].item()
     assert 50 < expected.mean() < 300  # the target's own units, not standardised ones
     for fmt in ("pt2", "onnx"):
@@ -104,36 +103,36 @@ def test_both_exports_load_without_the_project_and_return_predict_py_in_original
             assert np.all(np.abs(got - expected[:count]) <= ATOL + RTOL * np.abs(expected[:count])), (fmt, rows)
 
 
-def test_the_recorded_differences_are_what_a_recomputation_shows(diabetes_run):
+def test_the_recorded_differences_are_what_a_recomputation_shows(regression_run):
     """Each check.json's largest differences equal the ones found here by hand on the same batches
     (the test split in batches of 32, then its first patient alone)."""
     import onnxruntime
 
     features = raw_test_features()
     batches = [*np.array_split(features, range(32, len(features), 32)), features[:1]]
-    session = onnxruntime.InferenceSession(str(diabetes_run / "model.onnx"), providers=["CPUExecutionProvider"])
-    program = torch.export.load(str(diabetes_run / "model.pt2")).module()
+    session = onnxruntime.InferenceSession(str(regression_run / "model.onnx"), providers=["CPUExecutionProvider"])
+    program = torch.export.load(str(regression_run / "model.pt2")).module()
     runs = {
         "onnx": lambda x: session.run(["prediction"], {"input": x})[0],
         "pt2": lambda x: program(torch.from_numpy(x)).detach().numpy(),
     }
     for fmt, run in runs.items():
-        record = json.loads((diabetes_run / f"model.{fmt}.check.json").read_text())
+        record = json.loads((regression_run / f"model.{fmt}.check.json").read_text())
         assert record["passed"] and record["batch_sizes"] == [1, 24, 32] and record["samples"] == 89
         assert record["inputs"] == ["input"] and record["outputs"] == ["prediction"]
         worst_abs = worst_rel = 0.0
         for batch in batches:
-            want = eager_in_original_units(diabetes_run, batch).astype(np.float64)
+            want = eager_in_original_units(regression_run, batch).astype(np.float64)
             diff = np.abs(run(batch).astype(np.float64) - want)
             worst_abs, worst_rel = max(worst_abs, diff.max()), max(worst_rel, (diff / np.abs(want)).max())
         assert record["max_abs_diff"] == pytest.approx(worst_abs, abs=1e-9), fmt
         assert record["max_rel_diff"] == pytest.approx(worst_rel, abs=1e-11), fmt
-    assert json.loads((diabetes_run / "model.onnx.check.json").read_text())["opset"] == 18
+    assert json.loads((regression_run / "model.onnx.check.json").read_text())["opset"] == 18
 
 
-def test_test_py_prints_the_difference_it_writes_beside_the_file(diabetes_run, tmp_path):
+def test_test_py_prints_the_difference_it_writes_beside_the_file(regression_run, tmp_path):
     target = tmp_path / "served.pt2"
-    result = run_here("test.py", "-r", diabetes_run / "checkpoints" / "best.pth", "--out", tmp_path / "m.json", "--export", target)
+    result = run_here("test.py", "-r", regression_run / "checkpoints" / "best.pth", "--out", tmp_path / "m.json", "--export", target)
     assert result.returncode == 0, result.stderr
     record = json.loads((tmp_path / "served.pt2.check.json").read_text())
     line = next(line for line in result.stdout.splitlines() if line.startswith(f"exported {target}"))
@@ -172,16 +171,16 @@ def test_dict_inputs_and_nested_outputs_are_named_in_the_onnx_export(tmp_path):
     assert np.allclose(score, want["score"].numpy(), atol=1e-5) and np.allclose(first, want["parts"][0].numpy(), atol=1e-5)
 
 
-def test_an_onnx_export_without_the_extra_is_one_line_naming_the_install(diabetes_run, tmp_path, monkeypatch):
+def test_an_onnx_export_without_the_extra_is_one_line_naming_the_install(regression_run, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxscript", None)  # what Python does for a module that cannot be imported
     result = run_here(
-        "test.py", "-r", diabetes_run / "checkpoints" / "best.pth", "--out", tmp_path / "m.json", "--export", tmp_path / "m.onnx"
+        "test.py", "-r", regression_run / "checkpoints" / "best.pth", "--out", tmp_path / "m.json", "--export", tmp_path / "m.onnx"
     )
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [
         "error: --export: an .onnx export needs onnxscript, not installed here; install the onnx extra: "
         "pip install -e '.[onnx]' (onnx, onnxscript, onnxruntime)"
     ], result.stderr
-    trained = run_here("train.py", "-c", "configs/diabetes.json", f"trainer.save_dir={tmp_path}", "trainer.export=[onnx]")
+    trained = run_here("train.py", "-c", REGRESSION, f"trainer.save_dir={tmp_path}", "trainer.export=[onnx]")
     assert trained.returncode == 2 and "trainer.export" in trained.stderr and "pip install -e '.[onnx]'" in trained.stderr, trained.stderr
     assert list(tmp_path.iterdir()) == []
 
@@ -191,11 +190,11 @@ def test_a_cross_validation_ships_its_fold_ensemble_as_one_module(tmp_path):
     CV run directory (none in the folds'); folds that fitted other serving states cannot be one
     module, and ``test.py -r CV_RUN_DIR --export`` says so in one line."""
     result = run_here(
-        "train.py", "-c", "configs/diabetes.json", "--folds", "2", "--run-id", "cv", f"trainer.save_dir={tmp_path}", "trainer.epochs=1",
+        "train.py", "-c", REGRESSION, "--folds", "2", "--run-id", "cv", f"trainer.save_dir={tmp_path}", "trainer.epochs=1",
         "trainer.export=[pt2]",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    cv_dir = tmp_path / "diabetes_regression" / "cv"
+    cv_dir = tmp_path / "tiny_regression" / "cv"
     assert sorted(path.relative_to(cv_dir).as_posix() for path in cv_dir.rglob("model.*")) == ["model.pt2", "model.pt2.check.json"]
     features = raw_test_features()
     want = np.mean([eager_in_original_units(cv_dir / f"fold-{fold}", features) for fold in range(2)], axis=0)
