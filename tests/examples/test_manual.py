@@ -1,4 +1,4 @@
-"""The manual's "Write your own" snippets run as written, on the shipped examples they name (digits, MLP): these tests leave with the examples.
+"""The manual's "Write your own" snippets (and those of docs/write-your-own.md) run as written, on the shipped examples they name (digits, MLP): these tests leave with the examples.
 
 Each Python snippet starts with the file a user would put it in (``# model/mixup.py``); it is
 written to a temporary module (``readme_mixup``) and each JSON fragment that names it is merged
@@ -25,6 +25,7 @@ from logger.logger import close_log_files
 
 MANUAL = ROOT / "TEMPLATE.md" if (ROOT / "TEMPLATE.md").exists() else ROOT / "README.md"  # a new project keeps the manual as TEMPLATE.md
 SECTION = re.search(r"^## Write your own\n(.*?)^## ", MANUAL.read_text(), re.DOTALL | re.MULTILINE).group(1)
+SECTION += (ROOT / "docs" / "write-your-own.md").read_text()  # the section's two further snippets
 BLOCKS = re.findall(r"^```(\w+)\n(.*?)^```", SECTION, re.DOTALL | re.MULTILINE)
 
 
