@@ -34,7 +34,7 @@ GIT = ("git", "-c", "user.name=test", "-c", "user.email=test@localhost")
 EXAMPLE_FILES = {
     "mnist": {"configs/mnist.json", "tests/examples/test_mnist.py"},
     "text": {"model/text.py", "data_loader/text.py", "configs/text.json", "tests/examples/test_text.py"},
-    "transfer": {"model/transfer.py", "data_loader/image_folder.py", "configs/transfer.json", "tests/examples/test_transfer.py", "tests/examples/test_image_folder.py"},
+    "transfer": {"model/transfer.py", "data_loader/image_folder.py", "configs/transfer.json", "tests/examples/test_transfer.py", "tests/examples/test_image_folder.py", "tests/examples/test_transfer_trust.py"},
     "streams": {"data_loader/digit_shards.py", "configs/digits_stream.json", "tests/examples/test_streams.py", "tests/stream_recorder.py", "benchmarks/stream_throughput.py"},
     "vae": {"model/vae.py", "configs/vae.json", "tests/examples/test_vae.py"},
     "diabetes": {"data_loader/diabetes.py", "configs/diabetes.json", "tests/examples/test_diabetes.py"},

@@ -65,6 +65,8 @@ def test_sealed_refuses_unpickling_network_and_the_cache_and_gives_everything_ba
     marker = tmp_path / "MARKER"
     planted = plant(tmp_path, "any.pth", marker)
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # a user's setting: given back as it was
+    monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")  # a proxy on this machine is no way around the seal
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
     with sealed():
         with pytest.raises(Exception, match="Weights only load failed"):
             torch.load(planted, weights_only=False)
@@ -76,6 +78,7 @@ def test_sealed_refuses_unpickling_network_and_the_cache_and_gives_everything_ba
             pass  # this machine's own services (a local database) are no download
     assert not marker.exists()
     assert os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] == "1" and "TORCH_FORCE_WEIGHTS_ONLY_LOAD" not in os.environ
+    assert os.environ["https_proxy"] == os.environ["HTTP_PROXY"] == "http://127.0.0.1:9"
     assert torch.hub.get_dir()  # outside the guard, everything as before
     refused = guarded_partial(False, None, torch.hub.load_state_dict_from_url, "https://example.invalid/w.pth")
     with pytest.raises(FetchRefused):  # a function bound from a checkpoint's config is guarded when it is called

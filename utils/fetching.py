@@ -155,14 +155,19 @@ def guarded_partial(
 # -- the wrappers, installed once --------------------------------------------------------------------
 
 
+PROXY_VARIABLES = tuple(f"{scheme}_proxy" for scheme in ("http", "https", "ftp", "all")) + tuple(f"{scheme}_PROXY" for scheme in ("HTTP", "HTTPS", "FTP", "ALL"))
+"""Unset while sealed: through a proxy on this machine a download would pass the loopback exception."""
+
+
 def _force_weights_only_env(entering: bool) -> None:
     """``TORCH_FORCE_WEIGHTS_ONLY_LOAD`` while any thread is sealed: it reaches a ``torch.load``
-    imported under another name too (process-wide, so other threads load more safely meanwhile)."""
+    imported under another name too (process-wide, so other threads load more safely meanwhile).
+    The proxy variables are unset meanwhile, so a fetch connects to its real host and is refused."""
     global _sealed_threads
     with _env_lock:
         if entering:
             if _sealed_threads == 0:
-                for name in ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"):
+                for name in ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", *PROXY_VARIABLES):
                     _saved_env[name] = os.environ.pop(name, None)
                 os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
             _sealed_threads += 1
