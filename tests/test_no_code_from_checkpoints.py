@@ -65,6 +65,7 @@ def test_sealed_refuses_unpickling_network_and_the_cache_and_gives_everything_ba
     marker = tmp_path / "MARKER"
     planted = plant(tmp_path, "any.pth", marker)
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # a user's setting: given back as it was
+    urllib.request.install_opener(None)  # urlopen's opener reads the proxy variables once: not one an earlier test built
     monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")  # a proxy on this machine is no way around the seal
     monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
     with sealed():
