@@ -152,6 +152,23 @@ def entry_point(script: str):
     return module.main
 
 
+class WritesMarker:
+    """Pickles as a call of ``exec`` that writes the marker: what a planted cache file would run."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').write('ran')",))
+
+
+def plant(folder: Path, name: str, marker: Path) -> Path:
+    """A real pickle named ``name`` in ``folder`` that writes ``marker`` if it is ever unpickled."""
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({"conv1.0.weight": WritesMarker(marker)}, folder / name)
+    return folder / name
+
+
 def save_crafted(state: dict, path: Path) -> None:
     """Save a checkpoint edited as a stranger would craft one: its checksums made to match again
     (they catch damage, not forgery; what a crafted checkpoint may do is the trust rule's job)."""

@@ -2,9 +2,10 @@
 (``utils/fetching.py``): a pickle planted in torch's hub cache, where ``torch.hub`` would unpickle
 it with ``weights_only=False``, never runs, and an empty cache is never filled or even created.
 
-The planted file is a real pickle whose ``__reduce__`` writes a marker file; the checkpoints are
-real ones of a tiny run (a torchvision ShuffleNet backbone on 32x32 images), edited as a stranger
-could. Nothing here reaches the network: where a download would start, it is refused first.
+The planted file is a real pickle whose ``__reduce__`` writes a marker file (``helpers.plant``).
+These are the guards' own tests; real checkpoints of the transfer example, edited as a stranger
+could, are tested in ``tests/examples/test_transfer_trust.py``. Nothing here reaches the network:
+where a download would start, it is refused first.
 """
 
 from __future__ import annotations
@@ -13,32 +14,12 @@ import hashlib
 import os
 import socket
 import urllib.request
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import plant
 
 from utils.fetching import FetchRefused, guarded_partial, sealed, verified
-
-THREADS = {"OMP_NUM_THREADS": "1"}
-BACKBONE = "shufflenet_v2_x0_5"
-CACHED_NAME = "shufflenetv2_x0.5-f707e7126e.pth"  # torchvision's file name for its IMAGENET1K_V1 weights
-
-
-class WritesMarker:
-    """Pickles as a call of ``exec`` that writes the marker: what a planted cache file would run."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (exec, (f"open({str(self.marker)!r}, 'w').write('ran')",))
-
-
-def plant(folder: Path, name: str, marker: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.save({"conv1.0.weight": WritesMarker(marker)}, folder / name)
-    return folder / name
 
 
 def test_a_trusted_build_loads_hub_files_weights_only_even_with_the_right_hash(tmp_path, monkeypatch):
@@ -139,6 +120,7 @@ def test_a_missing_package_is_named_at_import_and_at_build(module_needing_a_pack
 
 HUB_MODELS = """
 import torch
+from helpers import plant
 from utils.fetching import weights_restored
 
 

@@ -14,27 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_here, save_crafted, tree, write_images
+from helpers import plant, run_here, save_crafted, tree, write_images
 
 THREADS = {"OMP_NUM_THREADS": "1"}
 BACKBONE = "shufflenet_v2_x0_5"
 CACHED_NAME = "shufflenetv2_x0.5-f707e7126e.pth"  # torchvision's file name for its IMAGENET1K_V1 weights
-
-
-class WritesMarker:
-    """Pickles as a call of ``exec`` that writes the marker: what a planted cache file would run."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (exec, (f"open({str(self.marker)!r}, 'w').write('ran')",))
-
-
-def plant(folder: Path, name: str, marker: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.save({"conv1.0.weight": WritesMarker(marker)}, folder / name)
-    return folder / name
 
 
 @pytest.fixture(scope="module")
