@@ -34,7 +34,7 @@ from utils.files import describe_os_error
 
 TEMPLATE = Path(__file__).resolve().parent
 
-EXAMPLES = ("mnist", "text", "transfer", "streams", "vae", "diabetes")
+EXAMPLES = ("mnist", "text", "transfer", "streams", "vae", "diabetes", "gan", "distill")
 """The shipped examples a copy may keep besides digits (copier.yml's ``examples`` choices): digits always
 stays, since config.json trains it and its files are the ones a copy's README says to edit."""
 

@@ -78,7 +78,7 @@ class DistillTrainer(Trainer):
         if not Path(teacher).exists():
             raise UserError(
                 f"trainer.args.teacher: {teacher} does not exist; train a teacher first "
-                f"(python train.py -c config.json --run-id teacher) or point trainer.args.teacher at a run's checkpoint"
+                f"(python train.py -c configs/digits.yaml --run-id teacher) or point trainer.args.teacher at a run's checkpoint"
             )
         self.alpha, self.temperature = alpha, temperature
         self.teacher = load_model(teacher).requires_grad_(False).to(self.device)  # eval mode, outside self.model

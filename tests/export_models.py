@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import torch
+from fixtures.model import TinyCNN
 from torch import nn
 
-from model import DigitsCNN
 
-
-class BranchyCNN(DigitsCNN):
-    """The digits CNN (same weights) with a branch on a tensor's value: torch.export cannot trace it."""
+class BranchyCNN(TinyCNN):
+    """The engine tests' CNN (same weights) with a branch on a tensor's value: torch.export cannot trace it."""
 
     def forward(self, x):
         if x.mean() > 0:  # EXPORT: data-dependent

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import inspect
 import json
 import os
 import random
@@ -12,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from PIL import Image
 
@@ -24,6 +26,38 @@ EXPERIMENT = "tiny"
 """``TINY``'s name: its runs land in ``<save_dir>/tiny/<run id>``."""
 TIMING_KEYS = {"samples_per_sec", "data_wait"}
 """Row values that measure time: equal runs differ in them."""
+IN_TEMPLATE = (ROOT / "new_project.py").exists()
+"""This checkout is the template itself (a project made from it has no ``new_project.py``)."""
+
+
+def example_or_skip(example: str, *parts: str) -> None:
+    """Skip the calling example test module when this project no longer has the example.
+
+    In a project made from the template, the user replaces the shipped examples with their own code
+    (``model/model.py``'s ``DigitsCNN`` gives way to their model): the example's tests then skip with
+    the reason named, so making the project yours needs no test edit. ``parts`` are what the example
+    is made of: ``"package:Name"`` (a name the package exports) or a file's path from the project root.
+    In the template itself nothing skips: a missing part fails the imports that follow, as it must.
+    """
+    if IN_TEMPLATE:
+        return
+    missing = [part for part in parts if not _has_part(part)]
+    if missing:
+        caller = Path(inspect.stack()[1].filename).resolve().relative_to(ROOT)
+        pytest.skip(
+            f"the {example} example is not in this project ({', '.join(missing)} gone); delete {caller} with it",
+            allow_module_level=True,
+        )
+
+
+def _has_part(part: str) -> bool:
+    if ":" not in part:
+        return (ROOT / part).exists()
+    package, name = part.split(":")
+    try:
+        return hasattr(importlib.import_module(package), name)
+    except ImportError:
+        return False
 
 
 def run_script(*args: str, cwd: Path = ROOT, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -260,3 +294,25 @@ def changes(before: dict, after: dict) -> dict[str, str]:
         elif before[key] != after[key]:
             found[key] = "changed"
     return found
+
+
+BASE_LOADER_ARGUMENTS = {
+    "batch_size", "shuffle", "validation_split", "num_workers", "training", "split_seed",
+    "in_memory", "drop_last", "folds", "fold", "fold_groups",
+}  # fmt: skip
+"""``BaseDataLoader``'s arguments that a loader passing ``**kwargs`` on must still accept by name."""
+
+
+def check_passes_base_arguments_on(loader: type) -> None:
+    """A shipped loader names only its own arguments and passes ``**kwargs`` on: every
+    ``BaseDataLoader`` argument is still one of its parameters (``validation_split`` and
+    ``fold_groups`` may be refused by a loader that sets them itself)."""
+    from app.config.overrides import parameters
+
+    assert BASE_LOADER_ARGUMENTS - {"validation_split", "fold_groups"} <= parameters(loader), loader.__name__
+
+
+def batches(loader, count: int = 3) -> list[torch.Tensor]:
+    """The targets of a loader's first ``count`` batches, drawn from ``torch.manual_seed(0)``."""
+    torch.manual_seed(0)
+    return [target for _, target in zip(range(count), (target for _, target in loader))]

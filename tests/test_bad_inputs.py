@@ -851,9 +851,9 @@ ROWS = [
     Row("stream: an empty shard", "train", damaged_shard(lambda p: p.write_bytes(b"")), 2, ("shard-00003.npz", "not a readable digits shard")),
     Row("stream: a shard with other arrays", "train", damaged_shard(rekeyed), 2, ("shard-00003.npz", "not a readable digits shard", "images")),
     # -- structured outputs and targets (issue 38): fields and sample counts ----------------------------
-    Row("metric output field of a tensor output", "train", new("metrics=[{type: accuracy, output: cls}]"), 2, ("metrics: accuracy", "output field 'cls'", "Tensor", '"output"')),
-    Row("metric target field missing", "train", new("metrics=[{type: accuracy, target: cls}]"), 2, ("metrics: accuracy", "target field 'cls'", '"target"')),
-    Row("metric output field not a name", "train", new("metrics=[{type: accuracy, output: 3}]"), 2, ("metrics.0.output", "field name")),
+    Row("metric output field of a tensor output", "train", new("metrics=[{type: 'fixtures.metric:accuracy', output: cls}]"), 2, ("metrics: accuracy", "output field 'cls'", "Tensor", '"output"')),
+    Row("metric target field missing", "train", new("metrics=[{type: 'fixtures.metric:accuracy', target: cls}]"), 2, ("metrics: accuracy", "target field 'cls'", '"target"')),
+    Row("metric output field not a name", "train", new("metrics=[{type: 'fixtures.metric:accuracy', output: 3}]"), 2, ("metrics.0.output", "field name")),
     Row(
         "batch tensors disagree on the samples",
         "train",
@@ -1028,7 +1028,7 @@ ROWS += [
     Row("sweep of 5000 choices", "sweep", swept({"trials": 2, "params": {"optimizer.args.lr": {"choices": [i / 1e5 + 1e-4 for i in range(5000)]}}}), 2,
         ("params: 5000 values to check", "more than 2000")),
     Row("--trials beyond the bound", "sweep", swept({"trials": 2, "params": LR}, "--trials", "10001"), 2, ("--trials: 10001", "at most 10000")),
-    Row("sweep choice outside the trust rule", "sweep", swept({"trials": 2, "params": {"loss": {"choices": ["nll_loss", "os.path:join"]}}}), 2,
+    Row("sweep choice outside the trust rule", "sweep", swept({"trials": 2, "params": {"loss": {"choices": ["fixtures.metric:nll_loss", "os.path:join"]}}}), 2,
         ("params.loss = 'os.path:join'", "could not be resumed", "--trust-checkpoint")),
     Row("sweep batch size 0", "sweep", swept({"trials": 2, "params": {"data_loader.args.batch_size": {"choices": [32, 0]}}}), 2,
         ("params.data_loader.args.batch_size = 0", "must be a whole number from 1")),

@@ -256,13 +256,14 @@ def test_overhead_benchmark_runs(tmp_path, capsys) -> None:
 
 
 def test_overhead_workloads_need_no_shipped_example() -> None:
-    """lenet and mlp bring their own model and data (a copy may have removed the examples) and are
+    """lenet and mlp bring their own model, data, loss and metric (a copy may have removed the examples) and are
     the shipped LeNet and MLP, weight for weight and output for output, so their numbers still compare."""
     from benchmarks import overhead
 
     known = overhead.workloads(["lenet", "mlp"])
     for workload in known.values():
-        names = [workload.config["arch"]["type"], workload.config["data_loader"]["type"]]
+        config = workload.config
+        names = [config["arch"]["type"], config["data_loader"]["type"], config["loss"], *(m["type"] for m in config["metrics"])]
         assert all(name.startswith("benchmarks.overhead:") for name in names), names
     shipped = pytest.importorskip("model.model")
     if not hasattr(shipped, "LeNet") or not hasattr(shipped, "MLP"):

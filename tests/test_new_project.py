@@ -38,6 +38,8 @@ EXAMPLE_FILES = {
     "streams": {"data_loader/digit_shards.py", "configs/digits_stream.json", "tests/examples/test_streams.py", "tests/stream_recorder.py", "benchmarks/stream_throughput.py"},
     "vae": {"model/vae.py", "configs/vae.json", "tests/examples/test_vae.py"},
     "diabetes": {"data_loader/diabetes.py", "configs/diabetes.json", "tests/examples/test_diabetes.py"},
+    "gan": {"model/gan.py", "configs/gan.json", "tests/examples/test_gan.py"},
+    "distill": {"model/distill.py", "configs/distill.json", "tests/examples/test_distill.py"},
 }  # fmt: skip
 """What each example besides digits brings (written out here, apart from copier.yml's list, to check it)."""
 

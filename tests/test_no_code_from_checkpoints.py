@@ -85,12 +85,12 @@ def module_needing_a_package(tmp_path, monkeypatch):
     return tmp_path
 
 
-def digits_config(arch: dict) -> dict:
+def tiny_with_arch(arch: dict) -> dict:
     import json
 
-    from helpers import ROOT
+    from helpers import TINY
 
-    data = json.loads((ROOT / "config.json").read_text())
+    data = json.loads(TINY.read_text())
     data["arch"] = arch
     data["metrics"] = []
     return data
@@ -102,12 +102,12 @@ def test_a_missing_package_is_named_at_import_and_at_build(module_needing_a_pack
     from utils.errors import UserError
 
     with pytest.raises(UserError) as raised:
-        Config.from_dict(digits_config({"type": "needs_at_import:Model"}), "c.json")
+        Config.from_dict(tiny_with_arch({"type": "needs_at_import:Model"}), "c.json")
     assert str(raised.value) == (
         "c.json: arch.type: module 'needs_at_import' needs the package 'another_package_nobody_installed', which is not installed; "
         "install it (pip install another_package_nobody_installed), or name another"
     )
-    config = Config.from_dict(digits_config({"type": "needs_packages:LazyModel"}), "c.json")
+    config = Config.from_dict(tiny_with_arch({"type": "needs_packages:LazyModel"}), "c.json")
     with pytest.raises(UserError) as raised:
         build_model(config)
     message = str(raised.value)
@@ -162,7 +162,7 @@ def test_a_model_that_fetches_is_refused_when_the_run_starts_unless_its_checkpoi
     from utils.errors import UserError
 
     url, state = hub_file
-    config = Config.from_dict(digits_config({"type": "hub_models:HubModel", "args": {"url": url, "skip_when_restored": skip}}), "c.json")
+    config = Config.from_dict(tiny_with_arch({"type": "hub_models:HubModel", "args": {"url": url, "skip_when_restored": skip}}), "c.json")
     require_rebuildable(config)
     torch.manual_seed(0)
     if not skip:
@@ -186,7 +186,7 @@ def test_only_a_checkpoints_config_is_sealed_a_cvs_next_fold_fetches_verified():
     from app.config import Config
     from app.config.building import fetch_trusted, starts_new_run
 
-    data = digits_config({"type": "DigitsCNN", "args": {"num_classes": 10}})
+    data = tiny_with_arch({"type": "fixtures.model:TinyCNN", "args": {"num_classes": 10}})
     assert fetch_trusted(Config.from_dict(data, "-c config"))
     from_checkpoint = Config.from_dict(data, "last.pth (its config)", trusted=False)
     assert not fetch_trusted(from_checkpoint)

@@ -34,8 +34,8 @@ def multitask_config(tmp_path, batch_size: int = 16) -> dict:
         "data_loader": {"type": "multitask:MultiTaskDataLoader", "args": {"batch_size": batch_size}},
         "loss": "multitask:multitask_loss",
         "metrics": [
-            {"type": "accuracy", "output": "cls", "target": "cls", "name": "acc_cls"},
-            {"type": "Accuracy", "output": "cls", "target": "cls", "name": "exact_acc"},
+            {"type": "fixtures.metric:accuracy", "output": "cls", "target": "cls", "name": "acc_cls"},
+            {"type": "fixtures.metric:Accuracy", "output": "cls", "target": "cls", "name": "exact_acc"},
             {"type": "multitask:squared_error", "name": "mse"},
             {"type": "torchmetrics.regression:MeanSquaredError", "output": "reg", "target": "reg", "name": "tm_mse"},
         ],
@@ -158,7 +158,7 @@ def test_a_dense_output_and_its_mask_keep_their_shapes(tmp_path):
         name="segment",
         arch={"type": "multitask:TinySegmenter"},
         data_loader={"type": "multitask:MaskDataLoader", "args": {"batch_size": 8}},
-        loss="nll_loss",
+        loss="fixtures.metric:nll_loss",
         metrics=[{"type": "multitask:pixel_accuracy"}],
     )
     config["trainer"]["type"] = "multitask:MaskTrainer"

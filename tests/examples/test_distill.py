@@ -10,21 +10,23 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import ROOT, build_trainer, metric_rows
+from helpers import ROOT, build_trainer, example_or_skip, metric_rows
 from helpers import run_quiet as run
 
-from app.loading import file_digest
-from model.model import DigitsCNN
+example_or_skip("digits", "model:DigitsCNN", "model:MLP", "data_loader:DigitsDataLoader", "configs/digits.yaml")  # the teacher and the student's data
+
+from app.loading import file_digest  # noqa: E402
+from model.model import DigitsCNN  # noqa: E402
 
 QUICK = ["trainer.tensorboard=false", "trainer.limit_batches=4", "device=cpu"]
 
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory) -> Path:
-    """The default experiment trained two tiny epochs: its run directory (epoch-1.pth and best.pth differ)."""
+    """The digits experiment trained two tiny epochs: its run directory (epoch-1.pth and best.pth differ)."""
     tmp = tmp_path_factory.mktemp("teacher")
     overrides = [f"trainer.save_dir={tmp}", "trainer.epochs=2", "trainer.save_period=1", *QUICK]
-    assert run("train", "-c", ROOT / "config.json", "--run-id", "teacher", *overrides) == 0
+    assert run("train", "-c", ROOT / "configs" / "digits.yaml", "--run-id", "teacher", *overrides) == 0
     return tmp / "digits_cnn" / "teacher"
 
 

@@ -12,11 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT, build_trainer, metric_rows
+from helpers import ROOT, build_trainer, example_or_skip, metric_rows
 from helpers import run_quiet as run
 
-from app.prediction_files import read_predictions
-from model.gan import GAN
+example_or_skip("digits", "data_loader:DigitsDataLoader")  # the images the GAN learns
+
+from app.prediction_files import read_predictions  # noqa: E402
+from model.gan import GAN  # noqa: E402
 
 STOP_AT = 25  # an engine step inside epoch 3 (10 steps an epoch with accumulate_steps=2)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT, save_crafted, tiny_config, write_config, write_images
+from helpers import ROOT, check_passes_base_arguments_on, save_crafted, tiny_config, write_config, write_images
 from helpers import run_quiet as run
 from PIL import Image
 
@@ -180,3 +180,16 @@ def test_a_checkpoint_config_cannot_make_a_loader_import_a_transform_outside_the
     with pytest.raises(UserError, match=r"data_loader.args.transforms.train.0.type: 'os:system' is not defined"):
         Config.from_dict(config, "checkpoint", trusted=False)
     Config.from_dict(config, "config")  # a config you pass is code you chose
+
+
+def test_a_validation_split_is_refused_in_one_line_it_validates_on_val(tmp_path):
+    """It passes ``BaseDataLoader``'s arguments on, but validates on ``val/``: a split is one line,
+    from the class and through the config."""
+    check_passes_base_arguments_on(ImageFolderDataLoader)
+    with pytest.raises(UserError, match=r"^data_loader\.args\.validation_split: ImageFolderDataLoader validates on val/") as caught:
+        ImageFolderDataLoader(str(tmp_path), validation_split=0.1)
+    assert "\n" not in str(caught.value) and str(caught.value).endswith("remove it from data_loader.args")
+    config = tiny_config(tmp_path)
+    config["data_loader"] = {"type": "ImageFolderDataLoader", "args": {"data_dir": str(tmp_path), "validation_split": 0.2}}
+    with pytest.raises(UserError, match=r"^c\.json: data_loader\.args\.validation_split: ImageFolderDataLoader validates on val/"):
+        Config.from_dict(config, "c.json").init_obj("data_loader")

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import torch
+from helpers import example_or_skip
 from torch import nn
 
-from model.layers import Linear
+example_or_skip("custom layer", "model.layers:Linear")
+
+from model.layers import Linear  # noqa: E402
 
 
 def test_same_initialisation_as_nn_linear_from_the_same_rng_state():

@@ -141,6 +141,8 @@ def test_a_fine_tune_with_a_new_head(tmp_path, snippets):
     assert train_main("-c", write_config(tmp_path, config), "--run-id", "base") == 0
     source = tmp_path / "saved" / "tiny" / "base" / "checkpoints" / "best.pth"
     finetune = merged(tiny_config(tmp_path, limit_batches=2), fragment_with(snippets, "load_exclude"))
+    assert finetune["arch"]["type"] == "DigitsCNN"  # the manual's fragment: the digits CNN with a new head
+    finetune["arch"]["type"] = config["arch"]["type"]  # the fixtures' CNN: the same layers, whatever this project's model/ holds
     finetune["trainer"]["epochs"] = 1
     assert train_main("-r", source, "-c", write_config(tmp_path, finetune, "finetune.json"), "--run-id", "tuned") == 0
     before = torch.load(source, weights_only=True)["model"]

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import ROOT, run_here, write_config
+from helpers import ROOT, check_passes_base_arguments_on, run_here, write_config
+
+from data_loader import MnistDataLoader
 
 
 def write_idx(folder: Path, prefix: str, images: np.ndarray, labels: np.ndarray) -> None:
@@ -102,3 +104,7 @@ def test_a_pytorch_template_config_runs_once_its_classes_are_ported(tmp_path):
     assert "n_gpu is not used here: set device" in result.stdout and "torchrun --nproc_per_node=N" in result.stdout
     rows = [json.loads(line) for line in (tmp_path / "saved" / "Mnist_LeNet" / "ported" / "metrics.jsonl").read_text().splitlines()]
     assert {"accuracy", "top_k_acc", "val_accuracy", "val_top_k_acc"} <= set(rows[-1])
+
+
+def test_the_loader_passes_base_data_loader_arguments_on():
+    check_passes_base_arguments_on(MnistDataLoader)

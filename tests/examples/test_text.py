@@ -6,10 +6,20 @@ import json
 
 import pytest
 import torch
-from helpers import ROOT, run_here
+from helpers import ROOT, check_passes_base_arguments_on, run_here
 
 from app.config import Config, build_loss, build_lr_scheduler, build_metrics, build_optimizer
-from data_loader.text import PAD_INDEX, UNK_INDEX, TextClassificationDataset, TextDataLoader, Vocabulary, pad_collate, tokenize
+from data_loader.text import (
+    BUNDLED_DIR,
+    PAD_INDEX,
+    UNK_INDEX,
+    TextClassificationDataset,
+    TextDataLoader,
+    Vocabulary,
+    pad_collate,
+    read_tsv,
+    tokenize,
+)
 from model.text import TextClassifier
 from utils.errors import UserError
 
@@ -122,3 +132,29 @@ def test_text_example_learns_and_test_py_evaluates_the_checkpoint(tmp_path):
 
 def test_tokenize():
     assert tokenize("Don't STOP, 2 times!") == ["don't", "stop", "2", "times"]
+
+
+def test_the_loader_fits_its_vocabulary_on_the_training_part_base_data_loader_then_makes():
+    """Its own split arguments are the ones ``BaseDataLoader`` splits by: the vocabulary counts the
+    training sentences that the validation subset leaves, recounted here from the file."""
+    loader = TextDataLoader(batch_size=8, validation_split=0.25, split_seed=4, max_vocab=50, shuffle=False, num_workers=0)
+    assert loader.batch_size == 8 and not loader.shuffle and loader.split["split_seed"] == 4
+    rows = read_tsv(BUNDLED_DIR / "train.tsv")
+    validating = set(loader.valid_subset.indices)
+    assert len(validating) == round(len(rows) * 0.25)
+    assert Vocabulary([rows[i][1] for i in range(len(rows)) if i not in validating], 50).itos == loader.vocab.itos
+    assert Vocabulary([text for _, text in rows], 50).itos != loader.vocab.itos  # the check can tell
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        ({"fold_groups": "topic"}, r"^data_loader\.args\.fold_groups: TextDataLoader fits its vocabulary"),
+        ({"collate_fn": None}, r"^data_loader\.args\.collate_fn: TextDataLoader pads its sentences"),
+    ],
+)
+def test_base_data_loader_arguments_pass_on_and_one_it_sets_itself_is_one_line(args, match):
+    check_passes_base_arguments_on(TextDataLoader)
+    with pytest.raises(UserError, match=match) as caught:
+        TextDataLoader(**args)
+    assert "\n" not in str(caught.value) and str(caught.value).endswith("remove it from data_loader.args")
