@@ -48,3 +48,43 @@ def pytest_collection_modifyitems(items: list) -> None:
         return LONG_FIRST.index(name) if name in LONG_FIRST else len(LONG_FIRST)
 
     items.sort(key=rank)  # stable: the order inside each module, and of the other modules, is kept
+
+
+USER_PACKAGES = ("model", "data_loader")
+"""The project's own code: the shipped examples today, the user's experiment after the copy."""
+OF_THE_PROJECT = {"test_experiments.py", "test_new_project.py"}
+"""Test modules outside ``tests/examples`` that test the project's experiments by design."""
+NAMED_FROM_THE_PROJECT: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def engine_tests_name_none_of_the_projects_code(request):
+    """An engine test that resolves a short config name to the project's ``model/`` or ``data_loader/``
+    (``"accuracy"``, ``"DigitsCNN"``) fails: it would break in a copy whose user replaced the example.
+    Name the fixtures instead (``fixtures.metric:accuracy``; ``tests/fixtures``). Tests of the
+    examples (``tests/examples``), of every experiment, and those marked ``project_configs`` may."""
+    path = request.node.path
+    if "examples" in path.parts or path.name in OF_THE_PROJECT or request.node.get_closest_marker("project_configs"):
+        yield
+        return
+    from app.config import names
+
+    found = names._lookup
+
+    def lookup(key: str, name: str, source: str):
+        target = found(key, name, source)
+        if getattr(target, "__module__", "").split(".")[0] in USER_PACKAGES:
+            NAMED_FROM_THE_PROJECT.append(f"{key}: {name!r} is {target.__module__}.{target.__qualname__}")
+        return target
+
+    names._lookup = lookup
+    NAMED_FROM_THE_PROJECT.clear()
+    try:
+        yield
+    finally:
+        names._lookup = found
+    if NAMED_FROM_THE_PROJECT:
+        pytest.fail(
+            f"this engine test names the project's own code ({'; '.join(sorted(set(NAMED_FROM_THE_PROJECT)))}): "
+            "a copy whose user replaced the example breaks; name tests/fixtures' classes (fixtures.model:TinyCNN, fixtures.metric:accuracy)"
+        )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import random
-from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -25,17 +24,12 @@ from app.config import (
     build_lr_scheduler,
     build_metrics,
     build_optimizer,
-    read_config,
     read_config_file,
     reference_markdown,
 )
-from trainer import Evaluator
-from trainer.optimizers import Schedules
 from utils.errors import EXIT_USER_ERROR, UserError
 
 THREADS = {"OMP_NUM_THREADS": "1"}  # the test machine's cores are shared; one thread avoids oversubscription
-SHIPPED = sorted([ROOT / "config.json", *(p for ext in ("json", "yaml", "yml") for p in (ROOT / "configs").glob(f"*.{ext}") if not p.stem.endswith("_space"))])
-"""The shipped run configs; ``configs/*_space.yaml`` are sweep search spaces (``tests/test_sweeps.py`` reads them)."""
 
 
 def config_from(tmp_path: Path, data: dict, name: str = "config.json", overrides: tuple[str, ...] = ()) -> Config:
@@ -206,55 +200,6 @@ def test_init_ftn_binds_args_and_lr_scheduler_is_optional(tmp_path):
     assert torch.equal(loss(output, target), F.cross_entropy(output, target, label_smoothing=0.2))
     model = config.init_obj("arch")
     assert build_lr_scheduler(config, build_optimizer(config, model)) is None
-
-
-def shipped_config_id(path: Path) -> str:
-    return str(path.relative_to(ROOT))
-
-
-def _needs_missing_files(args: dict) -> str | None:
-    """The first path-like argument that does not exist (data that only users have)."""
-    for key, value in args.items():
-        if isinstance(value, str) and (key.endswith(("_dir", "_path", "_file")) or key == "root"):
-            path = Path(value) if Path(value).is_absolute() else ROOT / value
-            if not path.exists():
-                return f"{key}={value}"
-    return None
-
-
-@pytest.mark.parametrize("path", SHIPPED, ids=shipped_config_id)
-def test_every_shipped_config_loads_validates_and_builds(path):
-    data = read_config(path)  # through the bases it extends
-    overrides = []
-    if "weights" in data["arch"].get("args", {}) and not (ROOT / str(data["arch"]["args"]["weights"])).is_file():
-        overrides.append("arch.args.weights=null")  # a weights name means a download; tests never download
-    config = Config.from_dict(data, str(path), overrides)
-    model = config.init_obj("arch")
-    criterion, metrics = build_loss(config), build_metrics(config)
-    optimizer = build_optimizer(config, model)
-    scheduler = build_lr_scheduler(config, optimizer)
-    assert any(p.requires_grad for p in model.parameters())
-    built = bool(scheduler.schedules) if isinstance(scheduler, Schedules) else scheduler is not None  # several optimizers: one per name
-    assert built == (config["lr_scheduler"] is not None)
-    assert len(metrics) == len(config["metrics"])
-
-    args = dict(config["data_loader"].get("args") or {})
-    if isinstance(scheduler, Schedules):
-        return  # several optimizers: its losses come from its own step (tests/test_experiments.py trains it)
-    if _needs_missing_files(args):
-        return  # its data is the user's to provide: the rest of the config is checked above
-    loader_overrides = ["data_loader.args.num_workers=0"] if "num_workers" in args else []
-    loader_overrides += (
-        ["data_loader.args.download=false"] if "download" in args or config["data_loader"]["type"] == "MnistDataLoader" else []
-    )
-    try:
-        loader = Config.from_dict(config.to_dict(), str(path), loader_overrides).init_obj("data_loader")
-    except UserError as exc:
-        if "data_loader.args.data_dir" in str(exc):
-            return  # the folder exists but holds other data (e.g. data/ without MNIST, and no download in tests)
-        raise
-    results = Evaluator(model, criterion, metrics, torch.device("cpu")).evaluate(islice(loader, 1))
-    assert set(results) == {"loss", *metrics} and np.isfinite(results["loss"])
 
 
 # -- user errors: one line, exit code 2, the key named, nothing left behind -------------------------

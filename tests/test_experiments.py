@@ -20,12 +20,19 @@ from __future__ import annotations
 
 import json
 import tomllib
+from itertools import islice
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 from helpers import ROOT, run_here
+
+from app.config import Config, build_loss, build_lr_scheduler, build_metrics, build_optimizer, read_config
+from trainer import Evaluator
+from trainer.optimizers import Schedules
+from utils.errors import UserError
 
 TINY_OVERRIDES = (
     "trainer.limit_batches=2",
@@ -41,15 +48,28 @@ SEEN: dict[str, Path] = {}
 the same experiment is not trained twice."""
 
 
-def experiment_configs() -> list[Path]:
-    """config.json and the run configs under configs/ (not the sweep search spaces)."""
-    found = [ROOT / "config.json"] if (ROOT / "config.json").is_file() else []
+def config_files(spaces: bool) -> list[Path]:
+    """The files under configs/ that are sweep search spaces (a top-level ``params``), or the others."""
+    found = []
     for path in sorted(p for ext in ("json", "yaml", "yml") for p in (ROOT / "configs").glob(f"*.{ext}")):
         text = path.read_text()
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        if not (isinstance(data, dict) and "params" in data):
+        if (isinstance(data, dict) and "params" in data) == spaces:
             found.append(path)
     return found
+
+
+def experiment_configs() -> list[Path]:
+    """config.json and the run configs under configs/ (not the sweep search spaces)."""
+    return ([ROOT / "config.json"] if (ROOT / "config.json").is_file() else []) + config_files(spaces=False)
+
+
+def experiment_of(space: Path) -> Path:
+    """The experiment a sweep space searches: ``configs/<stem>.*`` for ``configs/<stem>_space.*`` when
+    there is one (``digits_space.yaml`` -> ``digits.yaml``), else ``config.json``."""
+    stem = space.stem.removesuffix("_space")
+    paired = [path for path in config_files(spaces=False) if path.stem == stem and stem != space.stem]
+    return paired[0] if paired else ROOT / "config.json"
 
 
 def skipped() -> dict[str, str]:
@@ -61,8 +81,6 @@ def skipped() -> dict[str, str]:
 
 def loader_overrides(path: Path) -> list[str]:
     """No worker processes, when the config's loader has the argument (a tiny run gains nothing from them)."""
-    from app.config import Config
-
     args = Config.from_file(path).to_dict()["data_loader"].get("args") or {}
     return ["data_loader.args.num_workers=0"] if "num_workers" in args else []
 
@@ -78,6 +96,53 @@ def last(save_dir: Path, run_id: str) -> Path:
     return found
 
 
+def _needs_missing_files(args: dict) -> str | None:
+    """The first path-like argument that does not exist (data that only users have)."""
+    for key, value in args.items():
+        if isinstance(value, str) and (key.endswith(("_dir", "_path", "_file")) or key == "root"):
+            path = Path(value) if Path(value).is_absolute() else ROOT / value
+            if not path.exists():
+                return f"{key}={value}"
+    return None
+
+
+@pytest.mark.parametrize("path", experiment_configs(), ids=lambda path: str(path.relative_to(ROOT)))
+def test_it_loads_validates_and_builds_even_where_it_cannot_run_tiny(path):
+    """Model, loss, metrics, optimizer and schedule from the config, and one batch evaluated where its
+    data is here: checked for the configs the skip table keeps from training too."""
+    data = read_config(path)  # through the bases it extends
+    overrides = []
+    if "weights" in data["arch"].get("args", {}) and not (ROOT / str(data["arch"]["args"]["weights"])).is_file():
+        overrides.append("arch.args.weights=null")  # a weights name means a download; tests never download
+    config = Config.from_dict(data, str(path), overrides)
+    model = config.init_obj("arch")
+    criterion, metrics = build_loss(config), build_metrics(config)
+    optimizer = build_optimizer(config, model)
+    scheduler = build_lr_scheduler(config, optimizer)
+    assert any(p.requires_grad for p in model.parameters())
+    built = bool(scheduler.schedules) if isinstance(scheduler, Schedules) else scheduler is not None  # several optimizers: one per name
+    assert built == (config["lr_scheduler"] is not None)
+    assert len(metrics) == len(config["metrics"])
+
+    args = dict(config["data_loader"].get("args") or {})
+    if isinstance(scheduler, Schedules):
+        return  # several optimizers: its losses come from its own step (tests/test_experiments.py trains it)
+    if _needs_missing_files(args):
+        return  # its data is the user's to provide: the rest of the config is checked above
+    loader_overrides = ["data_loader.args.num_workers=0"] if "num_workers" in args else []
+    loader_overrides += (
+        ["data_loader.args.download=false"] if "download" in args or config["data_loader"]["type"] == "MnistDataLoader" else []
+    )
+    try:
+        loader = Config.from_dict(config.to_dict(), str(path), loader_overrides).init_obj("data_loader")
+    except UserError as exc:
+        if "data_loader.args.data_dir" in str(exc):
+            return  # the folder exists but holds other data (e.g. data/ without MNIST, and no download in tests)
+        raise
+    results = Evaluator(model, criterion, metrics, torch.device("cpu")).evaluate(islice(loader, 1))
+    assert set(results) == {"loss", *metrics} and np.isfinite(results["loss"])
+
+
 @pytest.fixture(scope="module", params=experiment_configs(), ids=lambda path: str(path.relative_to(ROOT)))
 def experiment(request, tmp_path_factory) -> tuple[Path, Path]:
     """(config, save_dir): the config trained two epochs straight (``straight``) and one plus a resume (``split``)."""
@@ -85,8 +150,6 @@ def experiment(request, tmp_path_factory) -> tuple[Path, Path]:
     reason = skipped().get(str(path.relative_to(ROOT)))
     if reason:
         pytest.skip(f"{path.relative_to(ROOT)}: {reason} (pyproject.toml [tool.pytorch-template.experiment-tests.skip])")
-    from app.config import Config
-
     digest = Config.from_file(path).digest()
     if digest in SEEN:  # e.g. configs/digits.yaml, config.json written in YAML
         pytest.skip(f"{path.relative_to(ROOT)}: the same experiment as {SEEN[digest].relative_to(ROOT)}, tested there")
@@ -117,3 +180,17 @@ def test_test_py_and_predict_py_run_on_the_result(experiment, tmp_path):
     predicted = run_here("predict.py", "-r", checkpoint, "--out", tmp_path / "predictions.npz", *loader_overrides(path))
     assert predicted.returncode == 0, predicted.stderr
     assert (tmp_path / "predictions.npz").stat().st_size > 0
+
+
+@pytest.mark.parametrize("space", config_files(spaces=True), ids=lambda path: str(path.relative_to(ROOT)))
+def test_each_sweep_space_reads_against_its_experiment(space):
+    """Every parameter a space names is one its experiment has, with values it accepts (``sweep.py``'s
+    own checks, before any trial). The experiment: :func:`experiment_of`."""
+    from app.sweeps.space import read_space
+
+    config = experiment_of(space)
+    reason = skipped().get(str(config.relative_to(ROOT)))
+    if reason:
+        pytest.skip(f"{config.relative_to(ROOT)}: {reason} (pyproject.toml [tool.pytorch-template.experiment-tests.skip])")
+    read = read_space(str(space), None, Config.from_file(str(config)), str(config), [])
+    assert read.trials >= 1 and read.params

@@ -118,3 +118,26 @@ def test_no_checkpoint_file_name_is_spelled_outside_the_store():
                 if isinstance(node, ast.Constant) and isinstance(node.value, str) and re.fullmatch(r"(best|last|epoch-\d+)\.(pth|dcp)", node.value):
                     spelled.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.value!r}")
     assert not spelled, f"checkpoint file names spelled outside utils/checkpoints/: {spelled}"
+
+
+EXAMPLE_HELPERS = {"tests/stream_recorder.py": "the streams example's recorder, which leaves with it"}
+"""Files beside the engine tests that belong to one example (copier.yml removes them with it)."""
+
+
+def test_the_engine_tests_import_none_of_the_projects_code():
+    """tests/*.py and tests/fixtures test the engine on their own fixtures, never importing ``model/`` or
+    ``data_loader/`` (the examples, which a user replaces): a copy keeps them green whatever its code is.
+    An import inside a test function after ``pytest.importorskip`` (a row of one example) is allowed;
+    tests/conftest.py catches a config name that resolves there while a test runs."""
+    engine = [p for p in (ROOT / "tests").glob("*.py") if p.name not in {"test_experiments.py", "test_new_project.py"}]
+    engine += list((ROOT / "tests" / "fixtures").rglob("*.py"))
+    wrong = []
+    for path in engine:
+        rel = str(path.relative_to(ROOT))
+        if rel in EXAMPLE_HELPERS:
+            continue
+        tree = ast.parse(path.read_text())
+        for node in tree.body:  # module level: what runs at import, in every copy
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
+            wrong += [f"{rel}:{node.lineno} imports {name}" for name in names if name.split(".")[0] in USER_CODE]
+    assert not wrong, wrong
