@@ -45,7 +45,7 @@ def example_or_skip(example: str, *parts: str) -> None:
     if missing:
         caller = Path(inspect.stack()[1].filename).resolve().relative_to(ROOT)
         pytest.skip(
-            f"the {example} example is not in this project ({', '.join(missing)} gone); delete {caller} with it",
+            f"{caller}: the {example} example needs {', '.join(missing)}, which this project no longer has; delete the file with the example",
             allow_module_level=True,
         )
 

@@ -361,35 +361,6 @@ def damaged_history(name: str, content: bytes | None) -> Callable[[Ctx], list]:
     return args
 
 
-def damaged_shard(damage: Callable[[Path], None]) -> Callable[[Ctx], list]:
-    """configs/digits_stream.json, in the main process, with one of its shards damaged."""
-
-    def args(c: Ctx) -> list:
-        pytest.importorskip("data_loader.digit_shards", reason="the streams example is not in this project")
-        from data_loader.digit_shards import write_digits_shards
-
-        folder = c.tmp / "shards"
-        write_digits_shards(folder)
-        damage(folder / "train" / "shard-00003.npz")
-        config = ROOT / "configs" / "digits_stream.json"
-        return ["-c", config, f"data_loader.args.data_dir={folder}", "data_loader.args.num_workers=0", f"trainer.save_dir={c.tmp / 'saved'}"]
-
-    return args
-
-
-def truncated(path: Path) -> None:
-    path.write_bytes(path.read_bytes()[:200])
-
-
-def rekeyed(path: Path) -> None:
-    import numpy as np
-
-    with np.load(path) as shard:
-        arrays = {"pixels": shard["images"], "labels": shard["labels"]}
-    with open(path, "wb") as handle:
-        np.savez(handle, **arrays)
-
-
 DICT_LOADER = 'data_loader={type: "user_bugs:DictDigitsDataLoader"}'
 DICT_MODEL = 'arch={type: "user_bugs:ImageKeywordCNN", args: {num_classes: 10}}'
 OUTSIDE = "is not defined in this project's source packages"
@@ -847,9 +818,6 @@ ROWS = [
     Row("resume: a row's epoch is a string", "train", damaged_history("metrics.jsonl", b'{"epoch": "1", "loss": 1.0}\n'), 2, ("metrics.jsonl", "epoch '1'")),
     Row("resume: a row is not JSON", "train", damaged_history("metrics.jsonl", b'{"epoch": 1}\nnot json\n{"epoch": 2}\n'), 2, ("metrics.jsonl", "line 2 is not JSON")),
     # -- a damaged shard of the shipped stream loader is a data error naming it ------------------------------
-    Row("stream: a truncated shard", "train", damaged_shard(truncated), 2, ("shard-00003.npz", "not a readable digits shard")),
-    Row("stream: an empty shard", "train", damaged_shard(lambda p: p.write_bytes(b"")), 2, ("shard-00003.npz", "not a readable digits shard")),
-    Row("stream: a shard with other arrays", "train", damaged_shard(rekeyed), 2, ("shard-00003.npz", "not a readable digits shard", "images")),
     # -- structured outputs and targets (issue 38): fields and sample counts ----------------------------
     Row("metric output field of a tensor output", "train", new("metrics=[{type: 'fixtures.metric:accuracy', output: cls}]"), 2, ("metrics: accuracy", "output field 'cls'", "Tensor", '"output"')),
     Row("metric target field missing", "train", new("metrics=[{type: 'fixtures.metric:accuracy', target: cls}]"), 2, ("metrics: accuracy", "target field 'cls'", '"target"')),

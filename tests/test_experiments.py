@@ -6,8 +6,9 @@ For each, tiny (``TINY_OVERRIDES``: 2 batches per epoch, CPU, no workers, writte
 temporary folder), in-process: ``train.py`` builds it and takes its pre-flight batch, trains two
 epochs, a second run trains one and is resumed to two with ``-r``, and its weights must equal the
 uninterrupted run's; then ``test.py`` and ``predict.py`` run on the result. A broken config (a
-wrong ``arch.args``, a monitor naming a metric the run does not produce) fails here. You add no
-test line when you add or replace an experiment.
+wrong ``arch.args``, a monitor naming a metric the run does not produce) fails here. Each sweep
+search space is read against its experiment (:func:`experiment_of`). You add no test line when you
+add or replace an experiment.
 
 A config that cannot run tiny here (its data or pretrained weights are not on this machine) says
 so in ``pyproject.toml``, with the reason the skipped test reports::

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import metric_rows, run_here
+from helpers import example_or_skip, metric_rows, run_here
+
+example_or_skip("diabetes", "model:Regressor")  # what it uses of the files a user rewrites first
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers import IN_TEMPLATE, ROOT, batches, check_passes_base_arguments_on, example_or_skip, tiny_config
 
-example_or_skip("digits", "model:DigitsCNN", "data_loader:DigitsDataLoader", "model.metric:top_k_acc", "model.metric:accuracy")
+example_or_skip("digits", "model:DigitsCNN", "data_loader:DigitsDataLoader", "model.loss:nll_loss", "model.metric:top_k_acc", "model.metric:accuracy")
 
 from app.config import Config  # noqa: E402
 from base import BaseDataLoader  # noqa: E402

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from helpers import ROOT, build_trainer, example_or_skip, metric_rows
 from helpers import run_quiet as run
 
-example_or_skip("digits", "model:DigitsCNN", "model:MLP", "data_loader:DigitsDataLoader", "configs/digits.yaml")  # the teacher and the student's data
+example_or_skip("digits", "model:DigitsCNN", "model:MLP", "data_loader:DigitsDataLoader", "model.loss:nll_loss", "model.metric:Accuracy", "configs/digits.yaml")  # the teacher and the student's data
 
 from app.loading import file_digest  # noqa: E402
 from model.model import DigitsCNN  # noqa: E402

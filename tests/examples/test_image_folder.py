@@ -10,15 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT, check_passes_base_arguments_on, save_crafted, tiny_config, write_config, write_images
+from helpers import ROOT, check_passes_base_arguments_on, example_or_skip, save_crafted, tiny_config, write_config, write_images
 from helpers import run_quiet as run
 from PIL import Image
 
-from app.config import Config
-from app.prediction_files import read_predictions
-from data_loader.image_folder import ImageFolderDataLoader
-from logger.logger import close_log_files
-from utils.errors import UserError
+example_or_skip("image folder", "model.metric:Accuracy")  # what it uses of the files a user rewrites first
+
+from app.config import Config  # noqa: E402
+from app.prediction_files import read_predictions  # noqa: E402
+from data_loader.image_folder import ImageFolderDataLoader  # noqa: E402
+from logger.logger import close_log_files  # noqa: E402
+from utils.errors import UserError  # noqa: E402
 
 
 def final_weights(run_dir: Path) -> dict:

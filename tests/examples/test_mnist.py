@@ -9,9 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import ROOT, check_passes_base_arguments_on, run_here, write_config
+from helpers import ROOT, check_passes_base_arguments_on, example_or_skip, run_here, write_config
 
-from data_loader import MnistDataLoader
+example_or_skip("MNIST", "data_loader:MnistDataLoader", "model:LeNet", "model.metric:Accuracy", "model.metric:top_k_acc")  # what it uses of the files a user rewrites first
+
+from data_loader import MnistDataLoader  # noqa: E402
 
 
 def write_idx(folder: Path, prefix: str, images: np.ndarray, labels: np.ndarray) -> None:

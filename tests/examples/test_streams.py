@@ -24,17 +24,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT, TESTS_ENV, last_checkpoint, metric_rows, run_here, run_script, seeded_random, write_config
+from helpers import ROOT, TESTS_ENV, example_or_skip, last_checkpoint, metric_rows, run_here, run_script, seeded_random, write_config
 from stream_recorder import recorded
 
-from app.config import Config, read_config
-from base import BaseStreamLoader
-from data_loader import DigitsDataLoader, DigitsStreamLoader
-from data_loader.digit_shards import SHARD_WEIGHTS, write_digits_shards
-from dataflow.epochs import prediction_share
-from dataflow.shard_index import INDEX_NAME
-from dataflow.stream_plan import next_stream, shard_order, taken_after, training_plan
-from utils.errors import UserError
+example_or_skip("streams", "model:DigitsCNN", "data_loader:DigitsDataLoader", "configs/digits.yaml", "model.metric:Accuracy", "model.metric:top_k_acc")  # what it uses of the files a user rewrites first
+
+from app.config import Config, read_config  # noqa: E402
+from base import BaseStreamLoader  # noqa: E402
+from data_loader import DigitsDataLoader, DigitsStreamLoader  # noqa: E402
+from data_loader.digit_shards import SHARD_WEIGHTS, write_digits_shards  # noqa: E402
+from dataflow.epochs import prediction_share  # noqa: E402
+from dataflow.shard_index import INDEX_NAME  # noqa: E402
+from dataflow.stream_plan import next_stream, shard_order, taken_after, training_plan  # noqa: E402
+from utils.errors import UserError  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -620,8 +622,9 @@ def test_test_py_and_predict_py_read_the_test_shards(single, tmp_path):
 
 @pytest.fixture(scope="module")
 def ddp(tmp_path_factory, request):
-    """Under torchrun with 2 processes: one uninterrupted run, and one stopped by SIGTERM on rank 0,
-    resumed, killed by SIGKILL on rank 0 (torchrun then ends rank 1), resumed."""
+    """Under torchrun with 2 processes: one uninterrupted run, and one stopped by SIGTERM on rank 0 and
+    resumed. (A SIGKILL mid-stream is the single-process fixture's; a rank killed under torchrun,
+    test_hardening's and test_auto_resume's: each launch here costs about 10 s of the suite.)"""
     rng = seeded_random(request)
     tmp = tmp_path_factory.mktemp("ddp")
     config = stream_experiment(tmp, batch_size=32, epochs=2, save_every_n_steps=7)  # 611 samples per rank: 20 batches per epoch
@@ -637,12 +640,7 @@ def ddp(tmp_path_factory, request):
     snapshot = tmp / "snapshot" / "digits_stream" / "interrupted"
     shutil.copytree(run_dir, snapshot)
     last = str(run_dir / "checkpoints" / "last.pth")
-    at_kill = rng.randint(at_term + 2, 39)
-    signals = {"SIGNAL_RANK": "0", "SIGNAL_AT_BATCH": str(at_kill - at_term + 1), "SIGNAL_NAME": "SIGKILL"}
-    killed = launch("-r", last, ids=tmp / "ids-2", torchrun=True, **signals)
-    assert killed.returncode != 0 and "Signal 9 (SIGKILL)" in killed.stdout + killed.stderr, (at_term, at_kill)
-    kept = last_checkpoint(run_dir)["progress"]["global_step"]
-    resumed = launch("-r", last, ids=tmp / "ids-3", torchrun=True)
+    resumed = launch("-r", last, ids=tmp / "ids-2", torchrun=True)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     return {
         "straight": tmp / "saved" / "digits_stream" / "straight",
@@ -650,16 +648,14 @@ def ddp(tmp_path_factory, request):
         "snapshot": snapshot,
         "reference_ids": [recorded(tmp / "ids-straight", rank)[1:] for rank in range(2)],
         "trained_ids": [
-            recorded(tmp / "ids-1", rank)[1 : 1 + at_term]
-            + recorded(tmp / "ids-2", rank)[1 : 1 + kept - at_term]
-            + recorded(tmp / "ids-3", rank)[1:]
+            recorded(tmp / "ids-1", rank)[1 : 1 + at_term] + recorded(tmp / "ids-2", rank)[1:]
             for rank in range(2)
         ],
     }
 
 
 @pytest.mark.slow
-def test_stream_under_torchrun_resumes_bitwise_after_sigterm_then_sigkill(ddp):
+def test_stream_under_torchrun_resumes_bitwise_after_sigterm(ddp):
     assert_same_run(ddp["straight"], ddp["run_dir"])
 
 
@@ -685,7 +681,7 @@ def test_a_mid_epoch_ddp_checkpoint_resumed_by_one_process_is_refused_and_change
 
 def test_digits_stream_extends_digits_yaml_and_resolves_as_written_out():
     """configs/digits_stream.json is digits.yaml with a streamed loader: the same config as the file written in full."""
-    full = json.loads((ROOT / "config.json").read_text())
+    full = read_config(ROOT / "configs" / "digits.yaml")  # not config.json: in a copy that is the user's
     full["name"] = "digits_stream"
     full["data_loader"] = {
         "type": "DigitsStreamLoader",
@@ -694,3 +690,30 @@ def test_digits_stream_extends_digits_yaml_and_resolves_as_written_out():
     stream = Config.from_file(ROOT / "configs" / "digits_stream.json")
     assert stream.to_dict() == Config.from_dict(full, "written out").to_dict()
     assert [Path(entry["path"]) for entry in stream.files] == [ROOT / "configs" / "digits.yaml", ROOT / "configs" / "digits_stream.json"]
+
+
+def rekeyed(path: Path) -> None:
+    with np.load(path) as shard:
+        arrays = {"pixels": shard["images"], "labels": shard["labels"]}
+    with open(path, "wb") as handle:
+        np.savez(handle, **arrays)
+
+
+@pytest.mark.parametrize(
+    "damage, expected",
+    [
+        (lambda p: p.write_bytes(p.read_bytes()[:200]), ()),
+        (lambda p: p.write_bytes(b""), ()),
+        (rekeyed, ("images",)),
+    ],
+    ids=["truncated", "empty", "other arrays"],
+)
+def test_a_damaged_shard_is_one_line_naming_it(tmp_path, damage, expected):
+    folder = tmp_path / "shards"
+    write_digits_shards(folder)
+    damage(folder / "train" / "shard-00003.npz")
+    overrides = [f"data_loader.args.data_dir={folder}", "data_loader.args.num_workers=0", f"trainer.save_dir={tmp_path / 'saved'}"]
+    result = run_here("train.py", "-c", STREAM_CONFIG, *overrides)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
+    assert all(text in lines[0] for text in ("shard-00003.npz", "not a readable digits shard", *expected)), lines[0]

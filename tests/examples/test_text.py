@@ -6,10 +6,12 @@ import json
 
 import pytest
 import torch
-from helpers import ROOT, check_passes_base_arguments_on, run_here
+from helpers import ROOT, check_passes_base_arguments_on, example_or_skip, run_here
 
-from app.config import Config, build_loss, build_lr_scheduler, build_metrics, build_optimizer
-from data_loader.text import (
+example_or_skip("text", "model.metric:Accuracy")  # what it uses of the files a user rewrites first
+
+from app.config import Config, build_loss, build_lr_scheduler, build_metrics, build_optimizer  # noqa: E402
+from data_loader.text import (  # noqa: E402
     BUNDLED_DIR,
     PAD_INDEX,
     UNK_INDEX,
@@ -20,8 +22,8 @@ from data_loader.text import (
     read_tsv,
     tokenize,
 )
-from model.text import TextClassifier
-from utils.errors import UserError
+from model.text import TextClassifier  # noqa: E402
+from utils.errors import UserError  # noqa: E402
 
 THREADS = {"OMP_NUM_THREADS": "1"}  # the test machine's cores are shared; one thread avoids oversubscription
 

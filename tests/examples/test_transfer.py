@@ -7,15 +7,17 @@ import math
 
 import pytest
 import torch
-from helpers import ROOT, run_here, write_images
+from helpers import ROOT, example_or_skip, run_here, write_images
 
-from app.config import Config, build_loss, build_lr_scheduler, build_metrics, build_optimizer
-from data_loader.image_folder import ImageFolderDataLoader
-from model.transfer import TransferClassifier
-from trainer.evaluator import Evaluator
-from trainer.metrics import MetricSet
-from utils.checkpoints import load_checkpoint, load_weights
-from utils.errors import UserError
+example_or_skip("transfer", "model.metric:Accuracy")  # what it uses of the files a user rewrites first
+
+from app.config import Config, build_loss, build_lr_scheduler, build_metrics, build_optimizer  # noqa: E402
+from data_loader.image_folder import ImageFolderDataLoader  # noqa: E402
+from model.transfer import TransferClassifier  # noqa: E402
+from trainer.evaluator import Evaluator  # noqa: E402
+from trainer.metrics import MetricSet  # noqa: E402
+from utils.checkpoints import load_checkpoint, load_weights  # noqa: E402
+from utils.errors import UserError  # noqa: E402
 
 FROZEN = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.")  # configs/transfer.json's freeze list, torchvision names
 THREADS = {"OMP_NUM_THREADS": "1"}  # the test machine's cores are shared; one thread avoids oversubscription

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import plant, run_here, save_crafted, tree, write_images
+from helpers import example_or_skip, plant, run_here, save_crafted, tree, write_images
+
+example_or_skip("transfer", "model.metric:Accuracy")  # what it uses of the files a user rewrites first
 
 THREADS = {"OMP_NUM_THREADS": "1"}
 BACKBONE = "shufflenet_v2_x0_5"

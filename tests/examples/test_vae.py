@@ -9,11 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT, metric_rows
+from helpers import ROOT, example_or_skip, metric_rows
 from helpers import run_quiet as run
 
-from app.config import Config
-from app.prediction_files import read_predictions
+example_or_skip("VAE", "data_loader:DigitsDataLoader")  # what it uses of the files a user rewrites first
+
+from app.config import Config  # noqa: E402
+from app.prediction_files import read_predictions  # noqa: E402
 
 
 def final_weights(run_dir: Path) -> dict:
