@@ -412,6 +412,80 @@ def test_new_project_is_clean_green_and_trains(fresh, tmp_path):
     assert (run_dir / "checkpoints" / "last.pth").is_file()
 
 
+
+THEIR_FILES = {
+    "datasets/prices.csv": "area,rooms,price\n" + "".join(f"{30 + 7 * i % 90},{1 + i % 5},{50 + 3 * (30 + 7 * i % 90) + 9 * (1 + i % 5)}\n" for i in range(120)),
+    "data_loader/data_loaders.py": """import csv
+
+import torch
+from torch.utils.data import TensorDataset
+
+from base import BaseDataLoader
+
+
+class PricesDataLoader(BaseDataLoader):
+    def __init__(self, csv_path="datasets/prices.csv", batch_size=16, training=True, **kwargs):
+        with open(csv_path) as handle:
+            rows = torch.tensor([[float(v) for v in row] for row in list(csv.reader(handle))[1:]])
+        rows = (rows - rows.mean(0)) / rows.std(0)
+        part = rows[:96] if training else rows[96:]
+        super().__init__(TensorDataset(part[:, :2], part[:, 2]), batch_size, training=training, **kwargs)
+""",
+    "data_loader/__init__.py": 'from data_loader.data_loaders import PricesDataLoader\n\n__all__ = ["PricesDataLoader"]\n',
+    "model/model.py": """from torch import nn
+
+from base import BaseModel
+
+
+class PriceNet(BaseModel):
+    def __init__(self, hidden=8):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(2, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+    def forward(self, x):
+        return self.net(x).squeeze(-1)
+""",
+    "model/__init__.py": 'from model.model import PriceNet\n\n__all__ = ["PriceNet"]\n',
+    "model/loss.py": "import torch.nn.functional as F\n\n\ndef huber(output, target):\n    return F.huber_loss(output, target)\n",
+    "model/metric.py": "def mae(output, target):\n    return (output - target).abs().mean()\n",
+    "config.json": json.dumps({
+        "name": "prices", "seed": 1,
+        "arch": {"type": "PriceNet", "args": {"hidden": 8}},
+        "data_loader": {"type": "PricesDataLoader", "args": {"batch_size": 16, "validation_split": 0.25}},
+        "loss": "huber", "metrics": ["mae"], "optimizer": {"type": "AdamW", "args": {"lr": 0.01}},
+        "trainer": {"epochs": 5, "save_dir": "saved/", "monitor": "min val_mae"},
+    }),
+}  # fmt: skip
+"""A user's own experiment in place of the digits example: every file of it rewritten, its configs removed."""
+
+
+@pytest.mark.slow
+def test_a_copy_whose_example_is_replaced_keeps_its_tests_green_and_they_catch_its_broken_config(template, tmp_path):
+    """The generated tests train the user's experiment and fail when its config is broken; the digits
+    example's tests skip, naming what is gone; the engine's structure test holds. No test edited."""
+    target = tmp_path / "Prices"
+    new_project.create_project(template, target, "Prices")
+    write_tree(target, THEIR_FILES)
+    for rel in ("configs/digits.yaml", "configs/digits_space.yaml"):
+        (target / rel).unlink()
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"} | {"PYTHONPATH": str(target)}
+
+    def nested(*tests: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", f"--basetemp={tmp_path / 'nested'}", *tests]
+        return subprocess.run(command, cwd=target, env=env, capture_output=True, text=True, timeout=600)
+
+    green = nested("tests/test_experiments.py", "tests/examples/test_digits.py", "tests/test_structure.py::test_the_engine_tests_import_none_of_the_projects_code")
+    assert green.returncode == 0, green.stdout[-3000:] + green.stderr[-2000:]
+    assert "tests/examples/test_digits.py: the digits example needs model:DigitsCNN, data_loader:DigitsDataLoader" in green.stdout
+    assert re.search(r"\b4 passed\b", green.stdout), green.stdout[-2000:]  # the experiment's 3 (build, train and resume, test and predict), the structure test
+    for broken, expected in (
+        ({"arch": {"type": "PriceNet", "args": {"hiden": 8}}}, "arch.args.hiden: PriceNet has no parameter 'hiden'"),
+        ({"trainer": {"epochs": 5, "save_dir": "saved/", "monitor": "min val_r2"}}, "trainer.monitor: the run does not produce 'val_r2'"),
+    ):
+        (target / "config.json").write_text(json.dumps({**json.loads(THEIR_FILES["config.json"]), **broken}))
+        red = nested("tests/test_experiments.py", "-x")
+        assert red.returncode == 1 and expected in red.stdout, red.stdout[-3000:]
+
 NEW_MODEL = '''\
 """A model the template has never seen."""
 
