@@ -32,7 +32,7 @@ fix: install
 	$(VENV)/bin/ruff check --fix .
 
 test: install lint
-	$(PY) -m pytest -q -n auto --maxprocesses=4 --dist loadscope
+	$(PY) -m pytest -q -n auto --maxprocesses=4 --dist loadscope --no-loadscope-reorder
 
 clean-runs:
 	rm -rf saved/*/
