@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             commit, conflicts = update_project(TEMPLATE, target)
             print(f"updated {target} to template commit {commit}; review with git diff, then commit")
             if conflicts:
-                print(f"conflicts in {len(conflicts)} files: {', '.join(conflicts)} (resolve the <<<<<<< markers, then commit)")
+                print(f"conflicts in {len(conflicts)} file{'s' if len(conflicts) > 1 else ''}: {', '.join(conflicts)} (resolve the <<<<<<< markers, then commit)")
             return 0
         name = project_name(args.name, target)
         examples = parse_examples(args.examples)

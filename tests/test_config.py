@@ -370,3 +370,19 @@ def test_the_configuration_reference_documents_every_key():
     assert not missing, f"docs/configuration.md does not document {missing}"
     stale = "docs/configuration.md's table is stale: regenerate it with .venv/bin/python -m app.config.docs --write docs/configuration.md"
     assert reference_markdown().strip() in reference, stale
+
+
+def test_a_project_without_one_of_the_places_short_names_are_looked_in_finds_them_in_the_next(tmp_path, monkeypatch):
+    """A user who deletes ``model/metric.py`` (torchmetrics' names only) or ``model/loss.py`` (``torch.nn``'s):
+    a short name is looked up in the next place, and an unknown one names the places it looked in."""
+    from app.config import names
+
+    monkeypatch.setitem(names.NAMESPACES, "loss", ("model.no_such_loss_module", "torch.nn"))
+    assert names.resolve_type("loss", "MSELoss", "c.json") is torch.nn.MSELoss
+    with pytest.raises(UserError, match=r"^c\.json: loss\.type: unknown name 'huber' \(looked in model\.no_such_loss_module, torch\.nn\)"):
+        names.resolve_type("loss", "huber", "c.json")
+    (tmp_path / "broken_losses.py").write_text("import no_such_package_xyz\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(names.NAMESPACES, "loss", ("broken_losses", "torch.nn"))
+    with pytest.raises(ModuleNotFoundError, match="no_such_package_xyz"):  # a module that fails inside is the user's bug, not skipped
+        names.resolve_type("loss", "MSELoss", "c.json")

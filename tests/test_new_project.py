@@ -225,7 +225,7 @@ def test_a_line_both_changed_is_a_named_conflict_with_markers(updated):
     )
     assert text.endswith("".join(updated["engine"][1:]))  # the rest of the file as it was
     lines = [line for line in updated["out"].splitlines() if "conflict" in line]
-    assert lines == ["conflicts in 1 files: trainer/__init__.py (resolve the <<<<<<< markers, then commit)"]
+    assert lines == ["conflicts in 1 file: trainer/__init__.py (resolve the <<<<<<< markers, then commit)"]
     assert git(copy, "diff", "--name-only", "--diff-filter=U").split() == ["trainer/__init__.py"]
 
 

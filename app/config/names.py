@@ -201,7 +201,12 @@ def _lookup(key: str, name: str, source: str) -> Callable:
     candidates: list[str] = []
     namespaces = namespace_of(key)
     for module_name in namespaces:
-        module = importlib.import_module(module_name)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name not in (module_name, module_name.split(".")[0]):
+                raise  # the module exists and fails inside: the user's bug, shown as one
+            continue  # a project without it (its model/metric.py deleted): the next place
         target = getattr(module, name, None)
         if callable(target) and not name.startswith("_"):
             return target
