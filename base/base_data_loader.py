@@ -301,6 +301,14 @@ class BaseDataLoader(DataLoader):
                 yield map_tensors(memory, lambda t, index=index: t.index_select(0, index))
 
 
+def refuse_set_args(loader: str, kwargs: dict, **why: str) -> None:
+    """One line for a config that names a ``BaseDataLoader`` argument this loader sets itself (``why``
+    says how), instead of a clash inside the loader or a value silently used against its design."""
+    for name, reason in why.items():
+        if name in kwargs:
+            raise UserError(f"data_loader.args.{name}: {loader} {reason}; remove it from data_loader.args")
+
+
 def check_loader_counts(batch_size: Any, num_workers: Any) -> None:
     """Sizes a DataLoader can work with: a batch of at least one sample (and one torch can index),
     and at most 8 worker processes per CPU core (each is a whole Python process)."""

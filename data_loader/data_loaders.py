@@ -4,21 +4,19 @@ Each builds a ``Dataset`` and hands it to :class:`BaseDataLoader`, which owns sp
 shuffling, sharding and the in-memory path. ``training=False`` gives the test split. A loader names
 the arguments it uses or whose default it changes, and passes ``**kwargs`` on to ``BaseDataLoader``
 (``shuffle``, ``num_workers``, ``in_memory``, ``folds``, ...: see its docstring), as the README teaches;
-an argument the loader sets itself (its ``dataset``) is refused by :func:`refuse_set_args`.
+an argument the loader sets itself (its ``dataset``) is refused by ``base.refuse_set_args``.
 """
 
 from __future__ import annotations
 
-import gzip
-import importlib.util
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from base import BaseDataLoader
+from base import BaseDataLoader, refuse_set_args
+from data_loader.held_out import HeldOutDataLoader, held_out_split, scikit_learn_csv
 from dataflow.transforms import check_transforms, pipeline, to_normalized_tensor
 from utils.errors import UserError, first_line
 
@@ -39,46 +37,6 @@ def digits_dataset(training: bool) -> TensorDataset:
     labels = table[:, -1].to(torch.int64)
     chosen = held_out_split(len(labels), DIGITS_TEST_FRACTION, DIGITS_SPLIT_SEED, training)
     return TensorDataset(images[chosen], labels[chosen])
-
-
-def scikit_learn_csv(name: str) -> np.ndarray:
-    """One of the data files scikit-learn ships (``sklearn/datasets/data/``), read as its loaders read
-    it but without importing scikit-learn, whose import (with SciPy) would be most of a small run's start-up."""
-    spec = importlib.util.find_spec("sklearn")
-    path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / name if spec else None
-    if path is None or not path.is_file():
-        raise UserError(f"data_loader: scikit-learn's {name} is not installed here; install scikit-learn (pip install scikit-learn)")
-    with gzip.open(path, "rt") as handle:
-        return np.loadtxt(handle, delimiter=",")
-
-
-def held_out_split(samples: int, test_fraction: float, seed: int, training: bool) -> torch.Tensor:
-    """The sorted indices of the training part, or of the held-out test part, of a fixed permutation
-    drawn from its own seed (never the run's), so every run and ``test.py`` agree on the split."""
-    order = torch.randperm(samples, generator=torch.Generator().manual_seed(seed))
-    n_test = int(round(samples * test_fraction))
-    return (order[n_test:] if training else order[:n_test]).sort().values
-
-
-def refuse_set_args(loader: str, kwargs: dict, **why: str) -> None:
-    """One line for a config that names a ``BaseDataLoader`` argument this loader sets itself (``why``
-    says how), instead of a clash inside the loader or a value silently used against its design."""
-    for name, reason in why.items():
-        if name in kwargs:
-            raise UserError(f"data_loader.args.{name}: {loader} {reason}; remove it from data_loader.args")
-
-
-class HeldOutDataLoader(BaseDataLoader):
-    """A data set in memory with a fixed held-out test split (``training=False``); subclasses name
-    the data set in ``make_dataset(training)``."""
-
-    def make_dataset(self, training: bool) -> TensorDataset:
-        raise NotImplementedError
-
-    def __init__(self, batch_size: int = 64, *, validation_split: int | float = 0.15, training: bool = True, **kwargs: Any):
-        """``batch_size`` and ``validation_split`` with this loader's defaults; the rest: :class:`BaseDataLoader`."""
-        refuse_set_args(type(self).__name__, kwargs, dataset="makes its data set in make_dataset(training)")
-        super().__init__(self.make_dataset(training), batch_size, validation_split=validation_split, training=training, **kwargs)
 
 
 class DigitsDataLoader(HeldOutDataLoader):

@@ -30,7 +30,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from base.serving import Serving
-from data_loader.data_loaders import HeldOutDataLoader, held_out_split, scikit_learn_csv
+from data_loader.held_out import HeldOutDataLoader, held_out_split, scikit_learn_csv
 
 FEATURES = ("age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6")
 TEST_FRACTION = 0.2

@@ -19,8 +19,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from base import BaseDataLoader
-from data_loader.data_loaders import refuse_set_args
+from base import BaseDataLoader, refuse_set_args
 from dataflow.transforms import check_transforms, pipeline, to_normalized_tensor
 from utils.errors import UserError, first_line
 

@@ -22,8 +22,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from base import BaseDataLoader
-from data_loader.data_loaders import refuse_set_args
+from base import BaseDataLoader, refuse_set_args
 from utils.errors import UserError
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "data" / "topics"
