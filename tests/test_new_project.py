@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -157,6 +158,14 @@ def test_examples_not_kept_are_absent_and_their_names_unexported(template, fresh
     assert copied == kept | {"TEMPLATE.md", ".copier-answers.yml"}, copied ^ (kept | {"TEMPLATE.md", ".copier-answers.yml"})
     assert all((fresh / rel).read_bytes() == (template / rel).read_bytes() for rel in kept - rendered)
     assert os.access(fresh / ".ci" / "run", os.X_OK)
+    # Its skip table names only configs it has: the others' lines are the one difference but the name.
+    with open(fresh / "pyproject.toml", "rb") as handle:
+        skipped = tomllib.load(handle)["tool"]["pytorch-template"]["experiment-tests"]["skip"]
+    assert all((fresh / rel).is_file() for rel in skipped), skipped
+    ours, theirs = (template / "pyproject.toml").read_text().splitlines(), (fresh / "pyproject.toml").read_text().splitlines()
+    dropped = [line for line in ours if line not in theirs]
+    assert dropped and all(line.startswith('"configs/') and line.split('"')[1] in left_out for line in dropped[1:]), dropped
+    assert dropped[0] == 'name = "pytorch-template"' and len(theirs) == len(ours) - len(dropped) + 1
     model_init, loader_init = (fresh / "model" / "__init__.py").read_text(), (fresh / "data_loader" / "__init__.py").read_text()
     assert "DigitsCNN" in model_init and "VAE" not in model_init and "TextClassifier" not in model_init
     assert "DigitsDataLoader" in loader_init and "TextDataLoader" not in loader_init and "digit_shards" not in loader_init
