@@ -18,7 +18,9 @@ The data loader states them, because it is what fitted them (``BaseDataLoader``)
   traced and checked on; None when the loader's own batch inputs are the raw inputs.
 
 :class:`ServedModel` is the module that ships: ``after(model(before(raw)))``, one ``nn.Module``
-that ``torch.export`` and the ONNX exporter trace as a whole (``app/export.py``).
+that ``torch.export`` and the ONNX exporter trace as a whole (``app/export.py``). The commonest pair,
+a standard scaler of the features and its inverse on the target, is here: :func:`fit_scaler`,
+:class:`Standardize`, :class:`Unstandardize`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 
@@ -67,3 +70,33 @@ class ServedModel(nn.Module):
         else:
             output = self.model(*inputs)
         return self.after(output) if self.after is not None else output
+
+
+def fit_scaler(features: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-feature and target mean and standard deviation (population, as scikit-learn's
+    StandardScaler): plain tensors, so a loader's ``serving_state()`` can return them as they are."""
+    return {
+        "feature_mean": features.mean(0),
+        "feature_std": features.std(0, correction=0).clamp_min(1e-12),
+        "target_mean": target.mean(),
+        "target_std": target.std(correction=0).clamp_min(1e-12),
+    }
+
+
+class Standardize(nn.Module):
+    """``(x - mean) / std`` with the statistics as buffers (they travel with the module into an export)."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor):
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).clone())
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class Unstandardize(Standardize):
+    """The inverse, ``y * std + mean``: a standardised prediction back in the target's own units."""
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return y * self.std + self.mean

@@ -26,10 +26,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import TensorDataset
 
-from base.serving import Serving
+from base.serving import Serving, Standardize, Unstandardize, fit_scaler
 from data_loader.held_out import HeldOutDataLoader, held_out_split, scikit_learn_csv
 
 FEATURES = ("age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6")
@@ -51,35 +50,6 @@ def _raw_files() -> tuple[np.ndarray, np.ndarray]:
         features = np.loadtxt(handle)
     features.flags.writeable = target.flags.writeable = False
     return features, target
-
-
-class Standardize(nn.Module):
-    """``(x - mean) / std`` with the statistics as buffers (they travel with the module into an export)."""
-
-    def __init__(self, mean: torch.Tensor, std: torch.Tensor):
-        super().__init__()
-        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).clone())
-        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).clone())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
-
-
-class Unstandardize(Standardize):
-    """The inverse, ``y * std + mean``: a standardised prediction back in the target's own units."""
-
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        return y * self.std + self.mean
-
-
-def fit_scaler(features: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-feature and target mean and standard deviation (population, as scikit-learn's StandardScaler)."""
-    return {
-        "feature_mean": features.mean(0),
-        "feature_std": features.std(0, correction=0).clamp_min(1e-12),
-        "target_mean": target.mean(),
-        "target_std": target.std(correction=0).clamp_min(1e-12),
-    }
 
 
 def diabetes_scaler() -> dict[str, torch.Tensor]:
