@@ -7,8 +7,9 @@ temporary folder), in-process: ``train.py`` builds it and takes its pre-flight b
 epochs, a second run trains one and is resumed to two with ``-r``, and its weights must equal the
 uninterrupted run's; then ``test.py`` and ``predict.py`` run on the result. A broken config (a
 wrong ``arch.args``, a monitor naming a metric the run does not produce) fails here. Each sweep
-search space is read against its experiment (:func:`experiment_of`). You add no test line when you
-add or replace an experiment.
+search space is read against its experiment (:func:`experiment_of`); a base that other configs
+extend and that is no whole experiment on its own is skipped, naming them (:func:`only_a_base`).
+You add no test line when you add or replace an experiment.
 
 A config that cannot run tiny here (its data or pretrained weights are not on this machine) says
 so in ``pyproject.toml``, with the reason the skipped test reports::
@@ -53,8 +54,7 @@ def config_files(spaces: bool) -> list[Path]:
     """The files under configs/ that are sweep search spaces (a top-level ``params``), or the others."""
     found = []
     for path in sorted(p for ext in ("json", "yaml", "yml") for p in (ROOT / "configs").glob(f"*.{ext}")):
-        text = path.read_text()
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        data = read_raw(path)
         if (isinstance(data, dict) and "params" in data) == spaces:
             found.append(path)
     return found
@@ -63,6 +63,44 @@ def config_files(spaces: bool) -> list[Path]:
 def experiment_configs() -> list[Path]:
     """config.json and the run configs under configs/ (not the sweep search spaces)."""
     return ([ROOT / "config.json"] if (ROOT / "config.json").is_file() else []) + config_files(spaces=False)
+
+
+def read_raw(path: Path):
+    text = path.read_text()
+    return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+
+
+def extended_by() -> dict[Path, list[Path]]:
+    """Base file -> the experiment configs that name it in ``extends`` (paths relative to each file)."""
+    found: dict[Path, list[Path]] = {}
+    for path in experiment_configs():
+        data = read_raw(path)
+        named = data.get("extends", []) if isinstance(data, dict) else []
+        for base in [named] if isinstance(named, str) else named if isinstance(named, list) else []:
+            found.setdefault((path.parent / str(base)).resolve(), []).append(path)
+    return found
+
+
+def only_a_base(path: Path) -> str | None:
+    """Why ``path`` is not trained: it is a base other configs extend and is no whole experiment on
+    its own (it does not validate). A file nothing extends is always an experiment: its error fails."""
+    children = extended_by().get(path.resolve())
+    if not children:
+        return None
+    try:
+        Config.from_file(path)
+    except UserError as exc:
+        names = ", ".join(str(child.relative_to(ROOT)) for child in children)
+        return f"{path.relative_to(ROOT)}: a base that {names} extends, not an experiment on its own ({str(exc).splitlines()[0][:160]})"
+    return None
+
+
+def skip_reason(path: Path) -> str | None:
+    """The skip table's reason for ``path``, or why it is only a base; None: it is trained."""
+    reason = skipped().get(str(path.relative_to(ROOT)))
+    if reason:
+        return f"{path.relative_to(ROOT)}: {reason} (pyproject.toml [tool.pytorch-template.experiment-tests.skip])"
+    return only_a_base(path)
 
 
 def experiment_of(space: Path) -> Path:
@@ -111,6 +149,9 @@ def _needs_missing_files(args: dict) -> str | None:
 def test_it_loads_validates_and_builds_even_where_it_cannot_run_tiny(path):
     """Model, loss, metrics, optimizer and schedule from the config, and one batch evaluated where its
     data is here: checked for the configs the skip table keeps from training too."""
+    base = only_a_base(path)
+    if base:
+        pytest.skip(base)
     data = read_config(path)  # through the bases it extends
     overrides = []
     if "weights" in data["arch"].get("args", {}) and not (ROOT / str(data["arch"]["args"]["weights"])).is_file():
@@ -148,9 +189,9 @@ def test_it_loads_validates_and_builds_even_where_it_cannot_run_tiny(path):
 def experiment(request, tmp_path_factory) -> tuple[Path, Path]:
     """(config, save_dir): the config trained two epochs straight (``straight``) and one plus a resume (``split``)."""
     path: Path = request.param
-    reason = skipped().get(str(path.relative_to(ROOT)))
+    reason = skip_reason(path)
     if reason:
-        pytest.skip(f"{path.relative_to(ROOT)}: {reason} (pyproject.toml [tool.pytorch-template.experiment-tests.skip])")
+        pytest.skip(reason)
     digest = Config.from_file(path).digest()
     if digest in SEEN:  # e.g. configs/digits.yaml, config.json written in YAML
         pytest.skip(f"{path.relative_to(ROOT)}: the same experiment as {SEEN[digest].relative_to(ROOT)}, tested there")
@@ -195,8 +236,8 @@ def test_each_sweep_space_reads_against_its_experiment(space):
     from app.sweeps.space import read_space
 
     config = experiment_of(space)
-    reason = skipped().get(str(config.relative_to(ROOT)))
+    reason = skip_reason(config)
     if reason:
-        pytest.skip(f"{config.relative_to(ROOT)}: {reason} (pyproject.toml [tool.pytorch-template.experiment-tests.skip])")
+        pytest.skip(reason)
     read = read_space(str(space), None, Config.from_file(str(config)), str(config), [])
     assert read.trials >= 1 and read.params

@@ -477,6 +477,11 @@ def test_a_copy_whose_example_is_replaced_keeps_its_tests_green_and_they_catch_i
     write_tree(target, THEIR_FILES)
     for rel in ("configs/digits.yaml", "configs/digits_space.yaml"):
         (target / rel).unlink()
+    base = {key: value for key, value in json.loads(THEIR_FILES["config.json"]).items() if key != "arch"}
+    write_tree(target, {  # a family: a base that is no experiment alone, and a variant of it
+        "configs/base.yaml": yaml.safe_dump(base),
+        "configs/wide.yaml": "extends: base.yaml\nname: prices_wide\narch: {type: PriceNet, args: {hidden: 32}}\n",
+    })
     env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"} | {"PYTHONPATH": str(target)}
 
     def nested(*tests: str) -> subprocess.CompletedProcess:
@@ -486,7 +491,9 @@ def test_a_copy_whose_example_is_replaced_keeps_its_tests_green_and_they_catch_i
     green = nested("tests/test_experiments.py", "tests/examples/test_digits.py", "tests/test_structure.py::test_the_engine_tests_import_none_of_the_projects_code")
     assert green.returncode == 0, green.stdout[-3000:] + green.stderr[-2000:]
     assert "tests/examples/test_digits.py: the digits example needs model:DigitsCNN, data_loader:DigitsDataLoader" in green.stdout
-    assert re.search(r"\b4 passed\b", green.stdout), green.stdout[-2000:]  # the experiment's 3 (build, train and resume, test and predict), the structure test
+    assert "configs/base.yaml: a base that configs/wide.yaml extends, not an experiment on its own" in green.stdout
+    # config.json's and wide.yaml's 3 each (build, train and resume, test and predict), and the structure test
+    assert re.search(r"\b7 passed\b", green.stdout), green.stdout[-2000:]
     for broken, expected in (
         ({"arch": {"type": "PriceNet", "args": {"hiden": 8}}}, "arch.args.hiden: PriceNet has no parameter 'hiden'"),
         ({"trainer": {"epochs": 5, "save_dir": "saved/", "monitor": "min val_r2"}}, "trainer.monitor: the run does not produce 'val_r2'"),
