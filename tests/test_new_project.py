@@ -467,6 +467,16 @@ class PriceNet(BaseModel):
 }  # fmt: skip
 """A user's own experiment in place of the digits example: every file of it rewritten, its configs removed."""
 
+MY_TEST = """from helpers import ROOT
+
+from app.config import Config
+from model import PriceNet
+
+
+def test_my_model_is_built_from_my_config():
+    assert isinstance(Config.from_file(ROOT / "config.json").init_obj("arch"), PriceNet)
+"""
+
 
 @pytest.mark.slow
 def test_a_copy_whose_example_is_replaced_keeps_its_tests_green_and_they_catch_its_broken_config(template, tmp_path):
@@ -481,6 +491,7 @@ def test_a_copy_whose_example_is_replaced_keeps_its_tests_green_and_they_catch_i
     write_tree(target, {  # a family: a base that is no experiment alone, and a variant of it
         "configs/base.yaml": yaml.safe_dump(base),
         "configs/wide.yaml": "extends: base.yaml\nname: prices_wide\narch: {type: PriceNet, args: {hidden: 32}}\n",
+        "tests/test_prices.py": MY_TEST,  # a test of their own beside the engine's, naming their code
     })
     env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"} | {"PYTHONPATH": str(target)}
 
@@ -488,11 +499,11 @@ def test_a_copy_whose_example_is_replaced_keeps_its_tests_green_and_they_catch_i
         command = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", f"--basetemp={tmp_path / 'nested'}", *tests]
         return subprocess.run(command, cwd=target, env=env, capture_output=True, text=True, timeout=600)
 
-    green = nested("tests/test_experiments.py", "tests/examples/test_digits.py", "tests/test_structure.py::test_the_engine_tests_import_none_of_the_projects_code")
+    green = nested("tests/test_experiments.py", "tests/examples/test_digits.py", "tests/test_prices.py")
     assert green.returncode == 0, green.stdout[-3000:] + green.stderr[-2000:]
     assert "tests/examples/test_digits.py: the digits example needs model:DigitsCNN, data_loader:DigitsDataLoader" in green.stdout
     assert "configs/base.yaml: a base that configs/wide.yaml extends, not an experiment on its own" in green.stdout
-    # config.json's and wide.yaml's 3 each (build, train and resume, test and predict), and the structure test
+    # config.json's and wide.yaml's 3 each (build, train and resume, test and predict), and their own test
     assert re.search(r"\b7 passed\b", green.stdout), green.stdout[-2000:]
     for broken, expected in (
         ({"arch": {"type": "PriceNet", "args": {"hiden": 8}}}, "arch.args.hiden: PriceNet has no parameter 'hiden'"),

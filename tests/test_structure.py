@@ -7,7 +7,8 @@ from __future__ import annotations
 import ast
 import json
 
-from helpers import ROOT, run_script, tiny_config, write_config
+import pytest
+from helpers import IN_TEMPLATE, ROOT, run_script, tiny_config, write_config
 
 LAYERS = ["utils", "logger", "dataflow", "base", "trainer", "app"]
 """Bottom to top: a folder may import the folders before it in this list, never after."""
@@ -124,6 +125,7 @@ EXAMPLE_HELPERS = {"tests/stream_recorder.py": "the streams example's recorder, 
 """Files beside the engine tests that belong to one example (copier.yml removes them with it)."""
 
 
+@pytest.mark.skipif(not IN_TEMPLATE, reason="the template checks its own engine tests; tests you add may import your code")
 def test_the_engine_tests_import_none_of_the_projects_code():
     """tests/*.py and tests/fixtures test the engine on their own fixtures, never importing ``model/`` or
     ``data_loader/`` (the examples, which a user replaces): a copy keeps them green whatever its code is.
