@@ -19,8 +19,8 @@ The data loader states them, because it is what fitted them (``BaseDataLoader``)
 
 :class:`ServedModel` is the module that ships: ``after(model(before(raw)))``, one ``nn.Module``
 that ``torch.export`` and the ONNX exporter trace as a whole (``app/export.py``). The commonest pair,
-a standard scaler of the features and its inverse on the target, is here: :func:`fit_scaler`,
-:class:`Standardize`, :class:`Unstandardize`.
+a standard scaler of the features and its inverse on the target, is here: :func:`fit_scaler` fits
+it, :func:`standard_serving` is its :class:`Serving` (:class:`Standardize`, :class:`Unstandardize`).
 """
 
 from __future__ import annotations
@@ -100,3 +100,9 @@ class Unstandardize(Standardize):
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         return y * self.std + self.mean
+
+
+def standard_serving(state: dict) -> Serving:
+    """The :class:`Serving` of a :func:`fit_scaler` state: features standardised before the model,
+    the prediction un-standardised after it (a loader's ``serving_transforms(state)``)."""
+    return Serving(Standardize(state["feature_mean"], state["feature_std"]), Unstandardize(state["target_mean"], state["target_std"]))

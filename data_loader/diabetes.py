@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from base.serving import Serving, Standardize, Unstandardize, fit_scaler
+from base.serving import Serving, Standardize, fit_scaler, standard_serving
 from data_loader.held_out import HeldOutDataLoader, held_out_split, scikit_learn_csv
 
 FEATURES = ("age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6")
@@ -80,7 +80,7 @@ class DiabetesDataLoader(HeldOutDataLoader):
         return dict(self.scaler)
 
     def serving_transforms(self, state: dict) -> Serving:
-        return Serving(Standardize(state["feature_mean"], state["feature_std"]), Unstandardize(state["target_mean"], state["target_std"]))
+        return standard_serving(state)
 
     def serving_inputs(self):
         """The raw measurements of this loader's split (the test split for ``training=False``), in batches."""
