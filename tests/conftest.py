@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 from fixtures import trust_for_tests
-from helpers import IN_TEMPLATE, ROOT, seeded_random
+from helpers import IN_TEMPLATE, OF_THE_PROJECT, ROOT, USER_CODE, seeded_random
 
 # Tiny models gain nothing from more threads, and OpenMP threads spinning against other test
 # processes on CI's 2 cores make in-process runs many times slower.
@@ -62,10 +62,6 @@ def pytest_collection_modifyitems(items: list) -> None:
     items.sort(key=rank)  # stable: the order inside each module, and of the other modules, is kept
 
 
-USER_PACKAGES = ("model", "data_loader")
-"""The project's own code: the shipped examples today, the user's experiment after the copy."""
-OF_THE_PROJECT = {"test_experiments.py", "test_new_project.py"}
-"""Test modules outside ``tests/examples`` that test the project's experiments by design."""
 NAMED_FROM_THE_PROJECT: list[str] = []
 
 
@@ -74,12 +70,11 @@ def engine_tests_name_none_of_the_projects_code(request):
     """An engine test that resolves a short config name to the project's ``model/`` or ``data_loader/``
     (``"accuracy"``, ``"DigitsCNN"``) fails: it would break in a copy whose user replaced the example.
     Name the fixtures instead (``fixtures.metric:accuracy``; ``tests/fixtures``). Tests of the
-    examples (``tests/examples``), of every experiment, and those marked ``project_configs`` may; in a
+    examples (``tests/examples``) and of every experiment (``helpers.OF_THE_PROJECT``) may; in a
     project made from the template it is off (the engine's tests arrive checked, and a test the user
     adds beside them may name the user's own code)."""
     path = request.node.path
-    exempt = "examples" in path.parts or path.name in OF_THE_PROJECT or request.node.get_closest_marker("project_configs")
-    if exempt or not IN_TEMPLATE:  # in a project made from the template, tests the user adds may name their code
+    if "examples" in path.parts or path.name in OF_THE_PROJECT or not IN_TEMPLATE:  # in a project made from the template, tests the user adds may name their code
         yield
         return
     from app.config import names
@@ -88,7 +83,7 @@ def engine_tests_name_none_of_the_projects_code(request):
 
     def lookup(key: str, name: str, source: str):
         target = found(key, name, source)
-        if getattr(target, "__module__", "").split(".")[0] in USER_PACKAGES:
+        if getattr(target, "__module__", "").split(".")[0] in USER_CODE:
             NAMED_FROM_THE_PROJECT.append(f"{key}: {name!r} is {target.__module__}.{target.__qualname__}")
         return target
 

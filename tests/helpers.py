@@ -28,6 +28,11 @@ TIMING_KEYS = {"samples_per_sec", "data_wait"}
 """Row values that measure time: equal runs differ in them."""
 IN_TEMPLATE = (ROOT / "new_project.py").exists()
 """This checkout is the template itself (a project made from it has no ``new_project.py``)."""
+USER_CODE = ("model", "data_loader")
+"""The project's own code: the shipped examples in the template, the user's experiment after the copy."""
+OF_THE_PROJECT = frozenset({"test_experiments.py", "test_new_project.py"})
+"""Modules of ``tests/`` outside ``tests/examples`` that test the project's own experiments by design;
+the rest of ``tests/*.py`` are the engine's tests, which never use :data:`USER_CODE`."""
 
 
 def example_or_skip(example: str, *parts: str) -> None:

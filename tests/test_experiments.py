@@ -20,6 +20,7 @@ so in ``pyproject.toml``, with the reason the skipped test reports::
 
 from __future__ import annotations
 
+import functools
 import json
 import tomllib
 from itertools import islice
@@ -50,19 +51,21 @@ SEEN: dict[str, Path] = {}
 the same experiment is not trained twice."""
 
 
-def config_files(spaces: bool) -> list[Path]:
-    """The files under configs/ that are sweep search spaces (a top-level ``params``), or the others."""
+@functools.cache
+def config_files(spaces: bool) -> tuple[Path, ...]:
+    """The files under configs/ that are sweep search spaces (a top-level ``params``), or the others
+    (read once a session, as every function here that reads the project's files)."""
     found = []
     for path in sorted(p for ext in ("json", "yaml", "yml") for p in (ROOT / "configs").glob(f"*.{ext}")):
         data = read_raw(path)
         if (isinstance(data, dict) and "params" in data) == spaces:
             found.append(path)
-    return found
+    return tuple(found)
 
 
 def experiment_configs() -> list[Path]:
     """config.json and the run configs under configs/ (not the sweep search spaces)."""
-    return ([ROOT / "config.json"] if (ROOT / "config.json").is_file() else []) + config_files(spaces=False)
+    return ([ROOT / "config.json"] if (ROOT / "config.json").is_file() else []) + list(config_files(spaces=False))
 
 
 def read_raw(path: Path):
@@ -70,6 +73,7 @@ def read_raw(path: Path):
     return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
 
 
+@functools.cache
 def extended_by() -> dict[Path, list[Path]]:
     """Base file -> the experiment configs that name it in ``extends`` (paths relative to each file)."""
     found: dict[Path, list[Path]] = {}
@@ -111,6 +115,7 @@ def experiment_of(space: Path) -> Path:
     return paired[0] if paired else ROOT / "config.json"
 
 
+@functools.cache
 def skipped() -> dict[str, str]:
     """``[tool.pytorch-template.experiment-tests.skip]``: config path (from the project root) -> why."""
     with open(ROOT / "pyproject.toml", "rb") as handle:
@@ -118,10 +123,11 @@ def skipped() -> dict[str, str]:
     return table.get("experiment-tests", {}).get("skip", {})
 
 
-def loader_overrides(path: Path) -> list[str]:
+@functools.cache
+def loader_overrides(path: Path) -> tuple[str, ...]:
     """No worker processes, when the config's loader has the argument (a tiny run gains nothing from them)."""
     args = Config.from_file(path).to_dict()["data_loader"].get("args") or {}
-    return ["data_loader.args.num_workers=0"] if "num_workers" in args else []
+    return ("data_loader.args.num_workers=0",) if "num_workers" in args else ()
 
 
 def train(path: Path, save_dir: Path, *args: str):
@@ -168,15 +174,12 @@ def test_it_loads_validates_and_builds_even_where_it_cannot_run_tiny(path):
 
     args = dict(config["data_loader"].get("args") or {})
     if isinstance(scheduler, Schedules):
-        return  # several optimizers: its losses come from its own step (tests/test_experiments.py trains it)
+        return  # several optimizers: its losses come from its own step (the tests below train it)
     if _needs_missing_files(args):
         return  # its data is the user's to provide: the rest of the config is checked above
-    loader_overrides = ["data_loader.args.num_workers=0"] if "num_workers" in args else []
-    loader_overrides += (
-        ["data_loader.args.download=false"] if "download" in args or config["data_loader"]["type"] == "MnistDataLoader" else []
-    )
+    offline = ["data_loader.args.download=false"] if "download" in args or config["data_loader"]["type"] == "MnistDataLoader" else []
     try:
-        loader = Config.from_dict(config.to_dict(), str(path), loader_overrides).init_obj("data_loader")
+        loader = Config.from_dict(config.to_dict(), str(path), [*loader_overrides(path), *offline]).init_obj("data_loader")
     except UserError as exc:
         if "data_loader.args.data_dir" in str(exc):
             return  # the folder exists but holds other data (e.g. data/ without MNIST, and no download in tests)

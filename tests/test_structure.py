@@ -8,14 +8,21 @@ import ast
 import json
 
 import pytest
-from helpers import IN_TEMPLATE, ROOT, run_script, tiny_config, write_config
+from helpers import IN_TEMPLATE, OF_THE_PROJECT, ROOT, USER_CODE, run_script, tiny_config, write_config
 
 LAYERS = ["utils", "logger", "dataflow", "base", "trainer", "app"]
 """Bottom to top: a folder may import the folders before it in this list, never after."""
-USER_CODE = ["model", "data_loader"]
-"""The user's code may import the engine (base, trainer, dataflow, utils), and the app imports it only by name."""
 PUBLIC_APP = frozenset({"app.loading"})
-"""What of the app user code may import: ``app.loading.load_model`` (a teacher, a frozen part; ``model/distill.py``)."""
+"""What of the app user code may import: ``app.loading.load_model`` (a teacher, a frozen part; ``model/distill.py``).
+The user's code (``helpers.USER_CODE``) may import the engine (base, trainer, dataflow, utils), and
+the app imports it only by name."""
+
+
+def imported(node: ast.AST) -> list[str]:
+    """The absolute module names an ``import``/``from ... import`` statement names (none for other nodes)."""
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    return [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
 
 
 def imports_of(folder: str, allowed: frozenset[str] = frozenset()) -> dict[str, set[str]]:
@@ -24,8 +31,7 @@ def imports_of(folder: str, allowed: frozenset[str] = frozenset()) -> dict[str, 
     found: dict[str, set[str]] = {}
     for path in (ROOT / folder).rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
-            for name in (name for name in names if name not in allowed):
+            for name in (name for name in imported(node) if name not in allowed):
                 top = name.split(".")[0]
                 if top in folders and top != folder:
                     found.setdefault(top, set()).add(str(path.relative_to(ROOT)))
@@ -131,15 +137,13 @@ def test_the_engine_tests_import_none_of_the_projects_code():
     ``data_loader/`` (the examples, which a user replaces): a copy keeps them green whatever its code is.
     An import inside a test function after ``pytest.importorskip`` (a row of one example) is allowed;
     tests/conftest.py catches a config name that resolves there while a test runs."""
-    engine = [p for p in (ROOT / "tests").glob("*.py") if p.name not in {"test_experiments.py", "test_new_project.py"}]
+    engine = [p for p in (ROOT / "tests").glob("*.py") if p.name not in OF_THE_PROJECT]
     engine += list((ROOT / "tests" / "fixtures").rglob("*.py"))
     wrong = []
     for path in engine:
         rel = str(path.relative_to(ROOT))
         if rel in EXAMPLE_HELPERS:
             continue
-        tree = ast.parse(path.read_text())
-        for node in tree.body:  # module level: what runs at import, in every copy
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
-            wrong += [f"{rel}:{node.lineno} imports {name}" for name in names if name.split(".")[0] in USER_CODE]
+        for node in ast.parse(path.read_text()).body:  # module level: what runs at import, in every copy
+            wrong += [f"{rel}:{node.lineno} imports {name}" for name in imported(node) if name.split(".")[0] in USER_CODE]
     assert not wrong, wrong
