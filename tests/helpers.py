@@ -48,7 +48,7 @@ def example_or_skip(example: str, *parts: str) -> None:
         return
     missing = [part for part in parts if not _has_part(part)]
     if missing:
-        caller = Path(inspect.stack()[1].filename).resolve().relative_to(ROOT)
+        caller = Path(inspect.currentframe().f_back.f_code.co_filename).resolve().relative_to(ROOT)
         pytest.skip(
             f"{caller}: the {example} example needs {', '.join(missing)}, which this project no longer has; delete the file with the example",
             allow_module_level=True,
